@@ -1,0 +1,18 @@
+"""brnnseg_kernels: fused bidirectional GRU/LSTM sweeps over feature maps (ReNet layers) for
+image segmentation, with plain-PyTorch references and benchmarks against the cuDNN/PyTorch path."""
+from . import _C  # noqa: F401  (registers torch.ops.brnnseg.*)
+from . import ops, reference, functional, nn  # noqa: F401
+from .nn import BiGRU2d, BiLSTM2d
+
+__version__ = "0.1.0"
+
+__all__ = ["BiGRU2d", "BiLSTM2d", "ops", "reference", "functional", "nn", "build_info"]
+
+
+def build_info() -> dict:
+    """What this build contains: torch version, whether CUDA kernels were built and for which archs."""
+    try:
+        from ._build_info import BUILD_INFO
+    except ImportError:  # running from a tree that setup.py never built
+        BUILD_INFO = {}
+    return dict(BUILD_INFO)

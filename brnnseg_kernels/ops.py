@@ -1,0 +1,102 @@
+"""Typed wrappers over ``torch.ops.brnnseg.*``, with their fake (meta) kernels and autograd.
+
+Sweep ops (schemas in csrc/registration.cpp, shapes in csrc/include/brnnseg/conventions.h):
+
+* ``bigru_sweep(x, w_ih, w_hh, b_ih, b_hh, axis, channels_last, training) -> (y, workspace)``
+* ``bilstm_sweep(...)`` likewise, and ``*_backward`` ops used by autograd.
+
+x (N, C, H, W); w_ih (2, G*hid, C); w_hh (2, G*hid, hid); b_* (2, G*hid) or None, G = 3 (GRU) or
+4 (LSTM); axis 3 sweeps every row (along W), axis 2 every column (along H). y is (N, 2*hid, H, W),
+forward direction first, in channels_last memory when ``channels_last``. ``workspace`` holds the
+gates autograd saves for backward: (N, H, W, 2, S*hid) with S = 4 (GRU: r, z, n, W_hn h + b_hn)
+or 5 (LSTM: i, f, g, o, c) when ``training``, else empty.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (loads the library that registers the ops)
+
+__all__ = ["bigru_sweep", "bilstm_sweep", "sweep"]
+
+_GATES = {"gru": 3, "lstm": 4}
+_SAVED = {"gru": 4, "lstm": 5}
+_OPS = {"gru": "bigru_sweep", "lstm": "bilstm_sweep"}
+
+
+def _is_channels_last(t: Tensor) -> bool:
+    return (not t.is_contiguous()) and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def sweep(cell: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+          axis: int, channels_last: bool = False, training: Optional[bool] = None) -> Tensor:
+    """Bidirectional GRU/LSTM sweep along every line of ``x``; returns y (N, 2*hid, H, W).
+
+    ``training`` (saving the workspace for backward) defaults to "autograd will need it"."""
+    if training is None:
+        training = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, w_ih, w_hh, b_ih, b_hh))
+    op = getattr(torch.ops.brnnseg, _OPS[cell])
+    y, _ = op(x, w_ih, w_hh, b_ih, b_hh, axis, channels_last, training)
+    return y
+
+
+def bigru_sweep(x, w_ih, w_hh, b_ih=None, b_hh=None, axis: int = 3, channels_last: bool = False,
+                training: Optional[bool] = None) -> Tensor:
+    """GRU sweep; see :func:`sweep`."""
+    return sweep("gru", x, w_ih, w_hh, b_ih, b_hh, axis, channels_last, training)
+
+
+def bilstm_sweep(x, w_ih, w_hh, b_ih=None, b_hh=None, axis: int = 3, channels_last: bool = False,
+                 training: Optional[bool] = None) -> Tensor:
+    """LSTM sweep; see :func:`sweep`."""
+    return sweep("lstm", x, w_ih, w_hh, b_ih, b_hh, axis, channels_last, training)
+
+
+def _register(cell: str) -> None:
+    name = f"brnnseg::{_OPS[cell]}"
+    saved = _SAVED[cell]
+
+    @torch.library.register_fake(name)
+    def _fake(x, w_ih, w_hh, b_ih, b_hh, axis, channels_last, training):
+        n, _, h, w = x.shape
+        hid = w_hh.shape[2]
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        y = torch.empty((n, 2 * hid, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+        shape = (n, h, w, 2, saved * hid) if training else (0,)
+        return y, x.new_empty(shape)
+
+    @torch.library.register_fake(f"{name}_backward")
+    def _fake_backward(grad_y, x, w_ih, w_hh, y, workspace, axis):
+        fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+        gh = w_ih.shape[1]
+        return (grad_x, w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+                w_ih.new_empty((2, gh)), w_ih.new_empty((2, gh)))
+
+    def _setup_context(ctx, inputs, output):
+        x, w_ih, w_hh, b_ih, b_hh, axis, _channels_last, _training = inputs
+        y, workspace = output
+        ctx.axis = axis
+        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        ctx.save_for_backward(x, w_ih, w_hh, y, workspace)
+
+    def _backward(ctx, grad_y, _grad_workspace):
+        x, w_ih, w_hh, y, workspace = ctx.saved_tensors
+        if workspace.numel() == 0 and y.numel() > 0:
+            raise RuntimeError(
+                f"{name}: backward needs the gates saved by a forward run with training=True; this output "
+                "was computed with training=False (e.g. under torch.no_grad or with no input requiring grad)")
+        backward_op = getattr(torch.ops.brnnseg, f"{_OPS[cell]}_backward")
+        gx, gw_ih, gw_hh, gb_ih, gb_hh = backward_op(grad_y, x, w_ih, w_hh, y, workspace, ctx.axis)
+        return (gx, gw_ih, gw_hh, gb_ih if ctx.has_bias[0] else None, gb_hh if ctx.has_bias[1] else None,
+                None, None, None)
+
+    torch.library.register_autograd(name, _backward, setup_context=_setup_context)
+
+
+for _cell in _OPS:
+    _register(_cell)

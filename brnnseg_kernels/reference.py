@@ -1,0 +1,139 @@
+"""Plain-PyTorch references.
+
+* ``gru_sweep`` / ``lstm_sweep``: the exact math of the fused sweep ops, written as an explicit
+  loop over time (vectorised over lines). Tests compare the kernels with these in float64, and
+  the layers fall back to them on devices without a kernel.
+* ``ReNetBaseline``: the block users would otherwise write -- permutes plus
+  ``nn.GRU``/``nn.LSTM(bidirectional=True)`` (cuDNN on a GPU). Benchmarks race against it.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["gru_sweep", "lstm_sweep", "sweep", "renet", "ReNetBaseline"]
+
+
+def _lines(x: Tensor, axis: int) -> Tensor:
+    """(N, C, H, W) -> (lines, T, C): one sequence per row (axis 3) or column (axis 2)."""
+    n, c, h, w = x.shape
+    if axis == 3:
+        return x.permute(0, 2, 3, 1).reshape(n * h, w, c)
+    return x.permute(0, 3, 2, 1).reshape(n * w, h, c)
+
+
+def _unlines(seq: Tensor, shape, axis: int) -> Tensor:
+    """(lines, T, F) -> (N, F, H, W), the inverse of _lines."""
+    n, _, h, w = shape
+    f = seq.shape[-1]
+    if axis == 3:
+        return seq.reshape(n, h, w, f).permute(0, 3, 1, 2)
+    return seq.reshape(n, w, h, f).permute(0, 3, 2, 1)
+
+
+def _gru_direction(seq: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+                   reverse: bool) -> Tensor:
+    lines, steps, _ = seq.shape
+    hid = w_hh.shape[1]
+    gx = seq @ w_ih.t()
+    if b_ih is not None:
+        gx = gx + b_ih
+    h = seq.new_zeros(lines, hid)
+    out = []
+    order = range(steps - 1, -1, -1) if reverse else range(steps)
+    for t in order:
+        gh = h @ w_hh.t()
+        if b_hh is not None:
+            gh = gh + b_hh
+        xr, xz, xn = gx[:, t].chunk(3, dim=1)
+        hr, hz, hn = gh.chunk(3, dim=1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        h = (1 - z) * n + z * h
+        out.append(h)
+    if reverse:
+        out.reverse()
+    return torch.stack(out, dim=1)
+
+
+def _lstm_direction(seq: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+                    reverse: bool) -> Tensor:
+    lines, steps, _ = seq.shape
+    hid = w_hh.shape[1]
+    gx = seq @ w_ih.t()
+    if b_ih is not None:
+        gx = gx + b_ih
+    h = seq.new_zeros(lines, hid)
+    c = seq.new_zeros(lines, hid)
+    out = []
+    order = range(steps - 1, -1, -1) if reverse else range(steps)
+    for t in order:
+        a = gx[:, t] + h @ w_hh.t()
+        if b_hh is not None:
+            a = a + b_hh
+        i, f, g, o = a.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        out.append(h)
+    if reverse:
+        out.reverse()
+    return torch.stack(out, dim=1)
+
+
+def sweep(cell: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+          axis: int) -> Tensor:
+    """Reference bidirectional sweep. Weights stacked per direction: w_ih (2, G*hid, C),
+    w_hh (2, G*hid, hid), b_* (2, G*hid) or None. Returns (N, 2*hid, H, W)."""
+    step = _gru_direction if cell == "gru" else _lstm_direction
+    seq = _lines(x, axis)
+    outs = [step(seq, w_ih[d], w_hh[d], None if b_ih is None else b_ih[d], None if b_hh is None else b_hh[d],
+                 reverse=bool(d)) for d in range(2)]
+    return _unlines(torch.cat(outs, dim=-1), x.shape, axis)
+
+
+def gru_sweep(x, w_ih, w_hh, b_ih=None, b_hh=None, axis=3):
+    return sweep("gru", x, w_ih, w_hh, b_ih, b_hh, axis)
+
+
+def lstm_sweep(x, w_ih, w_hh, b_ih=None, b_hh=None, axis=3):
+    return sweep("lstm", x, w_ih, w_hh, b_ih, b_hh, axis)
+
+
+_AXIS = {"rows": 3, "cols": 2}
+
+
+def renet(cell: str, x: Tensor, weights: dict, order: Tuple[str, str] = ("rows", "cols"),
+          mode: str = "sequential") -> Tensor:
+    """Reference ReNet block; ``weights[axis_name]`` = (w_ih, w_hh, b_ih, b_hh) stacked per direction."""
+    if mode == "parallel":
+        return torch.cat([sweep(cell, x, *weights[name], axis=_AXIS[name]) for name in order], dim=1)
+    y = x
+    for name in order:
+        y = sweep(cell, y, *weights[name], axis=_AXIS[name])
+    return y
+
+
+class ReNetBaseline(nn.Module):
+    """The ReNet block in plain PyTorch, as users write it today: permute + reshape to sequences,
+    ``nn.GRU``/``nn.LSTM(bidirectional=True, batch_first=True)`` along the rows, then along the
+    columns of the result. Parameter names match ``BiGRU2d``/``BiLSTM2d`` (``rows.*``, ``cols.*``)."""
+
+    def __init__(self, in_channels: int, hidden_size: int, cell: str = "gru", bias: bool = True,
+                 device=None, dtype=None):
+        super().__init__()
+        rnn = nn.GRU if cell == "gru" else nn.LSTM
+        kw = dict(batch_first=True, bidirectional=True, bias=bias, device=device, dtype=dtype)
+        self.rows = rnn(in_channels, hidden_size, **kw)
+        self.cols = rnn(2 * hidden_size, hidden_size, **kw)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        seq = x.permute(0, 2, 3, 1).reshape(n * h, w, c)
+        y, _ = self.rows(seq)                                   # (N*H, W, 2hid)
+        f = y.shape[-1]
+        y = y.reshape(n, h, w, f).permute(0, 2, 1, 3).reshape(n * w, h, f)
+        y, _ = self.cols(y)                                     # (N*W, H, 2hid)
+        return y.reshape(n, w, h, f).permute(0, 3, 2, 1)        # (N, 2hid, H, W)

@@ -1,0 +1,52 @@
+// Small row-major GEMMs for the per-step recurrent products. They run inside
+// at::parallel_for, so they call the BLAS that libtorch_cpu exports (MKL in the x86 wheels)
+// directly: at::mm would allocate tensors and dispatch on every one of thousands of steps.
+// If no Fortran BLAS symbol is present, a plain loop keeps results correct.
+#pragma once
+#include <cstdint>
+
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+            const double* beta, double* c, const int* ldc) __attribute__((weak));
+}
+
+namespace brnnseg::cpu {
+
+template <typename T>
+inline void gemm_fallback(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+                          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) {
+      T acc = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const T a = ta ? A[k * lda + i] : A[i * lda + k];
+        const T b = tb ? B[j * ldb + k] : B[k * ldb + j];
+        acc += a * b;
+      }
+      C[i * ldc + j] = alpha * acc + (beta == T(0) ? T(0) : beta * C[i * ldc + j]);
+    }
+  }
+}
+
+// Row-major C (M x N) = alpha * op(A) (M x K) * op(B) (K x N) + beta * C.
+// Column-major BLAS computes C^T = op(B)^T op(A)^T, hence the swapped operands.
+inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (!sgemm_) return gemm_fallback(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
+  const int m = (int)M, n = (int)N, k = (int)K, la = (int)lda, lb = (int)ldb, lc = (int)ldc;
+  sgemm_(&cb, &ca, &n, &m, &k, &alpha, B, &lb, A, &la, &beta, C, &lc);
+}
+inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t lda,
+                 const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  if (!dgemm_) return gemm_fallback(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
+  const int m = (int)M, n = (int)N, k = (int)K, la = (int)lda, lb = (int)ldb, lc = (int)ldc;
+  dgemm_(&cb, &ca, &n, &m, &k, &alpha, B, &lb, A, &la, &beta, C, &lc);
+}
+
+}  // namespace brnnseg::cpu

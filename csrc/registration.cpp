@@ -1,0 +1,30 @@
+// Op schemas, defined once (backends register in cpu/ and cuda/ with TORCH_LIBRARY_IMPL).
+// Importing brnnseg_kernels._C loads this library, which registers the ops.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// A module with no methods: importing it only loads the shared library.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(brnnseg, m) {
+  // One bidirectional sweep of a GRU (LSTM) along every line of a feature map.
+  //   x (N, C, H, W); w_ih (2, G*hid, C); w_hh (2, G*hid, hid); b_* (2, G*hid)
+  //   axis 3: along W (rows), 2: along H (cols)
+  //   y (N, 2*hid, H, W), channels_last memory when channels_last=True
+  //   workspace (N, H, W, 2, S*hid) when training (saved gates for backward), else empty
+  m.def("bigru_sweep(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, int axis, "
+        "bool channels_last, bool training) -> (Tensor y, Tensor workspace)");
+  m.def("bigru_sweep_backward(Tensor grad_y, Tensor x, Tensor w_ih, Tensor w_hh, Tensor y, "
+        "Tensor workspace, int axis) -> (Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, "
+        "Tensor grad_b_ih, Tensor grad_b_hh)");
+  m.def("bilstm_sweep(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, int axis, "
+        "bool channels_last, bool training) -> (Tensor y, Tensor workspace)");
+  m.def("bilstm_sweep_backward(Tensor grad_y, Tensor x, Tensor w_ih, Tensor w_hh, Tensor y, "
+        "Tensor workspace, int axis) -> (Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, "
+        "Tensor grad_b_ih, Tensor grad_b_hh)");
+}

@@ -1,0 +1,137 @@
+"""Build brnnseg_kernels: CPU kernels always, CUDA kernels when torch has CUDA and nvcc is found.
+
+Build switches (environment variables), read once here:
+  BRNNSEG_CPU_ONLY=1       skip the CUDA kernels even when nvcc and a CUDA torch are present
+  BRNNSEG_CUDA_ARCHS       semicolon list of SM archs, e.g. "80;90" (default "80;90"); ignored when
+                           TORCH_CUDA_ARCH_LIST is set, which torch's build honours as usual
+  MAX_JOBS                 parallel compile jobs (default: cores, capped by memory at ~4 GiB a job)
+  NVCC_THREADS             nvcc --threads (default 2)
+  DEBUG=1                  -O0 -g instead of -O3
+"""
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+PACKAGE = "brnnseg_kernels"
+
+CPU_ONLY = os.environ.get("BRNNSEG_CPU_ONLY", "0") == "1"
+DEBUG = os.environ.get("DEBUG", "0") == "1"
+NVCC_THREADS = os.environ.get("NVCC_THREADS", "2")
+DEFAULT_ARCHS = os.environ.get("BRNNSEG_CUDA_ARCHS", "80;90")
+
+
+def _max_jobs():
+    # Each nvcc/g++ job over torch headers peaks around 3-4 GiB; keep clear of the OOM killer.
+    if "MAX_JOBS" in os.environ:
+        return os.environ["MAX_JOBS"]
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem_gib = 8
+    return str(max(1, min(os.cpu_count() or 1, int(mem_gib // 4))))
+
+
+os.environ["MAX_JOBS"] = _max_jobs()
+
+
+def _find_cuda_home():
+    """The toolkit folder that holds bin/nvcc (not a wrapper's folder on PATH)."""
+    for cand in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if cand and os.path.isfile(os.path.join(cand, "bin", "nvcc")):
+            return os.path.realpath(cand)
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        real = os.path.realpath(nvcc)
+        home = os.path.dirname(os.path.dirname(real))
+        if os.path.isfile(os.path.join(home, "bin", "nvcc")):
+            return home
+    return None
+
+
+CUDA_HOME = None if CPU_ONLY else _find_cuda_home()
+cu_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+BUILD_CUDA = bool(torch.version.cuda) and CUDA_HOME is not None and not CPU_ONLY and bool(cu_sources)
+
+if BUILD_CUDA:
+    os.environ["CUDA_HOME"] = CUDA_HOME
+    cpp_extension.CUDA_HOME = CUDA_HOME
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        # No GPU visible: build for A100 and H100 (+PTX of the newest for forward compatibility).
+        archs = [a.strip() for a in DEFAULT_ARCHS.split(";") if a.strip()]
+        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a[:-1]}.{a[-1]}" for a in archs) + "+PTX"
+CUDA_ARCHS = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if BUILD_CUDA else ""
+
+cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
+opt = ["-O0", "-g"] if DEBUG else ["-O3"]
+cxx_flags = opt + ["-fno-math-errno", "-Wno-unused-function"]
+define_macros = []
+
+if BUILD_CUDA:
+    cuda_sources = cu_sources + sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+    # ATen's CUDA headers include cublas/cusparse headers that pip's CUDA 13 wheels ship here.
+    try:
+        import nvidia  # noqa: F401
+
+        for base in nvidia.__path__:
+            for sub in ("cu13/include",):
+                if os.path.isdir(os.path.join(base, sub)):
+                    include_dirs.append(os.path.join(base, sub))
+    except ImportError:
+        pass
+    ext = cpp_extension.CUDAExtension(
+        f"{PACKAGE}._C",
+        cpp_sources + cuda_sources,
+        include_dirs=include_dirs,
+        define_macros=define_macros + [("BRNNSEG_WITH_CUDA", "1")],
+        extra_compile_args={
+            "cxx": cxx_flags,
+            "nvcc": opt + ["--threads", NVCC_THREADS, "-lineinfo", "--use_fast_math",
+                           "-Xptxas=-v", "--expt-relaxed-constexpr"],
+        },
+        py_limited_api=True,
+    )
+else:
+    ext = cpp_extension.CppExtension(
+        f"{PACKAGE}._C",
+        cpp_sources,
+        include_dirs=include_dirs,
+        define_macros=define_macros,
+        extra_compile_args={"cxx": cxx_flags},
+        py_limited_api=True,
+    )
+
+
+def _write_build_info():
+    info = {
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "with_cuda": BUILD_CUDA,
+        "cuda_archs": CUDA_ARCHS,
+        "cuda_home": CUDA_HOME if BUILD_CUDA else None,
+        "debug": DEBUG,
+        "compiler_flags": " ".join(cxx_flags),
+    }
+    path = os.path.join(ROOT, PACKAGE, "_build_info.py")
+    with open(path, "w") as f:
+        f.write("# Written by setup.py at build time; do not edit.\n")
+        f.write(f"BUILD_INFO = {info!r}\n")
+
+
+_write_build_info()
+
+setup(
+    name="brnnseg_kernels",
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    ext_modules=[ext],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)
