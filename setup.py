@@ -71,7 +71,8 @@ CUDA_ARCHS = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if BUILD_CUDA else ""
 cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
 include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
 opt = ["-O0", "-g"] if DEBUG else ["-O3"]
-cxx_flags = opt + ["-fno-math-errno", "-Wno-unused-function"]
+# -fopenmp: ATen's at::parallel_for is an inline "#pragma omp parallel"; without it the loop runs serially.
+cxx_flags = opt + ["-fopenmp", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno", "-Wno-unused-function"]
 define_macros = []
 
 if BUILD_CUDA:
@@ -96,6 +97,7 @@ if BUILD_CUDA:
             "nvcc": opt + ["--threads", NVCC_THREADS, "-lineinfo", "--use_fast_math",
                            "-Xptxas=-v", "--expt-relaxed-constexpr"],
         },
+        extra_link_args=["-fopenmp"],
         py_limited_api=True,
     )
 else:
@@ -105,6 +107,7 @@ else:
         include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
         py_limited_api=True,
     )
 

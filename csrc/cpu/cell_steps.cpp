@@ -8,7 +8,7 @@
 // Float steps are built for AVX-512, AVX2+FMA and baseline x86-64 and dispatched at load time;
 // the extension itself is compiled for the baseline so the wheel runs anywhere.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(BRNNSEG_NO_CLONES)
-#define BRNNSEG_ISA_CLONES __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+#define BRNNSEG_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define BRNNSEG_ISA_CLONES
 #endif
@@ -23,11 +23,12 @@ __attribute__((always_inline)) inline void gru_fwd_impl(const StepArgs<T>& a, T*
   const T* __restrict bi = a.b_ih;
   const T* __restrict bh = a.b_hh;
   for (int64_t l = 0; l < a.L; ++l) {
-    const T* __restrict gx = a.gx + a.pos[l] * a.gx_ld;
+    const T* __restrict gx = a.gx + l * a.gx_ld;
     const T* __restrict gh = a.gh + l * 3 * hid;
     const T* __restrict hp = h_prev + l * hid;
     T* __restrict ho = h_out + l * hid;
     T* __restrict ws = kSave ? a.ws + a.pos[l] * a.ws_ld : nullptr;
+#pragma omp simd
     for (int64_t u = 0; u < hid; ++u) {
       T r, z, n;
       const T ghn = gh[2 * hid + u] + bh[2 * hid + u];
@@ -50,11 +51,12 @@ __attribute__((always_inline)) inline void lstm_fwd_impl(const StepArgs<T>& a, T
   const T* __restrict bi = a.b_ih;
   const T* __restrict bh = a.b_hh;
   for (int64_t l = 0; l < a.L; ++l) {
-    const T* __restrict gx = a.gx + a.pos[l] * a.gx_ld;
+    const T* __restrict gx = a.gx + l * a.gx_ld;
     const T* __restrict gh = a.gh + l * 4 * hid;
     T* __restrict ho = h_out + l * hid;
     T* __restrict cs = c_state + l * hid;
     T* __restrict ws = kSave ? a.ws + a.pos[l] * a.ws_ld : nullptr;
+#pragma omp simd
     for (int64_t u = 0; u < hid; ++u) {
       T i, f, g, o, c;
       ho[u] = lstm_cell_forward(gx[u] + bi[u] + gh[u] + bh[u],
@@ -86,6 +88,7 @@ __attribute__((always_inline)) inline void gru_bwd_impl(const StepBackwardArgs<T
     T* __restrict dgh = a.dgh + l * 3 * hid;
     T* __restrict dhl = dh + l * hid;
     const T* __restrict hp = h_prev + l * hid;
+#pragma omp simd
     for (int64_t u = 0; u < hid; ++u) {
       T da_r, da_z, da_n, dgh_n, dh_direct;
       gru_cell_backward(dhl[u], ws[u], ws[hid + u], ws[2 * hid + u], ws[3 * hid + u], hp[u],
@@ -119,6 +122,7 @@ __attribute__((always_inline)) inline void lstm_bwd_impl(const StepBackwardArgs<
     T* __restrict dgh = a.dgh + l * 4 * hid;
     T* __restrict dhl = dh + l * hid;
     T* __restrict dcl = dc + l * hid;
+#pragma omp simd
     for (int64_t u = 0; u < hid; ++u) {
       T da_i, da_f, da_g, da_o, dc_prev;
       lstm_cell_backward(dhl[u], dcl[u], ws[u], ws[hid + u], ws[2 * hid + u], ws[3 * hid + u],

@@ -3,8 +3,9 @@
 // for several ISAs (target_clones) and picks one at load time.
 //
 // Pointers (all row-major, "ld" = distance between rows):
-//   pos[l]        position of line l at this time step (rows of gx, ws, dgx)
-//   gx            input projections, already offset to this direction: row p at gx + p*gx_ld, G*hid wide
+//   pos[l]        position of line l at this time step (rows of ws and dgx)
+//   gx            input projections of the tile's lines at this step: row l at gx + l*gx_ld, G*hid wide
+//                 (bias not included)
 //   gh            recurrent products W_hh h_prev, L x G*hid contiguous (no bias)
 //   b_ih, b_hh    G*hid biases (zeros when the layer has none)
 //   ws            saved gates, offset to this direction, row p at ws + p*ws_ld (nullptr: not saved)

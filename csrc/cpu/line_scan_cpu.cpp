@@ -27,21 +27,36 @@ namespace {
 using at::Tensor;
 
 // Lines per tile. 64 keeps a step's working set (gates, states) in L2 for hid <= 128 while
-// making the per-step product a 64-row GEMM instead of a matrix-vector product.
+// making the per-step products 64-row GEMMs instead of matrix-vector products.
 constexpr int64_t kMaxTile = 64;
 
+// Work items are (direction, image, tile of that image's lines): lines of a tile never cross an
+// image, so their positions are equally spaced and a tile's input rows form one strided matrix.
 struct Tiling {
-  int64_t tile, tiles;
+  int64_t tile, tiles_per_image, items;
+  int64_t lines_per_image;
+  struct Item {
+    int d;
+    int64_t line0, L;
+  };
+  Item item(int64_t i) const {
+    const int d = static_cast<int>(i % 2);
+    const int64_t k = i / 2, n = k / tiles_per_image, j0 = (k - n * tiles_per_image) * tile;
+    return {d, n * lines_per_image + j0, std::min(tile, lines_per_image - j0)};
+  }
 };
 
-Tiling choose_tiling(int64_t lines) {
-  // Enough tiles per direction that both directions together give every thread work.
+Tiling choose_tiling(const SweepGeometry& geo) {
+  const int64_t per_image = std::max<int64_t>(1, geo.lines_per_image());
+  // Enough tiles that both directions together give every thread work.
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t per_dir = (threads + 1) / 2;
-  int64_t tiles = std::max(per_dir, (lines + kMaxTile - 1) / kMaxTile);
-  tiles = std::min(tiles, lines);
-  const int64_t tile = (lines + tiles - 1) / tiles;
-  return {tile, (lines + tile - 1) / tile};
+  const int64_t want_per_dir = (threads + 1) / 2;
+  const int64_t n = std::max<int64_t>(1, geo.N);
+  int64_t tiles = std::max((per_image + kMaxTile - 1) / kMaxTile, (want_per_dir + n - 1) / n);
+  tiles = std::min(tiles, per_image);
+  const int64_t tile = (per_image + tiles - 1) / tiles;
+  const int64_t tiles_per_image = (per_image + tile - 1) / tile;
+  return {tile, tiles_per_image, 2 * n * tiles_per_image, per_image};
 }
 
 // (N, C, H, W) -> (N, H*W, C), a view for contiguous and channels_last tensors.
@@ -76,17 +91,21 @@ struct StridedMap {
   }
 };
 
+// Writes a tile's hidden states (L x hid, row-major) into the strided output. The tile's lines are
+// equally spaced (one image), so for NCHW output the write runs along the lines of each channel.
 template <typename T>
-void scatter_rows(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t c0, int64_t hid, const T* src,
+void scatter_tile(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t c0, int64_t hid, const T* src,
                   T* dst) {
-  for (int64_t l = 0; l < L; ++l) {
-    T* out = dst + m.offset(l0 + l, t) + c0 * m.sC;
-    const T* in = src + l * hid;
-    if (m.sC == 1) {
-      std::memcpy(out, in, hid * sizeof(T));
-    } else {
-      for (int64_t u = 0; u < hid; ++u) out[u * m.sC] = in[u];
-    }
+  T* base = dst + m.offset(l0, t) + c0 * m.sC;
+  if (m.sC == 1) {
+    const int64_t ls = m.geo.axis == 3 ? m.sH : m.sW;
+    for (int64_t l = 0; l < L; ++l) std::memcpy(base + l * ls, src + l * hid, hid * sizeof(T));
+    return;
+  }
+  const int64_t ls = L > 1 ? m.offset(l0 + 1, t) - m.offset(l0, t) : 0;
+  for (int64_t u = 0; u < hid; ++u) {
+    T* out = base + u * m.sC;
+    for (int64_t l = 0; l < L; ++l) out[l * ls] = src[l * hid + u];
   }
 }
 
@@ -123,46 +142,55 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
   constexpr int64_t G = Cell::kGates, S = Cell::kSaved;
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), hid = w_hh.size(2), Gh = G * hid;
   const SweepGeometry geo{N, H, W, static_cast<int>(axis)};
-  const int64_t lines = geo.lines(), T_len = geo.steps();
+  const int64_t T_len = geo.steps();
 
   auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   Tensor y = at::empty({N, 2 * hid, H, W}, x.options().memory_format(fmt));
   Tensor ws = training ? at::empty({N, H, W, 2, S * hid}, x.options()) : at::empty({0}, x.options());
   if (geo.positions() == 0) return {y, ws};
 
-  const Tensor wih = w_ih.contiguous().view({2 * Gh, C});
+  const Tensor wih = w_ih.contiguous();
   const Tensor whh = w_hh.contiguous();
-  // Input projections of every position for both directions: (N, H*W, 2*G*hid).
-  const Tensor gx = at::matmul(positions_view(x), wih.t()).contiguous();
+  // Position-major input (a no-op for channels_last x): the rows a tile needs at one step are then
+  // one strided matrix, projected right before use instead of through a full-size gx buffer.
+  const Tensor xcl = x.contiguous(at::MemoryFormat::ChannelsLast);
   const Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::zeros({2, Gh}, x.options());
   const Tensor bh = b_hh.has_value() ? b_hh->contiguous() : at::zeros({2, Gh}, x.options());
 
   const StridedMap ymap(geo, y);
-  const T* gx_p = gx.data_ptr<T>();
+  const T* x_p = xcl.data_ptr<T>();
+  const T* wih_p = wih.data_ptr<T>();
   const T* whh_p = whh.data_ptr<T>();
   const T* bi_p = bi.data_ptr<T>();
   const T* bh_p = bh.data_ptr<T>();
   T* y_p = y.data_ptr<T>();
   T* ws_p = training ? ws.data_ptr<T>() : nullptr;
-  const Tiling tiling = choose_tiling(lines);
+  const Tiling tiling = choose_tiling(geo);
+  const int64_t line_stride = geo.line_stride();
 
-  at::parallel_for(0, 2 * tiling.tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tiling.items, 1, [&](int64_t begin, int64_t end) {
     const int64_t tile = tiling.tile;
-    std::vector<T> h_a(tile * hid), h_b(tile * hid), c(tile * hid), gh(tile * Gh);
+    std::vector<T> h_a(tile * hid), h_b(tile * hid), c(tile * hid), gx(tile * Gh), gh(tile * Gh);
     std::vector<int64_t> pos(tile);
-    for (int64_t item = begin; item < end; ++item) {
-      const int d = static_cast<int>(item % 2);
-      const int64_t l0 = (item / 2) * tile, L = std::min(tile, lines - l0);
+    for (int64_t i = begin; i < end; ++i) {
+      const auto [d, l0, L] = tiling.item(i);
       T* h_prev = h_a.data();
       T* h_cur = h_b.data();
       std::fill(h_a.begin(), h_a.end(), T(0));
       std::fill(c.begin(), c.end(), T(0));
+      const T* wih_d = wih_p + d * Gh * C;
       const T* whh_d = whh_p + d * Gh * hid;
-      StepArgs<T> a{L, hid, pos.data(), gx_p + d * Gh, 2 * Gh, gh.data(), bi_p + d * Gh, bh_p + d * Gh,
+      StepArgs<T> a{L, hid, pos.data(), gx.data(), Gh, gh.data(), bi_p + d * Gh, bh_p + d * Gh,
                     ws_p ? ws_p + d * S * hid : nullptr, 2 * S * hid};
       for (int64_t s = 0; s < T_len; ++s) {
         const int64_t t = step_time(d, s, T_len);
-        for (int64_t l = 0; l < L; ++l) pos[l] = geo.pos(l0 + l, t);
+        const int64_t p0 = geo.pos(l0, t);
+        for (int64_t l = 0; l < L; ++l) pos[l] = p0 + l * line_stride;
+        if (C > 0) {
+          gemm(false, true, L, Gh, C, T(1), x_p + p0 * C, line_stride * C, wih_d, C, T(0), gx.data(), Gh);
+        } else {
+          std::fill(gx.begin(), gx.end(), T(0));
+        }
         if (s == 0) {
           std::fill(gh.begin(), gh.end(), T(0));  // h0 = 0
         } else {
@@ -173,7 +201,7 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
         } else {
           lstm_step_forward(a, h_cur, c.data());
         }
-        scatter_rows(ymap, l0, L, t, d * hid, hid, h_cur, y_p);
+        scatter_tile(ymap, l0, L, t, d * hid, hid, h_cur, y_p);
         std::swap(h_prev, h_cur);
       }
     }
@@ -189,7 +217,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
   constexpr int64_t G = Cell::kGates, S = Cell::kSaved;
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), hid = w_hh.size(2), Gh = G * hid;
   const SweepGeometry geo{N, H, W, static_cast<int>(axis)};
-  const int64_t lines = geo.lines(), T_len = geo.steps(), HW = H * W;
+  const int64_t T_len = geo.steps(), HW = H * W;
 
   const Tensor wih = w_ih.contiguous().view({2 * Gh, C});
   const Tensor whh = w_hh.contiguous();
@@ -198,8 +226,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
   // dW_hh = sum_p dgh[p]^T h[p] is one GEMM against the output itself.
   Tensor dgx = at::empty({N, HW, 2 * Gh}, x.options());
   Tensor dgh = at::empty({N, HW, 2 * Gh}, x.options());
-  const Tiling tiling = choose_tiling(std::max<int64_t>(lines, 1));  // lines >= 1 keeps the division defined
-  Tensor db = at::zeros({2 * tiling.tiles, 2, Gh}, x.options());  // per work item: (ih, hh)
+  const Tiling tiling = choose_tiling(geo);
+  Tensor db = at::zeros({tiling.items, 2, Gh}, x.options());  // per work item: (ih, hh)
 
   const StridedMap ymap(geo, y), gmap(geo, grad_y);
   const T* gy_p = grad_y.data_ptr<T>();
@@ -212,14 +240,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
   const int64_t ts = geo.time_stride();
 
   if (geo.positions() > 0) {
-    at::parallel_for(0, 2 * tiling.tiles, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, tiling.items, 1, [&](int64_t begin, int64_t end) {
       const int64_t tile = tiling.tile;
       std::vector<T> dh(tile * hid), dc(tile * hid), hp(tile * hid), dgh_tile(tile * Gh);
       std::vector<int64_t> pos(tile);
       for (int64_t item = begin; item < end; ++item) {
-        const int d = static_cast<int>(item % 2);
-        const int64_t l0 = (item / 2) * tile, L = std::min(tile, lines - l0);
-        if (L <= 0) continue;
+        const auto [d, l0, L] = tiling.item(item);
         std::fill(dh.begin(), dh.end(), T(0));
         std::fill(dc.begin(), dc.end(), T(0));
         const T* whh_d = whh_p + d * Gh * hid;
@@ -267,7 +293,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
   Tensor dw_hh = at::stack({positions_tn(dgh.narrow(2, 0, Gh), y3.narrow(2, 0, hid)),
                             positions_tn(dgh.narrow(2, Gh, Gh), y3.narrow(2, hid, hid))});
   // Bias gradients: sum the per-item partials of each direction (items alternate directions).
-  Tensor db_dir = db.view({tiling.tiles, 2, 2, Gh}).sum(0);  // (direction, ih/hh, Gh)
+  Tensor db_dir = db.view({tiling.items / 2, 2, 2, Gh}).sum(0);  // (direction, ih/hh, Gh)
   Tensor db_ih = db_dir.select(1, 0).contiguous();
   Tensor db_hh = G == 3 ? db_dir.select(1, 1).contiguous() : db_ih.clone();
   return {dx, dw_ih, dw_hh, db_ih, db_hh};

@@ -4,6 +4,10 @@
 
 #if defined(__CUDACC__)
 #define BRNNSEG_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// always_inline: the CPU steps are compiled per ISA (target_clones); the cell math must be
+// inlined into each clone to be vectorised with it.
+#define BRNNSEG_HD inline __attribute__((always_inline))
 #else
 #define BRNNSEG_HD inline
 #endif

@@ -21,6 +21,10 @@ struct SweepGeometry {
     return n * H * W + w;
   }
   BRNNSEG_HD int64_t pos(int64_t line, int64_t t) const { return line_start(line) + t * time_stride(); }
+  // Lines of one image, and the distance in positions between neighbouring lines of an image.
+  // Line index = n * lines_per_image() + j.
+  BRNNSEG_HD int64_t lines_per_image() const { return axis == 3 ? H : W; }
+  BRNNSEG_HD int64_t line_stride() const { return axis == 3 ? W : 1; }
 };
 
 // Time index of the s-th step a direction takes (direction 1 walks backwards).
