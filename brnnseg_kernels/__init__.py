@@ -1,5 +1,7 @@
 """brnnseg_kernels: fused bidirectional GRU/LSTM sweeps over feature maps (ReNet layers) for
 image segmentation, with plain-PyTorch references and benchmarks against the cuDNN/PyTorch path."""
+import torch  # noqa: F401  (loads libc10/libtorch before our library)
+
 from . import _C  # noqa: F401  (registers torch.ops.brnnseg.*)
 from . import ops, reference, functional, nn  # noqa: F401
 from .nn import BiGRU2d, BiLSTM2d

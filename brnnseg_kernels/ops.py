@@ -56,12 +56,20 @@ def bilstm_sweep(x, w_ih, w_hh, b_ih=None, b_hh=None, axis: int = 3, channels_la
     return sweep("lstm", x, w_ih, w_hh, b_ih, b_hh, axis, channels_last, training)
 
 
+def _check_devices(op: str, x: Tensor, *others: Optional[Tensor]) -> None:
+    # The fake kernel runs for any meta/fake argument, so it repeats the C++ device check.
+    for t in others:
+        if t is not None and t.device != x.device:
+            raise RuntimeError(f"{op}: weights must be on the device of x ({x.device}), got {t.device}")
+
+
 def _register(cell: str) -> None:
     name = f"brnnseg::{_OPS[cell]}"
     saved = _SAVED[cell]
 
     @torch.library.register_fake(name)
     def _fake(x, w_ih, w_hh, b_ih, b_hh, axis, channels_last, training):
+        _check_devices(_OPS[cell], x, w_ih, w_hh, b_ih, b_hh)
         n, _, h, w = x.shape
         hid = w_hh.shape[2]
         fmt = torch.channels_last if channels_last else torch.contiguous_format

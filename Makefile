@@ -1,0 +1,43 @@
+# make demo   -- build, then run the ReNet layers on random data (and compare with nn.GRU/nn.LSTM)
+# make test   -- create .venv, install torch 2.14.1 and the test tools, build, run the C++ and Python tests
+# make bench  -- CPU benchmark against the plain-PyTorch ReNet block
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+TORCH  := torch==2.14.1
+STAMP  := $(VENV)/.deps-installed
+
+.PHONY: all venv build test test-cpp test-py demo bench clean
+
+all: build
+
+$(STAMP): Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH) numpy pytest pytest-benchmark ninja cmake setuptools wheel
+	touch $@
+
+venv: $(STAMP)
+
+build: $(STAMP)
+	$(PY) setup.py -q build_ext --inplace
+
+# Cell math and kernels compiled without torch (and the SIMT simulator, when present), run by ctest.
+test-cpp: $(STAMP)
+	$(VENV)/bin/cmake -S . -B build/cmake -DBRNNSEG_BUILD_TORCH_LIBRARY=OFF -DCMAKE_BUILD_TYPE=Release > /dev/null
+	$(VENV)/bin/cmake --build build/cmake -j 2
+	cd build/cmake && ../../$(VENV)/bin/ctest --output-on-failure
+
+test-py: build
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q tests
+
+test: test-cpp test-py
+
+demo: build
+	PYTHONPATH=$(CURDIR) $(PY) python/examples/demo.py
+
+bench: build
+	PYTHONPATH=$(CURDIR) $(PY) -m brnnseg_kernels bench --device cpu --csv benchmarks/results/cpu_renet.csv
+
+clean:
+	rm -rf build brnnseg_kernels/*.so brnnseg_kernels/_build_info.py

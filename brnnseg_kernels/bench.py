@@ -1,0 +1,200 @@
+"""Benchmarks of the ReNet layers against the plain-PyTorch block (permutes + nn.GRU/nn.LSTM), in one
+process, same threads: speed (median of repeats), achieved GFLOP/s against a measured sgemm rate, and
+peak memory of forward+backward (CPU: peak RSS growth in a fresh subprocess; CUDA: allocator peak).
+
+Run: ``python -m brnnseg_kernels bench --device cpu`` (see ``--help``)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, List
+
+import torch
+
+# name: (N, C, H, W, hidden) -- ../shared/README.md
+CPU_SHAPES = {
+    "cpu-med": (4, 64, 64, 64, 64),
+    "cpu-hires": (2, 32, 128, 128, 32),
+    "cpu-wide": (1, 128, 32, 32, 128),
+}
+GPU_SHAPES = {
+    "lanes-64": (8, 128, 36, 100, 64), "lanes-128": (8, 128, 36, 100, 128),
+    "cityscapes-s8-64": (8, 512, 64, 128, 64), "cityscapes-s8-128": (8, 512, 64, 128, 128),
+    "cityscapes-s8-256": (8, 512, 64, 128, 256),
+    "ade-s16-128": (16, 512, 32, 32, 128), "ade-s16-256": (16, 512, 32, 32, 256),
+    "ade-s8-64": (16, 256, 64, 64, 64), "ade-s8-128": (16, 256, 64, 64, 128),
+    "hires-64": (2, 64, 256, 256, 64), "latency-128": (1, 256, 64, 64, 128),
+}
+GATES = {"gru": 3, "lstm": 4}
+
+
+def renet_flops(shape, cell: str) -> float:
+    """Forward FLOPs of a ReNet block (GEMMs only): per sweep and direction, 2*P*G*hid*(C_in + hid)."""
+    n, c, h, w, hid = shape
+    p, g = n * h * w, GATES[cell] * hid
+    return sum(2 * 2 * p * g * (cin + hid) for cin in (c, 2 * hid))
+
+
+def make_layers(cell: str, shape, device, dtype=torch.float32):
+    from . import BiGRU2d, BiLSTM2d
+    from .reference import ReNetBaseline
+
+    n, c, h, w, hid = shape
+    base = ReNetBaseline(c, hid, cell).to(device=device, dtype=dtype)
+    ours = (BiGRU2d if cell == "gru" else BiLSTM2d)(c, hid).to(device=device, dtype=dtype)
+    ours.load_state_dict(base.state_dict())
+    return {"torch": base, "brnnseg": ours}
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_ms(fn: Callable[[], object], device="cpu", repeat=7, warmup=2) -> float:
+    """Median wall time of fn in ms (CUDA: events around each call)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        if torch.device(device).type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def sgemm_gflops(device="cpu", n=2048) -> float:
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    ms = time_ms(lambda: torch.matmul(a, b), device, repeat=5)
+    return 2 * n ** 3 / ms / 1e6
+
+
+_PEAK_SNIPPET = r"""
+import json, resource, sys, torch
+torch.set_num_threads({threads})
+sys.path.insert(0, {root!r})
+from brnnseg_kernels.bench import make_layers
+torch.manual_seed(0)
+layer = make_layers({cell!r}, {shape!r}, "cpu")[{provider!r}]
+x = torch.randn(*{shape!r}[:4], requires_grad=True)
+def rss_kib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1])
+# Warm up the libraries (thread pools, BLAS buffers) on a tiny map so they don't count.
+layer(torch.randn(1, x.shape[1], 2, 2, requires_grad=True)).sum().backward()
+layer.zero_grad(set_to_none=True)
+before = rss_kib()
+layer(x).sum().backward()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"peak_mib": (peak - before) / 1024}}))
+"""
+
+
+def cpu_peak_mib(cell, shape, provider, threads) -> float:
+    """Peak RSS growth of one forward+backward, in a fresh interpreter (so earlier runs don't count)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = _PEAK_SNIPPET.format(threads=threads, root=root, cell=cell, shape=tuple(shape), provider=provider)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+@dataclass
+class Row:
+    shape: str
+    cell: str
+    provider: str
+    mode: str
+    ms: float
+    gflops: float
+    peak_mib: float
+
+
+def run(device="cpu", shapes=None, cells=("gru", "lstm"), repeat=7, threads=2, memory=True,
+        dtype=torch.float32) -> List[Row]:
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    table = CPU_SHAPES if device == "cpu" else GPU_SHAPES
+    names = shapes or list(table)
+    rows: List[Row] = []
+    for name in names:
+        shape = table[name]
+        for cell in cells:
+            torch.manual_seed(0)
+            layers = make_layers(cell, shape, device, dtype)
+            x = torch.randn(*shape[:4], device=device, dtype=dtype, requires_grad=True)
+            flops = renet_flops(shape, cell)
+            for provider, layer in layers.items():
+                def fwd_bwd():
+                    layer(x).sum().backward()
+
+                def fwd_nograd():
+                    with torch.no_grad():
+                        layer(x)
+
+                peak = float("nan")
+                if memory and device == "cpu":
+                    peak = cpu_peak_mib(cell, shape, provider, threads)
+                elif memory:
+                    torch.cuda.reset_peak_memory_stats()
+                    base_mem = torch.cuda.memory_allocated()
+                    fwd_bwd()
+                    torch.cuda.synchronize()
+                    peak = (torch.cuda.max_memory_allocated() - base_mem) / 2**20
+                ms = time_ms(fwd_bwd, device, repeat)
+                rows.append(Row(name, cell, provider, "fwd+bwd", ms, 3 * flops / ms / 1e6, peak))
+                ms = time_ms(fwd_nograd, device, repeat)
+                rows.append(Row(name, cell, provider, "fwd no_grad", ms, flops / ms / 1e6, float("nan")))
+    return rows
+
+
+def report(rows: List[Row], sgemm: float) -> str:
+    lines = [f"{'shape':10s} {'cell':4s} {'mode':11s} {'torch ms':>9s} {'ours ms':>9s} {'speedup':>8s} "
+             f"{'ours GF/s':>9s} {'% sgemm':>7s} {'torch MiB':>9s} {'ours MiB':>9s}"]
+    key = lambda r: (r.shape, r.cell, r.mode)  # noqa: E731
+    by = {}
+    for r in rows:
+        by.setdefault(key(r), {})[r.provider] = r
+    for (shape, cell, mode), d in by.items():
+        t, o = d["torch"], d["brnnseg"]
+        lines.append(f"{shape:10s} {cell:4s} {mode:11s} {t.ms:9.1f} {o.ms:9.1f} {t.ms / o.ms:7.2f}x "
+                     f"{o.gflops:9.1f} {100 * o.gflops / sgemm:6.0f}% {t.peak_mib:9.1f} {o.peak_mib:9.1f}")
+    return "\n".join(lines)
+
+
+def write_csv(rows: List[Row], path: str, device_name: str, sgemm: float) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["date", "device", "torch", "sgemm_gflops", "shape", "cell", "provider", "mode", "ms",
+                        "gflops", "peak_mib"])
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        for r in rows:
+            w.writerow([stamp, device_name, torch.__version__, f"{sgemm:.1f}", r.shape, r.cell, r.provider, r.mode,
+                        f"{r.ms:.3f}", f"{r.gflops:.1f}", f"{r.peak_mib:.1f}"])
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"

@@ -1,0 +1,59 @@
+"""Command line: ``python -m brnnseg_kernels info | bench``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+
+def _info(_args) -> int:
+    import brnnseg_kernels as bk
+
+    info = bk.build_info()
+    print(f"brnnseg_kernels {bk.__version__}")
+    print(f"torch           {torch.__version__} (CUDA {torch.version.cuda})")
+    print(f"built against   torch {info.get('torch', '?')}")
+    print(f"CUDA kernels    {'yes, archs ' + info.get('cuda_archs', '') if info.get('with_cuda') else 'no'}")
+    print(f"GPU visible     {torch.cuda.is_available()}")
+    print(f"CPU threads     {torch.get_num_threads()}")
+    ops = sorted(n for n in dir(torch.ops.brnnseg) if hasattr(getattr(torch.ops.brnnseg, n), "default"))
+    print(f"ops             {', '.join(ops)}")
+    return 0
+
+
+def _bench(args) -> int:
+    from . import bench
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench --device cuda: no GPU is visible on this machine", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    sgemm = bench.sgemm_gflops(args.device)
+    print(f"device {bench.device_name(args.device)}; sgemm (torch.matmul 2048^2) {sgemm:.0f} GFLOP/s")
+    rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, not args.no_memory)
+    print(bench.report(rows, sgemm))
+    if args.csv:
+        bench.write_csv(rows, args.csv, bench.device_name(args.device), sgemm)
+        print(f"appended to {args.csv}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m brnnseg_kernels")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="versions and what this build contains")
+    b = sub.add_parser("bench", help="ReNet layers vs the nn.GRU/nn.LSTM block")
+    b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    b.add_argument("--shapes", nargs="*", help="shape names (default: all for the device)")
+    b.add_argument("--cells", nargs="*", default=["gru", "lstm"], choices=["gru", "lstm"])
+    b.add_argument("--repeat", type=int, default=7)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    b.add_argument("--csv", help="append results to this CSV file")
+    args = p.parse_args(argv)
+    return {"info": _info, "bench": _bench}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The sweep ops (torch.ops.brnnseg.bigru_sweep / bilstm_sweep and their backward) against the
+plain-PyTorch reference: values, gradients, gradcheck, opcheck, bad input."""
+import pytest
+import torch
+
+import brnnseg_kernels as bk
+from brnnseg_kernels import reference
+from tests.utils import assert_verbose_allclose, stacked_weights
+
+CELLS = ["gru", "lstm"]
+OPS = {"gru": torch.ops.brnnseg.bigru_sweep, "lstm": torch.ops.brnnseg.bilstm_sweep}
+
+# (N, C, H, W, hidden): T=1 both ways, batch 1, odd sizes, hidden 1 and not a multiple of 8.
+SHAPES = [
+    (2, 5, 7, 6, 4),
+    (1, 3, 1, 9, 3),
+    (3, 2, 8, 1, 1),
+    (1, 1, 1, 1, 2),
+    (1, 4, 37, 29, 3),
+    (2, 6, 5, 70, 5),   # more lines than one tile (64) along H
+    (1, 3, 66, 4, 2),   # ... and along W
+]
+
+
+def _layouts(x):
+    yield "contiguous", x
+    yield "channels_last", x.to(memory_format=torch.channels_last)
+    # A non-contiguous view: every other column of a wider map.
+    wide = torch.zeros(*x.shape[:3], 2 * x.shape[3], dtype=x.dtype)
+    wide[..., ::2] = x.detach()
+    yield "strided", wide[..., ::2].requires_grad_(x.requires_grad)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("axis", [2, 3])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_sweep_matches_reference_float64(cell, axis, shape):
+    n, c, h, w, hid = shape
+    x = torch.randn(n, c, h, w, dtype=torch.float64)
+    weights = stacked_weights(cell, c, hid)
+    expected = reference.sweep(cell, x, *weights, axis=axis)
+    grad_out = torch.randn_like(expected)
+    exp_grads = torch.autograd.grad(expected, weights, grad_out)
+    for layout, xin in _layouts(x.clone().requires_grad_()):
+        y = bk.ops.sweep(cell, xin, *weights, axis=axis)
+        assert_verbose_allclose(y, expected, rtol=1e-10, atol=1e-12, name=f"y ({layout})")
+        grads = torch.autograd.grad(y, [xin] + weights, grad_out)
+        x_ref = x.clone().requires_grad_()
+        (gx_ref,) = torch.autograd.grad(reference.sweep(cell, x_ref, *weights, axis=axis), [x_ref], grad_out)
+        assert_verbose_allclose(grads[0], gx_ref, rtol=1e-10, atol=1e-12, name=f"grad x ({layout})")
+        for name, g, e in zip(["w_ih", "w_hh", "b_ih", "b_hh"], grads[1:], exp_grads):
+            assert_verbose_allclose(g, e, rtol=1e-10, atol=1e-12, name=f"grad {name} ({layout})")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sweep_output_layout(cell, channels_last):
+    x = torch.randn(2, 3, 5, 4)
+    y = bk.ops.sweep(cell, x, *stacked_weights(cell, 3, 4, torch.float32, requires_grad=False), axis=3,
+                     channels_last=channels_last)
+    assert y.shape == (2, 8, 5, 4)
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("axis", [2, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_sweep_float32_close_to_float64_reference(cell, axis, bias):
+    x = torch.randn(2, 6, 9, 11, dtype=torch.float64)
+    weights = stacked_weights(cell, 6, 7, bias=bias, requires_grad=False)
+    expected = reference.sweep(cell, x, *weights, axis=axis)
+    y = bk.ops.sweep(cell, x.float(), *[None if w is None else w.float() for w in weights], axis=axis)
+    assert y.dtype == torch.float32
+    assert_verbose_allclose(y, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("axis", [2, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_sweep_gradcheck(cell, axis, bias):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    weights = stacked_weights(cell, 3, 3, bias=bias)
+
+    def f(x, *ws):
+        ws = list(ws) + [None] * (4 - len(ws))
+        return bk.ops.sweep(cell, x, *ws, axis=axis)
+
+    inputs = [x] + [w for w in weights if w is not None]
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("training", [False, True])
+def test_sweep_opcheck(cell, training):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=training)
+    w_ih, w_hh, b_ih, b_hh = stacked_weights(cell, 3, 3, requires_grad=training)
+    for axis, cl in [(3, False), (2, True)]:
+        torch.library.opcheck(OPS[cell], (x, w_ih, w_hh, b_ih, b_hh, axis, cl, training))
+    torch.library.opcheck(OPS[cell], (x.to(memory_format=torch.channels_last), w_ih, w_hh, None, None, 3, True,
+                                      training))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_sweep_backward_opcheck(cell):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    w_ih, w_hh, b_ih, b_hh = stacked_weights(cell, 3, 3, requires_grad=False)
+    y, ws = OPS[cell](x, w_ih, w_hh, b_ih, b_hh, 3, False, True)
+    backward = getattr(torch.ops.brnnseg, f"bi{cell}_sweep_backward")
+    torch.library.opcheck(backward, (torch.randn_like(y), x, w_ih, w_hh, y, ws, 3),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_sweep_without_workspace_cannot_backward(cell):
+    x = torch.randn(1, 2, 3, 3, requires_grad=True)
+    weights = stacked_weights(cell, 2, 2, torch.float32)
+    y = bk.ops.sweep(cell, x, *weights, axis=3, training=False)
+    with pytest.raises(RuntimeError, match="training=True"):
+        y.sum().backward()
+
+
+def test_sweep_no_grad_saves_nothing():
+    x = torch.randn(1, 2, 3, 3)
+    w = stacked_weights("gru", 2, 2, torch.float32)
+    with torch.no_grad():
+        _, ws = OPS["gru"](x, *w, 3, False, False)
+    assert ws.numel() == 0
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_sweep_bad_input_names_the_argument(cell):
+    op = OPS[cell]
+    x = torch.randn(2, 3, 4, 5)
+    w_ih, w_hh, b_ih, b_hh = stacked_weights(cell, 3, 4, torch.float32, requires_grad=False)
+    g = w_hh.shape[1]
+    cases = [
+        ((x[0], w_ih, w_hh, b_ih, b_hh, 3, False, False), "x must be 4-D"),
+        ((x.long(), w_ih, w_hh, b_ih, b_hh, 3, False, False), "floating point"),
+        ((x, w_ih[:, :, :2], w_hh, b_ih, b_hh, 3, False, False), "w_ih must have shape"),
+        ((x, w_ih, w_hh[:, :-1], b_ih, b_hh, 3, False, False), "w_hh must have shape"),
+        ((x, w_ih, w_hh, b_ih[:, :g - 1], b_hh, 3, False, False), "b_ih must have shape"),
+        ((x, w_ih, w_hh, b_ih, b_hh.double(), 3, False, False), "b_hh must match x"),
+        ((x, w_ih.double(), w_hh, b_ih, b_hh, 3, False, False), "weights must have the dtype of x"),
+        ((x, w_ih, w_hh, b_ih, b_hh, 1, False, False), "axis must be 2"),
+        ((x.half(), w_ih.half(), w_hh.half(), b_ih.half(), b_hh.half(), 3, False, False), "float32 and float64"),
+        ((x, w_ih.to("meta"), w_hh, b_ih, b_hh, 3, False, False), "device"),
+    ]
+    for args, msg in cases:
+        with pytest.raises((RuntimeError, NotImplementedError), match=msg):
+            op(*args)
+
+
+def test_sweep_empty_batch():
+    x = torch.randn(0, 3, 4, 5)
+    y = bk.ops.sweep("gru", x, *stacked_weights("gru", 3, 2, torch.float32, requires_grad=False), axis=3)
+    assert y.shape == (0, 4, 4, 5)
