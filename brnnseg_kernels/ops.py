@@ -8,8 +8,9 @@ Sweep ops (schemas in csrc/registration.cpp, shapes in csrc/include/brnnseg/conv
 x (N, C, H, W); w_ih (2, G*hid, C); w_hh (2, G*hid, hid); b_* (2, G*hid) or None, G = 3 (GRU) or
 4 (LSTM); axis 3 sweeps every row (along W), axis 2 every column (along H). y is (N, 2*hid, H, W),
 forward direction first, in channels_last memory when ``channels_last``. ``workspace`` holds the
-gates autograd saves for backward: (N, H, W, 2, S*hid) with S = 4 (GRU: r, z, n, W_hn h + b_hn)
-or 5 (LSTM: i, f, g, o, c) when ``training``, else empty.
+gates autograd saves for backward when ``training`` (else it is empty): (2, T, lines, S*hid), time-major
+per direction, with T = W, lines = N*H for axis 3 and T = H, lines = N*W for axis 2, and S = 4 (GRU: r, z,
+n, W_hn h + b_hn) or 5 (LSTM: i, f, g, o, c).
 """
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ def _register(cell: str) -> None:
         hid = w_hh.shape[2]
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         y = torch.empty((n, 2 * hid, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
-        shape = (n, h, w, 2, saved * hid) if training else (0,)
+        steps, lines = (w, n * h) if axis == 3 else (h, n * w)
+        shape = (2, steps, lines, saved * hid) if training else (0,)
         return y, x.new_empty(shape)
 
     @torch.library.register_fake(f"{name}_backward")

@@ -16,7 +16,7 @@ TORCH_LIBRARY(brnnseg, m) {
   //   x (N, C, H, W); w_ih (2, G*hid, C); w_hh (2, G*hid, hid); b_* (2, G*hid)
   //   axis 3: along W (rows), 2: along H (cols)
   //   y (N, 2*hid, H, W), channels_last memory when channels_last=True
-  //   workspace (N, H, W, 2, S*hid) when training (saved gates for backward), else empty
+  //   workspace (2, T, lines, S*hid) when training (saved gates for backward, time-major), else empty
   m.def("bigru_sweep(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, int axis, "
         "bool channels_last, bool training) -> (Tensor y, Tensor workspace)");
   m.def("bigru_sweep_backward(Tensor grad_y, Tensor x, Tensor w_ih, Tensor w_hh, Tensor y, "

@@ -3,6 +3,11 @@ import os
 # Triton kernels run on CPU tensors through the interpreter; it must be set before triton is imported.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import tempfile  # noqa: E402
+
+# A fresh inductor cache per run: a cached graph would keep the fake kernels of an older build.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="brnnseg-inductor-"))
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

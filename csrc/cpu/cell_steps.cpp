@@ -1,33 +1,37 @@
-// Tile-wide cell steps (see cell_steps.h). The math itself is in include/brnnseg/cell/*.h,
-// shared with the CUDA kernels; this file only loops over lines and units.
+// Tile-wide cell steps (see cell_steps.h). The math itself is in include/brnnseg/cell/*.h, shared
+// with the CUDA kernels; this file only loops over lines and units.
 #include "cell_steps.h"
 
 #include "brnnseg/cell/gru_cell.h"
 #include "brnnseg/cell/lstm_cell.h"
 
-// Float steps are built for AVX-512, AVX2+FMA and baseline x86-64 and dispatched at load time;
-// the extension itself is compiled for the baseline so the wheel runs anywhere.
+// Float steps are built for AVX-512, AVX2 and baseline x86-64 and dispatched at load time (by CPU
+// features, so AMD and Intel both get their widest clone); the rest of the extension is compiled
+// for the baseline so the wheel runs anywhere.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(BRNNSEG_NO_CLONES)
 #define BRNNSEG_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define BRNNSEG_ISA_CLONES
 #endif
+#define BRNNSEG_ALWAYS_INLINE __attribute__((always_inline)) inline
 
 namespace brnnseg::cpu {
 namespace {
 
+// "omp simd": GCC's own dependence analysis gives up on these loops (many restrict pointers in a
+// target clone); the iterations are independent by construction.
+
 template <typename T, bool kSave>
-__attribute__((always_inline)) inline void gru_fwd_impl(const StepArgs<T>& a, T* __restrict h_out,
-                                                        const T* __restrict h_prev) {
+BRNNSEG_ALWAYS_INLINE void gru_fwd_impl(const StepArgs<T>& a, T* __restrict h_out, const T* __restrict h_prev) {
   const int64_t hid = a.hid;
   const T* __restrict bi = a.b_ih;
   const T* __restrict bh = a.b_hh;
   for (int64_t l = 0; l < a.L; ++l) {
-    const T* __restrict gx = a.gx + l * a.gx_ld;
+    const T* __restrict gx = a.gx + l * 3 * hid;
     const T* __restrict gh = a.gh + l * 3 * hid;
     const T* __restrict hp = h_prev + l * hid;
     T* __restrict ho = h_out + l * hid;
-    T* __restrict ws = kSave ? a.ws + a.pos[l] * a.ws_ld : nullptr;
+    T* __restrict ws = kSave ? a.ws + l * 4 * hid : nullptr;
 #pragma omp simd
     for (int64_t u = 0; u < hid; ++u) {
       T r, z, n;
@@ -45,17 +49,16 @@ __attribute__((always_inline)) inline void gru_fwd_impl(const StepArgs<T>& a, T*
 }
 
 template <typename T, bool kSave>
-__attribute__((always_inline)) inline void lstm_fwd_impl(const StepArgs<T>& a, T* __restrict h_out,
-                                                         T* __restrict c_state) {
+BRNNSEG_ALWAYS_INLINE void lstm_fwd_impl(const StepArgs<T>& a, T* __restrict h_out, T* __restrict c_state) {
   const int64_t hid = a.hid;
   const T* __restrict bi = a.b_ih;
   const T* __restrict bh = a.b_hh;
   for (int64_t l = 0; l < a.L; ++l) {
-    const T* __restrict gx = a.gx + l * a.gx_ld;
+    const T* __restrict gx = a.gx + l * 4 * hid;
     const T* __restrict gh = a.gh + l * 4 * hid;
     T* __restrict ho = h_out + l * hid;
     T* __restrict cs = c_state + l * hid;
-    T* __restrict ws = kSave ? a.ws + a.pos[l] * a.ws_ld : nullptr;
+    T* __restrict ws = kSave ? a.ws + l * 5 * hid : nullptr;
 #pragma omp simd
     for (int64_t u = 0; u < hid; ++u) {
       T i, f, g, o, c;
@@ -77,14 +80,13 @@ __attribute__((always_inline)) inline void lstm_fwd_impl(const StepArgs<T>& a, T
 }
 
 template <typename T>
-__attribute__((always_inline)) inline void gru_bwd_impl(const StepBackwardArgs<T>& a, T* __restrict dh,
-                                                        const T* __restrict h_prev) {
+BRNNSEG_ALWAYS_INLINE void gru_bwd_impl(const StepBackwardArgs<T>& a, T* __restrict dh, const T* __restrict h_prev) {
   const int64_t hid = a.hid;
   T* __restrict dbi = a.db_ih;
   T* __restrict dbh = a.db_hh;
   for (int64_t l = 0; l < a.L; ++l) {
-    const T* __restrict ws = a.ws + a.pos[l] * a.ws_ld;
-    T* __restrict dgx = a.dgx + a.pos[l] * a.dgx_ld;
+    const T* __restrict ws = a.ws + l * 4 * hid;
+    T* __restrict dgx = a.dgx + l * 3 * hid;
     T* __restrict dgh = a.dgh + l * 3 * hid;
     T* __restrict dhl = dh + l * hid;
     const T* __restrict hp = h_prev + l * hid;
@@ -93,11 +95,9 @@ __attribute__((always_inline)) inline void gru_bwd_impl(const StepBackwardArgs<T
       T da_r, da_z, da_n, dgh_n, dh_direct;
       gru_cell_backward(dhl[u], ws[u], ws[hid + u], ws[2 * hid + u], ws[3 * hid + u], hp[u],
                         da_r, da_z, da_n, dgh_n, dh_direct);
-      dgx[u] = da_r;
-      dgx[hid + u] = da_z;
+      dgx[u] = dgh[u] = da_r;
+      dgx[hid + u] = dgh[hid + u] = da_z;
       dgx[2 * hid + u] = da_n;
-      dgh[u] = da_r;
-      dgh[hid + u] = da_z;
       dgh[2 * hid + u] = dgh_n;
       dhl[u] = dh_direct;
       dbi[u] += da_r;
@@ -111,26 +111,25 @@ __attribute__((always_inline)) inline void gru_bwd_impl(const StepBackwardArgs<T
 }
 
 template <typename T, bool kFirst>
-__attribute__((always_inline)) inline void lstm_bwd_impl(const StepBackwardArgs<T>& a, T* __restrict dh,
-                                                         T* __restrict dc, int64_t prev_offset) {
+BRNNSEG_ALWAYS_INLINE void lstm_bwd_impl(const StepBackwardArgs<T>& a, T* __restrict dh, T* __restrict dc,
+                                         const T* __restrict c_prev, int64_t c_prev_ld) {
   const int64_t hid = a.hid;
   T* __restrict dbi = a.db_ih;
   for (int64_t l = 0; l < a.L; ++l) {
-    const T* __restrict ws = a.ws + a.pos[l] * a.ws_ld;
-    const T* __restrict cprev = kFirst ? nullptr : a.ws + (a.pos[l] + prev_offset) * a.ws_ld + 4 * hid;
-    T* __restrict dgx = a.dgx + a.pos[l] * a.dgx_ld;
-    T* __restrict dgh = a.dgh + l * 4 * hid;
+    const T* __restrict ws = a.ws + l * 5 * hid;
+    const T* __restrict cp = kFirst ? nullptr : c_prev + l * c_prev_ld;
+    T* __restrict dgx = a.dgx + l * 4 * hid;
     T* __restrict dhl = dh + l * hid;
     T* __restrict dcl = dc + l * hid;
 #pragma omp simd
     for (int64_t u = 0; u < hid; ++u) {
       T da_i, da_f, da_g, da_o, dc_prev;
       lstm_cell_backward(dhl[u], dcl[u], ws[u], ws[hid + u], ws[2 * hid + u], ws[3 * hid + u],
-                         ws[4 * hid + u], kFirst ? T(0) : cprev[u], da_i, da_f, da_g, da_o, dc_prev);
-      dgx[u] = dgh[u] = da_i;
-      dgx[hid + u] = dgh[hid + u] = da_f;
-      dgx[2 * hid + u] = dgh[2 * hid + u] = da_g;
-      dgx[3 * hid + u] = dgh[3 * hid + u] = da_o;
+                         ws[4 * hid + u], kFirst ? T(0) : cp[u], da_i, da_f, da_g, da_o, dc_prev);
+      dgx[u] = da_i;
+      dgx[hid + u] = da_f;
+      dgx[2 * hid + u] = da_g;
+      dgx[3 * hid + u] = da_o;
       dbi[u] += da_i;
       dbi[hid + u] += da_f;
       dbi[2 * hid + u] += da_g;
@@ -162,11 +161,14 @@ void gru_step_backward(const StepBackwardArgs<double>& a, double* dh, const doub
   gru_bwd_impl<double>(a, dh, h_prev);
 }
 BRNNSEG_ISA_CLONES void lstm_step_backward(const StepBackwardArgs<float>& a, float* dh, float* dc,
-                                           int64_t prev_offset, bool first) {
-  if (first) lstm_bwd_impl<float, true>(a, dh, dc, prev_offset); else lstm_bwd_impl<float, false>(a, dh, dc, prev_offset);
+                                           const float* c_prev, int64_t c_prev_ld) {
+  if (c_prev) lstm_bwd_impl<float, false>(a, dh, dc, c_prev, c_prev_ld);
+  else lstm_bwd_impl<float, true>(a, dh, dc, c_prev, c_prev_ld);
 }
-void lstm_step_backward(const StepBackwardArgs<double>& a, double* dh, double* dc, int64_t prev_offset, bool first) {
-  if (first) lstm_bwd_impl<double, true>(a, dh, dc, prev_offset); else lstm_bwd_impl<double, false>(a, dh, dc, prev_offset);
+void lstm_step_backward(const StepBackwardArgs<double>& a, double* dh, double* dc, const double* c_prev,
+                        int64_t c_prev_ld) {
+  if (c_prev) lstm_bwd_impl<double, false>(a, dh, dc, c_prev, c_prev_ld);
+  else lstm_bwd_impl<double, true>(a, dh, dc, c_prev, c_prev_ld);
 }
 
 }  // namespace brnnseg::cpu

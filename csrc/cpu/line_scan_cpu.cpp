@@ -10,6 +10,10 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -59,16 +63,22 @@ Tiling choose_tiling(const SweepGeometry& geo) {
   return {tile, tiles_per_image, 2 * n * tiles_per_image, per_image};
 }
 
-// (N, C, H, W) -> (N, H*W, C), a view for contiguous and channels_last tensors.
-Tensor positions_view(const Tensor& t) { return t.flatten(2).transpose(1, 2); }
-
-bool rows_flatten(const Tensor& t3) { return t3.size(0) == 1 || t3.stride(0) == t3.size(1) * t3.stride(1); }
-
-// sum_n A[n]^T B[n] for A (N, P, a), B (N, P, b): one GEMM when both flatten to (N*P, .).
-Tensor positions_tn(const Tensor& A, const Tensor& B) {
-  if (rows_flatten(A) && rows_flatten(B))
-    return A.reshape({-1, A.size(2)}).t().mm(B.reshape({-1, B.size(2)}));
-  return at::bmm(A.transpose(1, 2), B).sum(0);
+// at::empty, plus a transparent-huge-page hint for large buffers on Linux. These buffers (output,
+// workspace, dx) are fresh memory written once per call; with 4 KiB pages the page faults cost as
+// much as the writes (THP is often "madvise"-only, so the hint is what enables 2 MiB pages).
+Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options,
+                   at::MemoryFormat fmt = at::MemoryFormat::Contiguous) {
+  Tensor t = at::empty(sizes, options.memory_format(fmt));
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const size_t bytes = t.nbytes();
+  if (bytes >= 2 * kHuge) {
+    const uintptr_t start = reinterpret_cast<uintptr_t>(t.data_ptr());
+    const uintptr_t lo = (start + kHuge - 1) & ~(kHuge - 1), hi = (start + bytes) & ~(kHuge - 1);
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // a hint: errors ignored
+  }
+#endif
+  return t;
 }
 
 bool is_channels_last(const Tensor& t) {
@@ -135,6 +145,13 @@ void dispatch_float_double(const char* op, at::ScalarType dtype, F&& f) {
 template <typename Cell>
 constexpr const char* cell_name() { return Cell::kGates == 3 ? "bigru_sweep" : "bilstm_sweep"; }
 
+// Workspace layout: (2, T, lines, S*hid), time-major per direction, so the rows a tile saves (forward)
+// and reads back (backward) at one step are one contiguous block, whatever the sweep axis.
+template <typename T>
+T* ws_block(T* ws, int d, int64_t t, int64_t line0, int64_t T_len, int64_t lines, int64_t row) {
+  return ws + ((d * T_len + t) * lines + line0) * row;
+}
+
 template <typename T, typename Cell>
 std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                                          const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
@@ -142,11 +159,11 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
   constexpr int64_t G = Cell::kGates, S = Cell::kSaved;
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), hid = w_hh.size(2), Gh = G * hid;
   const SweepGeometry geo{N, H, W, static_cast<int>(axis)};
-  const int64_t T_len = geo.steps();
+  const int64_t T_len = geo.steps(), lines = geo.lines();
 
   auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  Tensor y = at::empty({N, 2 * hid, H, W}, x.options().memory_format(fmt));
-  Tensor ws = training ? at::empty({N, H, W, 2, S * hid}, x.options()) : at::empty({0}, x.options());
+  Tensor y = empty_large({N, 2 * hid, H, W}, x.options(), fmt);
+  Tensor ws = training ? empty_large({2, T_len, lines, S * hid}, x.options()) : at::empty({0}, x.options());
   if (geo.positions() == 0) return {y, ws};
 
   const Tensor wih = w_ih.contiguous();
@@ -171,7 +188,6 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
   at::parallel_for(0, tiling.items, 1, [&](int64_t begin, int64_t end) {
     const int64_t tile = tiling.tile;
     std::vector<T> h_a(tile * hid), h_b(tile * hid), c(tile * hid), gx(tile * Gh), gh(tile * Gh);
-    std::vector<int64_t> pos(tile);
     for (int64_t i = begin; i < end; ++i) {
       const auto [d, l0, L] = tiling.item(i);
       T* h_prev = h_a.data();
@@ -180,12 +196,10 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
       std::fill(c.begin(), c.end(), T(0));
       const T* wih_d = wih_p + d * Gh * C;
       const T* whh_d = whh_p + d * Gh * hid;
-      StepArgs<T> a{L, hid, pos.data(), gx.data(), Gh, gh.data(), bi_p + d * Gh, bh_p + d * Gh,
-                    ws_p ? ws_p + d * S * hid : nullptr, 2 * S * hid};
+      StepArgs<T> a{L, hid, gx.data(), gh.data(), bi_p + d * Gh, bh_p + d * Gh, nullptr};
       for (int64_t s = 0; s < T_len; ++s) {
         const int64_t t = step_time(d, s, T_len);
         const int64_t p0 = geo.pos(l0, t);
-        for (int64_t l = 0; l < L; ++l) pos[l] = p0 + l * line_stride;
         if (C > 0) {
           gemm(false, true, L, Gh, C, T(1), x_p + p0 * C, line_stride * C, wih_d, C, T(0), gx.data(), Gh);
         } else {
@@ -196,6 +210,7 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
         } else {
           gemm(false, true, L, Gh, hid, T(1), h_prev, hid, whh_d, hid, T(0), gh.data(), Gh);
         }
+        if (ws_p) a.ws = ws_block(ws_p, d, t, l0, T_len, lines, S * hid);
         if constexpr (G == 3) {
           gru_step_forward(a, h_cur, h_prev);
         } else {
@@ -209,6 +224,11 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
   return {y, ws};
 }
 
+// Backward of one sweep. Each (direction, tile) walks time in reverse; per step it turns the saved
+// gates into pre-activation gradients and runs four small GEMMs on them: dh_prev (through W_hh), the
+// tile's rows of dx (through W_ih), and its contributions to dW_ih and dW_hh (accumulated per item).
+// Nothing position-sized is materialised besides one dx buffer per direction (the two directions
+// run on different threads and both write every position).
 template <typename T, typename Cell>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& grad_y, const Tensor& x,
                                                                   const Tensor& w_ih, const Tensor& w_hh,
@@ -217,85 +237,87 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
   constexpr int64_t G = Cell::kGates, S = Cell::kSaved;
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), hid = w_hh.size(2), Gh = G * hid;
   const SweepGeometry geo{N, H, W, static_cast<int>(axis)};
-  const int64_t T_len = geo.steps(), HW = H * W;
+  const int64_t T_len = geo.steps(), lines = geo.lines();
 
-  const Tensor wih = w_ih.contiguous().view({2 * Gh, C});
+  const Tensor wih = w_ih.contiguous();
   const Tensor whh = w_hh.contiguous();
-  // Gate gradients per position: input side (dgx) and recurrent side (dgh). dgh of step t is
-  // stored at the position of the h_prev it multiplies ("slot"), so that
-  // dW_hh = sum_p dgh[p]^T h[p] is one GEMM against the output itself.
-  Tensor dgx = at::empty({N, HW, 2 * Gh}, x.options());
-  Tensor dgh = at::empty({N, HW, 2 * Gh}, x.options());
+  const Tensor xcl = x.contiguous(at::MemoryFormat::ChannelsLast);
   const Tiling tiling = choose_tiling(geo);
-  Tensor db = at::zeros({tiling.items, 2, Gh}, x.options());  // per work item: (ih, hh)
-
-  const StridedMap ymap(geo, y), gmap(geo, grad_y);
-  const T* gy_p = grad_y.data_ptr<T>();
-  const T* y_p = y.data_ptr<T>();
-  const T* ws_p = ws.data_ptr<T>();
-  const T* whh_p = whh.data_ptr<T>();
-  T* dgx_p = dgx.data_ptr<T>();
-  T* dgh_p = dgh.data_ptr<T>();
-  T* db_p = db.data_ptr<T>();
-  const int64_t ts = geo.time_stride();
+  // dx of each direction, position-major (N, H, W, C).
+  Tensor dx_dir = empty_large({2, N, H, W, C}, x.options());
+  // Per work item: dW_ih (Gh x C), dW_hh (Gh x hid), db_ih, db_hh (Gh each).
+  const int64_t part = Gh * (C + hid + 2);
+  Tensor parts = at::zeros({tiling.items, part}, x.options());
 
   if (geo.positions() > 0) {
+    const StridedMap ymap(geo, y), gmap(geo, grad_y);
+    const T* gy_p = grad_y.data_ptr<T>();
+    const T* y_p = y.data_ptr<T>();
+    const T* ws_p = ws.data_ptr<T>();
+    const T* x_p = xcl.data_ptr<T>();
+    const T* wih_p = wih.data_ptr<T>();
+    const T* whh_p = whh.data_ptr<T>();
+    T* dx_p = dx_dir.data_ptr<T>();
+    T* parts_p = parts.data_ptr<T>();
+    const int64_t line_stride = geo.line_stride(), P = geo.positions();
+
     at::parallel_for(0, tiling.items, 1, [&](int64_t begin, int64_t end) {
       const int64_t tile = tiling.tile;
-      std::vector<T> dh(tile * hid), dc(tile * hid), hp(tile * hid), dgh_tile(tile * Gh);
-      std::vector<int64_t> pos(tile);
+      std::vector<T> dh(tile * hid), dc(tile * hid), hp(tile * hid), dgx(tile * Gh), dgh(tile * Gh);
       for (int64_t item = begin; item < end; ++item) {
         const auto [d, l0, L] = tiling.item(item);
         std::fill(dh.begin(), dh.end(), T(0));
         std::fill(dc.begin(), dc.end(), T(0));
+        const T* wih_d = wih_p + d * Gh * C;
         const T* whh_d = whh_p + d * Gh * hid;
-        // Position offset from step t to the step before it in this direction's order.
-        const int64_t prev_offset = d == 0 ? -ts : ts;
-        StepBackwardArgs<T> a{L, hid, pos.data(), ws_p + d * S * hid, 2 * S * hid, dgx_p + d * Gh, 2 * Gh,
-                              dgh_tile.data(), db_p + item * 2 * Gh, db_p + item * 2 * Gh + Gh};
+        T* dwih = parts_p + item * part;
+        T* dwhh = dwih + Gh * C;
+        T* dbih = dwhh + Gh * hid;
+        T* dbhh = dbih + Gh;
+        T* dx_d = dx_p + d * P * C;
+        // For LSTM the recurrent-side gradients equal the input-side ones.
+        T* dgh_p = G == 3 ? dgh.data() : dgx.data();
+        StepBackwardArgs<T> a{L, hid, nullptr, dgx.data(), dgh.data(), dbih, dbhh};
         for (int64_t s = T_len - 1; s >= 0; --s) {
           const int64_t t = step_time(d, s, T_len);
           const bool first = s == 0;  // first step of the forward pass: h_prev = c_prev = 0
-          for (int64_t l = 0; l < L; ++l) pos[l] = geo.pos(l0 + l, t);
+          const int64_t t_prev = first ? t : step_time(d, s - 1, T_len);
+          const int64_t p0 = geo.pos(l0, t);
+          a.ws = ws_block(ws_p, d, t, l0, T_len, lines, S * hid);
           gather_rows<T, true>(gmap, l0, L, t, d * hid, hid, gy_p, dh.data());
+          if (!first) gather_rows<T, false>(ymap, l0, L, t_prev, d * hid, hid, y_p, hp.data());
           if constexpr (G == 3) {
-            if (first) {
-              std::fill(hp.begin(), hp.end(), T(0));
-            } else {
-              gather_rows<T, false>(ymap, l0, L, step_time(d, s - 1, T_len), d * hid, hid, y_p, hp.data());
-            }
+            if (first) std::fill(hp.begin(), hp.end(), T(0));
             gru_step_backward(a, dh.data(), hp.data());
           } else {
-            lstm_step_backward(a, dh.data(), dc.data(), prev_offset, first);
+            const T* c_prev = first ? nullptr : ws_block(ws_p, d, t_prev, l0, T_len, lines, S * hid) + 4 * hid;
+            lstm_step_backward(a, dh.data(), dc.data(), c_prev, S * hid);
           }
-          for (int64_t l = 0; l < L; ++l) {
-            if (s == T_len - 1)  // h at the last step feeds no later step
-              std::memset(dgh_p + pos[l] * 2 * Gh + d * Gh, 0, Gh * sizeof(T));
-            if (!first)
-              std::memcpy(dgh_p + (pos[l] + prev_offset) * 2 * Gh + d * Gh, dgh_tile.data() + l * Gh,
-                          Gh * sizeof(T));
+          if (C > 0) {
+            // dx rows of this step (each position is visited once per direction: beta = 0).
+            gemm(false, false, L, C, Gh, T(1), dgx.data(), Gh, wih_d, C, T(0), dx_d + p0 * C, line_stride * C);
+            gemm(true, false, Gh, C, L, T(1), dgx.data(), Gh, x_p + p0 * C, line_stride * C, T(1), dwih, C);
           }
-          if (!first) gemm(false, false, L, hid, Gh, T(1), dgh_tile.data(), Gh, whh_d, hid, T(1), dh.data(), hid);
+          if (!first) {
+            gemm(true, false, Gh, hid, L, T(1), dgh_p, Gh, hp.data(), hid, T(1), dwhh, hid);
+            gemm(false, false, L, hid, Gh, T(1), dgh_p, Gh, whh_d, hid, T(1), dh.data(), hid);
+          }
         }
       }
     });
   }
 
-  // dx = dgx . W_ih, produced in the memory format of x.
-  Tensor dx;
-  if (is_channels_last(x)) {
-    dx = at::matmul(dgx, wih).view({N, H, W, C}).permute({0, 3, 1, 2});
-  } else {
-    dx = at::matmul(wih.t(), dgx.transpose(1, 2)).view({N, C, H, W});
-  }
-  Tensor dw_ih = positions_tn(dgx, positions_view(x)).view({2, Gh, C});
-  const Tensor y3 = positions_view(y);
-  Tensor dw_hh = at::stack({positions_tn(dgh.narrow(2, 0, Gh), y3.narrow(2, 0, hid)),
-                            positions_tn(dgh.narrow(2, Gh, Gh), y3.narrow(2, hid, hid))});
-  // Bias gradients: sum the per-item partials of each direction (items alternate directions).
-  Tensor db_dir = db.view({tiling.items / 2, 2, 2, Gh}).sum(0);  // (direction, ih/hh, Gh)
-  Tensor db_ih = db_dir.select(1, 0).contiguous();
-  Tensor db_hh = G == 3 ? db_dir.select(1, 1).contiguous() : db_ih.clone();
+  // Sum the per-item partials of each direction (items alternate directions).
+  Tensor sums = parts.view({tiling.items / 2, 2, part}).sum(0);  // (direction, part)
+  // Outputs are fresh tensors (never views of one buffer: the schema promises no aliasing).
+  Tensor dw_ih = sums.narrow(1, 0, Gh * C).clone().view({2, Gh, C});
+  Tensor dw_hh = sums.narrow(1, Gh * C, Gh * hid).clone().view({2, Gh, hid});
+  Tensor db_ih = sums.narrow(1, Gh * (C + hid), Gh).clone();
+  Tensor db_hh = sums.narrow(1, Gh * (C + hid + (G == 3 ? 1 : 0)), Gh).clone();
+  // dx = both directions' parts, in the memory format of x.
+  Tensor dx = empty_large(x.sizes(), x.options(),
+                          is_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  at::add_out(dx, dx_dir[0].permute({0, 3, 1, 2}), dx_dir[1].permute({0, 3, 1, 2}));
   return {dx, dw_ih, dw_hh, db_ih, db_hh};
 }
 
@@ -324,7 +346,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward_cpu(const Tens
   const std::vector<int64_t> y_shape{x.size(0), 2 * hid, x.size(2), x.size(3)};
   TORCH_CHECK(y.sizes() == y_shape, op, ": y must have shape ", y_shape, ", got ", y.sizes());
   TORCH_CHECK(grad_y.sizes() == y_shape, op, ": grad_y must have shape ", y_shape, ", got ", grad_y.sizes());
-  const std::vector<int64_t> ws_shape{x.size(0), x.size(2), x.size(3), 2, Cell::kSaved * hid};
+  const SweepGeometry geo{x.size(0), x.size(2), x.size(3), static_cast<int>(axis)};
+  const std::vector<int64_t> ws_shape{2, geo.steps(), geo.lines(), Cell::kSaved * hid};
   TORCH_CHECK(ws.sizes() == ws_shape && ws.is_contiguous(), op, ": workspace must be a contiguous tensor of shape ",
               ws_shape, " (run the forward with training=True), got ", ws.sizes());
   for (const auto* t : {&grad_y, &y, &ws})
