@@ -90,11 +90,17 @@ def _register(cell: str) -> None:
     def _setup_context(ctx, inputs, output):
         x, w_ih, w_hh, b_ih, b_hh, axis, _channels_last, _training = inputs
         y, workspace = output
+        # The workspace is internal: no gradient flows into it, and autograd must not build a
+        # zero gradient of its (large) shape for every backward.
+        ctx.mark_non_differentiable(workspace)
+        ctx.set_materialize_grads(False)
         ctx.axis = axis
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         ctx.save_for_backward(x, w_ih, w_hh, y, workspace)
 
     def _backward(ctx, grad_y, _grad_workspace):
+        if grad_y is None:
+            return None, None, None, None, None, None, None, None
         x, w_ih, w_hh, y, workspace = ctx.saved_tensors
         if workspace.numel() == 0 and y.numel() > 0:
             raise RuntimeError(
