@@ -1,17 +1,15 @@
 """Benchmarks of the ReNet layers against the plain-PyTorch block (permutes + nn.GRU/nn.LSTM), in one
 process, same threads: speed (median of repeats), achieved GFLOP/s against a measured sgemm rate, and
-peak memory of forward+backward (CPU: peak RSS growth in a fresh subprocess; CUDA: allocator peak).
+peak memory of forward+backward (CPU: peak of live tensor bytes from the profiler's allocation
+events; CUDA: the caching allocator's peak).
 
 Run: ``python -m brnnseg_kernels bench --device cpu`` (see ``--help``)."""
 from __future__ import annotations
 
 import csv
-import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, List
@@ -86,35 +84,21 @@ def sgemm_gflops(device="cpu", n=2048) -> float:
     return 2 * n ** 3 / ms / 1e6
 
 
-_PEAK_SNIPPET = r"""
-import json, resource, sys, torch
-torch.set_num_threads({threads})
-sys.path.insert(0, {root!r})
-from brnnseg_kernels.bench import make_layers
-torch.manual_seed(0)
-layer = make_layers({cell!r}, {shape!r}, "cpu")[{provider!r}]
-x = torch.randn(*{shape!r}[:4], requires_grad=True)
-def rss_kib():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1])
-# Warm up the libraries (thread pools, BLAS buffers) on a tiny map so they don't count.
-layer(torch.randn(1, x.shape[1], 2, 2, requires_grad=True)).sum().backward()
-layer.zero_grad(set_to_none=True)
-before = rss_kib()
-layer(x).sum().backward()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"peak_mib": (peak - before) / 1024}}))
-"""
+def cpu_peak_mib(fn: Callable[[], object]) -> float:
+    """Peak of live tensor memory allocated by fn (CPU), from the profiler's allocation events:
+    the running sum of allocations minus frees, in MiB. Counts every tensor either side allocates
+    (outputs, saved activations, workspaces, gradients), not library-internal scratch."""
+    from torch.profiler import ProfilerActivity, profile
 
-
-def cpu_peak_mib(cell, shape, provider, threads) -> float:
-    """Peak RSS growth of one forward+backward, in a fresh interpreter (so earlier runs don't count)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = _PEAK_SNIPPET.format(threads=threads, root=root, cell=cell, shape=tuple(shape), provider=provider)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+    fn()  # warm-up outside the profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for e in events:
+        live += e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 @dataclass
@@ -152,7 +136,7 @@ def run(device="cpu", shapes=None, cells=("gru", "lstm"), repeat=7, threads=2, m
 
                 peak = float("nan")
                 if memory and device == "cpu":
-                    peak = cpu_peak_mib(cell, shape, provider, threads)
+                    peak = cpu_peak_mib(fwd_bwd)
                 elif memory:
                     torch.cuda.reset_peak_memory_stats()
                     base_mem = torch.cuda.memory_allocated()
