@@ -8,8 +8,9 @@ import torch
 from torch import Tensor
 
 from . import ops, reference
+from .losses.seg_loss import bce_dice_loss  # noqa: F401  (fused BCE + boundary + Dice loss)
 
-__all__ = ["sweep", "renet", "bigru2d", "bilstm2d", "check_feature_map"]
+__all__ = ["sweep", "renet", "bigru2d", "bilstm2d", "check_feature_map", "bce_dice_loss"]
 
 AXES = {"rows": 3, "cols": 2}
 _KERNEL_DTYPES = (torch.float32, torch.float64)

@@ -137,3 +137,70 @@ class ReNetBaseline(nn.Module):
         y = y.reshape(n, h, w, f).permute(0, 2, 1, 3).reshape(n * w, h, f)
         y, _ = self.cols(y)                                     # (N*W, H, 2hid)
         return y.reshape(n, w, h, f).permute(0, 3, 2, 1)        # (N, 2hid, H, W)
+
+
+# ----------------------------------------------------------------------------------------------
+# Segmentation loss (weighted BCE + boundary weighting + Dice), the exact formula of
+# brnnseg_kernels.losses, written with plain PyTorch ops.
+
+def boundary_map(target: Tensor, radius: int, ignore_index=None) -> Tensor:
+    """1.0 where the clipped (2r+1)^d neighbourhood holds foreground (target > 0.5) and background
+    (ignored pixels count as neither), else 0.0. target: (N, C, H, W) or (N, C, D, H, W)."""
+    import torch.nn.functional as F
+
+    t = target.double()
+    valid = torch.ones_like(t, dtype=torch.bool) if ignore_index is None else t != float(ignore_index)
+    fg = ((t > 0.5) & valid).double()
+    bg = ((t <= 0.5) & valid).double()
+    pool = F.max_pool2d if t.dim() == 4 else F.max_pool3d
+    k = 2 * radius + 1
+    # max_pool pads with -inf, so windows are clipped at the border.
+    return pool(fg, k, 1, radius) * pool(bg, k, 1, radius)
+
+
+def seg_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, pos_weight=1.0,
+             boundary_weight: float = 0.0, boundary_radius: int = 1, dice_weight: float = 1.0,
+             bce_weight: float = 1.0, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch_dice: bool = False,
+             squared: bool = False, log_dice: bool = False, include_background: bool = True, channels=None,
+             ignore_index=None, reduction: str = "mean") -> Tensor:
+    """Reference of :func:`brnnseg_kernels.functional.bce_dice_loss` (see its docstring for the math)."""
+    import torch.nn.functional as F
+
+    n, c = logits.shape[:2]
+    spatial = (1,) * (logits.dim() - 2)
+    x = logits.double()
+    y = target.double()
+    valid = torch.ones_like(y, dtype=torch.bool) if ignore_index is None else y != float(ignore_index)
+    y = torch.where(valid, y, torch.zeros_like(y))
+    pw = torch.as_tensor(pos_weight, dtype=torch.float64, device=x.device).expand(c).reshape(c, *spatial)
+    m = 1.0 + boundary_weight * boundary_map(target, boundary_radius, ignore_index) if boundary_weight else 1.0
+    if weight is not None:
+        m = m * weight.double()
+    bce = F.binary_cross_entropy_with_logits(x, y, pos_weight=pw, reduction="none") * m
+    vf = valid.double()
+    dims = tuple(range(2, x.dim()))
+    s_bce = (bce * vf).sum(dims)
+    count = vf.sum(dims)
+    p = torch.sigmoid(x) * vf
+    inter = (p * y).sum(dims)
+    psum = (p * p if squared else p).sum(dims)
+    ysum = (y * y if squared else y).sum(dims)
+    if batch_dice:
+        inter, psum, ysum = inter.sum(0), psum.sum(0), ysum.sum(0)
+    den = psum + ysum + smooth_dr
+    score = torch.where(den > 0, (2 * inter + smooth_nr) / torch.where(den > 0, den, torch.ones_like(den)),
+                        torch.ones_like(den))
+    dice = -torch.log(score.clamp_min(1e-7)) if log_dice else 1 - score
+    sel = torch.ones(c, dtype=torch.float64, device=x.device)
+    if channels is not None or (not include_background and c > 1):
+        sel = torch.zeros_like(sel)
+        sel[list(range(1, c)) if channels is None else list(channels)] = 1.0
+    if reduction == "none":
+        dice_nc = (dice * sel).expand(n, c)
+        return (bce_weight * s_bce / count.clamp_min(1) + dice_weight * dice_nc).to(logits.dtype)
+    if reduction == "sum":
+        total = bce_weight * s_bce.sum() + dice_weight * (dice * sel).sum()
+    else:
+        n_sel = (sel.sum() * (1 if batch_dice else n)).clamp_min(1)
+        total = bce_weight * s_bce.sum() / count.sum().clamp_min(1) + dice_weight * (dice * sel).sum() / n_sel
+    return total.to(logits.dtype)

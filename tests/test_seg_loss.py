@@ -1,0 +1,266 @@
+"""Fused segmentation loss: the C++ CPU kernel (through the op) and the Triton kernels (under
+TRITON_INTERPRET=1 on CPU tensors, set in conftest.py) against the plain-PyTorch reference."""
+import pytest
+import torch
+
+import brnnseg_kernels as bk
+from brnnseg_kernels import reference
+from brnnseg_kernels.losses import seg_loss as sl
+from tests.utils import assert_verbose_allclose
+
+triton_kernels = pytest.importorskip("brnnseg_kernels.losses._kernels")
+
+
+class _TritonSums(torch.autograd.Function):
+    """The loss with its sums from the Triton launchers (as the CUDA kernel of the op would)."""
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, pos_weight, bw, r, ign, sq):
+        ctx.save_for_backward(logits, target, weight, pos_weight)
+        ctx.params = (bw, r, ign, sq)
+        return triton_kernels.seg_loss_sums_triton(logits, target, weight, pos_weight, bw, r, ign, sq)
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, target, weight, pos_weight = ctx.saved_tensors
+        dx = triton_kernels.seg_loss_sums_backward_triton(g, logits, target, weight, pos_weight, *ctx.params)
+        return dx, None, None, None, None, None, None, None
+
+
+@pytest.fixture(params=["cpu", "triton"])
+def backend(request, monkeypatch):
+    if request.param == "triton":
+        def sums(logits, target, weight, pos_weight, bw, r, ign, sq):
+            return _TritonSums.apply(logits, target, weight, pos_weight, float(bw), int(r), ign, bool(sq))
+        monkeypatch.setattr(sl, "seg_loss_sums", sums)
+    return request.param
+
+
+def _tol(backend, dtype):
+    # Triton computes in float32 whatever the input; the CPU kernel in the input's dtype.
+    if backend == "triton" or dtype == torch.float32:
+        return dict(rtol=2e-5, atol=2e-6)
+    return dict(rtol=1e-10, atol=1e-12)
+
+
+def _check(backend, logits, target, weight=None, grad_out=None, dtype=torch.float64, **kw):
+    x = logits.to(dtype).detach().requires_grad_()
+    x_ref = logits.double().detach().requires_grad_()
+    got = bk.functional.bce_dice_loss(x, target, weight, **kw)
+    exp = reference.seg_loss(x_ref, target, None if weight is None else weight.double(), **kw)
+    tol = _tol(backend, dtype)
+    assert torch.isfinite(got).all()
+    assert_verbose_allclose(got.double(), exp, name="loss", **tol)
+    g = torch.randn_like(exp) if grad_out is None else grad_out
+    (gx,) = torch.autograd.grad(got, x, g.to(got.dtype))
+    (ex,) = torch.autograd.grad(exp, x_ref, g)
+    assert torch.isfinite(gx).all()
+    assert_verbose_allclose(gx.double(), ex, name="grad", **tol)
+
+
+def _rand(shape, p=0.4):
+    return torch.randn(shape) * 3, (torch.rand(shape) < p).float()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 37, 29), (1, 1, 5, 3), (3, 1, 1, 1), (1, 2, 4, 70), (2, 2, 3, 5, 6)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(pos_weight=10.0, boundary_weight=2.0, boundary_radius=1),
+    dict(boundary_weight=1.5, boundary_radius=2, squared=True, log_dice=True),
+    dict(batch_dice=True, dice_weight=0.5, smooth_nr=0.0, smooth_dr=1.0),
+    dict(include_background=False, reduction="sum", boundary_weight=1.0),
+    dict(channels=[0], reduction="none", pos_weight=3.0),
+], ids=["plain", "pw10-bw2", "r2-squared-log", "batch", "nobg-sum", "chan-none"])
+def test_loss_matches_reference(backend, shape, options):
+    x, y = _rand(shape)
+    _check(backend, x, y, **options)
+
+
+def test_loss_float32_and_per_pixel_weight(backend):
+    x, y = _rand((2, 3, 17, 13))
+    w = torch.rand(2, 3, 17, 13) * 2
+    _check(backend, x, y, w, dtype=torch.float32, pos_weight=torch.tensor([1.0, 5.0, 0.5]), boundary_weight=2.0)
+
+
+@pytest.mark.parametrize("target_dtype", [torch.bool, torch.uint8, torch.int64, torch.float32, torch.float64])
+def test_loss_target_dtypes(backend, target_dtype):
+    x, y = _rand((2, 2, 9, 11))
+    _check(backend, x, y.to(target_dtype), boundary_weight=1.0, pos_weight=2.0)
+
+
+def test_loss_soft_targets(backend):
+    x = torch.randn(2, 2, 9, 8) * 2
+    _check(backend, x, torch.rand(2, 2, 9, 8), boundary_weight=1.0, pos_weight=4.0, squared=True)
+
+
+@pytest.mark.parametrize("value", [1e4, -1e4, 100.0, -100.0, 0.0])
+def test_loss_extreme_logits_are_finite(backend, value):
+    x = torch.full((2, 1, 6, 7), value)
+    x[0, 0, 0, 0] = -value
+    _, y = _rand((2, 1, 6, 7), 0.5)
+    _check(backend, x, y, boundary_weight=2.0, pos_weight=10.0, log_dice=True)
+
+
+@pytest.mark.parametrize("mask", ["empty", "full"])
+def test_loss_empty_and_full_masks(backend, mask):
+    x = torch.randn(2, 2, 8, 9)
+    y = torch.zeros_like(x) if mask == "empty" else torch.ones_like(x)
+    _check(backend, x, y, boundary_weight=2.0)
+    _check(backend, x, y, smooth_nr=0.0, smooth_dr=0.0)          # empty mask + smooth 0: finite, defined
+    _check(backend, x, y, smooth_nr=0.0, smooth_dr=0.0, log_dice=True)
+
+
+def test_loss_smooth_zero_empty_mask_value():
+    x = torch.randn(1, 1, 4, 4)
+    loss = bk.functional.bce_dice_loss(x, torch.zeros_like(x), smooth_nr=0.0, smooth_dr=0.0, bce_weight=0.0)
+    assert loss.item() == pytest.approx(1.0)  # score 0: Dice loss 1
+    loss = bk.functional.bce_dice_loss(x, torch.zeros_like(x), smooth_nr=0.0, smooth_dr=0.0, bce_weight=0.0,
+                                       log_dice=True)
+    assert loss.item() == pytest.approx(-torch.log(torch.tensor(1e-7)).item(), rel=1e-5)
+
+
+def test_loss_ignore_index(backend):
+    x, y = _rand((2, 2, 10, 7))
+    y[0, :, :3] = 255
+    _check(backend, x, y, ignore_index=255, boundary_weight=2.0, pos_weight=3.0)
+    y_all = torch.full_like(y, 255.0)
+    _check(backend, x, y_all, ignore_index=255, boundary_weight=2.0)
+    _check(backend, x, y_all, ignore_index=255, smooth_nr=0.0, smooth_dr=0.0)
+    loss = bk.functional.bce_dice_loss(x, y_all.to(torch.uint8), ignore_index=255, smooth_nr=0.0, smooth_dr=0.0)
+    assert loss.item() == 0.0  # nothing counted: BCE 0, Dice 0/0 counts as a perfect score
+
+
+def test_loss_pos_weight_zero(backend):
+    x, y = _rand((2, 1, 7, 7))
+    _check(backend, x, y, pos_weight=0.0, boundary_weight=1.0)
+
+
+def test_loss_non_contiguous_inputs(backend):
+    x, y = _rand((2, 3, 12, 10))
+    x_nc = x.transpose(2, 3)
+    y_nc = y.transpose(2, 3)
+    assert not x_nc.is_contiguous()
+    _check(backend, x_nc, y_nc, boundary_weight=2.0)
+    _check(backend, x.to(memory_format=torch.channels_last), y, boundary_weight=1.0)
+
+
+def test_loss_grad_output_not_one_and_two_losses_on_same_logits(backend):
+    x, y = _rand((2, 2, 9, 9))
+    _check(backend, x, y, grad_out=torch.tensor(3.7, dtype=torch.float64), boundary_weight=1.0)
+    xg = x.double().requires_grad_()
+    total = bk.functional.bce_dice_loss(xg, y, boundary_weight=2.0) + 0.5 * bk.functional.bce_dice_loss(
+        xg, y, pos_weight=10.0, squared=True)
+    (g,) = torch.autograd.grad(total, xg)
+    xr = x.double().requires_grad_()
+    ref = reference.seg_loss(xr, y, boundary_weight=2.0) + 0.5 * reference.seg_loss(xr, y, pos_weight=10.0,
+                                                                                    squared=True)
+    (gr,) = torch.autograd.grad(ref, xr)
+    assert_verbose_allclose(g, gr, **_tol(backend, torch.float64))
+
+
+def test_loss_gradcheck_float64():
+    x = torch.randn(2, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(2, 2, 5, 4, dtype=torch.float64)
+    w = torch.rand(2, 2, 5, 4, dtype=torch.float64)
+    for kw in [dict(boundary_weight=2.0, pos_weight=5.0), dict(squared=True, log_dice=True, batch_dice=True),
+               dict(reduction="none", ignore_index=1.0)]:
+        assert torch.autograd.gradcheck(lambda x: bk.functional.bce_dice_loss(x, y, w, **kw), (x,))
+
+
+def test_loss_is_bit_identical_run_to_run(backend):
+    x, y = _rand((2, 3, 33, 47))
+    runs = []
+    for _ in range(3):
+        xg = x.clone().requires_grad_()
+        loss = bk.functional.bce_dice_loss(xg, y, boundary_weight=2.0, pos_weight=10.0)
+        (g,) = torch.autograd.grad(loss, xg)
+        runs.append((loss, g))
+    for loss, g in runs[1:]:
+        assert torch.equal(loss, runs[0][0]) and torch.equal(g, runs[0][1])
+
+
+def test_loss_gradient_is_a_new_buffer():
+    x, y = _rand((1, 1, 6, 6))
+    x.requires_grad_()
+    loss = bk.functional.bce_dice_loss(x, y)
+    before = x.detach().clone()
+    loss.backward()
+    assert torch.equal(x.detach(), before) and x.grad.data_ptr() != x.data_ptr()
+
+
+def test_loss_opcheck():
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    y = (torch.rand(2, 3, 6, 5) > 0.5).float()
+    w = torch.rand(2, 3, 6, 5, dtype=torch.float64)
+    pw = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    torch.library.opcheck(torch.ops.brnnseg.seg_loss_sums, (x, y, w, pw, 2.0, 1, None, False))
+    torch.library.opcheck(torch.ops.brnnseg.seg_loss_sums, (x, y.to(torch.uint8), None, pw, 0.0, 2, 1.0, True))
+    g = torch.randn(2, 3, 5, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.brnnseg.seg_loss_sums_backward, (g, x.detach(), y, w, pw, 2.0, 1, None, False),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_loss_torch_compile_fullgraph():
+    loss_fn = bk.losses.BCEDiceLoss(pos_weight=10.0, boundary_weight=2.0)
+    x, y = _rand((2, 1, 16, 16))
+    x.requires_grad_()
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    got = compiled(x, y)
+    exp = loss_fn(x, y)
+    assert_verbose_allclose(got, exp, rtol=1e-6, atol=1e-7)
+    (g1,) = torch.autograd.grad(got, x)
+    (g2,) = torch.autograd.grad(exp, x)
+    assert_verbose_allclose(g1, g2, rtol=1e-6, atol=1e-7)
+
+
+def test_single_purpose_losses_match_reference():
+    x, y = _rand((2, 2, 9, 9))
+    cases = [
+        (bk.losses.WeightedBCEWithLogitsLoss(pos_weight=10.0), dict(pos_weight=10.0, dice_weight=0.0)),
+        (bk.losses.DiceLoss(squared=True), dict(bce_weight=0.0, squared=True)),
+        (bk.losses.BoundaryBCELoss(boundary_weight=2.0, boundary_radius=1), dict(boundary_weight=2.0, dice_weight=0.0)),
+        (bk.losses.BCEDiceLoss(pos_weight=10.0, boundary_weight=2.0, boundary_radius=1, dice_weight=1.0,
+                               smooth_nr=1e-5, smooth_dr=1e-5),
+         dict(pos_weight=10.0, boundary_weight=2.0)),
+    ]
+    for mod, kw in cases:
+        assert_verbose_allclose(mod(x, y).double(), reference.seg_loss(x.double(), y, **kw), rtol=2e-5, atol=2e-6)
+    # Plain weighted BCE equals torch's own.
+    pw = torch.full((2, 1, 1), 10.0)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(x, y, pos_weight=pw)
+    assert_verbose_allclose(bk.losses.WeightedBCEWithLogitsLoss(pos_weight=10.0)(x, y), expected, rtol=1e-5)
+
+
+def test_loss_reduced_precision_logits_cpu():
+    x, y = _rand((1, 2, 8, 8))
+    for dt in (torch.bfloat16, torch.float16):
+        got = bk.functional.bce_dice_loss(x.to(dt), y, boundary_weight=1.0)
+        assert got.dtype == dt
+        exp = reference.seg_loss(x.to(dt).double(), y, boundary_weight=1.0)
+        assert_verbose_allclose(got.double(), exp, rtol=1e-2, atol=1e-2)
+
+
+def test_loss_bad_input():
+    x, y = _rand((2, 2, 5, 5))
+    f = bk.functional.bce_dice_loss
+    with pytest.raises(ValueError, match="shape of logits"):
+        f(x, y[:, :1])
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        f(x[0], y[0])
+    with pytest.raises(TypeError, match="floating point"):
+        f(x.long(), y)
+    with pytest.raises(ValueError, match="reduction"):
+        f(x, y, reduction="avg")
+    with pytest.raises(ValueError, match="boundary_radius"):
+        f(x, y, boundary_radius=-1)
+    with pytest.raises(ValueError, match="pos_weight"):
+        f(x, y, pos_weight=torch.ones(3))
+    with pytest.raises(ValueError, match="channels"):
+        f(x, y, channels=[5])
+    with pytest.raises(ValueError, match="target is on"):
+        f(x, y.to("meta"))
+    with pytest.raises(ValueError, match="reduction"):
+        bk.losses.BCEDiceLoss(reduction="avg")
+    with pytest.raises(RuntimeError, match="target dtype"):
+        torch.ops.brnnseg.seg_loss_sums(x, y.to(torch.complex64), None, torch.ones(2), 0.0, 1, None, False)
