@@ -31,6 +31,18 @@ GPU_SHAPES = {
     "hires-64": (2, 64, 256, 256, 64), "latency-128": (1, 256, 64, 64, 128),
 }
 GATES = {"gru": 3, "lstm": 4}
+# Loss shapes (logits N, C, H, W): ../shared/README.md
+LOSS_SHAPES = {"cpu": [(8, 1, 256, 256), (4, 3, 128, 128)], "cuda": [(16, 1, 512, 512), (8, 4, 512, 1024)]}
+
+
+def loss_bytes(shape, target_bytes: int = 1, logit_bytes: int = 4) -> dict:
+    """Compulsory DRAM traffic of the fused loss: forward reads logits + target; backward reads them
+    again and writes the gradient (halo re-reads of the target hit the cache)."""
+    px = 1
+    for s in shape:
+        px *= s
+    fwd = px * (logit_bytes + target_bytes)
+    return {"fwd": fwd, "fwd+bwd": fwd + px * (logit_bytes + target_bytes + logit_bytes)}
 
 
 def renet_flops(shape, cell: str) -> float:
@@ -182,3 +194,61 @@ def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
     return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+@dataclass
+class LossRow:
+    shape: str
+    provider: str
+    ms: float
+    peak_mib: float
+    floor_ms: float
+
+
+def run_loss(device="cpu", repeat=9, threads=2, memory=True, bandwidth_gbs: float = 3000.0) -> List[LossRow]:
+    """Fused loss (forward+backward) vs the unfused PyTorch composition, same settings: pos_weight 10,
+    boundary weight 2, radius 1, Dice weight 1; uint8 targets. ``floor_ms``: the compulsory bytes
+    at ``bandwidth_gbs`` (GPU only)."""
+    from .losses import BCEDiceLoss
+    from .reference import unfused_bce_dice
+
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    fused = BCEDiceLoss(pos_weight=10.0, boundary_weight=2.0, boundary_radius=1, dice_weight=1.0)
+    rows: List[LossRow] = []
+    for shape in LOSS_SHAPES[device]:
+        torch.manual_seed(0)
+        logits = torch.randn(*shape, device=device, requires_grad=True)
+        target = (torch.rand(*shape, device=device) > 0.7).to(torch.uint8)
+        floor = loss_bytes(shape)["fwd+bwd"] / (bandwidth_gbs * 1e9) * 1e3 if device == "cuda" else float("nan")
+        for provider, fn in (("torch", lambda: unfused_bce_dice(logits, target)), ("brnnseg", lambda: fused(logits, target))):
+            def step():
+                logits.grad = None
+                fn().backward()
+            peak = float("nan")
+            if memory and device == "cpu":
+                peak = cpu_peak_mib(step)
+            elif memory:
+                torch.cuda.reset_peak_memory_stats()
+                base_mem = torch.cuda.memory_allocated()
+                step()
+                torch.cuda.synchronize()
+                peak = (torch.cuda.max_memory_allocated() - base_mem) / 2**20
+            rows.append(LossRow("x".join(map(str, shape)), provider, time_ms(step, device, repeat), peak, floor))
+    return rows
+
+
+def report_loss(rows: List[LossRow]) -> str:
+    lines = [f"{'logits':18s} {'torch ms':>9s} {'ours ms':>9s} {'speedup':>8s} {'torch MiB':>10s} {'ours MiB':>9s} "
+             f"{'grad MiB':>9s} {'floor ms':>9s}"]
+    by = {}
+    for r in rows:
+        by.setdefault(r.shape, {})[r.provider] = r
+    for shape, d in by.items():
+        t, o = d["torch"], d["brnnseg"]
+        px = 1
+        for s in shape.split("x"):
+            px *= int(s)
+        lines.append(f"{shape:18s} {t.ms:9.2f} {o.ms:9.2f} {t.ms / o.ms:7.2f}x {t.peak_mib:10.1f} {o.peak_mib:9.1f} "
+                     f"{px * 4 / 2**20:9.1f} {o.floor_ms:9.3f}")
+    return "\n".join(lines)

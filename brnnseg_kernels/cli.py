@@ -29,6 +29,10 @@ def _bench(args) -> int:
         print("bench --device cuda: no GPU is visible on this machine", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    if args.op == "loss":
+        print(f"device {bench.device_name(args.device)}; fused loss vs unfused PyTorch, forward+backward")
+        print(bench.report_loss(bench.run_loss(args.device, args.repeat, args.threads, not args.no_memory)))
+        return 0
     sgemm = bench.sgemm_gflops(args.device)
     print(f"device {bench.device_name(args.device)}; sgemm (torch.matmul 2048^2) {sgemm:.0f} GFLOP/s")
     rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, not args.no_memory)
@@ -43,7 +47,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m brnnseg_kernels")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="versions and what this build contains")
-    b = sub.add_parser("bench", help="ReNet layers vs the nn.GRU/nn.LSTM block")
+    b = sub.add_parser("bench", help="ReNet layers vs the nn.GRU/nn.LSTM block, or the fused loss")
+    b.add_argument("--op", choices=["renet", "loss"], default="renet")
     b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     b.add_argument("--shapes", nargs="*", help="shape names (default: all for the device)")
     b.add_argument("--cells", nargs="*", default=["gru", "lstm"], choices=["gru", "lstm"])

@@ -204,3 +204,23 @@ def seg_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, po
         n_sel = (sel.sum() * (1 if batch_dice else n)).clamp_min(1)
         total = bce_weight * s_bce.sum() / count.sum().clamp_min(1) + dice_weight * (dice * sel).sum() / n_sel
     return total.to(logits.dtype)
+
+
+def unfused_bce_dice(logits: Tensor, target: Tensor, pos_weight: float = 10.0, boundary_weight: float = 2.0,
+                     radius: int = 1, smooth: float = 1e-5) -> Tensor:
+    """The unfused composition users write today (the loss benchmark's baseline): the boundary map
+    from two max_pool2d calls, ``binary_cross_entropy_with_logits(weight=..., pos_weight=...)``,
+    plus soft Dice from ``sigmoid`` and sums."""
+    import torch.nn.functional as F
+
+    k = 2 * radius + 1
+    y = target.to(logits.dtype)
+    fg = F.max_pool2d(y, k, 1, radius)
+    bg = F.max_pool2d(1 - y, k, 1, radius)
+    bmap = 1 + boundary_weight * fg * bg
+    pw = torch.full((logits.shape[1], 1, 1), pos_weight, dtype=logits.dtype, device=logits.device)
+    bce = F.binary_cross_entropy_with_logits(logits, y, weight=bmap, pos_weight=pw)
+    p = torch.sigmoid(logits)
+    inter = (p * y).sum((2, 3))
+    dice = 1 - (2 * inter + smooth) / (p.sum((2, 3)) + y.sum((2, 3)) + smooth)
+    return bce + dice.mean()

@@ -19,6 +19,8 @@ namespace {
 
 using at::Tensor;
 
+#define BRNNSEG_LOSS_INLINE __attribute__((always_inline)) inline
+
 // Rows per work unit: enough units to spread one image over the threads, few enough that the
 // halo rows (2r per block) stay a small overhead.
 constexpr int64_t kRowBlock = 32;
@@ -69,62 +71,193 @@ void check_loss_inputs(const char* op, const Tensor& logits, const Tensor& targe
 
 // Boundary flags of rows [h0, h1) of depth slice d of one (n, c) volume: flag = the clipped
 // (2r+1)^dims neighbourhood holds a foreground (> 0.5) and a background pixel, ignored pixels
-// being neither. The neighbourhood test is separable: OR over depth, then along W, then along H.
+// being neither. The test is separable: OR over depth, then along W, then along H; every loop
+// runs along W over bytes so it vectorises.
 template <typename Y>
-void boundary_rows(const Y* vol, const LossShape& s, int64_t d, int64_t h0, int64_t h1, int64_t r, bool has_ignore,
-                   double ignore, std::vector<uint8_t>& scratch, uint8_t* flags) {
+BRNNSEG_LOSS_INLINE void boundary_rows(const Y* vol, const LossShape& s, int64_t d, int64_t h0, int64_t h1,
+                                       int64_t r, bool has_ignore, float ignore, uint8_t* scratch, uint8_t* flags) {
   const int64_t W = s.W, hlo = std::max<int64_t>(0, h0 - r), hhi = std::min(s.H, h1 + r);
   const int64_t rows = hhi - hlo;
-  scratch.assign(4 * rows * W, 0);
-  uint8_t* a_fg = scratch.data();
+  uint8_t* a_fg = scratch;
   uint8_t* a_bg = a_fg + rows * W;
   uint8_t* b_fg = a_bg + rows * W;
   uint8_t* b_bg = b_fg + rows * W;
-  const int64_t dlo = s.D > 1 ? std::max<int64_t>(0, d - r) : 0, dhi = s.D > 1 ? std::min(s.D, d + r + 1) : 1;
+  std::fill(scratch, scratch + 4 * rows * W, uint8_t(0));
+  const int64_t dlo = std::max<int64_t>(0, d - r), dhi = std::min(s.D, d + r + 1);
   for (int64_t dd = dlo; dd < dhi; ++dd) {
     for (int64_t i = 0; i < rows; ++i) {
       const Y* row = vol + (dd * s.H + hlo + i) * W;
+      uint8_t* af = a_fg + i * W;
+      uint8_t* ab = a_bg + i * W;
       for (int64_t w = 0; w < W; ++w) {
-        const double v = static_cast<double>(row[w]);
-        const bool valid = !(has_ignore && v == ignore);
-        a_fg[i * W + w] |= valid && v > 0.5;
-        a_bg[i * W + w] |= valid && v <= 0.5;
+        const float v = static_cast<float>(row[w]);
+        const uint8_t valid = !(has_ignore && v == ignore);
+        af[w] |= valid & (v > 0.5f);
+        ab[w] |= valid & (v <= 0.5f);
       }
     }
   }
   for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t w = 0; w < W; ++w) {
-      uint8_t f = 0, b = 0;
-      for (int64_t k = std::max<int64_t>(0, w - r); k <= std::min(W - 1, w + r); ++k) {
-        f |= a_fg[i * W + k];
-        b |= a_bg[i * W + k];
+    for (int64_t sh = -r; sh <= r; ++sh) {
+      const int64_t lo = std::max<int64_t>(0, -sh), hi = std::min(W, W - sh);
+      uint8_t* bf = b_fg + i * W;
+      uint8_t* bb = b_bg + i * W;
+      const uint8_t* af = a_fg + i * W + sh;
+      const uint8_t* ab = a_bg + i * W + sh;
+      for (int64_t w = lo; w < hi; ++w) {
+        bf[w] |= af[w];
+        bb[w] |= ab[w];
       }
-      b_fg[i * W + w] = f;
-      b_bg[i * W + w] = b;
     }
   }
   for (int64_t h = h0; h < h1; ++h) {
-    for (int64_t w = 0; w < W; ++w) {
-      uint8_t f = 0, b = 0;
-      for (int64_t hh = std::max(hlo, h - r); hh < std::min(hhi, h + r + 1); ++hh) {
-        f |= b_fg[(hh - hlo) * W + w];
-        b |= b_bg[(hh - hlo) * W + w];
+    uint8_t* out = flags + (h - h0) * W;
+    uint8_t* tmp = out + (h1 - h0) * W;  // second half of flags: background row accumulator
+    std::fill(out, out + W, uint8_t(0));
+    std::fill(tmp, tmp + W, uint8_t(0));
+    for (int64_t hh = std::max(hlo, h - r); hh < std::min(hhi, h + r + 1); ++hh) {
+      const uint8_t* bf = b_fg + (hh - hlo) * W;
+      const uint8_t* bb = b_bg + (hh - hlo) * W;
+      for (int64_t w = 0; w < W; ++w) {
+        out[w] |= bf[w];
+        tmp[w] |= bb[w];
       }
-      flags[(h - h0) * W + w] = f & b;
     }
+    for (int64_t w = 0; w < W; ++w) out[w] &= tmp[w];
   }
 }
 
-// Calls body(n, c, d, h0, h1, unit) for every work unit, each on one thread.
-template <typename F>
-void for_each_unit(const LossShape& s, F&& body) {
+// Everything one work unit needs; multipliers default to buffers of ones/zeros so the pixel loops
+// have no branches.
+template <typename T, typename Y>
+struct UnitArgs {
+  const LossArgs<T>* a;
+  const T* x;
+  const Y* y;
+  const T* weight;      // nullptr: no per-pixel weight
+  const T* grad;        // backward: (N, C, 5) gradient of the sums
+  T* out;               // forward: (units, 5) partial sums (as T); backward: dx
+};
+
+template <typename T, typename Y, bool kBackward>
+BRNNSEG_LOSS_INLINE void process_unit(const UnitArgs<T, Y>& u, int64_t n, int64_t c, int64_t d, int64_t h0,
+                                      int64_t h1, int64_t unit) {
+  const LossArgs<T>& a = *u.a;
+  const LossShape& s = a.s;
+  const int64_t W = s.W, plane = s.D * s.H * W, rows = h1 - h0;
+  const int64_t base = (n * s.C + c) * plane;
+  const bool use_boundary = a.boundary_weight != T(0);
+  thread_local std::vector<uint8_t> scratch, flags;
+  thread_local std::vector<T> ones;
+  if (use_boundary) {
+    scratch.resize(4 * (rows + 2 * a.radius) * W);
+    flags.resize(2 * rows * W);
+    boundary_rows(u.y + base, s, d, h0, h1, a.radius, a.has_ignore, static_cast<float>(a.ignore_value),
+                  scratch.data(), flags.data());
+  } else if (flags.size() < static_cast<size_t>(W)) {
+    flags.assign(W, 0);
+  }
+  if (ones.size() < static_cast<size_t>(W)) ones.assign(W, T(1));
+  const T pw = a.pos_weight[c], bw = a.boundary_weight;
+  const T ign = static_cast<T>(a.ignore_value);
+  const T ig = a.has_ignore ? T(1) : T(0);
+  const T sq = a.squared ? T(1) : T(0);
+  T g_bce = 0, g_inter = 0, g_pred = 0;
+  if (kBackward) {
+    const T* g = u.grad + (n * s.C + c) * kNumSums;
+    g_bce = g[kBceSum];
+    g_inter = g[kInter];
+    g_pred = g[kPredSum];
+  }
+  T acc[kNumSums] = {0, 0, 0, 0, 0};
+  for (int64_t h = h0; h < h1; ++h) {
+    const int64_t off = base + (d * s.H + h) * W;
+    const T* __restrict xr = u.x + off;
+    const Y* __restrict yr = u.y + off;
+    const T* __restrict wr = u.weight ? u.weight + off : ones.data();
+    const uint8_t* __restrict fr = use_boundary ? flags.data() + (h - h0) * W : flags.data();
+    if (kBackward) {
+      T* __restrict dr = u.out + off;
+#pragma omp simd
+      for (int64_t w = 0; w < W; ++w) {
+        const T yv_raw = static_cast<T>(yr[w]);
+        const T valid = T(1) - ig * T(yv_raw == ign);  // branch-free: keeps the loop vectorisable
+        const T yv = valid * yv_raw;
+        T p, sp_pos, sp_neg;
+        logit_terms(xr[w], p, sp_pos, sp_neg);
+        const T m = (T(1) + bw * T(fr[w])) * wr[w];
+        const T dsig = p * (T(1) - p);
+        const T dpred = (sq * (T(2) * p - T(1)) + T(1)) * dsig;  // 2p*dsig if squared, else dsig
+        dr[w] = valid * (g_bce * m * bce_grad(p, yv, pw) + g_inter * yv * dsig + g_pred * dpred);
+      }
+    } else {
+      T sb = 0, sk = 0, si = 0, sp = 0, sy = 0;
+#pragma omp simd reduction(+ : sb, sk, si, sp, sy)
+      for (int64_t w = 0; w < W; ++w) {
+        const T yv_raw = static_cast<T>(yr[w]);
+        const T valid = T(1) - ig * T(yv_raw == ign);  // branch-free: keeps the loop vectorisable
+        const T yv = valid * yv_raw;
+        T p, sp_pos, sp_neg;
+        logit_terms(xr[w], p, sp_pos, sp_neg);
+        const T m = (T(1) + bw * T(fr[w])) * wr[w];
+        const T pv = valid * p;
+        sb += valid * m * bce_value(sp_pos, sp_neg, yv, pw);
+        sk += valid;
+        si += pv * yv;
+        sp += pv * (sq * p + (T(1) - sq));
+        sy += yv * (sq * yv + (T(1) - sq));
+      }
+      acc[kBceSum] += sb;
+      acc[kCount] += sk;
+      acc[kInter] += si;
+      acc[kPredSum] += sp;
+      acc[kTargetSum] += sy;
+    }
+  }
+  if (!kBackward)
+    for (int k = 0; k < kNumSums; ++k) u.out[unit * kNumSums + k] = acc[k];
+}
+
+// One copy of the unit loop per ISA; the widest the CPU supports is chosen at run time. The rest of
+// the extension is built for baseline x86-64.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define BRNNSEG_LOSS_ISAS 1
+template <typename T, typename Y, bool kB>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void unit_avx512(
+    const UnitArgs<T, Y>& u, int64_t n, int64_t c, int64_t d, int64_t h0, int64_t h1, int64_t unit) {
+  process_unit<T, Y, kB>(u, n, c, d, h0, h1, unit);
+}
+template <typename T, typename Y, bool kB>
+__attribute__((target("avx2,fma"))) void unit_avx2(const UnitArgs<T, Y>& u, int64_t n, int64_t c, int64_t d,
+                                                    int64_t h0, int64_t h1, int64_t unit) {
+  process_unit<T, Y, kB>(u, n, c, d, h0, h1, unit);
+}
+int cpu_isa() {
+  static const int isa = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") ? 2
+                         : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")       ? 1
+                                                                                                  : 0;
+  return isa;
+}
+#endif
+
+template <typename T, typename Y, bool kB>
+void run_units(const UnitArgs<T, Y>& u) {
+  const LossShape& s = u.a->s;
   const int64_t bps = s.blocks_per_slice();
   at::parallel_for(0, s.units(), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t u = begin; u < end; ++u) {
-      const int64_t blk = u % bps, slice = u / bps;  // slice = (n*C + c)*D + d
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t blk = unit % bps, slice = unit / bps;  // slice = (n*C + c)*D + d
       const int64_t d = slice % s.D, nc = slice / s.D;
       const int64_t h0 = blk * kRowBlock, h1 = std::min(s.H, h0 + kRowBlock);
-      body(nc / s.C, nc % s.C, d, h0, h1, u);
+      const int64_t n = nc / s.C, c = nc % s.C;
+#ifdef BRNNSEG_LOSS_ISAS
+      switch (cpu_isa()) {
+        case 2: unit_avx512<T, Y, kB>(u, n, c, d, h0, h1, unit); continue;
+        case 1: unit_avx2<T, Y, kB>(u, n, c, d, h0, h1, unit); continue;
+        default: break;
+      }
+#endif
+      process_unit<T, Y, kB>(u, n, c, d, h0, h1, unit);
     }
   });
 }
@@ -133,102 +266,22 @@ template <typename T, typename Y>
 Tensor seg_loss_sums_impl(const Tensor& x, const Tensor& y, const std::optional<Tensor>& weight,
                           const LossArgs<T>& a) {
   const LossShape& s = a.s;
-  const int64_t W = s.W, plane = s.D * s.H * W;
-  Tensor partial = at::zeros({std::max<int64_t>(s.units(), 1), kNumSums}, x.options().dtype(at::kDouble));
-  const T* xp = x.data_ptr<T>();
-  const Y* yp = y.data_ptr<Y>();
-  const T* wp = weight.has_value() ? weight->data_ptr<T>() : nullptr;
-  double* pp = partial.data_ptr<double>();
-  const bool use_boundary = a.boundary_weight != T(0);
-  for_each_unit(s, [&](int64_t n, int64_t c, int64_t d, int64_t h0, int64_t h1, int64_t u) {
-    thread_local std::vector<uint8_t> scratch, flags;
-    const int64_t base = (n * s.C + c) * plane;
-    if (use_boundary) {
-      flags.resize((h1 - h0) * W);
-      boundary_rows(yp + base, s, d, h0, h1, a.radius, a.has_ignore, a.ignore_value, scratch, flags.data());
-    }
-    const T pw = a.pos_weight[c], bw = a.boundary_weight;
-    const T ign = static_cast<T>(a.ignore_value);
-    double acc[kNumSums] = {0, 0, 0, 0, 0};
-    for (int64_t h = h0; h < h1; ++h) {
-      const int64_t off = base + (d * s.H + h) * W;
-      const T* xr = xp + off;
-      const Y* yr = yp + off;
-      const T* wr = wp ? wp + off : nullptr;
-      const uint8_t* fr = use_boundary ? flags.data() + (h - h0) * W : nullptr;
-      T sb = 0, sk = 0, si = 0, sp = 0, sy = 0;
-#pragma omp simd reduction(+ : sb, sk, si, sp, sy)
-      for (int64_t w = 0; w < W; ++w) {
-        const T yv_raw = static_cast<T>(yr[w]);
-        const T valid = (a.has_ignore && yv_raw == ign) ? T(0) : T(1);
-        const T yv = valid * yv_raw;
-        const LogitTerms<T> lt = logit_terms(xr[w]);
-        T m = fr ? T(1) + bw * T(fr[w]) : T(1);
-        if (wr) m *= wr[w];
-        sb += valid * m * bce_value(lt, yv, pw);
-        sk += valid;
-        si += valid * lt.p * yv;
-        sp += valid * (a.squared ? lt.p * lt.p : lt.p);
-        sy += a.squared ? yv * yv : yv;
-      }
-      acc[kBceSum] += sb;
-      acc[kCount] += sk;
-      acc[kInter] += si;
-      acc[kPredSum] += sp;
-      acc[kTargetSum] += sy;
-    }
-    for (int k = 0; k < kNumSums; ++k) pp[u * kNumSums + k] = acc[k];
-  });
-  // Second stage, in a fixed order: units of one (n, c) are consecutive.
-  Tensor sums = partial.narrow(0, 0, s.units()).view({s.N, s.C, -1, kNumSums}).sum(2);
-  return sums.to(x.scalar_type());
+  Tensor partial = at::zeros({std::max<int64_t>(s.units(), 1), kNumSums}, x.options());
+  UnitArgs<T, Y> u{&a, x.data_ptr<T>(), y.data_ptr<Y>(), weight.has_value() ? weight->data_ptr<T>() : nullptr,
+                   nullptr, partial.data_ptr<T>()};
+  run_units<T, Y, false>(u);
+  // Second stage, in a fixed order (units of one (n, c) are consecutive), in double.
+  return partial.narrow(0, 0, s.units()).to(at::kDouble).view({s.N, s.C, -1, kNumSums}).sum(2).to(x.scalar_type());
 }
 
 template <typename T, typename Y>
 Tensor seg_loss_backward_impl(const Tensor& g, const Tensor& x, const Tensor& y, const std::optional<Tensor>& weight,
                               const LossArgs<T>& a) {
-  const LossShape& s = a.s;
-  const int64_t W = s.W, plane = s.D * s.H * W;
   Tensor dx = at::empty_like(x);
   const Tensor gc = g.to(x.scalar_type()).contiguous();
-  const T* gp = gc.data_ptr<T>();
-  const T* xp = x.data_ptr<T>();
-  const Y* yp = y.data_ptr<Y>();
-  const T* wp = weight.has_value() ? weight->data_ptr<T>() : nullptr;
-  T* dp = dx.data_ptr<T>();
-  const bool use_boundary = a.boundary_weight != T(0);
-  for_each_unit(s, [&](int64_t n, int64_t c, int64_t d, int64_t h0, int64_t h1, int64_t) {
-    thread_local std::vector<uint8_t> scratch, flags;
-    const int64_t base = (n * s.C + c) * plane;
-    if (use_boundary) {
-      flags.resize((h1 - h0) * W);
-      boundary_rows(yp + base, s, d, h0, h1, a.radius, a.has_ignore, a.ignore_value, scratch, flags.data());
-    }
-    const T* gnc = gp + (n * s.C + c) * kNumSums;
-    const T g_bce = gnc[kBceSum], g_inter = gnc[kInter], g_pred = gnc[kPredSum];
-    const T pw = a.pos_weight[c], bw = a.boundary_weight;
-    const T ign = static_cast<T>(a.ignore_value);
-    for (int64_t h = h0; h < h1; ++h) {
-      const int64_t off = base + (d * s.H + h) * W;
-      const T* xr = xp + off;
-      const Y* yr = yp + off;
-      const T* wr = wp ? wp + off : nullptr;
-      const uint8_t* fr = use_boundary ? flags.data() + (h - h0) * W : nullptr;
-      T* dr = dp + off;
-#pragma omp simd
-      for (int64_t w = 0; w < W; ++w) {
-        const T yv_raw = static_cast<T>(yr[w]);
-        const T valid = (a.has_ignore && yv_raw == ign) ? T(0) : T(1);
-        const T yv = valid * yv_raw;
-        const LogitTerms<T> lt = logit_terms(xr[w]);
-        T m = fr ? T(1) + bw * T(fr[w]) : T(1);
-        if (wr) m *= wr[w];
-        const T dsig = lt.p * (T(1) - lt.p);
-        const T dpred = a.squared ? T(2) * lt.p * dsig : dsig;
-        dr[w] = valid * (g_bce * m * bce_grad(lt, yv, pw) + g_inter * yv * dsig + g_pred * dpred);
-      }
-    }
-  });
+  UnitArgs<T, Y> u{&a, x.data_ptr<T>(), y.data_ptr<Y>(), weight.has_value() ? weight->data_ptr<T>() : nullptr,
+                   gc.data_ptr<T>(), dx.data_ptr<T>()};
+  run_units<T, Y, true>(u);
   return dx;
 }
 

@@ -23,34 +23,27 @@ BRNNSEG_HD float log1p_unit(float t) {
 }
 BRNNSEG_HD double log1p_unit(double t) { return std::log1p(t); }
 
+// p = sigmoid(x), sp_pos = softplus(x) = -log(1 - p), sp_neg = softplus(-x) = -log p.
+// (Outputs by reference, not a returned struct: GCC does not vectorise loops over the latter.)
 template <typename T>
-struct LogitTerms {
-  T p;         // sigmoid(x)
-  T sp_pos;    // softplus(x)  = -log(1 - p)
-  T sp_neg;    // softplus(-x) = -log p
-};
-
-template <typename T>
-BRNNSEG_HD LogitTerms<T> logit_terms(T x) {
+BRNNSEG_HD void logit_terms(T x, T& p, T& sp_pos, T& sp_neg) {
   const T ax = x < T(0) ? -x : x;
   const T e = fast_exp(-ax);              // in (0, 1]
   const T l = log1p_unit(e);              // log(1 + exp(-|x|))
   const T inv = T(1) / (T(1) + e);
-  LogitTerms<T> r;
-  r.p = x >= T(0) ? inv : e * inv;
-  r.sp_pos = (x > T(0) ? x : T(0)) + l;
-  r.sp_neg = (x < T(0) ? -x : T(0)) + l;
-  return r;
+  p = x >= T(0) ? inv : e * inv;
+  sp_pos = (x > T(0) ? x : T(0)) + l;
+  sp_neg = (x < T(0) ? -x : T(0)) + l;
 }
 
 template <typename T>
-BRNNSEG_HD T bce_value(const LogitTerms<T>& lt, T y, T pw) {
-  return pw * y * lt.sp_neg + (T(1) - y) * lt.sp_pos;
+BRNNSEG_HD T bce_value(T sp_pos, T sp_neg, T y, T pw) {
+  return pw * y * sp_neg + (T(1) - y) * sp_pos;
 }
 
 template <typename T>
-BRNNSEG_HD T bce_grad(const LogitTerms<T>& lt, T y, T pw) {
-  return lt.p * (pw * y + T(1) - y) - pw * y;
+BRNNSEG_HD T bce_grad(T p, T y, T pw) {
+  return p * (pw * y + T(1) - y) - pw * y;
 }
 
 // Slots of the per-(sample, channel) sums the forward produces.
