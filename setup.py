@@ -130,11 +130,21 @@ def _write_build_info():
 
 _write_build_info()
 
+# The CUDA kernels compiled by g++ under the SIMT simulator (csrc/sim/): always built, so CI executes
+# the kernel source without a GPU (tests/test_line_scan_sim.py).
+sim_ext = cpp_extension.CppExtension(
+    f"{PACKAGE}._sim",
+    sorted(glob.glob(os.path.join("csrc", "sim", "*.cpp"))),
+    include_dirs=include_dirs,
+    extra_compile_args={"cxx": ["-O2", "-fno-math-errno", "-Wno-unused-function"]},
+    py_limited_api=True,
+)
+
 setup(
     name="brnnseg_kernels",
     version="0.1.0",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
-    ext_modules=[ext],
+    ext_modules=[ext, sim_ext],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

@@ -1,0 +1,92 @@
+// Launch configuration and launchers of the recurrence kernels: raw pointers in, no torch types,
+// shared by the CUDA build (line_scan_cuda.cu), the simulator build (csrc/sim/) and the C++
+// simulator test. BRNNSEG_LAUNCH is <<<...>>> plus a launch check under nvcc, and
+// brnnseg::sim::launch under simt_sim.h.
+#pragma once
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+
+#include "line_scan_kernels.cuh"
+
+namespace brnnseg {
+
+// Lines per thread: each weight loaded from shared memory serves this many lines (register tile).
+constexpr int kLinesPerThread = 4;
+// Threads per CTA aimed for: enough warps to hide shared-memory latency, few enough that several
+// CTAs fit an SM.
+constexpr int kTargetThreads = 256;
+
+struct LaunchConfig {
+  int threads = 0, tile = 0, blocks = 0;
+  bool smem_weights = false;
+  size_t smem_bytes = 0;
+};
+
+// smem_limit: the most dynamic shared memory a CTA may use (the device's opt-in limit on a GPU,
+// 227 KiB on an H100). W_hh goes to shared memory when it fits, else it is read through L1/L2
+// (the path for large hidden sizes; force_global_weights selects it always, for tests).
+template <typename T>
+LaunchConfig line_scan_config(bool backward, int G, int hid, int64_t lines, size_t smem_limit,
+                              bool force_global_weights = false) {
+  LaunchConfig c;
+  const int units_pad = (hid + 31) / 32 * 32;
+  if (units_pad > 1024)
+    throw std::invalid_argument("line_scan: hidden size " + std::to_string(hid) + " exceeds 1024");
+  const int groups = units_pad >= kTargetThreads ? 1 : kTargetThreads / units_pad;
+  c.threads = units_pad * groups;
+  c.tile = kLinesPerThread * groups;
+  c.blocks = static_cast<int>((lines + c.tile - 1) / c.tile);
+  auto bytes = [&](bool w) {
+    return backward ? bwd_smem_bytes<T>(G, hid, c.tile, w) : fwd_smem_bytes<T>(G, hid, c.tile, w);
+  };
+  c.smem_weights = !force_global_weights && bytes(true) <= smem_limit;
+  c.smem_bytes = bytes(c.smem_weights);
+  if (c.smem_bytes > smem_limit)
+    throw std::invalid_argument("line_scan: hidden size " + std::to_string(hid) + " needs " +
+                                std::to_string(c.smem_bytes) + " bytes of shared memory, limit " +
+                                std::to_string(smem_limit));
+  return c;
+}
+
+template <typename T, int G, bool kSmemW>
+void launch_fwd_impl(const SweepFwdParams<T>& p, const LaunchConfig& c, void* stream) {
+  auto kernel = line_scan_fwd_kernel<T, G, kLinesPerThread, kSmemW>;
+#if defined(__CUDACC__)
+  if (c.smem_bytes > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(c.smem_bytes)));
+#endif
+  (void)stream;
+  BRNNSEG_LAUNCH(kernel, dim3(c.blocks, 2), dim3(c.threads), c.smem_bytes, stream, p);
+}
+
+template <typename T, int G, bool kSmemW>
+void launch_bwd_impl(const SweepBwdParams<T>& p, const LaunchConfig& c, void* stream) {
+  auto kernel = line_scan_bwd_kernel<T, G, kLinesPerThread, kSmemW>;
+#if defined(__CUDACC__)
+  if (c.smem_bytes > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(c.smem_bytes)));
+#endif
+  (void)stream;
+  BRNNSEG_LAUNCH(kernel, dim3(c.blocks, 2), dim3(c.threads), c.smem_bytes, stream, p);
+}
+
+template <typename T>
+void launch_line_scan_fwd(int G, const SweepFwdParams<T>& p, const LaunchConfig& c, void* stream) {
+  if (G == 3) {
+    c.smem_weights ? launch_fwd_impl<T, 3, true>(p, c, stream) : launch_fwd_impl<T, 3, false>(p, c, stream);
+  } else {
+    c.smem_weights ? launch_fwd_impl<T, 4, true>(p, c, stream) : launch_fwd_impl<T, 4, false>(p, c, stream);
+  }
+}
+
+template <typename T>
+void launch_line_scan_bwd(int G, const SweepBwdParams<T>& p, const LaunchConfig& c, void* stream) {
+  if (G == 3) {
+    c.smem_weights ? launch_bwd_impl<T, 3, true>(p, c, stream) : launch_bwd_impl<T, 3, false>(p, c, stream);
+  } else {
+    c.smem_weights ? launch_bwd_impl<T, 4, true>(p, c, stream) : launch_bwd_impl<T, 4, false>(p, c, stream);
+  }
+}
+
+}  // namespace brnnseg

@@ -1,0 +1,44 @@
+// Kernel parameters of the line sweeps: sizes, strides and raw pointers only, so the same kernels
+// compile under nvcc and under the SIMT simulator (simt_sim.h) with no torch types inside.
+#pragma once
+#include <cstdint>
+
+#include "brnnseg/sweep_geometry.h"
+
+namespace brnnseg {
+
+// T: storage type of inputs/outputs (float, c10::Half, c10::BFloat16); math runs in float.
+template <typename T>
+struct SweepFwdParams {
+  SweepGeometry geo;
+  int hid;
+  int tile;                 // lines per CTA
+  const T* gx;              // (P, 2, G*hid) input projections W_ih x, no bias
+  const T* w_hh_t;          // (2, hid, G*hid): W_hh transposed, so threads of consecutive units read
+                            // consecutive addresses
+  const float* b_ih;        // (2, G*hid), zeros when the layer has no bias
+  const float* b_hh;
+  T* y;                     // (N, 2*hid, H, W), strided
+  int64_t y_sN, y_sC, y_sH, y_sW;
+  float* ws;                // (2, T, lines, S*hid) saved gates, nullptr when not training
+};
+
+template <typename T>
+struct SweepBwdParams {
+  SweepGeometry geo;
+  int hid;
+  int tile;
+  const T* w_hh;            // (2, G*hid, hid)
+  const T* grad_y;          // strided like y
+  int64_t g_sN, g_sC, g_sH, g_sW;
+  const T* y;
+  int64_t y_sN, y_sC, y_sH, y_sW;
+  const float* ws;          // (2, T, lines, S*hid)
+  float* dgx;               // out (P, 2, G*hid): input-side pre-activation gradients
+  float* dgh;               // out (P, 2, G*hid): recurrent-side ones, stored at the position of the
+                            //     h_prev they multiply (zero where no later step reads h)
+  float* dgh_first;         // out (2, lines, G*hid): recurrent-side gradients of each line's first
+                            //     step (h_prev = 0: they count for the bias only)
+};
+
+}  // namespace brnnseg

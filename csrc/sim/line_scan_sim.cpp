@@ -1,0 +1,65 @@
+// The CUDA kernels of the line sweeps, compiled by g++ under the SIMT simulator and driven through
+// the same host code as the CUDA build (cuda/line_scan_host.h), on CPU tensors. Registered as
+// torch.ops.brnnseg_sim.* for the tests (pytest -k sim); never used for real work.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "brnnseg/simt_sim.h"
+#include "cuda/line_scan_host.h"
+
+extern "C" {
+PyObject* PyInit__sim(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_sim", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace brnnseg::sim_ops {
+namespace {
+
+using at::Tensor;
+
+template <int G>
+std::tuple<Tensor, Tensor> fwd(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+                               const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, int64_t axis,
+                               bool channels_last, bool training, int64_t smem_limit, bool global_weights) {
+  const char* op = G == 3 ? "brnnseg_sim::bigru_sweep" : "brnnseg_sim::bilstm_sweep";
+  TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": the simulator build runs float32 only");
+  return device::sweep_forward<float>(op, G, x, w_ih, w_hh, b_ih, b_hh, axis, channels_last, training,
+                                      static_cast<size_t>(smem_limit), nullptr, global_weights);
+}
+
+template <int G>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& grad_y, const Tensor& x, const Tensor& w_ih,
+                                                       const Tensor& w_hh, const Tensor& y, const Tensor& ws,
+                                                       int64_t axis, int64_t smem_limit, bool global_weights) {
+  const char* op = G == 3 ? "brnnseg_sim::bigru_sweep_backward" : "brnnseg_sim::bilstm_sweep_backward";
+  TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": the simulator build runs float32 only");
+  return device::sweep_backward<float>(op, G, grad_y, x, w_ih, w_hh, y, ws, axis, static_cast<size_t>(smem_limit),
+                                       nullptr, global_weights);
+}
+
+}  // namespace
+}  // namespace brnnseg::sim_ops
+
+TORCH_LIBRARY(brnnseg_sim, m) {
+  // As brnnseg::bi*_sweep, plus the shared-memory budget the launcher plans with and a switch that
+  // forces the weights-through-L2 path (the large-hidden-size path), so tests execute both.
+  m.def("bigru_sweep(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, int axis, "
+        "bool channels_last, bool training, int smem_limit, bool global_weights) -> (Tensor y, Tensor workspace)");
+  m.def("bilstm_sweep(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, int axis, "
+        "bool channels_last, bool training, int smem_limit, bool global_weights) -> (Tensor y, Tensor workspace)");
+  m.def("bigru_sweep_backward(Tensor grad_y, Tensor x, Tensor w_ih, Tensor w_hh, Tensor y, Tensor workspace, "
+        "int axis, int smem_limit, bool global_weights) -> (Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+        "Tensor grad_b_hh)");
+  m.def("bilstm_sweep_backward(Tensor grad_y, Tensor x, Tensor w_ih, Tensor w_hh, Tensor y, Tensor workspace, "
+        "int axis, int smem_limit, bool global_weights) -> (Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+        "Tensor grad_b_hh)");
+}
+
+TORCH_LIBRARY_IMPL(brnnseg_sim, CPU, m) {
+  m.impl("bigru_sweep", &brnnseg::sim_ops::fwd<3>);
+  m.impl("bilstm_sweep", &brnnseg::sim_ops::fwd<4>);
+  m.impl("bigru_sweep_backward", &brnnseg::sim_ops::bwd<3>);
+  m.impl("bilstm_sweep_backward", &brnnseg::sim_ops::bwd<4>);
+}
