@@ -16,7 +16,6 @@ import sys
 from setuptools import find_packages, setup
 
 import torch
-from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PACKAGE = "brnnseg_kernels"
@@ -56,6 +55,10 @@ def _find_cuda_home():
 
 
 CUDA_HOME = None if CPU_ONLY else _find_cuda_home()
+if CUDA_HOME:
+    os.environ["CUDA_HOME"] = CUDA_HOME  # before torch.utils.cpp_extension reads it at import
+
+from torch.utils import cpp_extension  # noqa: E402
 cu_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
 BUILD_CUDA = bool(torch.version.cuda) and CUDA_HOME is not None and not CPU_ONLY and bool(cu_sources)
 

@@ -137,6 +137,8 @@ def run(device="cpu", shapes=None, cells=("gru", "lstm"), repeat=7, threads=2, m
             torch.manual_seed(0)
             layers = make_layers(cell, shape, device, dtype)
             x = torch.randn(*shape[:4], device=device, dtype=dtype, requires_grad=True)
+            if device == "cuda":
+                torch.cuda.synchronize()
             flops = renet_flops(shape, cell)
             for provider, layer in layers.items():
                 def fwd_bwd():

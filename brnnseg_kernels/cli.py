@@ -35,11 +35,17 @@ def _bench(args) -> int:
         return 0
     sgemm = bench.sgemm_gflops(args.device)
     print(f"device {bench.device_name(args.device)}; sgemm (torch.matmul 2048^2) {sgemm:.0f} GFLOP/s")
-    rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, not args.no_memory)
-    print(bench.report(rows, sgemm))
-    if args.csv:
-        bench.write_csv(rows, args.csv, bench.device_name(args.device), sgemm)
-        print(f"appended to {args.csv}")
+    if args.device == "cuda":
+        print(f"TF32: matmul {torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32} "
+              "(cuDNN RNNs use TF32 for float32 when allowed)")
+    for name in args.dtype:
+        dtype = getattr(torch, name)
+        print(f"-- {name}")
+        rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, not args.no_memory, dtype)
+        print(bench.report(rows, sgemm))
+        if args.csv:
+            bench.write_csv(rows, args.csv, f"{bench.device_name(args.device)} {name}", sgemm)
+            print(f"appended to {args.csv}")
     return 0
 
 
@@ -55,6 +61,8 @@ def main(argv=None) -> int:
     b.add_argument("--repeat", type=int, default=7)
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    b.add_argument("--dtype", nargs="*", default=["float32"], choices=["float32", "float16", "bfloat16"],
+                   help="ReNet benchmark dtypes (float16/bfloat16: CUDA)")
     b.add_argument("--csv", help="append results to this CSV file")
     args = p.parse_args(argv)
     return {"info": _info, "bench": _bench}[args.cmd](args)

@@ -13,7 +13,11 @@ from .losses.seg_loss import bce_dice_loss  # noqa: F401  (fused BCE + boundary 
 __all__ = ["sweep", "renet", "bigru2d", "bilstm2d", "check_feature_map", "bce_dice_loss"]
 
 AXES = {"rows": 3, "cols": 2}
-_KERNEL_DTYPES = (torch.float32, torch.float64)
+_CPU_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The fused CUDA kernel runs one thread per hidden unit (csrc/cuda/line_scan_launch.h); larger
+# hidden sizes take the per-step path (reference.sweep: one GEMM + pointwise ops per step).
+CUDA_MAX_HIDDEN = 512
 
 
 def _has_kernel(device: torch.device) -> bool:
@@ -53,9 +57,18 @@ def sweep(x: Tensor, weights: Tuple[Tensor, Tensor, Optional[Tensor], Optional[T
     w_ih, w_hh, b_ih, b_hh = weights
     if channels_last is None:
         channels_last = ops._is_channels_last(x)
+    if x.device.type == "cuda":
+        if torch.is_autocast_enabled("cuda"):
+            # Under autocast the sweep runs in the autocast dtype (weights cast like nn.GRU's under cuDNN).
+            dt = torch.get_autocast_dtype("cuda")
+            x, w_ih, w_hh = x.to(dt), w_ih.to(dt), w_hh.to(dt)
+        if not _has_kernel(x.device) or w_hh.shape[-1] > CUDA_MAX_HIDDEN or x.dtype not in _CUDA_DTYPES:
+            return reference.sweep(cell, x, w_ih, w_hh, b_ih, b_hh, axis)
+        cast = [None if t is None else t.to(x.dtype) for t in (w_ih, w_hh, b_ih, b_hh)]
+        return ops.sweep(cell, x, *cast, axis=axis, channels_last=channels_last)
     if not _has_kernel(x.device):
         return reference.sweep(cell, x, w_ih, w_hh, b_ih, b_hh, axis)
-    if x.dtype not in _KERNEL_DTYPES:
+    if x.dtype not in _CPU_DTYPES:
         f32 = [None if t is None else t.float() for t in (x, w_ih, w_hh, b_ih, b_hh)]
         return ops.sweep(cell, *f32, axis=axis, channels_last=channels_last).to(x.dtype)
     return ops.sweep(cell, x, w_ih, w_hh, b_ih, b_hh, axis=axis, channels_last=channels_last)

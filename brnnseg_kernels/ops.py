@@ -77,7 +77,9 @@ def _register(cell: str) -> None:
         y = torch.empty((n, 2 * hid, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
         steps, lines = (w, n * h) if axis == 3 else (h, n * w)
         shape = (2, steps, lines, saved * hid) if training else (0,)
-        return y, x.new_empty(shape)
+        # Saved gates are float32 (float64 for float64 input): half/bfloat16 sweeps keep fp32 state.
+        ws_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return y, x.new_empty(shape, dtype=ws_dtype)
 
     @torch.library.register_fake(f"{name}_backward")
     def _fake_backward(grad_y, x, w_ih, w_hh, y, workspace, axis):

@@ -1,0 +1,108 @@
+"""The CUDA sweep kernels on a real GPU (skipped without one): parity with the reference and with
+the cuDNN nn.GRU/nn.LSTM block, float64 gradcheck through the float32 kernels' CPU twin is not
+possible (the CUDA kernel has no float64), so gradients are checked against the float64 reference;
+float16/bfloat16 against the float32 kernel; autocast; torch.compile; the large-hidden fallback."""
+import pytest
+import torch
+
+import brnnseg_kernels as bk
+from brnnseg_kernels import reference
+from tests.utils import assert_verbose_allclose, stacked_weights
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not bk.build_info().get("with_cuda"),
+                                reason="needs a GPU and the CUDA build")
+
+LAYERS = {"gru": bk.BiGRU2d, "lstm": bk.BiLSTM2d}
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("axis", [2, 3])
+@pytest.mark.parametrize("shape", [(2, 5, 37, 29, 3), (1, 3, 1, 9, 40), (2, 4, 70, 3, 64), (1, 8, 16, 16, 128),
+                                   (1, 4, 9, 7, 200)], ids=lambda s: "x".join(map(str, s)))
+def test_cuda_sweep_matches_reference(cell, axis, shape):
+    n, c, h, w, hid = shape
+    x = torch.randn(n, c, h, w, dtype=torch.float64)
+    weights = stacked_weights(cell, c, hid, requires_grad=False)
+    xd = x.clone().requires_grad_()
+    wd = [t.clone().requires_grad_() for t in weights]
+    expected = reference.sweep(cell, xd, *wd, axis=axis)
+    g = torch.randn_like(expected)
+    exp_grads = torch.autograd.grad(expected, [xd] + wd, g)
+    xc = x.float().cuda().requires_grad_()
+    wc = [t.float().cuda().requires_grad_() for t in weights]
+    y = bk.ops.sweep(cell, xc, *wc, axis=axis)
+    assert_verbose_allclose(y.double().cpu(), expected, rtol=1e-4, atol=1e-5)
+    grads = torch.autograd.grad(y, [xc] + wc, g.float().cuda())
+    for got, exp in zip(grads, exp_grads):
+        assert_verbose_allclose(got.double().cpu(), exp, rtol=1e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_cuda_layer_matches_cudnn_block(cell):
+    base = reference.ReNetBaseline(16, 32, cell).cuda()
+    ours = LAYERS[cell](16, 32).cuda()
+    ours.load_state_dict(base.state_dict())
+    x = torch.randn(2, 16, 20, 24, device="cuda")
+    assert_verbose_allclose(ours(x), base(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_cuda_reduced_precision(cell, dtype):
+    layer = LAYERS[cell](8, 64).cuda()
+    x = torch.randn(2, 8, 24, 20, device="cuda")
+    ref32 = reference.renet(cell, x.double(), {"rows": [t.double() for t in layer.rows.stacked()],
+                                                "cols": [t.double() for t in layer.cols.stacked()]})
+    y = layer.to(dtype)(x.to(dtype))
+    assert y.dtype == dtype
+    # Within 2x the error of the reference run in that dtype (flash-attention's rule), or 3e-2.
+    ref_lp = reference.renet(cell, x.to(dtype), {"rows": layer.rows.stacked(), "cols": layer.cols.stacked()})
+    err = (y.double() - ref32).abs().max().item()
+    err_ref = (ref_lp.double() - ref32).abs().max().item()
+    assert err <= max(2 * err_ref, 3e-2)
+
+
+def test_cuda_autocast():
+    layer = bk.BiGRU2d(8, 32).cuda()
+    x = torch.randn(2, 8, 16, 16, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_cuda_compile_fullgraph():
+    layer = bk.BiLSTM2d(4, 16).cuda()
+    x = torch.randn(2, 4, 12, 10, device="cuda")
+    assert_verbose_allclose(torch.compile(layer, fullgraph=True)(x), layer(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_cuda_opcheck(cell):
+    x = torch.randn(2, 3, 5, 4, device="cuda", requires_grad=True)
+    w = [t.float().cuda().requires_grad_() for t in stacked_weights(cell, 3, 4, requires_grad=False)]
+    op = getattr(torch.ops.brnnseg, f"bi{cell}_sweep")
+    torch.library.opcheck(op, (x, *w, 3, False, True))
+
+
+def test_cuda_seg_loss_triton_matches_cpu():
+    x = torch.randn(2, 3, 37, 29)
+    y = (torch.rand(2, 3, 37, 29) > 0.6)
+    kw = dict(pos_weight=10.0, boundary_weight=2.0, boundary_radius=1)
+    xc = x.cuda().requires_grad_()
+    loss = bk.functional.bce_dice_loss(xc, y.cuda(), **kw)
+    loss.backward()
+    xr = x.clone().requires_grad_()
+    ref = bk.functional.bce_dice_loss(xr, y, **kw)
+    ref.backward()
+    assert_verbose_allclose(loss.cpu(), ref, rtol=1e-5, atol=1e-6)
+    assert_verbose_allclose(xc.grad.cpu(), xr.grad, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,72 @@
+"""The CUDA recurrence kernels executed on the CPU: built by g++ under the SIMT simulator
+(csrc/include/brnnseg/simt_sim.h), driven through the same host code as the CUDA build
+(csrc/cuda/line_scan_host.h), compared with the float64 reference. Select with `pytest -k sim`.
+
+Executed here: forward and backward kernels of GRU and LSTM, with W_hh in shared memory and
+through the cache (the large-hidden-size path), several CTAs per sweep, partial last tiles, T = 1,
+hidden sizes that are not multiples of 32, strided/channels_last outputs and gradients. Not
+executed: the nvcc-specific launch lines (cudaFuncSetAttribute, <<<>>>, launch checks) and the
+cuBLAS GEMMs (the simulator build runs the same at::matmul calls on CPU tensors)."""
+import pytest
+import torch
+
+from brnnseg_kernels import reference
+from tests.utils import assert_verbose_allclose, stacked_weights
+
+sim = pytest.importorskip("brnnseg_kernels._sim")
+H100_SMEM = 227 * 1024
+
+# (N, C, H, W, hidden): several CTAs (tile = 32 lines for hidden <= 32, 16 for 33..64), partial
+# last tiles, T = 1 both ways, hidden not a multiple of 32.
+SHAPES = [(2, 3, 37, 5, 3), (1, 4, 6, 70, 5), (1, 2, 1, 9, 2), (2, 3, 7, 1, 4), (1, 5, 9, 20, 40)]
+
+
+def _run(cell, shape, axis, global_weights, channels_last=False):
+    n, c, h, w, hid = shape
+    x = torch.randn(n, c, h, w)
+    weights = [t.float() for t in stacked_weights(cell, c, hid, requires_grad=False)]
+    op = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep")
+    bop = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep_backward")
+    y, ws = op(x, *weights, axis, channels_last, True, H100_SMEM, global_weights)
+    xd = x.double().requires_grad_()
+    wd = [t.double().requires_grad_() for t in weights]
+    expected = reference.sweep(cell, xd, *wd, axis=axis)
+    assert_verbose_allclose(y.double(), expected, rtol=1e-4, atol=2e-6, name="y")
+    g = torch.randn_like(expected)
+    exp_grads = torch.autograd.grad(expected, [xd] + wd, g)
+    grad_y = g.float()
+    if channels_last:
+        grad_y = grad_y.to(memory_format=torch.channels_last)
+    grads = bop(grad_y, x, weights[0], weights[1], y, ws, axis, H100_SMEM, global_weights)
+    for name, got, exp in zip(["x", "w_ih", "w_hh", "b_ih", "b_hh"], grads, exp_grads):
+        # float32 kernels against float64: weight gradients sum over every position.
+        assert_verbose_allclose(got.double(), exp, rtol=1e-4, atol=2e-4, name=f"grad {name}")
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("axis", [2, 3])
+@pytest.mark.parametrize("global_weights", [False, True], ids=["smem_weights", "l2_weights"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_sim_kernels_match_reference(cell, axis, global_weights, shape):
+    _run(cell, shape, axis, global_weights)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_sim_kernels_channels_last_output(cell):
+    _run(cell, (2, 3, 6, 7, 4), 3, False, channels_last=True)
+
+
+def test_sim_no_grad_forward_saves_nothing():
+    x = torch.randn(1, 2, 3, 4)
+    w = [t.float() for t in stacked_weights("gru", 2, 3, requires_grad=False)]
+    y, ws = torch.ops.brnnseg_sim.bigru_sweep(x, *w, 3, False, False, H100_SMEM, False)
+    assert ws.numel() == 0
+    expected = reference.sweep("gru", x.double(), *[t.double() for t in w], axis=3)
+    assert_verbose_allclose(y.double(), expected, rtol=1e-4, atol=2e-6)
+
+
+def test_sim_rejects_what_does_not_fit():
+    x = torch.randn(1, 2, 3, 4)
+    w = [t.float() for t in stacked_weights("gru", 2, 3, requires_grad=False)]
+    with pytest.raises(ValueError, match="shared memory"):
+        torch.ops.brnnseg_sim.bigru_sweep(x, *w, 3, False, False, 16, False)
