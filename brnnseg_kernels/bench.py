@@ -113,6 +113,18 @@ def cpu_peak_mib(fn: Callable[[], object]) -> float:
     return peak / 2**20
 
 
+def peak_mib(device: str, fn: Callable[[], object]) -> float:
+    """Peak memory of one call of fn: live tensor bytes on the CPU, the caching allocator's peak
+    above what was allocated before on CUDA."""
+    if device == "cpu":
+        return cpu_peak_mib(fn)
+    torch.cuda.reset_peak_memory_stats()
+    base_mem = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base_mem) / 2**20
+
+
 @dataclass
 class Row:
     shape: str
@@ -148,15 +160,7 @@ def run(device="cpu", shapes=None, cells=("gru", "lstm"), repeat=7, threads=2, m
                     with torch.no_grad():
                         layer(x)
 
-                peak = float("nan")
-                if memory and device == "cpu":
-                    peak = cpu_peak_mib(fwd_bwd)
-                elif memory:
-                    torch.cuda.reset_peak_memory_stats()
-                    base_mem = torch.cuda.memory_allocated()
-                    fwd_bwd()
-                    torch.cuda.synchronize()
-                    peak = (torch.cuda.max_memory_allocated() - base_mem) / 2**20
+                peak = peak_mib(device, fwd_bwd) if memory else float("nan")
                 ms = time_ms(fwd_bwd, device, repeat)
                 rows.append(Row(name, cell, provider, "fwd+bwd", ms, 3 * flops / ms / 1e6, peak))
                 ms = time_ms(fwd_nograd, device, repeat)
@@ -227,15 +231,7 @@ def run_loss(device="cpu", repeat=9, threads=2, memory=True, bandwidth_gbs: floa
             def step():
                 logits.grad = None
                 fn().backward()
-            peak = float("nan")
-            if memory and device == "cpu":
-                peak = cpu_peak_mib(step)
-            elif memory:
-                torch.cuda.reset_peak_memory_stats()
-                base_mem = torch.cuda.memory_allocated()
-                step()
-                torch.cuda.synchronize()
-                peak = (torch.cuda.max_memory_allocated() - base_mem) / 2**20
+            peak = peak_mib(device, step) if memory else float("nan")
             rows.append(LossRow("x".join(map(str, shape)), provider, time_ms(step, device, repeat), peak, floor))
     return rows
 

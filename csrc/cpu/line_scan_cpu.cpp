@@ -93,14 +93,7 @@ struct StridedMap {
   int64_t sN, sC, sH, sW;
   StridedMap(const SweepGeometry& g, const Tensor& t)
       : geo(g), sN(t.stride(0)), sC(t.stride(1)), sH(t.stride(2)), sW(t.stride(3)) {}
-  int64_t offset(int64_t line, int64_t t) const {
-    if (geo.axis == 3) {
-      const int64_t n = line / geo.H, h = line - n * geo.H;
-      return n * sN + h * sH + t * sW;
-    }
-    const int64_t n = line / geo.W, w = line - n * geo.W;
-    return n * sN + t * sH + w * sW;
-  }
+  int64_t offset(int64_t line, int64_t t) const { return geo.strided_offset(line, t, sN, sH, sW); }
 };
 
 // Writes a tile's hidden states (L x hid, row-major) into the strided output. The tile's lines are

@@ -315,21 +315,32 @@ LossArgs<T> make_args(const LossShape& s, const Tensor& pos_weight, double bound
           ignore_value.value_or(0.0), squared};
 }
 
+// Contiguous inputs, pos_weight and weight in the logits' dtype, for both entry points.
+struct LossInputs {
+  Tensor x, y, pw;
+  std::optional<Tensor> w;
+};
+
+LossInputs prepare_loss_inputs(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
+                               const Tensor& pos_weight) {
+  LossInputs in{logits.contiguous(), target.contiguous(), pos_weight.to(logits.scalar_type()).contiguous(), {}};
+  if (weight.has_value()) in.w = weight->to(logits.scalar_type()).contiguous();
+  return in;
+}
+
 Tensor seg_loss_sums_cpu(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
                          const Tensor& pos_weight, double boundary_weight, int64_t radius,
                          std::optional<double> ignore_value, bool squared) {
   const char* op = "seg_loss_sums";
   check_loss_inputs(op, logits, target, weight, pos_weight, radius);
   const LossShape s = loss_shape(op, logits);
-  const Tensor x = logits.contiguous(), y = target.contiguous();
-  const Tensor pw = pos_weight.to(logits.scalar_type()).contiguous();
-  std::optional<Tensor> w;
-  if (weight.has_value()) w = weight->to(logits.scalar_type()).contiguous();
+  const LossInputs in = prepare_loss_inputs(logits, target, weight, pos_weight);
   Tensor out;
-  dispatch_loss(op, x, y, [&](auto tv, auto yv) {
+  dispatch_loss(op, in.x, in.y, [&](auto tv, auto yv) {
     using T = decltype(tv);
     using Y = decltype(yv);
-    out = seg_loss_sums_impl<T, Y>(x, y, w, make_args<T>(s, pw, boundary_weight, radius, ignore_value, squared));
+    out = seg_loss_sums_impl<T, Y>(in.x, in.y, in.w,
+                                   make_args<T>(s, in.pw, boundary_weight, radius, ignore_value, squared));
   });
   return out;
 }
@@ -343,16 +354,13 @@ Tensor seg_loss_sums_backward_cpu(const Tensor& grad_sums, const Tensor& logits,
   TORCH_CHECK(grad_sums.dim() == 3 && grad_sums.size(0) == s.N && grad_sums.size(1) == s.C &&
                   grad_sums.size(2) == kNumSums,
               op, ": grad_sums must have shape (N, C, 5) = (", s.N, ", ", s.C, ", 5), got ", grad_sums.sizes());
-  const Tensor x = logits.contiguous(), y = target.contiguous();
-  const Tensor pw = pos_weight.to(logits.scalar_type()).contiguous();
-  std::optional<Tensor> w;
-  if (weight.has_value()) w = weight->to(logits.scalar_type()).contiguous();
+  const LossInputs in = prepare_loss_inputs(logits, target, weight, pos_weight);
   Tensor out;
-  dispatch_loss(op, x, y, [&](auto tv, auto yv) {
+  dispatch_loss(op, in.x, in.y, [&](auto tv, auto yv) {
     using T = decltype(tv);
     using Y = decltype(yv);
-    out = seg_loss_backward_impl<T, Y>(grad_sums, x, y, w,
-                                       make_args<T>(s, pw, boundary_weight, radius, ignore_value, squared));
+    out = seg_loss_backward_impl<T, Y>(grad_sums, in.x, in.y, in.w,
+                                       make_args<T>(s, in.pw, boundary_weight, radius, ignore_value, squared));
   });
   return out;
 }

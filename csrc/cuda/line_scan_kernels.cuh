@@ -26,16 +26,24 @@ namespace brnnseg {
 template <typename T>
 __device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
 
-// Position of (line, t) and the strided offset of its channel 0 in an NCHW tensor.
-__device__ __forceinline__ int64_t strided_offset(const SweepGeometry& g, int64_t line, int64_t t, int64_t sN,
-                                                  int64_t sH, int64_t sW) {
-  if (g.axis == 3) {
-    const int64_t n = line / g.H, h = line - n * g.H;
-    return n * sN + h * sH + t * sW;
+// Which lines and unit a thread owns: blockDim.x = units_pad * line_groups; thread t owns hidden
+// unit u = t % units_pad (idle when u >= hid) of tile lines lg, lg + line_groups, ...
+struct CtaLayout {
+  int64_t l0;        // first line of this CTA's tile
+  int L;             // lines in the tile (the last tile may be partial)
+  int u, lg, line_groups;
+  bool active;
+  __device__ __forceinline__ CtaLayout(const SweepGeometry& geo, int tile, int hid) {
+    const int64_t lines = geo.lines();
+    l0 = int64_t(blockIdx.x) * tile;
+    L = static_cast<int>(lines - l0 < tile ? lines - l0 : tile);
+    const int units_pad = (hid + 31) / 32 * 32;
+    u = threadIdx.x % units_pad;
+    lg = threadIdx.x / units_pad;
+    line_groups = blockDim.x / units_pad;
+    active = u < hid;
   }
-  const int64_t n = line / g.W, w = line - n * g.W;
-  return n * sN + t * sH + w * sW;
-}
+};
 
 // Shared memory of the forward kernel, in floats-or-T units: [W_hh^T of this direction if kSmemW]
 // [2 x tile x hid hidden-state buffers (float)].
@@ -54,12 +62,10 @@ __global__ void line_scan_fwd_kernel(SweepFwdParams<T> p) {
   const int hid = p.hid, Gh = G * hid;
   const int d = blockIdx.y;
   const int64_t lines = geo.lines(), T_len = geo.steps();
-  const int64_t l0 = int64_t(blockIdx.x) * p.tile;
-  const int L = static_cast<int>(lines - l0 < p.tile ? lines - l0 : p.tile);
-  const int units_pad = (hid + 31) / 32 * 32;
-  const int u = threadIdx.x % units_pad, lg = threadIdx.x / units_pad;
-  const int line_groups = blockDim.x / units_pad;
-  const bool active = u < hid;
+  const CtaLayout cta(geo, p.tile, hid);
+  const int64_t l0 = cta.l0;
+  const int L = cta.L, u = cta.u, lg = cta.lg, line_groups = cta.line_groups;
+  const bool active = cta.active;
 
   BRNNSEG_DYNAMIC_SMEM(unsigned char, smem);
   const T* w_t = p.w_hh_t + int64_t(d) * hid * Gh;  // [k][g*hid + u]
@@ -137,7 +143,7 @@ __global__ void line_scan_fwd_kernel(SweepFwdParams<T> p) {
         }
       }
       h_next[l * hid + u] = h;
-      p.y[strided_offset(geo, line, t, p.y_sN, p.y_sH, p.y_sW) + (int64_t(d) * hid + u) * p.y_sC] = static_cast<T>(h);
+      p.y[geo.strided_offset(line, t, p.y_sN, p.y_sH, p.y_sW) + (int64_t(d) * hid + u) * p.y_sC] = static_cast<T>(h);
     }
     __syncthreads();  // h_next complete before any thread reads it as h_prev
   }
@@ -149,12 +155,10 @@ __global__ void line_scan_bwd_kernel(SweepBwdParams<T> p) {
   const int hid = p.hid, Gh = G * hid;
   const int d = blockIdx.y;
   const int64_t lines = geo.lines(), T_len = geo.steps();
-  const int64_t l0 = int64_t(blockIdx.x) * p.tile;
-  const int L = static_cast<int>(lines - l0 < p.tile ? lines - l0 : p.tile);
-  const int units_pad = (hid + 31) / 32 * 32;
-  const int u = threadIdx.x % units_pad, lg = threadIdx.x / units_pad;
-  const int line_groups = blockDim.x / units_pad;
-  const bool active = u < hid;
+  const CtaLayout cta(geo, p.tile, hid);
+  const int64_t l0 = cta.l0;
+  const int L = cta.L, u = cta.u, lg = cta.lg, line_groups = cta.line_groups;
+  const bool active = cta.active;
   constexpr int S = G == 3 ? GruCell::kSaved : LstmCell::kSaved;
 
   BRNNSEG_DYNAMIC_SMEM(unsigned char, smem);
@@ -180,12 +184,12 @@ __global__ void line_scan_bwd_kernel(SweepBwdParams<T> p) {
       if (l >= L) break;
       const int64_t line = l0 + l, pos = geo.pos(line, t);
       const float* ws = p.ws + ((int64_t(d) * T_len + t) * lines + line) * (S * hid);
-      const float dh_in = dh[j] + to_float(p.grad_y[strided_offset(geo, line, t, p.g_sN, p.g_sH, p.g_sW) +
+      const float dh_in = dh[j] + to_float(p.grad_y[geo.strided_offset(line, t, p.g_sN, p.g_sH, p.g_sW) +
                                                     (int64_t(d) * hid + u) * p.g_sC]);
       float da[G], dgh_n = 0.f;
       if constexpr (G == 3) {
         const float h_prev = first ? 0.f
-            : to_float(p.y[strided_offset(geo, line, t_prev, p.y_sN, p.y_sH, p.y_sW) + (int64_t(d) * hid + u) * p.y_sC]);
+            : to_float(p.y[geo.strided_offset(line, t_prev, p.y_sN, p.y_sH, p.y_sW) + (int64_t(d) * hid + u) * p.y_sC]);
         float direct;
         gru_cell_backward(dh_in, ws[u], ws[hid + u], ws[2 * hid + u], ws[3 * hid + u], h_prev, da[0], da[1], da[2],
                           dgh_n, direct);

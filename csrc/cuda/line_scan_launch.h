@@ -54,9 +54,9 @@ LaunchConfig line_scan_config(bool backward, int G, int hid, int64_t lines, size
   return c;
 }
 
-template <typename T, int G, bool kSmemW>
-void launch_fwd_impl(const SweepFwdParams<T>& p, const LaunchConfig& c, void* stream) {
-  auto kernel = line_scan_fwd_kernel<T, G, kLinesPerThread, kSmemW>;
+// Launches one sweep's kernel: grid (tiles, 2 directions), opting in to > 48 KiB of shared memory.
+template <typename Kernel, typename Params>
+void launch_sweep_kernel(Kernel kernel, const Params& p, const LaunchConfig& c, void* stream) {
 #if defined(__CUDACC__)
   if (c.smem_bytes > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(c.smem_bytes)));
@@ -66,14 +66,13 @@ void launch_fwd_impl(const SweepFwdParams<T>& p, const LaunchConfig& c, void* st
 }
 
 template <typename T, int G, bool kSmemW>
+void launch_fwd_impl(const SweepFwdParams<T>& p, const LaunchConfig& c, void* stream) {
+  launch_sweep_kernel(line_scan_fwd_kernel<T, G, kLinesPerThread, kSmemW>, p, c, stream);
+}
+
+template <typename T, int G, bool kSmemW>
 void launch_bwd_impl(const SweepBwdParams<T>& p, const LaunchConfig& c, void* stream) {
-  auto kernel = line_scan_bwd_kernel<T, G, kLinesPerThread, kSmemW>;
-#if defined(__CUDACC__)
-  if (c.smem_bytes > 48 * 1024)
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(c.smem_bytes)));
-#endif
-  (void)stream;
-  BRNNSEG_LAUNCH(kernel, dim3(c.blocks, 2), dim3(c.threads), c.smem_bytes, stream, p);
+  launch_sweep_kernel(line_scan_bwd_kernel<T, G, kLinesPerThread, kSmemW>, p, c, stream);
 }
 
 template <typename T>

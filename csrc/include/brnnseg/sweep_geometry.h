@@ -25,6 +25,15 @@ struct SweepGeometry {
   // Line index = n * lines_per_image() + j.
   BRNNSEG_HD int64_t lines_per_image() const { return axis == 3 ? H : W; }
   BRNNSEG_HD int64_t line_stride() const { return axis == 3 ? W : 1; }
+  // Element offset of (line, t), channel 0, in a strided (N, C, H, W) tensor.
+  BRNNSEG_HD int64_t strided_offset(int64_t line, int64_t t, int64_t sN, int64_t sH, int64_t sW) const {
+    if (axis == 3) {
+      const int64_t n = line / H, h = line - n * H;
+      return n * sN + h * sH + t * sW;
+    }
+    const int64_t n = line / W, w = line - n * W;
+    return n * sN + t * sH + w * sW;
+  }
 };
 
 // Time index of the s-th step a direction takes (direction 1 walks backwards).
