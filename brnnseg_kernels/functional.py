@@ -74,6 +74,18 @@ def sweep(x: Tensor, weights: Tuple[Tensor, Tensor, Optional[Tensor], Optional[T
     return ops.sweep(cell, x, w_ih, w_hh, b_ih, b_hh, axis=axis, channels_last=channels_last)
 
 
+def _pair_kernel_applies(x: Tensor, weights: Dict[str, Tuple]) -> bool:
+    """The pair op takes the inputs as they are: no autocast casts, kernel dtypes, fused-kernel sizes."""
+    hid = weights["rows"][1].shape[-1]
+    same_dtype = all(t is None or t.dtype == x.dtype for w in weights.values() for t in w)
+    if x.device.type == "cpu":
+        return same_dtype and x.dtype in _CPU_DTYPES
+    if x.device.type == "cuda":
+        return (same_dtype and _has_kernel(x.device) and x.dtype in _CUDA_DTYPES and hid <= CUDA_MAX_HIDDEN
+                and not torch.is_autocast_enabled("cuda"))
+    return False
+
+
 def renet(x: Tensor, weights: Dict[str, Tuple], cell: str = "gru", order: Tuple[str, str] = ("rows", "cols"),
           mode: str = "sequential") -> Tensor:
     """A ReNet block. ``mode="sequential"``: sweep ``order[0]``, then ``order[1]`` over its output,
@@ -81,6 +93,9 @@ def renet(x: Tensor, weights: Dict[str, Tuple], cell: str = "gru", order: Tuple[
     ``order`` (4*hid channels). The output keeps the memory format of ``x``."""
     out_cl = ops._is_channels_last(x)
     if mode == "parallel":
+        if order == ("rows", "cols") and _pair_kernel_applies(x, weights):
+            # Both sweeps in one op (one launch on a GPU).
+            return ops.sweep_pair(cell, x, weights["rows"], weights["cols"], channels_last=out_cl)
         return torch.cat([sweep(x, weights[name], cell, AXES[name], channels_last=out_cl) for name in order], dim=1)
     # The intermediate map is channels_last: the next sweep's input GEMM then reads it row-major.
     y = sweep(x, weights[order[0]], cell, AXES[order[0]], channels_last=True)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
 
-__all__ = ["bigru_sweep", "bilstm_sweep", "sweep"]
+__all__ = ["bigru_sweep", "bilstm_sweep", "sweep", "sweep_pair"]
 
 _GATES = {"gru": 3, "lstm": 4}
 _SAVED = {"gru": 4, "lstm": 5}
@@ -42,6 +42,18 @@ def sweep(cell: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tenso
             t is not None and t.requires_grad for t in (x, w_ih, w_hh, b_ih, b_hh))
     op = getattr(torch.ops.brnnseg, _OPS[cell])
     y, _ = op(x, w_ih, w_hh, b_ih, b_hh, axis, channels_last, training)
+    return y
+
+
+def sweep_pair(cell: str, x: Tensor, rows: Tuple, cols: Tuple, channels_last: bool = False,
+               training: Optional[bool] = None) -> Tensor:
+    """mode="parallel": the row sweep and the column sweep of the same ``x`` (one launch on a GPU);
+    returns (N, 4*hid, H, W) = [row sweep | column sweep]. ``rows``/``cols``: stacked weight tuples."""
+    if training is None:
+        training = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, *rows, *cols))
+    op = getattr(torch.ops.brnnseg, f"{_OPS[cell]}_pair")
+    y, _, _ = op(x, *rows, *cols, channels_last, training)
     return y
 
 
@@ -114,6 +126,55 @@ def _register(cell: str) -> None:
                 None, None, None)
 
     torch.library.register_autograd(name, _backward, setup_context=_setup_context)
+
+    # The pair op (mode="parallel").
+    pair = f"{name}_pair"
+
+    def _ws_fake(x, w_hh, axis, training):
+        n, _, h, w = x.shape
+        steps, lines = (w, n * h) if axis == 3 else (h, n * w)
+        shape = (2, steps, lines, saved * w_hh.shape[2]) if training else (0,)
+        return x.new_empty(shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+
+    @torch.library.register_fake(pair)
+    def _pair_fake(x, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_ih_c, w_hh_c, b_ih_c, b_hh_c, channels_last, training):
+        _check_devices(_OPS[cell] + "_pair", x, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_ih_c, w_hh_c, b_ih_c, b_hh_c)
+        n, _, h, w = x.shape
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        y = torch.empty((n, 4 * w_hh_r.shape[2], h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+        return y, _ws_fake(x, w_hh_r, 3, training), _ws_fake(x, w_hh_c, 2, training)
+
+    @torch.library.register_fake(f"{pair}_backward")
+    def _pair_backward_fake(grad_y, x, w_ih_r, w_hh_r, w_ih_c, w_hh_c, y, ws_r, ws_c):
+        fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        out = [torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)]
+        for w_ih, w_hh in ((w_ih_r, w_hh_r), (w_ih_c, w_hh_c)):
+            gh = w_ih.shape[1]
+            out += [w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), w_ih.new_empty((2, gh)),
+                    w_ih.new_empty((2, gh))]
+        return out
+
+    def _pair_setup(ctx, inputs, output):
+        x, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_ih_c, w_hh_c, b_ih_c, b_hh_c, _cl, _training = inputs
+        y, ws_r, ws_c = output
+        ctx.mark_non_differentiable(ws_r, ws_c)
+        ctx.set_materialize_grads(False)
+        ctx.has_bias = (b_ih_r is not None, b_hh_r is not None, b_ih_c is not None, b_hh_c is not None)
+        ctx.save_for_backward(x, w_ih_r, w_hh_r, w_ih_c, w_hh_c, y, ws_r, ws_c)
+
+    def _pair_backward(ctx, grad_y, _g1, _g2):
+        if grad_y is None:
+            return (None,) * 11
+        x, w_ih_r, w_hh_r, w_ih_c, w_hh_c, y, ws_r, ws_c = ctx.saved_tensors
+        if ws_r.numel() == 0 and y.numel() > 0:
+            raise RuntimeError(f"{pair}: backward needs the gates saved by a forward run with training=True")
+        g = getattr(torch.ops.brnnseg, f"{_OPS[cell]}_pair_backward")(grad_y, x, w_ih_r, w_hh_r, w_ih_c, w_hh_c,
+                                                                       y, ws_r, ws_c)
+        hb = ctx.has_bias
+        return (g[0], g[1], g[2], g[3] if hb[0] else None, g[4] if hb[1] else None, g[5], g[6],
+                g[7] if hb[2] else None, g[8] if hb[3] else None, None, None)
+
+    torch.library.register_autograd(pair, _pair_backward, setup_context=_pair_setup)
 
 
 for _cell in _OPS:

@@ -27,6 +27,18 @@ TORCH_LIBRARY(brnnseg, m) {
   m.def("bilstm_sweep_backward(Tensor grad_y, Tensor x, Tensor w_ih, Tensor w_hh, Tensor y, "
         "Tensor workspace, int axis) -> (Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, "
         "Tensor grad_b_ih, Tensor grad_b_hh)");
+  // mode="parallel": the row (axis 3) and column (axis 2) sweeps of the same x in one launch on a GPU.
+  //   y (N, 4*hid, H, W) = [row sweep (2*hid) | column sweep (2*hid)]; one workspace per sweep.
+  m.def("bigru_sweep_pair(Tensor x, Tensor w_ih_rows, Tensor w_hh_rows, Tensor? b_ih_rows, Tensor? b_hh_rows, "
+        "Tensor w_ih_cols, Tensor w_hh_cols, Tensor? b_ih_cols, Tensor? b_hh_cols, bool channels_last, "
+        "bool training) -> (Tensor y, Tensor workspace_rows, Tensor workspace_cols)");
+  m.def("bilstm_sweep_pair(Tensor x, Tensor w_ih_rows, Tensor w_hh_rows, Tensor? b_ih_rows, Tensor? b_hh_rows, "
+        "Tensor w_ih_cols, Tensor w_hh_cols, Tensor? b_ih_cols, Tensor? b_hh_cols, bool channels_last, "
+        "bool training) -> (Tensor y, Tensor workspace_rows, Tensor workspace_cols)");
+  m.def("bigru_sweep_pair_backward(Tensor grad_y, Tensor x, Tensor w_ih_rows, Tensor w_hh_rows, Tensor w_ih_cols, "
+        "Tensor w_hh_cols, Tensor y, Tensor workspace_rows, Tensor workspace_cols) -> Tensor[]");
+  m.def("bilstm_sweep_pair_backward(Tensor grad_y, Tensor x, Tensor w_ih_rows, Tensor w_hh_rows, Tensor w_ih_cols, "
+        "Tensor w_hh_cols, Tensor y, Tensor workspace_rows, Tensor workspace_cols) -> Tensor[]");
 
   // Fused segmentation-loss sums over every (sample, channel) plane, in one pass.
   //   logits (N, C, *S), S = (H, W) or (D, H, W); target same shape (bool, uint8, int64 or float);

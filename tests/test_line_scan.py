@@ -154,3 +154,21 @@ def test_sweep_empty_batch():
     x = torch.randn(0, 3, 4, 5)
     y = bk.ops.sweep("gru", x, *stacked_weights("gru", 3, 2, torch.float32, requires_grad=False), axis=3)
     assert y.shape == (0, 4, 4, 5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_sweep_pair_matches_two_sweeps_and_opcheck(cell):
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    rows = stacked_weights(cell, 3, 3)
+    cols = stacked_weights(cell, 3, 3, bias=False)
+    y = bk.ops.sweep_pair(cell, x, rows, cols)
+    expected = torch.cat([reference.sweep(cell, x, *rows, axis=3), reference.sweep(cell, x, *cols, axis=2)], 1)
+    assert_verbose_allclose(y, expected, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(y)
+    params = [x] + [t for t in rows + cols if t is not None]
+    for a, b in zip(torch.autograd.grad(y, params, g), torch.autograd.grad(expected, params, g)):
+        assert_verbose_allclose(a, b, rtol=1e-10, atol=1e-12)
+    op = getattr(torch.ops.brnnseg, f"bi{cell}_sweep_pair")
+    torch.library.opcheck(op, (x, *rows, *cols, False, True))
+    torch.library.opcheck(op, (x.detach().to(memory_format=torch.channels_last), *[None if t is None else t.detach()
+                                                                                  for t in rows + cols], True, False))

@@ -370,9 +370,44 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward_cpu(const Tens
   return out;
 }
 
+// mode="parallel" on the CPU: the two sweeps one after the other (each already uses every thread),
+// written into the two channel halves of one output.
+template <typename Cell>
+std::tuple<Tensor, Tensor, Tensor> sweep_pair_forward_cpu(
+    const Tensor& x, const Tensor& w_ih_r, const Tensor& w_hh_r, const std::optional<Tensor>& b_ih_r,
+    const std::optional<Tensor>& b_hh_r, const Tensor& w_ih_c, const Tensor& w_hh_c,
+    const std::optional<Tensor>& b_ih_c, const std::optional<Tensor>& b_hh_c, bool channels_last, bool training) {
+  auto [y_r, ws_r] = sweep_forward_cpu<Cell>(x, w_ih_r, w_hh_r, b_ih_r, b_hh_r, 3, channels_last, training);
+  auto [y_c, ws_c] = sweep_forward_cpu<Cell>(x, w_ih_c, w_hh_c, b_ih_c, b_hh_c, 2, channels_last, training);
+  TORCH_CHECK(y_r.size(1) == y_c.size(1), cell_name<Cell>(), "_pair: both sweeps must have the same hidden size");
+  const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  Tensor y = at::empty({x.size(0), 2 * y_r.size(1), x.size(2), x.size(3)}, x.options().memory_format(fmt));
+  y.narrow(1, 0, y_r.size(1)).copy_(y_r);
+  y.narrow(1, y_r.size(1), y_c.size(1)).copy_(y_c);
+  return {y, ws_r, ws_c};
+}
+
+template <typename Cell>
+std::vector<Tensor> sweep_pair_backward_cpu(const Tensor& grad_y, const Tensor& x, const Tensor& w_ih_r,
+                                            const Tensor& w_hh_r, const Tensor& w_ih_c, const Tensor& w_hh_c,
+                                            const Tensor& y, const Tensor& ws_r, const Tensor& ws_c) {
+  const int64_t h2 = 2 * w_hh_r.size(2);
+  TORCH_CHECK(y.dim() == 4 && y.size(1) == 2 * h2 && grad_y.sizes() == y.sizes(), cell_name<Cell>(),
+              "_pair_backward: y and grad_y must have shape (N, ", 2 * h2, ", H, W)");
+  auto [dx_r, dwi_r, dwh_r, dbi_r, dbh_r] =
+      sweep_backward_cpu<Cell>(grad_y.narrow(1, 0, h2), x, w_ih_r, w_hh_r, y.narrow(1, 0, h2), ws_r, 3);
+  auto [dx_c, dwi_c, dwh_c, dbi_c, dbh_c] =
+      sweep_backward_cpu<Cell>(grad_y.narrow(1, h2, h2), x, w_ih_c, w_hh_c, y.narrow(1, h2, h2), ws_c, 2);
+  return {dx_r.add_(dx_c), dwi_r, dwh_r, dbi_r, dbh_r, dwi_c, dwh_c, dbi_c, dbh_c};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(brnnseg, CPU, m) {
+  m.impl("bigru_sweep_pair", &sweep_pair_forward_cpu<GruCell>);
+  m.impl("bilstm_sweep_pair", &sweep_pair_forward_cpu<LstmCell>);
+  m.impl("bigru_sweep_pair_backward", &sweep_pair_backward_cpu<GruCell>);
+  m.impl("bilstm_sweep_pair_backward", &sweep_pair_backward_cpu<LstmCell>);
   m.impl("bigru_sweep", &sweep_forward_cpu<GruCell>);
   m.impl("bigru_sweep_backward", &sweep_backward_cpu<GruCell>);
   m.impl("bilstm_sweep", &sweep_forward_cpu<LstmCell>);

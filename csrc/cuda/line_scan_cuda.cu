@@ -68,10 +68,48 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& grad_y, con
   return out;
 }
 
+template <int G>
+std::tuple<Tensor, Tensor, Tensor> pair_fwd(const Tensor& x, const Tensor& w_ih_r, const Tensor& w_hh_r,
+                                            const std::optional<Tensor>& b_ih_r, const std::optional<Tensor>& b_hh_r,
+                                            const Tensor& w_ih_c, const Tensor& w_hh_c,
+                                            const std::optional<Tensor>& b_ih_c, const std::optional<Tensor>& b_hh_c,
+                                            bool channels_last, bool training) {
+  const char* op = G == 3 ? "bigru_sweep_pair" : "bilstm_sweep_pair";
+  const c10::cuda::CUDAGuard guard(x.device());
+  std::tuple<Tensor, Tensor, Tensor> out;
+  dispatch_dtype(op, x.scalar_type(), [&](auto v) {
+    using T = decltype(v);
+    out = device::sweep_pair_forward<T>(op, G, x, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_ih_c, w_hh_c, b_ih_c, b_hh_c,
+                                        channels_last, training, smem_limit_of_current_device(),
+                                        at::cuda::getCurrentCUDAStream().stream());
+  });
+  return out;
+}
+
+template <int G>
+std::vector<Tensor> pair_bwd(const Tensor& grad_y, const Tensor& x, const Tensor& w_ih_r, const Tensor& w_hh_r,
+                             const Tensor& w_ih_c, const Tensor& w_hh_c, const Tensor& y, const Tensor& ws_r,
+                             const Tensor& ws_c) {
+  const char* op = G == 3 ? "bigru_sweep_pair_backward" : "bilstm_sweep_pair_backward";
+  const c10::cuda::CUDAGuard guard(x.device());
+  std::vector<Tensor> out;
+  dispatch_dtype(op, x.scalar_type(), [&](auto v) {
+    using T = decltype(v);
+    out = device::sweep_pair_backward<T>(op, G, grad_y.to(x.scalar_type()), x, w_ih_r, w_hh_r, w_ih_c, w_hh_c, y,
+                                         ws_r, ws_c, smem_limit_of_current_device(),
+                                         at::cuda::getCurrentCUDAStream().stream());
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace brnnseg::cuda_ops
 
 TORCH_LIBRARY_IMPL(brnnseg, CUDA, m) {
+  m.impl("bigru_sweep_pair", &brnnseg::cuda_ops::pair_fwd<3>);
+  m.impl("bilstm_sweep_pair", &brnnseg::cuda_ops::pair_fwd<4>);
+  m.impl("bigru_sweep_pair_backward", &brnnseg::cuda_ops::pair_bwd<3>);
+  m.impl("bilstm_sweep_pair_backward", &brnnseg::cuda_ops::pair_bwd<4>);
   m.impl("bigru_sweep", &brnnseg::cuda_ops::fwd<3>);
   m.impl("bilstm_sweep", &brnnseg::cuda_ops::fwd<4>);
   m.impl("bigru_sweep_backward", &brnnseg::cuda_ops::bwd<3>);

@@ -57,7 +57,9 @@ inline size_t bwd_smem_bytes(int G, int hid, int tile, bool smem_w) {
 }
 
 template <typename T, int G, int kLPT, bool kSmemW>
-__global__ void line_scan_fwd_kernel(SweepFwdParams<T> p) {
+__global__ void line_scan_fwd_kernel(SweepBatch<SweepFwdParams<T>> batch) {
+  if (int(blockIdx.x) >= batch.blocks[blockIdx.z]) return;  // uniform per CTA: before any barrier
+  const SweepFwdParams<T>& p = batch.sweep[blockIdx.z];
   const SweepGeometry& geo = p.geo;
   const int hid = p.hid, Gh = G * hid;
   const int d = blockIdx.y;
@@ -150,7 +152,9 @@ __global__ void line_scan_fwd_kernel(SweepFwdParams<T> p) {
 }
 
 template <typename T, int G, int kLPT, bool kSmemW>
-__global__ void line_scan_bwd_kernel(SweepBwdParams<T> p) {
+__global__ void line_scan_bwd_kernel(SweepBatch<SweepBwdParams<T>> batch) {
+  if (int(blockIdx.x) >= batch.blocks[blockIdx.z]) return;  // uniform per CTA: before any barrier
+  const SweepBwdParams<T>& p = batch.sweep[blockIdx.z];
   const SweepGeometry& geo = p.geo;
   const int hid = p.hid, Gh = G * hid;
   const int d = blockIdx.y;

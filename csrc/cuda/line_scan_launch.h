@@ -54,29 +54,38 @@ LaunchConfig line_scan_config(bool backward, int G, int hid, int64_t lines, size
   return c;
 }
 
-// Launches one sweep's kernel: grid (tiles, 2 directions), opting in to > 48 KiB of shared memory.
+// Launches the sweeps of a batch: grid (tiles, 2 directions, sweeps), opting in to > 48 KiB of shared
+// memory. The config (threads, tile, shared memory) is the same for every sweep of the batch.
 template <typename Kernel, typename Params>
-void launch_sweep_kernel(Kernel kernel, const Params& p, const LaunchConfig& c, void* stream) {
+void launch_sweep_kernel(Kernel kernel, const SweepBatch<Params>& b, const LaunchConfig& c, void* stream) {
 #if defined(__CUDACC__)
   if (c.smem_bytes > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(c.smem_bytes)));
 #endif
   (void)stream;
-  BRNNSEG_LAUNCH(kernel, dim3(c.blocks, 2), dim3(c.threads), c.smem_bytes, stream, p);
+  const int blocks = b.count == 2 && b.blocks[1] > b.blocks[0] ? b.blocks[1] : b.blocks[0];
+  BRNNSEG_LAUNCH(kernel, dim3(blocks, 2, b.count), dim3(c.threads), c.smem_bytes, stream, b);
 }
 
 template <typename T, int G, bool kSmemW>
-void launch_fwd_impl(const SweepFwdParams<T>& p, const LaunchConfig& c, void* stream) {
-  launch_sweep_kernel(line_scan_fwd_kernel<T, G, kLinesPerThread, kSmemW>, p, c, stream);
+void launch_fwd_impl(const SweepBatch<SweepFwdParams<T>>& b, const LaunchConfig& c, void* stream) {
+  launch_sweep_kernel(line_scan_fwd_kernel<T, G, kLinesPerThread, kSmemW>, b, c, stream);
 }
 
 template <typename T, int G, bool kSmemW>
-void launch_bwd_impl(const SweepBwdParams<T>& p, const LaunchConfig& c, void* stream) {
-  launch_sweep_kernel(line_scan_bwd_kernel<T, G, kLinesPerThread, kSmemW>, p, c, stream);
+void launch_bwd_impl(const SweepBatch<SweepBwdParams<T>>& b, const LaunchConfig& c, void* stream) {
+  launch_sweep_kernel(line_scan_bwd_kernel<T, G, kLinesPerThread, kSmemW>, b, c, stream);
+}
+
+// Blocks (tiles) each sweep of a batch needs.
+template <typename Params>
+void set_batch_blocks(SweepBatch<Params>& b, const LaunchConfig& c) {
+  for (int i = 0; i < b.count; ++i)
+    b.blocks[i] = static_cast<int>((b.sweep[i].geo.lines() + c.tile - 1) / c.tile);
 }
 
 template <typename T>
-void launch_line_scan_fwd(int G, const SweepFwdParams<T>& p, const LaunchConfig& c, void* stream) {
+void launch_line_scan_fwd(int G, const SweepBatch<SweepFwdParams<T>>& p, const LaunchConfig& c, void* stream) {
   if (G == 3) {
     c.smem_weights ? launch_fwd_impl<T, 3, true>(p, c, stream) : launch_fwd_impl<T, 3, false>(p, c, stream);
   } else {
@@ -85,7 +94,7 @@ void launch_line_scan_fwd(int G, const SweepFwdParams<T>& p, const LaunchConfig&
 }
 
 template <typename T>
-void launch_line_scan_bwd(int G, const SweepBwdParams<T>& p, const LaunchConfig& c, void* stream) {
+void launch_line_scan_bwd(int G, const SweepBatch<SweepBwdParams<T>>& p, const LaunchConfig& c, void* stream) {
   if (G == 3) {
     c.smem_weights ? launch_bwd_impl<T, 3, true>(p, c, stream) : launch_bwd_impl<T, 3, false>(p, c, stream);
   } else {

@@ -39,6 +39,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& grad_y, con
                                        nullptr, global_weights);
 }
 
+template <int G>
+std::tuple<Tensor, Tensor, Tensor> pair_fwd(const Tensor& x, const Tensor& w_ih_r, const Tensor& w_hh_r,
+                                            const std::optional<Tensor>& b_ih_r, const std::optional<Tensor>& b_hh_r,
+                                            const Tensor& w_ih_c, const Tensor& w_hh_c,
+                                            const std::optional<Tensor>& b_ih_c, const std::optional<Tensor>& b_hh_c,
+                                            bool channels_last, bool training, int64_t smem_limit,
+                                            bool global_weights) {
+  return device::sweep_pair_forward<float>("brnnseg_sim::sweep_pair", G, x, w_ih_r, w_hh_r, b_ih_r, b_hh_r, w_ih_c,
+                                           w_hh_c, b_ih_c, b_hh_c, channels_last, training,
+                                           static_cast<size_t>(smem_limit), nullptr, global_weights);
+}
+
+template <int G>
+std::vector<Tensor> pair_bwd(const Tensor& grad_y, const Tensor& x, const Tensor& w_ih_r, const Tensor& w_hh_r,
+                             const Tensor& w_ih_c, const Tensor& w_hh_c, const Tensor& y, const Tensor& ws_r,
+                             const Tensor& ws_c, int64_t smem_limit, bool global_weights) {
+  return device::sweep_pair_backward<float>("brnnseg_sim::sweep_pair_backward", G, grad_y, x, w_ih_r, w_hh_r,
+                                            w_ih_c, w_hh_c, y, ws_r, ws_c, static_cast<size_t>(smem_limit), nullptr,
+                                            global_weights);
+}
+
 }  // namespace
 }  // namespace brnnseg::sim_ops
 
@@ -55,9 +76,24 @@ TORCH_LIBRARY(brnnseg_sim, m) {
   m.def("bilstm_sweep_backward(Tensor grad_y, Tensor x, Tensor w_ih, Tensor w_hh, Tensor y, Tensor workspace, "
         "int axis, int smem_limit, bool global_weights) -> (Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
         "Tensor grad_b_hh)");
+  for (const char* cell : {"bigru", "bilstm"}) {
+    m.def((std::string(cell) +
+          "_sweep_pair(Tensor x, Tensor w_ih_rows, Tensor w_hh_rows, Tensor? b_ih_rows, Tensor? b_hh_rows, "
+          "Tensor w_ih_cols, Tensor w_hh_cols, Tensor? b_ih_cols, Tensor? b_hh_cols, bool channels_last, "
+          "bool training, int smem_limit, bool global_weights) -> (Tensor y, Tensor workspace_rows, "
+          "Tensor workspace_cols)").c_str());
+    m.def((std::string(cell) +
+          "_sweep_pair_backward(Tensor grad_y, Tensor x, Tensor w_ih_rows, Tensor w_hh_rows, Tensor w_ih_cols, "
+          "Tensor w_hh_cols, Tensor y, Tensor workspace_rows, Tensor workspace_cols, int smem_limit, "
+          "bool global_weights) -> Tensor[]").c_str());
+  }
 }
 
 TORCH_LIBRARY_IMPL(brnnseg_sim, CPU, m) {
+  m.impl("bigru_sweep_pair", &brnnseg::sim_ops::pair_fwd<3>);
+  m.impl("bilstm_sweep_pair", &brnnseg::sim_ops::pair_fwd<4>);
+  m.impl("bigru_sweep_pair_backward", &brnnseg::sim_ops::pair_bwd<3>);
+  m.impl("bilstm_sweep_pair_backward", &brnnseg::sim_ops::pair_bwd<4>);
   m.impl("bigru_sweep", &brnnseg::sim_ops::fwd<3>);
   m.impl("bilstm_sweep", &brnnseg::sim_ops::fwd<4>);
   m.impl("bigru_sweep_backward", &brnnseg::sim_ops::bwd<3>);

@@ -9,8 +9,8 @@
 
 namespace brnnseg {
 #define BRNNSEG_INSTANTIATE(T, G, SMEM)                                                       \
-  template __global__ void line_scan_fwd_kernel<T, G, 4, SMEM>(SweepFwdParams<T>);            \
-  template __global__ void line_scan_bwd_kernel<T, G, 4, SMEM>(SweepBwdParams<T>);
+  template __global__ void line_scan_fwd_kernel<T, G, 4, SMEM>(SweepBatch<SweepFwdParams<T>>);            \
+  template __global__ void line_scan_bwd_kernel<T, G, 4, SMEM>(SweepBatch<SweepBwdParams<T>>);
 #define BRNNSEG_INSTANTIATE_T(T) \
   BRNNSEG_INSTANTIATE(T, 3, true) BRNNSEG_INSTANTIATE(T, 3, false) BRNNSEG_INSTANTIATE(T, 4, true) \
   BRNNSEG_INSTANTIATE(T, 4, false)

@@ -69,7 +69,10 @@ static void run_case(int64_t N, int64_t H, int64_t W, int hid, int axis) {
                              ws.data()};
     const LaunchConfig fc = line_scan_config<float>(false, G, hid, lines, 227 * 1024, path == 1);
     fp.tile = fc.tile;
-    launch_line_scan_fwd<float>(G, fp, fc, nullptr);
+    SweepBatch<SweepFwdParams<float>> fb;
+    fb.sweep[0] = fp;
+    set_batch_blocks(fb, fc);
+    launch_line_scan_fwd<float>(G, fb, fc, nullptr);
     double err = 0;
     for (size_t i = 0; i < y.size(); ++i) err = std::max(err, double(std::fabs(y[i] - y_ref[i])));
     if (err > 1e-5) {
@@ -84,7 +87,10 @@ static void run_case(int64_t N, int64_t H, int64_t W, int hid, int axis) {
                              ws.data(), dgx.data(), dgh.data(), first.data()};
     const LaunchConfig bc = line_scan_config<float>(true, G, hid, lines, 227 * 1024, path == 1);
     bp.tile = bc.tile;
-    launch_line_scan_bwd<float>(G, bp, bc, nullptr);
+    SweepBatch<SweepBwdParams<float>> bb;
+    bb.sweep[0] = bp;
+    set_batch_blocks(bb, bc);
+    launch_line_scan_bwd<float>(G, bb, bc, nullptr);
     results[path][0] = y;
     results[path][1] = dgx;
     results[path][2] = dgh;

@@ -41,4 +41,13 @@ struct SweepBwdParams {
                             //     step (h_prev = 0: they count for the bias only)
 };
 
+// Up to two sweeps of the same cell and hidden size in one launch (mode="parallel": the row and the
+// column sweep of one input); blockIdx.z picks the sweep, CTAs past its tile count exit at once.
+template <typename P>
+struct SweepBatch {
+  P sweep[2];
+  int blocks[2] = {0, 0};
+  int count = 1;
+};
+
 }  // namespace brnnseg
