@@ -93,3 +93,25 @@ def test_sim_pair_kernels_one_launch_match_reference(cell, global_weights):
     grads = bop(g.float(), x, rows[0], rows[1], cols[0], cols[1], y, ws_r, ws_c, H100_SMEM, global_weights)
     for i, (got, exp) in enumerate(zip(grads, exp_grads)):
         assert_verbose_allclose(got.double(), exp, rtol=1e-4, atol=2e-4, name=f"grad {i}")
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_sim_kernels_some_gates_in_shared_memory(cell):
+    """The mixed path (a float32 LSTM at hidden 128 on an H100): the shared-memory budget holds only
+    part of W_hh, the other gates are read through L2."""
+    n, c, h, w, hid = 1, 3, 9, 20, 40   # tile 16 lines; one gate of W_hh is 40*40*4 = 6400 bytes
+    g = 3 if cell == "gru" else 4
+    # Forward: buffers 2*16*40*4 = 5120 + 2 gates; backward: 16*g*40*4 + 1 gate. Neither holds all.
+    limit = max(5120 + 2 * 6400, 16 * g * 40 * 4 + 6400) + 100
+    x = torch.randn(n, c, h, w)
+    weights = [t.float() for t in stacked_weights(cell, c, hid, requires_grad=False)]
+    op = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep")
+    bop = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep_backward")
+    y_full, ws = op(x, *weights, 3, False, True, H100_SMEM, False)
+    y_part, ws_part = op(x, *weights, 3, False, True, limit, False)
+    assert torch.equal(y_full, y_part) and torch.equal(ws, ws_part)  # same math, same order
+    gy = torch.randn_like(y_full)
+    full = bop(gy, x, weights[0], weights[1], y_full, ws, 3, H100_SMEM, False)
+    part = bop(gy, x, weights[0], weights[1], y_part, ws_part, 3, limit, False)
+    for a, b in zip(full, part):
+        assert torch.equal(a, b)

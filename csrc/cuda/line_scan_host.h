@@ -49,6 +49,7 @@ SweepFwdParams<T> fwd_params(int G, const Tensor& x, const Tensor& w_ih, const T
   p.geo = SweepGeometry{N, H, W, static_cast<int>(axis)};
   p.hid = static_cast<int>(hid);
   p.tile = 0;
+  p.smem_gates = 0;
   p.gx = keep.gx.data_ptr<T>();
   p.w_hh_t = keep.w_hh_t.data_ptr<T>();
   p.b_ih = keep.bi.data_ptr<float>();
@@ -74,7 +75,6 @@ void launch_forward(int G, SweepBatch<SweepFwdParams<T>>& b, int hid, size_t sme
   if (b.sweep[0].geo.positions() == 0) return;
   const LaunchConfig cfg =
       line_scan_config<T>(false, G, hid, b.sweep[0].geo.lines(), smem_limit, force_global_weights);
-  for (int i = 0; i < b.count; ++i) b.sweep[i].tile = cfg.tile;
   set_batch_blocks(b, cfg);
   launch_line_scan_fwd<T>(G, b, cfg, stream);
 }
@@ -144,6 +144,7 @@ SweepBwdParams<T> bwd_params(int G, const Tensor& grad_y, const Tensor& x, const
   p.geo = geo;
   p.hid = static_cast<int>(hid);
   p.tile = 0;
+  p.smem_gates = 0;
   p.w_hh = keep.w_hh.data_ptr<T>();
   p.grad_y = grad_y.data_ptr<T>();
   p.g_sN = grad_y.stride(0);
@@ -206,7 +207,6 @@ void launch_backward(int G, SweepBatch<SweepBwdParams<T>>& b, int hid, size_t sm
                      bool force_global_weights) {
   if (b.sweep[0].geo.positions() == 0) return;
   const LaunchConfig cfg = line_scan_config<T>(true, G, hid, b.sweep[0].geo.lines(), smem_limit, force_global_weights);
-  for (int i = 0; i < b.count; ++i) b.sweep[i].tile = cfg.tile;
   set_batch_blocks(b, cfg);
   launch_line_scan_bwd<T>(G, b, cfg, stream);
 }

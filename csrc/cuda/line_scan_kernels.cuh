@@ -23,6 +23,10 @@
 
 namespace brnnseg {
 
+// Largest CTA the launcher uses (one thread per hidden unit, hidden <= 512). Declared to ptxas with
+// __launch_bounds__ so every kernel fits 64K registers / 512 threads = 128 registers per thread.
+constexpr int kMaxThreadsPerCta = 512;
+
 template <typename T>
 __device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
 
@@ -45,19 +49,21 @@ struct CtaLayout {
   }
 };
 
-// Shared memory of the forward kernel, in floats-or-T units: [W_hh^T of this direction if kSmemW]
-// [2 x tile x hid hidden-state buffers (float)].
+// Shared memory of the forward kernel: [the first smem_gates gates of W_hh^T of this direction, T]
+// [2 x tile x hid hidden-state buffers, float]. Backward: [the first smem_gates gates of W_hh]
+// [tile x G*hid recurrent-side gate gradients, float].
 template <typename T>
-inline size_t fwd_smem_bytes(int G, int hid, int tile, bool smem_w) {
-  return (smem_w ? size_t(G) * hid * hid * sizeof(T) : 0) + size_t(2) * tile * hid * sizeof(float);
+inline size_t fwd_smem_bytes(int G, int hid, int tile, int smem_gates) {
+  (void)G;
+  return size_t(smem_gates) * hid * hid * sizeof(T) + size_t(2) * tile * hid * sizeof(float);
 }
 template <typename T>
-inline size_t bwd_smem_bytes(int G, int hid, int tile, bool smem_w) {
-  return (smem_w ? size_t(G) * hid * hid * sizeof(T) : 0) + size_t(tile) * G * hid * sizeof(float);
+inline size_t bwd_smem_bytes(int G, int hid, int tile, int smem_gates) {
+  return size_t(smem_gates) * hid * hid * sizeof(T) + size_t(tile) * G * hid * sizeof(float);
 }
 
-template <typename T, int G, int kLPT, bool kSmemW>
-__global__ void line_scan_fwd_kernel(SweepBatch<SweepFwdParams<T>> batch) {
+template <typename T, int G, int kLPT>
+__global__ void __launch_bounds__(kMaxThreadsPerCta) line_scan_fwd_kernel(SweepBatch<SweepFwdParams<T>> batch) {
   if (int(blockIdx.x) >= batch.blocks[blockIdx.z]) return;  // uniform per CTA: before any barrier
   const SweepFwdParams<T>& p = batch.sweep[blockIdx.z];
   const SweepGeometry& geo = p.geo;
@@ -70,13 +76,11 @@ __global__ void line_scan_fwd_kernel(SweepBatch<SweepFwdParams<T>> batch) {
   const bool active = cta.active;
 
   BRNNSEG_DYNAMIC_SMEM(unsigned char, smem);
-  const T* w_t = p.w_hh_t + int64_t(d) * hid * Gh;  // [k][g*hid + u]
+  const T* w_t = p.w_hh_t + int64_t(d) * hid * Gh;  // global, [k][g*hid + u]
+  const int sg = p.smem_gates, sgh = sg * hid;      // shared: the first sg gates, [k][g*hid + u]
   T* w_s = reinterpret_cast<T*>(smem);
-  float* h_s = reinterpret_cast<float*>(smem + (kSmemW ? size_t(Gh) * hid * sizeof(T) : 0));
-  if (kSmemW) {
-    for (int i = threadIdx.x; i < Gh * hid; i += blockDim.x) w_s[i] = w_t[i];
-    w_t = w_s;
-  }
+  float* h_s = reinterpret_cast<float*>(smem + size_t(sgh) * hid * sizeof(T));
+  for (int i = threadIdx.x; i < sgh * hid; i += blockDim.x) w_s[i] = w_t[(i / sgh) * Gh + i % sgh];
   for (int i = threadIdx.x; i < 2 * p.tile * hid; i += blockDim.x) h_s[i] = 0.f;
 
   float b_x[G], b_h[G];
@@ -100,7 +104,8 @@ __global__ void line_scan_fwd_kernel(SweepBatch<SweepFwdParams<T>> batch) {
       // W_hh h_prev for this thread's unit and lines; each weight is loaded once for all lines.
       for (int k = 0; k < hid; ++k) {
         float wv[G];
-        for (int g = 0; g < G; ++g) wv[g] = to_float(w_t[k * Gh + g * hid + u]);
+        for (int g = 0; g < G; ++g)  // g < sg is uniform across the CTA: no divergence
+          wv[g] = to_float(g < sg ? w_s[k * sgh + g * hid + u] : w_t[k * Gh + g * hid + u]);
         for (int j = 0; j < kLPT; ++j) {
           const int l = lg + j * line_groups;
           if (l >= L) break;
@@ -151,8 +156,8 @@ __global__ void line_scan_fwd_kernel(SweepBatch<SweepFwdParams<T>> batch) {
   }
 }
 
-template <typename T, int G, int kLPT, bool kSmemW>
-__global__ void line_scan_bwd_kernel(SweepBatch<SweepBwdParams<T>> batch) {
+template <typename T, int G, int kLPT>
+__global__ void __launch_bounds__(kMaxThreadsPerCta) line_scan_bwd_kernel(SweepBatch<SweepBwdParams<T>> batch) {
   if (int(blockIdx.x) >= batch.blocks[blockIdx.z]) return;  // uniform per CTA: before any barrier
   const SweepBwdParams<T>& p = batch.sweep[blockIdx.z];
   const SweepGeometry& geo = p.geo;
@@ -166,13 +171,11 @@ __global__ void line_scan_bwd_kernel(SweepBatch<SweepBwdParams<T>> batch) {
   constexpr int S = G == 3 ? GruCell::kSaved : LstmCell::kSaved;
 
   BRNNSEG_DYNAMIC_SMEM(unsigned char, smem);
-  const T* w = p.w_hh + int64_t(d) * Gh * hid;  // [j][k]
+  const T* w = p.w_hh + int64_t(d) * Gh * hid;  // global, [j][k]
+  const int sgh = p.smem_gates * hid;           // shared: rows j < sgh (the first smem_gates gates)
   T* w_s = reinterpret_cast<T*>(smem);
-  float* dgh_s = reinterpret_cast<float*>(smem + (kSmemW ? size_t(Gh) * hid * sizeof(T) : 0));
-  if (kSmemW) {
-    for (int i = threadIdx.x; i < Gh * hid; i += blockDim.x) w_s[i] = w[i];
-    w = w_s;
-  }
+  float* dgh_s = reinterpret_cast<float*>(smem + size_t(sgh) * hid * sizeof(T));
+  for (int i = threadIdx.x; i < sgh * hid; i += blockDim.x) w_s[i] = w[i];
   float dh[kLPT], dc[kLPT];
   for (int j = 0; j < kLPT; ++j) dh[j] = dc[j] = 0.f;
   __syncthreads();
@@ -225,7 +228,7 @@ __global__ void line_scan_bwd_kernel(SweepBatch<SweepBwdParams<T>> batch) {
     if (!first && active) {
       // dh_prev[l][u] += sum_j dgh[l][j] * W_hh[j][u]; each weight loaded once for all lines.
       for (int jj = 0; jj < Gh; ++jj) {
-        const float wv = to_float(w[jj * hid + u]);
+        const float wv = to_float(jj < sgh ? w_s[jj * hid + u] : w[jj * hid + u]);
         for (int j = 0; j < kLPT; ++j) {
           const int l = lg + j * line_groups;
           if (l >= L) break;

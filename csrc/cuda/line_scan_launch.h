@@ -16,17 +16,18 @@ constexpr int kLinesPerThread = 4;
 // Threads per CTA aimed for: enough warps to hide shared-memory latency, few enough that several
 // CTAs fit an SM.
 constexpr int kTargetThreads = 256;
-constexpr int kMaxThreads = 512;
+constexpr int kMaxThreads = kMaxThreadsPerCta;
 
 struct LaunchConfig {
   int threads = 0, tile = 0, blocks = 0;
-  bool smem_weights = false;
+  int smem_gates = 0;       // gates of W_hh in shared memory (all of them when they fit)
   size_t smem_bytes = 0;
 };
 
 // smem_limit: the most dynamic shared memory a CTA may use (the device's opt-in limit on a GPU,
-// 227 KiB on an H100). W_hh goes to shared memory when it fits, else it is read through L1/L2
-// (the path for large hidden sizes; force_global_weights selects it always, for tests).
+// 227 KiB on an H100). As many gates of W_hh as fit go to shared memory (all of them for hidden
+// <= 128, but 3 of 4 for a float32 LSTM at 128: 256 KiB); the rest is read through L1/L2, which
+// is the whole path for large hidden sizes (force_global_weights selects it always, for tests).
 template <typename T>
 LaunchConfig line_scan_config(bool backward, int G, int hid, int64_t lines, size_t smem_limit,
                               bool force_global_weights = false) {
@@ -42,11 +43,14 @@ LaunchConfig line_scan_config(bool backward, int G, int hid, int64_t lines, size
   c.threads = units_pad * groups;
   c.tile = kLinesPerThread * groups;
   c.blocks = static_cast<int>((lines + c.tile - 1) / c.tile);
-  auto bytes = [&](bool w) {
-    return backward ? bwd_smem_bytes<T>(G, hid, c.tile, w) : fwd_smem_bytes<T>(G, hid, c.tile, w);
+  auto bytes = [&](int gates) {
+    return backward ? bwd_smem_bytes<T>(G, hid, c.tile, gates) : fwd_smem_bytes<T>(G, hid, c.tile, gates);
   };
-  c.smem_weights = !force_global_weights && bytes(true) <= smem_limit;
-  c.smem_bytes = bytes(c.smem_weights);
+  c.smem_gates = 0;
+  if (!force_global_weights)
+    for (int g = G; g > 0 && c.smem_gates == 0; --g)
+      if (bytes(g) <= smem_limit) c.smem_gates = g;
+  c.smem_bytes = bytes(c.smem_gates);
   if (c.smem_bytes > smem_limit)
     throw std::invalid_argument("line_scan: hidden size " + std::to_string(hid) + " needs " +
                                 std::to_string(c.smem_bytes) + " bytes of shared memory, limit " +
@@ -67,38 +71,41 @@ void launch_sweep_kernel(Kernel kernel, const SweepBatch<Params>& b, const Launc
   BRNNSEG_LAUNCH(kernel, dim3(blocks, 2, b.count), dim3(c.threads), c.smem_bytes, stream, b);
 }
 
-template <typename T, int G, bool kSmemW>
+template <typename T, int G>
 void launch_fwd_impl(const SweepBatch<SweepFwdParams<T>>& b, const LaunchConfig& c, void* stream) {
-  launch_sweep_kernel(line_scan_fwd_kernel<T, G, kLinesPerThread, kSmemW>, b, c, stream);
+  launch_sweep_kernel(line_scan_fwd_kernel<T, G, kLinesPerThread>, b, c, stream);
 }
 
-template <typename T, int G, bool kSmemW>
+template <typename T, int G>
 void launch_bwd_impl(const SweepBatch<SweepBwdParams<T>>& b, const LaunchConfig& c, void* stream) {
-  launch_sweep_kernel(line_scan_bwd_kernel<T, G, kLinesPerThread, kSmemW>, b, c, stream);
+  launch_sweep_kernel(line_scan_bwd_kernel<T, G, kLinesPerThread>, b, c, stream);
 }
 
-// Blocks (tiles) each sweep of a batch needs.
+// Applies the config to every sweep of a batch: tile, shared-memory gates, blocks (tiles) per sweep.
 template <typename Params>
 void set_batch_blocks(SweepBatch<Params>& b, const LaunchConfig& c) {
-  for (int i = 0; i < b.count; ++i)
+  for (int i = 0; i < b.count; ++i) {
+    b.sweep[i].tile = c.tile;
+    b.sweep[i].smem_gates = c.smem_gates;
     b.blocks[i] = static_cast<int>((b.sweep[i].geo.lines() + c.tile - 1) / c.tile);
+  }
 }
 
 template <typename T>
 void launch_line_scan_fwd(int G, const SweepBatch<SweepFwdParams<T>>& p, const LaunchConfig& c, void* stream) {
   if (G == 3) {
-    c.smem_weights ? launch_fwd_impl<T, 3, true>(p, c, stream) : launch_fwd_impl<T, 3, false>(p, c, stream);
+    launch_fwd_impl<T, 3>(p, c, stream);
   } else {
-    c.smem_weights ? launch_fwd_impl<T, 4, true>(p, c, stream) : launch_fwd_impl<T, 4, false>(p, c, stream);
+    launch_fwd_impl<T, 4>(p, c, stream);
   }
 }
 
 template <typename T>
 void launch_line_scan_bwd(int G, const SweepBatch<SweepBwdParams<T>>& p, const LaunchConfig& c, void* stream) {
   if (G == 3) {
-    c.smem_weights ? launch_bwd_impl<T, 3, true>(p, c, stream) : launch_bwd_impl<T, 3, false>(p, c, stream);
+    launch_bwd_impl<T, 3>(p, c, stream);
   } else {
-    c.smem_weights ? launch_bwd_impl<T, 4, true>(p, c, stream) : launch_bwd_impl<T, 4, false>(p, c, stream);
+    launch_bwd_impl<T, 4>(p, c, stream);
   }
 }
 

@@ -13,6 +13,7 @@ struct SweepFwdParams {
   SweepGeometry geo;
   int hid;
   int tile;                 // lines per CTA
+  int smem_gates;           // gates of W_hh held in shared memory (0..G); the rest is read through L2
   const T* gx;              // (P, 2, G*hid) input projections W_ih x, no bias
   const T* w_hh_t;          // (2, hid, G*hid): W_hh transposed, so threads of consecutive units read
                             // consecutive addresses
@@ -28,6 +29,7 @@ struct SweepBwdParams {
   SweepGeometry geo;
   int hid;
   int tile;
+  int smem_gates;
   const T* w_hh;            // (2, G*hid, hid)
   const T* grad_y;          // strided like y
   int64_t g_sN, g_sC, g_sH, g_sW;
