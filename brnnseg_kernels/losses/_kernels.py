@@ -24,6 +24,23 @@ NUM_SUMS = 5
 
 
 @triton.jit
+def _tile_coords(pw_ptr, C, D, H, W, tiles_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """This program's tile: program (tile, slice) with slice = (n*C + c)*D + d; 2D pixel coordinates,
+    the in-bounds mask, offsets of the (n, c) volume and of the pixels, and the channel's pos_weight."""
+    tile = tl.program_id(0)
+    slice_id = tl.program_id(1)
+    d = slice_id % D
+    nc = slice_id // D
+    h2 = ((tile // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
+    w2 = ((tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
+    inb = (h2 < H) & (w2 < W)
+    vol = nc.to(tl.int64) * D * H * W
+    off = vol + (d * H + h2) * W + w2
+    pw = tl.load(pw_ptr + nc % C).to(tl.float32)
+    return tile, slice_id, d, nc, h2, w2, inb, vol, off, pw
+
+
+@triton.jit
 def _pixel_terms(x_ptr, y_ptr, w_ptr, off, inb, vol, d, h2, w2, D, H, W, pw, boundary_weight, ignore_value,
                  HAS_WEIGHT: tl.constexpr, HAS_IGNORE: tl.constexpr, USE_BOUNDARY: tl.constexpr,
                  R: tl.constexpr, RZ: tl.constexpr):
@@ -67,17 +84,7 @@ def _seg_loss_fwd_kernel(x_ptr, y_ptr, w_ptr, pw_ptr, part_ptr, C, D, H, W, tile
                          ignore_value, HAS_WEIGHT: tl.constexpr, HAS_IGNORE: tl.constexpr,
                          USE_BOUNDARY: tl.constexpr, SQUARED: tl.constexpr, R: tl.constexpr, RZ: tl.constexpr,
                          BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    tile = tl.program_id(0)
-    slice_id = tl.program_id(1)  # (n*C + c)*D + d
-    d = slice_id % D
-    nc = slice_id // D
-    c = nc % C
-    h2 = ((tile // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
-    w2 = ((tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
-    inb = (h2 < H) & (w2 < W)
-    vol = nc.to(tl.int64) * D * H * W
-    off = vol + (d * H + h2) * W + w2
-    pw = tl.load(pw_ptr + c).to(tl.float32)
+    tile, slice_id, d, nc, h2, w2, inb, vol, off, pw = _tile_coords(pw_ptr, C, D, H, W, tiles_w, BLOCK_H, BLOCK_W)
     x, yv, vf, p, sp_pos, sp_neg, m = _pixel_terms(x_ptr, y_ptr, w_ptr, off, inb, vol, d, h2, w2, D, H, W, pw,
                                                    boundary_weight, ignore_value, HAS_WEIGHT, HAS_IGNORE,
                                                    USE_BOUNDARY, R, RZ)
@@ -102,17 +109,7 @@ def _seg_loss_bwd_kernel(g_ptr, x_ptr, y_ptr, w_ptr, pw_ptr, dx_ptr, C, D, H, W,
                          ignore_value, HAS_WEIGHT: tl.constexpr, HAS_IGNORE: tl.constexpr,
                          USE_BOUNDARY: tl.constexpr, SQUARED: tl.constexpr, R: tl.constexpr, RZ: tl.constexpr,
                          BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    tile = tl.program_id(0)
-    slice_id = tl.program_id(1)
-    d = slice_id % D
-    nc = slice_id // D
-    c = nc % C
-    h2 = ((tile // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
-    w2 = ((tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W))[None, :]
-    inb = (h2 < H) & (w2 < W)
-    vol = nc.to(tl.int64) * D * H * W
-    off = vol + (d * H + h2) * W + w2
-    pw = tl.load(pw_ptr + c).to(tl.float32)
+    tile, slice_id, d, nc, h2, w2, inb, vol, off, pw = _tile_coords(pw_ptr, C, D, H, W, tiles_w, BLOCK_H, BLOCK_W)
     x, yv, vf, p, sp_pos, sp_neg, m = _pixel_terms(x_ptr, y_ptr, w_ptr, off, inb, vol, d, h2, w2, D, H, W, pw,
                                                    boundary_weight, ignore_value, HAS_WEIGHT, HAS_IGNORE,
                                                    USE_BOUNDARY, R, RZ)

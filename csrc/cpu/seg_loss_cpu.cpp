@@ -139,6 +139,19 @@ struct UnitArgs {
   T* out;               // forward: (units, 5) partial sums (as T); backward: dx
 };
 
+// The per-pixel terms both passes need: valid (0/1, branch-free so loops vectorise), the masked
+// target, p and the softplus terms, and the BCE multiplier m (outputs by reference, see
+// seg_loss_math.h).
+template <typename T, typename Y>
+BRNNSEG_LOSS_INLINE void pixel_terms(T x, Y y, uint8_t boundary, T weight, T ig, T ign, T bw, T& valid, T& yv,
+                                     T& p, T& sp_pos, T& sp_neg, T& m) {
+  const T yv_raw = static_cast<T>(y);
+  valid = T(1) - ig * T(yv_raw == ign);
+  yv = valid * yv_raw;
+  logit_terms(x, p, sp_pos, sp_neg);
+  m = (T(1) + bw * T(boundary)) * weight;
+}
+
 template <typename T, typename Y, bool kBackward>
 BRNNSEG_LOSS_INLINE void process_unit(const UnitArgs<T, Y>& u, int64_t n, int64_t c, int64_t d, int64_t h0,
                                       int64_t h1, int64_t unit) {
@@ -180,12 +193,8 @@ BRNNSEG_LOSS_INLINE void process_unit(const UnitArgs<T, Y>& u, int64_t n, int64_
       T* __restrict dr = u.out + off;
 #pragma omp simd
       for (int64_t w = 0; w < W; ++w) {
-        const T yv_raw = static_cast<T>(yr[w]);
-        const T valid = T(1) - ig * T(yv_raw == ign);  // branch-free: keeps the loop vectorisable
-        const T yv = valid * yv_raw;
-        T p, sp_pos, sp_neg;
-        logit_terms(xr[w], p, sp_pos, sp_neg);
-        const T m = (T(1) + bw * T(fr[w])) * wr[w];
+        T valid, yv, p, sp_pos, sp_neg, m;
+        pixel_terms(xr[w], yr[w], fr[w], wr[w], ig, ign, bw, valid, yv, p, sp_pos, sp_neg, m);
         const T dsig = p * (T(1) - p);
         const T dpred = (sq * (T(2) * p - T(1)) + T(1)) * dsig;  // 2p*dsig if squared, else dsig
         dr[w] = valid * (g_bce * m * bce_grad(p, yv, pw) + g_inter * yv * dsig + g_pred * dpred);
@@ -194,12 +203,8 @@ BRNNSEG_LOSS_INLINE void process_unit(const UnitArgs<T, Y>& u, int64_t n, int64_
       T sb = 0, sk = 0, si = 0, sp = 0, sy = 0;
 #pragma omp simd reduction(+ : sb, sk, si, sp, sy)
       for (int64_t w = 0; w < W; ++w) {
-        const T yv_raw = static_cast<T>(yr[w]);
-        const T valid = T(1) - ig * T(yv_raw == ign);  // branch-free: keeps the loop vectorisable
-        const T yv = valid * yv_raw;
-        T p, sp_pos, sp_neg;
-        logit_terms(xr[w], p, sp_pos, sp_neg);
-        const T m = (T(1) + bw * T(fr[w])) * wr[w];
+        T valid, yv, p, sp_pos, sp_neg, m;
+        pixel_terms(xr[w], yr[w], fr[w], wr[w], ig, ign, bw, valid, yv, p, sp_pos, sp_neg, m);
         const T pv = valid * p;
         sb += valid * m * bce_value(sp_pos, sp_neg, yv, pw);
         sk += valid;
