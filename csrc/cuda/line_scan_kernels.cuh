@@ -52,14 +52,20 @@ struct CtaLayout {
 // Shared memory of the forward kernel: [the first smem_gates gates of W_hh^T of this direction, T]
 // [2 x tile x hid hidden-state buffers, float]. Backward: [the first smem_gates gates of W_hh]
 // [tile x G*hid recurrent-side gate gradients, float].
+// The float buffers start 16-byte aligned after the weights (a half/bfloat16 weight block can have
+// any even size; a misaligned float access faults on a GPU, not in the simulator).
+template <typename T>
+__host__ __device__ inline size_t smem_weight_bytes(int hid, int smem_gates) {
+  return (size_t(smem_gates) * hid * hid * sizeof(T) + 15) & ~size_t(15);
+}
 template <typename T>
 inline size_t fwd_smem_bytes(int G, int hid, int tile, int smem_gates) {
   (void)G;
-  return size_t(smem_gates) * hid * hid * sizeof(T) + size_t(2) * tile * hid * sizeof(float);
+  return smem_weight_bytes<T>(hid, smem_gates) + size_t(2) * tile * hid * sizeof(float);
 }
 template <typename T>
 inline size_t bwd_smem_bytes(int G, int hid, int tile, int smem_gates) {
-  return size_t(smem_gates) * hid * hid * sizeof(T) + size_t(tile) * G * hid * sizeof(float);
+  return smem_weight_bytes<T>(hid, smem_gates) + size_t(tile) * G * hid * sizeof(float);
 }
 
 template <typename T, int G, int kLPT>
@@ -79,7 +85,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerCta) line_scan_fwd_kernel(SweepB
   const T* w_t = p.w_hh_t + int64_t(d) * hid * Gh;  // global, [k][g*hid + u]
   const int sg = p.smem_gates, sgh = sg * hid;      // shared: the first sg gates, [k][g*hid + u]
   T* w_s = reinterpret_cast<T*>(smem);
-  float* h_s = reinterpret_cast<float*>(smem + size_t(sgh) * hid * sizeof(T));
+  float* h_s = reinterpret_cast<float*>(smem + smem_weight_bytes<T>(hid, sg));
   for (int i = threadIdx.x; i < sgh * hid; i += blockDim.x) w_s[i] = w_t[(i / sgh) * Gh + i % sgh];
   for (int i = threadIdx.x; i < 2 * p.tile * hid; i += blockDim.x) h_s[i] = 0.f;
 
@@ -174,7 +180,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerCta) line_scan_bwd_kernel(SweepB
   const T* w = p.w_hh + int64_t(d) * Gh * hid;  // global, [j][k]
   const int sgh = p.smem_gates * hid;           // shared: rows j < sgh (the first smem_gates gates)
   T* w_s = reinterpret_cast<T*>(smem);
-  float* dgh_s = reinterpret_cast<float*>(smem + size_t(sgh) * hid * sizeof(T));
+  float* dgh_s = reinterpret_cast<float*>(smem + smem_weight_bytes<T>(hid, p.smem_gates));
   for (int i = threadIdx.x; i < sgh * hid; i += blockDim.x) w_s[i] = w[i];
   float dh[kLPT], dc[kLPT];
   for (int j = 0; j < kLPT; ++j) dh[j] = dc[j] = 0.f;

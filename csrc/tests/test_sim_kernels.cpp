@@ -67,8 +67,8 @@ static void run_case(int64_t N, int64_t H, int64_t W, int hid, int axis) {
     // path 0: W_hh in shared memory; 1: through L2; 2: one gate in shared memory, the rest L2.
     auto limit = [&](bool bwd) {
       if (path != 2) return size_t(227 * 1024);
-      const LaunchConfig none = line_scan_config<float>(bwd, G, hid, lines, 1 << 30, true);
-      return none.smem_bytes + size_t(hid) * hid * sizeof(float);
+      const int tile = line_scan_config<float>(bwd, G, hid, lines, 1 << 30, true).tile;
+      return bwd ? bwd_smem_bytes<float>(G, hid, tile, 1) : fwd_smem_bytes<float>(G, hid, tile, 1);
     };
     std::vector<float> y(y_ref.size(), 0.f), ws(2 * T * lines * S * hid);
     SweepFwdParams<float> fp{geo, hid, 0, 0, gx.data(), w_t.data(), b_ih.data(), b_hh.data(), y.data(), sN, sC, sH, sW,
