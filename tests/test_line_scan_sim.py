@@ -115,3 +115,33 @@ def test_sim_kernels_some_gates_in_shared_memory(cell):
     part = bop(gy, x, weights[0], weights[1], y_part, ws_part, 3, limit, False)
     for a, b in zip(full, part):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_sim_kernels_reduced_precision(cell, dtype):
+    """The float16/bfloat16 instantiations (fp32 math, fp32 saved gates): within twice the error of the
+    reference run in that dtype, or 3e-2 (flash-attention's rule)."""
+    n, c, h, w, hid = 2, 3, 7, 9, 5
+    x = torch.randn(n, c, h, w)
+    weights = [t.float() for t in stacked_weights(cell, c, hid, requires_grad=False)]
+    op = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep")
+    bop = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep_backward")
+    lp = [t.to(dtype) for t in weights]
+    # The weight block in shared memory is 3*5*5*2 = 150 bytes for the GRU (200 for the LSTM) in half
+    # precision, so the float buffers after it start at a padded, 16-byte aligned offset.
+    y, ws = op(x.to(dtype), *lp, 3, False, True, H100_SMEM, False)
+    assert y.dtype == dtype and ws.dtype == torch.float32
+    exact = reference.sweep(cell, x.double(), *[t.double() for t in weights], axis=3)
+    ref_lp = reference.sweep(cell, x.to(dtype), *lp, axis=3)
+    err = (y.double() - exact).abs().max().item()
+    assert err <= max(2 * (ref_lp.double() - exact).abs().max().item(), 3e-2)
+    g = torch.randn_like(exact)
+    grads = bop(g.to(dtype), x.to(dtype), lp[0], lp[1], y, ws, 3, H100_SMEM, False)
+    xd = x.double().requires_grad_()
+    wd = [t.double().requires_grad_() for t in weights]
+    exp = torch.autograd.grad(reference.sweep(cell, xd, *wd, axis=3), [xd] + wd, g)
+    for got, e in zip(grads, exp):
+        assert got.dtype == dtype
+        scale = e.abs().max().item() + 1e-6
+        assert (got.double() - e).abs().max().item() <= 5e-2 * scale

@@ -4,6 +4,9 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include "brnnseg/simt_sim.h"
 #include "cuda/line_scan_host.h"
 
@@ -19,14 +22,30 @@ namespace {
 
 using at::Tensor;
 
+// float32, float16 and bfloat16 like the CUDA build (c10::Half/BFloat16 work on the host too).
+template <typename F>
+void dispatch_dtype(const char* op, at::ScalarType dt, F&& f) {
+  switch (dt) {
+    case at::kFloat: return f(float{});
+    case at::kHalf: return f(c10::Half{});
+    case at::kBFloat16: return f(c10::BFloat16{});
+    default:
+      TORCH_CHECK(false, op, ": the simulator build supports float32, float16 and bfloat16, got ", dt);
+  }
+}
+
 template <int G>
 std::tuple<Tensor, Tensor> fwd(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                                const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh, int64_t axis,
                                bool channels_last, bool training, int64_t smem_limit, bool global_weights) {
   const char* op = G == 3 ? "brnnseg_sim::bigru_sweep" : "brnnseg_sim::bilstm_sweep";
-  TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": the simulator build runs float32 only");
-  return device::sweep_forward<float>(op, G, x, w_ih, w_hh, b_ih, b_hh, axis, channels_last, training,
-                                      static_cast<size_t>(smem_limit), nullptr, global_weights);
+  std::tuple<Tensor, Tensor> out;
+  dispatch_dtype(op, x.scalar_type(), [&](auto v) {
+    using T = decltype(v);
+    out = device::sweep_forward<T>(op, G, x, w_ih, w_hh, b_ih, b_hh, axis, channels_last, training,
+                                   static_cast<size_t>(smem_limit), nullptr, global_weights);
+  });
+  return out;
 }
 
 template <int G>
@@ -34,9 +53,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> bwd(const Tensor& grad_y, con
                                                        const Tensor& w_hh, const Tensor& y, const Tensor& ws,
                                                        int64_t axis, int64_t smem_limit, bool global_weights) {
   const char* op = G == 3 ? "brnnseg_sim::bigru_sweep_backward" : "brnnseg_sim::bilstm_sweep_backward";
-  TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": the simulator build runs float32 only");
-  return device::sweep_backward<float>(op, G, grad_y, x, w_ih, w_hh, y, ws, axis, static_cast<size_t>(smem_limit),
-                                       nullptr, global_weights);
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> out;
+  dispatch_dtype(op, x.scalar_type(), [&](auto v) {
+    using T = decltype(v);
+    out = device::sweep_backward<T>(op, G, grad_y.to(x.scalar_type()), x, w_ih, w_hh, y, ws, axis,
+                                    static_cast<size_t>(smem_limit), nullptr, global_weights);
+  });
+  return out;
 }
 
 template <int G>
