@@ -4,6 +4,7 @@
 // If no Fortran BLAS symbol is present, a plain loop keeps results correct.
 #pragma once
 #include <cstdint>
+#include <cstdlib>
 
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
@@ -15,6 +16,15 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 }
 
 namespace brnnseg::cpu {
+
+// BRNNSEG_NO_BLAS=1 forces the plain-loop GEMM (tests use it so that path is exercised too).
+inline bool blas_disabled() {
+  static const bool disabled = [] {
+    const char* v = std::getenv("BRNNSEG_NO_BLAS");
+    return v != nullptr && v[0] == '1';
+  }();
+  return disabled;
+}
 
 template <typename T>
 inline void gemm_fallback(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
@@ -36,14 +46,14 @@ inline void gemm_fallback(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T a
 // Column-major BLAS computes C^T = op(B)^T op(A)^T, hence the swapped operands.
 inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (!sgemm_) return gemm_fallback(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (!sgemm_ || blas_disabled()) return gemm_fallback(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
   const int m = (int)M, n = (int)N, k = (int)K, la = (int)lda, lb = (int)ldb, lc = (int)ldc;
   sgemm_(&cb, &ca, &n, &m, &k, &alpha, B, &lb, A, &la, &beta, C, &lc);
 }
 inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t lda,
                  const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
-  if (!dgemm_) return gemm_fallback(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (!dgemm_ || blas_disabled()) return gemm_fallback(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
   const int m = (int)M, n = (int)N, k = (int)K, la = (int)lda, lb = (int)ldb, lc = (int)ldc;
   dgemm_(&cb, &ca, &n, &m, &k, &alpha, B, &lb, A, &la, &beta, C, &lc);
