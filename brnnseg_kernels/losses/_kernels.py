@@ -150,6 +150,17 @@ def _prepare(logits, target, weight, pos_weight):
     return x, y, w, pw
 
 
+def _ignore(ignore_value):
+    return float(ignore_value) if ignore_value is not None else 0.0
+
+
+def _flags(logits, weight, boundary_weight, boundary_radius, ignore_value, squared, block_h, block_w):
+    """Compile-time switches of both kernels."""
+    return dict(HAS_WEIGHT=weight is not None, HAS_IGNORE=ignore_value is not None, USE_BOUNDARY=boundary_weight != 0,
+                SQUARED=bool(squared), R=int(boundary_radius), RZ=int(boundary_radius) if logits.dim() == 5 else 0,
+                BLOCK_H=block_h, BLOCK_W=block_w)
+
+
 def seg_loss_sums_triton(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
                          pos_weight: torch.Tensor, boundary_weight: float, boundary_radius: int,
                          ignore_value: Optional[float], squared: bool) -> torch.Tensor:
@@ -160,10 +171,8 @@ def seg_loss_sums_triton(logits: torch.Tensor, target: torch.Tensor, weight: Opt
     if partial.numel():
         _seg_loss_fwd_kernel[(n_tiles, n * c * d)](
             x, y, w, pw, partial, c, d, h, wd, tiles_w, n_tiles, float(boundary_weight),
-            float(ignore_value) if ignore_value is not None else 0.0,
-            HAS_WEIGHT=weight is not None, HAS_IGNORE=ignore_value is not None,
-            USE_BOUNDARY=boundary_weight != 0, SQUARED=squared, R=int(boundary_radius),
-            RZ=int(boundary_radius) if logits.dim() == 5 else 0, BLOCK_H=bh, BLOCK_W=bw)
+            _ignore(ignore_value), **_flags(logits, weight, boundary_weight, boundary_radius, ignore_value, squared,
+                                            bh, bw))
     # Second stage in a fixed order: deterministic.
     return partial.view(n, c, d * n_tiles, NUM_SUMS).sum(2)
 
@@ -179,8 +188,6 @@ def seg_loss_sums_backward_triton(grad_sums: torch.Tensor, logits: torch.Tensor,
     if dx.numel():
         _seg_loss_bwd_kernel[(n_tiles, n * c * d)](
             g, x, y, w, pw, dx, c, d, h, wd, tiles_w, float(boundary_weight),
-            float(ignore_value) if ignore_value is not None else 0.0,
-            HAS_WEIGHT=weight is not None, HAS_IGNORE=ignore_value is not None,
-            USE_BOUNDARY=boundary_weight != 0, SQUARED=squared, R=int(boundary_radius),
-            RZ=int(boundary_radius) if logits.dim() == 5 else 0, BLOCK_H=bh, BLOCK_W=bw)
+            _ignore(ignore_value), **_flags(logits, weight, boundary_weight, boundary_radius, ignore_value, squared,
+                                            bh, bw))
     return dx

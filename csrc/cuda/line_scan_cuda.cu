@@ -27,16 +27,7 @@ size_t smem_limit_of_current_device() {
   return prop->sharedMemPerBlockOptin;
 }
 
-template <typename F>
-void dispatch_dtype(const char* op, at::ScalarType dt, F&& f) {
-  switch (dt) {
-    case at::kFloat: return f(float{});
-    case at::kHalf: return f(c10::Half{});
-    case at::kBFloat16: return f(c10::BFloat16{});
-    default:
-      TORCH_CHECK(false, op, ": the CUDA kernel supports float32, float16 and bfloat16, got ", dt);
-  }
-}
+using device::dispatch_dtype;
 
 template <int G>
 std::tuple<Tensor, Tensor> fwd(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,

@@ -3,6 +3,8 @@
 // line_scan_cuda.cu, CUDA tensors, cuBLAS GEMMs) and the simulator build of the same kernels
 // (included by csrc/sim/line_scan_sim.cpp, CPU tensors). BRNNSEG_LAUNCH must be defined first.
 #pragma once
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <torch/types.h>
 
 #include "brnnseg/checks.h"
@@ -11,6 +13,19 @@
 namespace brnnseg::device {
 
 using at::Tensor;
+
+// float32, float16 and bfloat16 -> f(T{}) with T the storage type (c10::Half/BFloat16 also work on
+// the host, so the simulator build dispatches the same way).
+template <typename F>
+void dispatch_dtype(const char* op, at::ScalarType dt, F&& f) {
+  switch (dt) {
+    case at::kFloat: return f(float{});
+    case at::kHalf: return f(c10::Half{});
+    case at::kBFloat16: return f(c10::BFloat16{});
+    default:
+      TORCH_CHECK(false, op, ": the device kernels support float32, float16 and bfloat16, got ", dt);
+  }
+}
 
 inline Tensor positions_view(const Tensor& t) { return t.flatten(2).transpose(1, 2); }
 

@@ -22,17 +22,7 @@ namespace {
 
 using at::Tensor;
 
-// float32, float16 and bfloat16 like the CUDA build (c10::Half/BFloat16 work on the host too).
-template <typename F>
-void dispatch_dtype(const char* op, at::ScalarType dt, F&& f) {
-  switch (dt) {
-    case at::kFloat: return f(float{});
-    case at::kHalf: return f(c10::Half{});
-    case at::kBFloat16: return f(c10::BFloat16{});
-    default:
-      TORCH_CHECK(false, op, ": the simulator build supports float32, float16 and bfloat16, got ", dt);
-  }
-}
+using device::dispatch_dtype;  // float32, float16, bfloat16, as the CUDA build
 
 template <int G>
 std::tuple<Tensor, Tensor> fwd(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
