@@ -21,7 +21,7 @@ from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
 
-__all__ = ["bigru_sweep", "bilstm_sweep", "sweep", "sweep_pair"]
+__all__ = ["bigru_sweep", "bilstm_sweep", "sweep", "sweep_pair", "sequence"]
 
 _GATES = {"gru": 3, "lstm": 4}
 _SAVED = {"gru": 4, "lstm": 5}
@@ -179,3 +179,113 @@ def _register(cell: str) -> None:
 
 for _cell in _OPS:
     _register(_cell)
+
+
+# ---- sequence RNN ops (the drop-in nn.GRU / nn.LSTM), one layer each --------------------------------
+#
+# gru_sequence(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, batch_first, training) -> (y, h_n, workspace)
+# lstm_sequence(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, batch_first, training) -> (y, h_n, c_n, workspace)
+# x (T, B, C) or (B, T, C); weights stacked per direction (D = 1 or 2); h0/c0 (D, B, hid) or None;
+# lengths (B,) int64 CPU or None. Schema and semantics: csrc/registration.cpp.
+
+_SEQ_OPS = {"gru": "gru_sequence", "lstm": "lstm_sequence"}
+
+
+def sequence(cell: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+             h0: Optional[Tensor] = None, c0: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
+             batch_first: bool = False, training: Optional[bool] = None):
+    """One RNN layer over a batch of sequences; returns (y, h_n) for GRU, (y, h_n, c_n) for LSTM."""
+    if training is None:
+        training = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
+    op = getattr(torch.ops.brnnseg, _SEQ_OPS[cell])
+    if cell == "gru":
+        y, h_n, _ = op(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, batch_first, training)
+        return y, h_n
+    y, h_n, c_n, _ = op(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, batch_first, training)
+    return y, h_n, c_n
+
+
+def _register_sequence(cell: str) -> None:
+    name = f"brnnseg::{_SEQ_OPS[cell]}"
+    lstm = cell == "lstm"
+    saved = _SAVED[cell]
+
+    def _outputs(x, w_ih, w_hh, batch_first, training):
+        _check_devices(_SEQ_OPS[cell], x, w_ih, w_hh)
+        t_len, b = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+        d, hid = w_hh.shape[0], w_hh.shape[2]
+        y = x.new_empty((x.shape[0], x.shape[1], d * hid))
+        state = x.new_empty((d, b, hid))
+        ws = x.new_empty((d, t_len, b, saved * hid) if training else (0,))
+        return y, state, ws
+
+    if lstm:
+        @torch.library.register_fake(name)
+        def _fake(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, batch_first, training):
+            y, h_n, ws = _outputs(x, w_ih, w_hh, batch_first, training)
+            return y, h_n, torch.empty_like(h_n), ws
+
+        @torch.library.register_fake(f"{name}_backward")
+        def _fake_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, h0, c0, lengths, y, workspace, batch_first):
+            d, gh, hid = w_hh.shape
+            b = x.shape[0] if batch_first else x.shape[1]
+            return (x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+                    w_ih.new_empty((d, gh)), w_ih.new_empty((d, gh)), x.new_empty((d, b, hid)),
+                    x.new_empty((d, b, hid)))
+    else:
+        @torch.library.register_fake(name)
+        def _fake(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, batch_first, training):
+            return _outputs(x, w_ih, w_hh, batch_first, training)
+
+        @torch.library.register_fake(f"{name}_backward")
+        def _fake_backward(grad_y, grad_h_n, x, w_ih, w_hh, h0, lengths, y, workspace, batch_first):
+            d, gh, hid = w_hh.shape
+            b = x.shape[0] if batch_first else x.shape[1]
+            return (x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+                    w_ih.new_empty((d, gh)), w_ih.new_empty((d, gh)), x.new_empty((d, b, hid)))
+
+    def _setup_context(ctx, inputs, output):
+        if lstm:
+            x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, batch_first, _training = inputs
+            y, _h_n, _c_n, workspace = output
+        else:
+            x, w_ih, w_hh, b_ih, b_hh, h0, lengths, batch_first, _training = inputs
+            c0 = None
+            y, _h_n, workspace = output
+        ctx.mark_non_differentiable(workspace)
+        ctx.set_materialize_grads(False)
+        ctx.batch_first = batch_first
+        ctx.has = (b_ih is not None, b_hh is not None, h0 is not None, c0 is not None)
+        ctx.save_for_backward(x, w_ih, w_hh, h0, c0, lengths, y, workspace)
+
+    def _backward(ctx, *grads):
+        grad_y, grad_h_n = grads[0], grads[1]
+        grad_c_n = grads[2] if lstm else None
+        n_in = 10 if lstm else 9
+        if grad_y is None and grad_h_n is None and grad_c_n is None:
+            return (None,) * n_in
+        x, w_ih, w_hh, h0, c0, lengths, y, workspace = ctx.saved_tensors
+        if workspace.numel() == 0 and y.numel() > 0:
+            raise RuntimeError(
+                f"{name}: backward needs the gates saved by a forward run with training=True; this output "
+                "was computed with training=False (e.g. under torch.no_grad or with no input requiring grad)")
+        backward_op = getattr(torch.ops.brnnseg, f"{_SEQ_OPS[cell]}_backward")
+        if lstm:
+            gx, gwi, gwh, gbi, gbh, gh0, gc0 = backward_op(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, h0, c0,
+                                                           lengths, y, workspace, ctx.batch_first)
+        else:
+            gx, gwi, gwh, gbi, gbh, gh0 = backward_op(grad_y, grad_h_n, x, w_ih, w_hh, h0, lengths, y, workspace,
+                                                      ctx.batch_first)
+            gc0 = None
+        has_bi, has_bh, has_h0, has_c0 = ctx.has
+        out = [gx, gwi, gwh, gbi if has_bi else None, gbh if has_bh else None, gh0 if has_h0 else None]
+        if lstm:
+            out.append(gc0 if has_c0 else None)
+        return tuple(out) + (None, None, None)
+
+    torch.library.register_autograd(name, _backward, setup_context=_setup_context)
+
+
+for _cell in _SEQ_OPS:
+    _register_sequence(_cell)

@@ -40,6 +40,25 @@ TORCH_LIBRARY(brnnseg, m) {
   m.def("bilstm_sweep_pair_backward(Tensor grad_y, Tensor x, Tensor w_ih_rows, Tensor w_hh_rows, Tensor w_ih_cols, "
         "Tensor w_hh_cols, Tensor y, Tensor workspace_rows, Tensor workspace_cols) -> Tensor[]");
 
+  // Sequence RNNs (the drop-in nn.GRU / nn.LSTM): one layer, 1 or 2 directions, over a batch of
+  // sequences. x (T, B, C), or (B, T, C) when batch_first; w_ih (D, G*hid, C), w_hh (D, G*hid, hid),
+  // b_* (D, G*hid); h0/c0 (D, B, hid) or None (zeros); lengths (B,) int64 on the CPU or None (all T):
+  // sequence b runs over t < lengths[b] only (direction 1 starts at lengths[b]-1), y is 0 beyond it
+  // and h_n/c_n is its state after its last step.
+  //   y (T, B, D*hid) or (B, T, D*hid), contiguous; h_n, c_n (D, B, hid)
+  //   workspace (D, T, B, S*hid) when training (saved gates, batch sorted by length), else empty
+  m.def("gru_sequence(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? h0, "
+        "Tensor? lengths, bool batch_first, bool training) -> (Tensor y, Tensor h_n, Tensor workspace)");
+  m.def("gru_sequence_backward(Tensor? grad_y, Tensor? grad_h_n, Tensor x, Tensor w_ih, Tensor w_hh, "
+        "Tensor? h0, Tensor? lengths, Tensor y, Tensor workspace, bool batch_first) -> (Tensor grad_x, "
+        "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_h0)");
+  m.def("lstm_sequence(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? h0, Tensor? c0, "
+        "Tensor? lengths, bool batch_first, bool training) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor workspace)");
+  m.def("lstm_sequence_backward(Tensor? grad_y, Tensor? grad_h_n, Tensor? grad_c_n, Tensor x, Tensor w_ih, "
+        "Tensor w_hh, Tensor? h0, Tensor? c0, Tensor? lengths, Tensor y, Tensor workspace, bool batch_first) -> "
+        "(Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_h0, "
+        "Tensor grad_c0)");
+
   // Fused segmentation-loss sums over every (sample, channel) plane, in one pass.
   //   logits (N, C, *S), S = (H, W) or (D, H, W); target same shape (bool, uint8, int64 or float);
   //   weight: optional per-pixel weight, shape of logits; pos_weight (C,)

@@ -10,10 +10,6 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -24,6 +20,7 @@
 #include "brnnseg/checks.h"
 #include "brnnseg/sweep_geometry.h"
 #include "cell_steps.h"
+#include "cpu_tensors.h"
 
 namespace brnnseg::cpu {
 namespace {
@@ -63,24 +60,6 @@ Tiling choose_tiling(const SweepGeometry& geo) {
   const int64_t tile = (per_image + tiles - 1) / tiles;
   const int64_t tiles_per_image = (per_image + tile - 1) / tile;
   return {tile, tiles_per_image, 2 * n * tiles_per_image, per_image};
-}
-
-// at::empty, plus a transparent-huge-page hint for large buffers on Linux. These buffers (output,
-// workspace, dx) are fresh memory written once per call; with 4 KiB pages the page faults cost as
-// much as the writes (THP is often "madvise"-only, so the hint is what enables 2 MiB pages).
-Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& options,
-                   at::MemoryFormat fmt = at::MemoryFormat::Contiguous) {
-  Tensor t = at::empty(sizes, options.memory_format(fmt));
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const size_t bytes = t.nbytes();
-  if (bytes >= 2 * kHuge) {
-    const uintptr_t start = reinterpret_cast<uintptr_t>(t.data_ptr());
-    const uintptr_t lo = (start + kHuge - 1) & ~(kHuge - 1), hi = (start + bytes) & ~(kHuge - 1);
-    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // a hint: errors ignored
-  }
-#endif
-  return t;
 }
 
 bool is_channels_last(const Tensor& t) {
@@ -123,17 +102,6 @@ void gather_rows(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t 
     for (int64_t u = 0; u < hid; ++u) {
       if (kAdd) out[u] += in[u * m.sC]; else out[u] = in[u * m.sC];
     }
-  }
-}
-
-// float32 and float64 (the latter for gradcheck); other dtypes get an error naming the op.
-template <typename F>
-void dispatch_float_double(const char* op, at::ScalarType dtype, F&& f) {
-  switch (dtype) {
-    case at::kFloat: return f(float{});
-    case at::kDouble: return f(double{});
-    default:
-      TORCH_CHECK(false, op, ": the CPU kernel supports float32 and float64 inputs, got ", dtype);
   }
 }
 
