@@ -1,0 +1,168 @@
+"""Drop-in ``torch.nn.GRU`` / ``torch.nn.LSTM`` running on the fused sequence kernels.
+
+``GRU`` and ``LSTM`` subclass the torch modules, so the constructor, its validation, the parameter
+names and shapes, ``state_dict``, ``extra_repr`` and ``isinstance(m, torch.nn.GRU)`` are torch's own;
+only ``forward`` differs. It runs every layer through ``torch.ops.brnnseg.gru_sequence`` /
+``lstm_sequence`` (both directions, h0/c0, final states and ``PackedSequence`` lengths handled in the
+kernel) whenever that kernel applies:
+
+* input on the CPU in float32 or float64, weights of the same dtype and device;
+* no CPU autocast, not under TorchScript;
+* LSTM without projections (``proj_size == 0``).
+
+Anything else (CUDA tensors, half precision, ``proj_size > 0``) runs ``torch.nn.GRU/LSTM.forward``
+unchanged -- the same results, never an approximation. ``fused_kernel_applies(input)`` tells which
+path an input takes. Dropout between layers uses ``torch.nn.functional.dropout`` on each layer's
+output, as torch does; the random masks differ from torch's (different RNG consumption).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from .. import ops
+
+__all__ = ["GRU", "LSTM", "replace_rnns", "to_torch"]
+
+
+class _FusedRNNMixin:
+    _cell = "gru"
+
+    def fused_kernel_applies(self, input) -> bool:
+        """Whether ``forward(input)`` runs on the fused kernel (else on torch's implementation)."""
+        data = input.data if isinstance(input, PackedSequence) else input
+        if not isinstance(data, Tensor) or data.device.type != "cpu":
+            return False
+        if data.dtype not in (torch.float32, torch.float64) or getattr(self, "proj_size", 0) > 0:
+            return False
+        if torch.jit.is_scripting() or torch.is_autocast_enabled("cpu"):
+            return False
+        return all(w.dtype == data.dtype and w.device == data.device for w in self._flat_weights)
+
+    def _layer_weights(self, layer: int):
+        sfx = ("", "_reverse") if self.bidirectional else ("",)
+
+        def stacked(name):
+            ws = [getattr(self, f"{name}_l{layer}{s}") for s in sfx]
+            return ws[0].unsqueeze(0) if len(ws) == 1 else torch.stack(ws)
+
+        w_ih, w_hh = stacked("weight_ih"), stacked("weight_hh")
+        if not self.bias:
+            return w_ih, w_hh, None, None
+        return w_ih, w_hh, stacked("bias_ih"), stacked("bias_hh")
+
+    def _run_layers(self, x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], lengths: Optional[Tensor],
+                    batch_first: bool):
+        d = 2 if self.bidirectional else 1
+        lstm = self._cell == "lstm"
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            sl = slice(layer * d, (layer + 1) * d)
+            out = ops.sequence(self._cell, x, *self._layer_weights(layer),
+                               h0[sl] if h0 is not None else None,
+                               c0[sl] if (lstm and c0 is not None) else None, lengths, batch_first)
+            x = out[0]
+            hs.append(out[1])
+            if lstm:
+                cs.append(out[2])
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
+        return x, torch.cat(hs), (torch.cat(cs) if lstm else None)
+
+    def forward(self, input, hx=None):  # noqa: C901  (mirrors torch's forward, branch for branch)
+        if not self.fused_kernel_applies(input):
+            return super().forward(input, hx)
+        self._update_flat_weights()
+        lstm = self._cell == "lstm"
+        name = "LSTM" if lstm else "GRU"
+        if isinstance(input, PackedSequence):
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            if hx is not None:
+                hx = self.permute_hidden(hx, sorted_indices)
+                self.check_forward_args(data, hx, batch_sizes)
+            else:
+                self.check_input(data, batch_sizes)
+            # Padded (T, B, C) in the packed (sorted) batch order; the kernel honours the lengths.
+            x, lengths = torch.ops.aten._pad_packed_sequence(data, batch_sizes, False, 0.0, batch_sizes.numel())
+            h0, c0 = (hx if lstm else (hx, None)) if hx is not None else (None, None)
+            y, h_n, c_n = self._run_layers(x, h0, c0, lengths, False)
+            out_data, _ = torch.ops.aten._pack_padded_sequence(y, lengths, False)
+            hidden = (h_n, c_n) if lstm else h_n
+            return (PackedSequence(out_data, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden(hidden, unsorted_indices))
+
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        is_batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+        if hx is not None:
+            parts = hx if lstm else (hx,)
+            want = 3 if is_batched else 2
+            if any(h.dim() != want for h in parts):
+                dims = ", ".join(f"{h.dim()}-D" for h in parts)
+                what = "hx and cx" if lstm else "hx"
+                kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                raise RuntimeError(f"For {kind} input, {what} should also be {want}-D but got ({dims}) tensors")
+            if not is_batched:
+                hx = tuple(h.unsqueeze(1) for h in parts) if lstm else hx.unsqueeze(1)
+            self.check_forward_args(input, hx, None)
+        else:
+            self.check_input(input, None)
+        h0, c0 = (hx if lstm else (hx, None)) if hx is not None else (None, None)
+        y, h_n, c_n = self._run_layers(input, h0, c0, None, self.batch_first)
+        if not is_batched:
+            y = y.squeeze(batch_dim)
+            h_n = h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if lstm else None
+        return y, ((h_n, c_n) if lstm else h_n)
+
+
+class GRU(_FusedRNNMixin, nn.GRU):
+    """``torch.nn.GRU`` with the fused CPU kernel; same arguments, parameters and outputs."""
+    _cell = "gru"
+
+
+class LSTM(_FusedRNNMixin, nn.LSTM):
+    """``torch.nn.LSTM`` with the fused CPU kernel; same arguments, parameters and outputs
+    (``proj_size > 0`` runs torch's implementation)."""
+    _cell = "lstm"
+
+
+_OURS = {nn.GRU: GRU, nn.LSTM: LSTM}
+_TORCHS = {GRU: nn.GRU, LSTM: nn.LSTM}
+
+
+def _swap_class(module: nn.Module, table) -> nn.Module:
+    # A new module object of the other class sharing this one's state: the very same Parameter
+    # objects (so optimizers and weight tying keep working), buffers, hooks and training mode.
+    new = table[type(module)].__new__(table[type(module)])
+    new.__dict__.update(module.__dict__)
+    return new
+
+
+def _convert(model: nn.Module, table) -> nn.Module:
+    if type(model) in table:
+        return _swap_class(model, table)
+    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+             if type(child) in table]
+    for parent, name, child in swaps:
+        setattr(parent, name, _swap_class(child, table))
+    return model
+
+
+def replace_rnns(model: nn.Module) -> nn.Module:
+    """Swaps every ``torch.nn.GRU`` / ``torch.nn.LSTM`` in ``model`` (exact class, not subclasses)
+    for ``brnnseg_kernels.nn.GRU`` / ``LSTM``, keeping the parameters; returns the model (or the new
+    module when ``model`` itself is one)."""
+    return _convert(model, _OURS)
+
+
+def to_torch(model: nn.Module) -> nn.Module:
+    """The inverse of :func:`replace_rnns`: our GRU/LSTM back to ``torch.nn.GRU`` / ``LSTM``."""
+    return _convert(model, _TORCHS)
