@@ -14,7 +14,7 @@ all: build
 $(STAMP): Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH) numpy pytest pytest-benchmark ninja cmake setuptools wheel
+	$(PY) -m pip install -q $(TORCH) numpy pytest pytest-benchmark expecttest ninja cmake setuptools wheel
 	touch $@
 
 venv: $(STAMP)

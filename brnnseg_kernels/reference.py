@@ -3,6 +3,8 @@
 * ``gru_sweep`` / ``lstm_sweep``: the exact math of the fused sweep ops, written as an explicit
   loop over time (vectorised over lines). Tests compare the kernels with these in float64, and
   the layers fall back to them on devices without a kernel.
+* ``sequence``: one GRU/LSTM layer over a batch of sequences with initial states and per-sequence
+  lengths -- the math of the sequence ops behind the drop-in ``nn.GRU``/``nn.LSTM``.
 * ``ReNetBaseline``: the block users would otherwise write -- permutes plus
   ``nn.GRU``/``nn.LSTM(bidirectional=True)`` (cuDNN on a GPU). Benchmarks race against it.
 """
@@ -13,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["gru_sweep", "lstm_sweep", "sweep", "renet", "ReNetBaseline"]
+__all__ = ["gru_sweep", "lstm_sweep", "sweep", "sequence", "renet", "ReNetBaseline"]
 
 
 def _lines(x: Tensor, axis: int) -> Tensor:
@@ -33,64 +35,56 @@ def _unlines(seq: Tensor, shape, axis: int) -> Tensor:
     return seq.reshape(n, w, h, f).permute(0, 3, 2, 1)
 
 
-def _gru_direction(seq: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
-                   reverse: bool) -> Tensor:
-    lines, steps, _ = seq.shape
-    hid = w_hh.shape[1]
-    gx = seq @ w_ih.t()
-    if b_ih is not None:
-        gx = gx + b_ih
-    h = seq.new_zeros(lines, hid)
-    out = []
-    order = range(steps - 1, -1, -1) if reverse else range(steps)
-    for t in order:
-        gh = h @ w_hh.t()
-        if b_hh is not None:
-            gh = gh + b_hh
-        xr, xz, xn = gx[:, t].chunk(3, dim=1)
+def _cell_step(cell: str, gx_t: Tensor, h: Tensor, c: Optional[Tensor], w_hh: Tensor, b_hh: Optional[Tensor]):
+    """One step of PyTorch's GRU/LSTM: gx_t = W_ih x_t + b_ih; returns (h, c)."""
+    gh = h @ w_hh.t()
+    if b_hh is not None:
+        gh = gh + b_hh
+    if cell == "gru":
+        xr, xz, xn = gx_t.chunk(3, dim=1)
         hr, hz, hn = gh.chunk(3, dim=1)
         r = torch.sigmoid(xr + hr)
         z = torch.sigmoid(xz + hz)
         n = torch.tanh(xn + r * hn)
-        h = (1 - z) * n + z * h
-        out.append(h)
-    if reverse:
-        out.reverse()
-    return torch.stack(out, dim=1)
+        return (1 - z) * n + z * h, None
+    i, f, g, o = (gx_t + gh).chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def _lstm_direction(seq: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
-                    reverse: bool) -> Tensor:
+def _direction(cell: str, seq: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+               reverse: bool, h0: Optional[Tensor] = None, c0: Optional[Tensor] = None,
+               lengths: Optional[Tensor] = None):
+    """One direction over seq (lines, T, C). Line l runs over t < lengths[l] only (the reverse
+    direction starts at lengths[l] - 1); its output is 0 beyond. Returns (out (lines, T, hid), h_n, c_n)."""
     lines, steps, _ = seq.shape
     hid = w_hh.shape[1]
     gx = seq @ w_ih.t()
     if b_ih is not None:
         gx = gx + b_ih
-    h = seq.new_zeros(lines, hid)
-    c = seq.new_zeros(lines, hid)
-    out = []
-    order = range(steps - 1, -1, -1) if reverse else range(steps)
-    for t in order:
-        a = gx[:, t] + h @ w_hh.t()
-        if b_hh is not None:
-            a = a + b_hh
-        i, f, g, o = a.chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        out.append(h)
-    if reverse:
-        out.reverse()
-    return torch.stack(out, dim=1)
+    h = h0 if h0 is not None else seq.new_zeros(lines, hid)
+    c = (c0 if c0 is not None else seq.new_zeros(lines, hid)) if cell == "lstm" else None
+    out = [None] * steps
+    for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+        h_new, c_new = _cell_step(cell, gx[:, t], h, c, w_hh, b_hh)
+        if lengths is None:
+            h, c = h_new, c_new
+            out[t] = h
+        else:
+            run = (t < lengths).to(seq.device).unsqueeze(1)
+            h = torch.where(run, h_new, h)
+            c = torch.where(run, c_new, c) if c is not None else None
+            out[t] = torch.where(run, h_new, torch.zeros_like(h_new))
+    return torch.stack(out, dim=1), h, c
 
 
 def sweep(cell: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
           axis: int) -> Tensor:
     """Reference bidirectional sweep. Weights stacked per direction: w_ih (2, G*hid, C),
     w_hh (2, G*hid, hid), b_* (2, G*hid) or None. Returns (N, 2*hid, H, W)."""
-    step = _gru_direction if cell == "gru" else _lstm_direction
     seq = _lines(x, axis)
-    outs = [step(seq, w_ih[d], w_hh[d], None if b_ih is None else b_ih[d], None if b_hh is None else b_hh[d],
-                 reverse=bool(d)) for d in range(2)]
+    outs = [_direction(cell, seq, w_ih[d], w_hh[d], None if b_ih is None else b_ih[d],
+                       None if b_hh is None else b_hh[d], reverse=bool(d))[0] for d in range(2)]
     return _unlines(torch.cat(outs, dim=-1), x.shape, axis)
 
 
@@ -100,6 +94,21 @@ def gru_sweep(x, w_ih, w_hh, b_ih=None, b_hh=None, axis=3):
 
 def lstm_sweep(x, w_ih, w_hh, b_ih=None, b_hh=None, axis=3):
     return sweep("lstm", x, w_ih, w_hh, b_ih, b_hh, axis)
+
+
+def sequence(cell: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+             h0: Optional[Tensor] = None, c0: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
+             batch_first: bool = False):
+    """Reference of the sequence ops (one layer, D = w_hh.shape[0] directions): x (T, B, C) or
+    (B, T, C); h0/c0 (D, B, hid); lengths (B,). Returns (y, h_n) for GRU, (y, h_n, c_n) for LSTM."""
+    seq = x if batch_first else x.transpose(0, 1)
+    res = [_direction(cell, seq, w_ih[d], w_hh[d], None if b_ih is None else b_ih[d],
+                      None if b_hh is None else b_hh[d], bool(d), None if h0 is None else h0[d],
+                      None if c0 is None else c0[d], lengths) for d in range(w_hh.shape[0])]
+    y = torch.cat([r[0] for r in res], dim=-1)
+    y = y if batch_first else y.transpose(0, 1)
+    h_n = torch.stack([r[1] for r in res])
+    return (y, h_n) if cell == "gru" else (y, h_n, torch.stack([r[2] for r in res]))
 
 
 _AXIS = {"rows": 3, "cols": 2}

@@ -173,6 +173,10 @@ std::vector<Tensor> sequence_forward(const Tensor& x_in, const Tensor& w_ih, con
         }
         if (Lt < L) {  // finished (or not yet started) sequences keep their state, output 0
           std::memcpy(h_cur + Lt * hid, h_prev + Lt * hid, (L - Lt) * hid * sizeof(T));
+          if (ws_p) {  // unused rows, zeroed so the workspace is deterministic
+            T* w = ws_rows(ws_p, d, t, j0, plan, S * hid);
+            std::fill(w + Lt * S * hid, w + L * S * hid, T(0));
+          }
           for (int64_t l = Lt; l < L; ++l) {
             T* out = y_p + ym.at(t, plan.order[j0 + l]) + d * hid;
             std::fill(out, out + hid, T(0));
