@@ -3,12 +3,12 @@ image segmentation, with plain-PyTorch references and benchmarks against the cuD
 import torch  # noqa: F401  (loads libc10/libtorch before our library)
 
 from . import _C  # noqa: F401  (registers torch.ops.brnnseg.*)
-from . import ops, reference, functional, nn, losses  # noqa: F401
+from . import ops, reference, functional, nn, losses, models  # noqa: F401
 from .nn import BiGRU2d, BiLSTM2d
 
 __version__ = "0.1.0"
 
-__all__ = ["BiGRU2d", "BiLSTM2d", "ops", "reference", "functional", "nn", "losses", "build_info"]
+__all__ = ["BiGRU2d", "BiLSTM2d", "ops", "reference", "functional", "nn", "losses", "models", "build_info"]
 
 
 def build_info() -> dict:

@@ -1,0 +1,14 @@
+"""Segmentation models built from the fused layers (NCHW / NCDHW in, per-pixel logits out).
+
+* ``BRNNUNet`` / ``BRNNUNet3d``: U-Net whose skip connections and bottleneck pass through ReNet
+  blocks; ``rnn_in_skips=False, rnn_at_bottleneck=False`` is the plain CNN U-Net for comparisons.
+* ``EncoderBiLSTMDecoder``: CNN encoder, a bidirectional LSTM down every column of the feature map,
+  decoder back to full resolution (the seed article's architecture, done right).
+* ``ReNetBlock``: the channel-preserving block they use (residual; ``reduction`` > 1 is the
+  lightweight variant: 1x1 channel reduction before the sweeps).
+"""
+from .blocks import ConvBlock, ReNetBlock
+from .encoder_bilstm_decoder import EncoderBiLSTMDecoder
+from .unet import BRNNUNet, BRNNUNet3d
+
+__all__ = ["BRNNUNet", "BRNNUNet3d", "EncoderBiLSTMDecoder", "ReNetBlock", "ConvBlock"]
