@@ -250,3 +250,60 @@ def report_loss(rows: List[LossRow]) -> str:
         lines.append(f"{shape:18s} {t.ms:9.2f} {o.ms:9.2f} {t.ms / o.ms:7.2f}x {t.peak_mib:10.1f} {o.peak_mib:9.1f} "
                      f"{px * 4 / 2**20:9.1f} {o.floor_ms:9.3f}")
     return "\n".join(lines)
+
+
+# Drop-in sequence RNNs: (batch, length, input, hidden, layers) -- issue: batch 64, length 128, in 64, hid 128.
+RNN_SHAPES = {"seq-b64-t128": (64, 128, 64, 128, 1), "seq-b64-t128-2layer": (64, 128, 64, 128, 2)}
+
+
+class _SeqModel(torch.nn.Module):
+    """What replace_rnns is for: a model holding a bidirectional torch RNN (batch_first) and a head."""
+
+    def __init__(self, cell: str, c: int, hid: int, layers: int):
+        super().__init__()
+        rnn = torch.nn.GRU if cell == "gru" else torch.nn.LSTM
+        self.rnn = rnn(c, hid, num_layers=layers, batch_first=True, bidirectional=True)
+        self.head = torch.nn.Linear(2 * hid, 1)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+def rnn_flops(shape, cell: str) -> float:
+    """Forward GEMM FLOPs of the bidirectional stack."""
+    b, t, c, hid, layers = shape
+    g = GATES[cell] * hid
+    return sum(2 * 2 * b * t * g * ((c if i == 0 else 2 * hid) + hid) for i in range(layers))
+
+
+def run_rnn(shapes=None, cells=("gru", "lstm"), repeat=7, threads=2, memory=True) -> List[Row]:
+    """torch.nn.GRU/LSTM model vs the same model after ``replace_rnns`` (same weights), CPU."""
+    import copy
+
+    from .nn import replace_rnns
+
+    torch.set_num_threads(threads)
+    rows: List[Row] = []
+    for name in shapes or list(RNN_SHAPES):
+        shape = RNN_SHAPES[name]
+        b, t, c, hid, layers = shape
+        for cell in cells:
+            torch.manual_seed(0)
+            base = _SeqModel(cell, c, hid, layers)
+            models = {"torch": base, "brnnseg": replace_rnns(copy.deepcopy(base))}
+            x = torch.randn(b, t, c, requires_grad=True)
+            flops = rnn_flops(shape, cell)
+            for provider, model in models.items():
+                def fwd_bwd():
+                    model(x).sum().backward()
+
+                def fwd_nograd():
+                    with torch.no_grad():
+                        model(x)
+
+                peak = cpu_peak_mib(fwd_bwd) if memory else float("nan")
+                ms = time_ms(fwd_bwd, "cpu", repeat)
+                rows.append(Row(name, cell, provider, "fwd+bwd", ms, 3 * flops / ms / 1e6, peak))
+                ms = time_ms(fwd_nograd, "cpu", repeat)
+                rows.append(Row(name, cell, provider, "fwd no_grad", ms, flops / ms / 1e6, float("nan")))
+    return rows

@@ -29,6 +29,19 @@ def _bench(args) -> int:
         print("bench --device cuda: no GPU is visible on this machine", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    if args.op == "rnn":
+        if args.device != "cpu":
+            print("bench --op rnn: the sequence kernels run on the CPU (CUDA runs torch's cuDNN path)",
+                  file=sys.stderr)
+            return 2
+        sgemm = bench.sgemm_gflops("cpu")
+        print(f"device {bench.device_name('cpu')}; sgemm (torch.matmul 2048^2) {sgemm:.0f} GFLOP/s")
+        print("model with bidirectional nn.GRU/nn.LSTM (batch_first) vs the same after replace_rnns")
+        rows = bench.run_rnn(args.shapes, args.cells, args.repeat, args.threads, not args.no_memory)
+        print(bench.report(rows, sgemm))
+        if args.csv:
+            bench.write_csv(rows, args.csv, bench.device_name("cpu"), sgemm)
+        return 0
     if args.op == "loss":
         print(f"device {bench.device_name(args.device)}; fused loss vs unfused PyTorch, forward+backward")
         print(bench.report_loss(bench.run_loss(args.device, args.repeat, args.threads, not args.no_memory)))
@@ -53,8 +66,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m brnnseg_kernels")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="versions and what this build contains")
-    b = sub.add_parser("bench", help="ReNet layers vs the nn.GRU/nn.LSTM block, or the fused loss")
-    b.add_argument("--op", choices=["renet", "loss"], default="renet")
+    b = sub.add_parser("bench", help="ReNet layers vs the nn.GRU/nn.LSTM block, the fused loss, or the drop-in RNNs")
+    b.add_argument("--op", choices=["renet", "loss", "rnn"], default="renet",
+                   help="renet: ReNet layers; loss: fused loss; rnn: drop-in nn.GRU/nn.LSTM (replace_rnns)")
     b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     b.add_argument("--shapes", nargs="*", help="shape names (default: all for the device)")
     b.add_argument("--cells", nargs="*", default=["gru", "lstm"], choices=["gru", "lstm"])
