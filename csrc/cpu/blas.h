@@ -1,10 +1,13 @@
 // Small row-major GEMMs for the per-step recurrent products. They run inside
-// at::parallel_for, so they call the BLAS that libtorch_cpu exports (MKL in the x86 wheels)
-// directly: at::mm would allocate tensors and dispatch on every one of thousands of steps.
-// If no Fortran BLAS symbol is present, a plain loop keeps results correct.
+// at::parallel_for, so they never go through at::mm (which would allocate tensors and dispatch on
+// every one of thousands of steps). float: our AVX-512 kernel (gemm_avx512.cpp) where the CPU has
+// AVX-512 -- MKL runs its AVX2 path on AMD CPUs, half the FMA width -- else the BLAS libtorch_cpu
+// exports (MKL in the x86 wheels). double: that BLAS. No BLAS symbol: a plain loop.
+// BRNNSEG_GEMM=blas forces the BLAS for float, BRNNSEG_NO_BLAS=1 the plain loop (tests run both).
 #pragma once
 #include <cstdint>
 #include <cstdlib>
+#include <string_view>
 
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
@@ -17,7 +20,19 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 
 namespace brnnseg::cpu {
 
-// BRNNSEG_NO_BLAS=1 forces the plain-loop GEMM (tests use it so that path is exercised too).
+// C (M x N) = A . B [+ C]: A element (m, k) at A[m*sam + k*sak], B row-major (K x N, stride ldb).
+bool avx512_gemm_supported();
+void sgemm_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak, const float* B,
+                  int64_t ldb, float* C, int64_t ldc, bool accumulate);
+
+inline bool avx512_gemm_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("BRNNSEG_GEMM");
+    return avx512_gemm_supported() && !(v != nullptr && std::string_view(v) == "blas");
+  }();
+  return enabled;
+}
+
 inline bool blas_disabled() {
   static const bool disabled = [] {
     const char* v = std::getenv("BRNNSEG_NO_BLAS");
@@ -46,6 +61,8 @@ inline void gemm_fallback(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T a
 // Column-major BLAS computes C^T = op(B)^T op(A)^T, hence the swapped operands.
 inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (!tb && alpha == 1.0f && (beta == 0.0f || beta == 1.0f) && !blas_disabled() && avx512_gemm_enabled())
+    return sgemm_avx512(M, N, K, A, ta ? 1 : lda, ta ? lda : 1, B, ldb, C, ldc, beta == 1.0f);
   if (!sgemm_ || blas_disabled()) return gemm_fallback(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
   const int m = (int)M, n = (int)N, k = (int)K, la = (int)lda, lb = (int)ldb, lc = (int)ldc;

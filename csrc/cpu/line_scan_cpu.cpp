@@ -129,8 +129,10 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
   Tensor ws = training ? empty_large({2, T_len, lines, S * hid}, x.options()) : at::empty({0}, x.options());
   if (geo.positions() == 0) return {y, ws};
 
-  const Tensor wih = w_ih.contiguous();
-  const Tensor whh = w_hh.contiguous();
+  // Transposed weights (C x Gh, hid x Gh per direction): the per-step products are then A . B with
+  // B row-major, the layout the AVX-512 GEMM streams (blas.h).
+  const Tensor wih = w_ih.transpose(1, 2).contiguous();
+  const Tensor whh = w_hh.transpose(1, 2).contiguous();
   // Position-major input (a no-op for channels_last x): the rows a tile needs at one step are then
   // one strided matrix, projected right before use instead of through a full-size gx buffer.
   const Tensor xcl = x.contiguous(at::MemoryFormat::ChannelsLast);
@@ -164,14 +166,14 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
         const int64_t t = step_time(d, s, T_len);
         const int64_t p0 = geo.pos(l0, t);
         if (C > 0) {
-          gemm(false, true, L, Gh, C, T(1), x_p + p0 * C, line_stride * C, wih_d, C, T(0), gx.data(), Gh);
+          gemm(false, false, L, Gh, C, T(1), x_p + p0 * C, line_stride * C, wih_d, Gh, T(0), gx.data(), Gh);
         } else {
           std::fill(gx.begin(), gx.end(), T(0));
         }
         if (s == 0) {
           std::fill(gh.begin(), gh.end(), T(0));  // h0 = 0
         } else {
-          gemm(false, true, L, Gh, hid, T(1), h_prev, hid, whh_d, hid, T(0), gh.data(), Gh);
+          gemm(false, false, L, Gh, hid, T(1), h_prev, hid, whh_d, Gh, T(0), gh.data(), Gh);
         }
         if (ws_p) a.ws = ws_block(ws_p, d, t, l0, T_len, lines, S * hid);
         if constexpr (G == 3) {

@@ -123,7 +123,8 @@ std::vector<Tensor> sequence_forward(const Tensor& x_in, const Tensor& w_ih, con
   Tensor h_n = at::empty({D, B, hid}, x.options());
   Tensor c_n = G == 4 ? at::empty({D, B, hid}, x.options()) : Tensor();
   Tensor ws = training ? at::empty({D, T_len, B, S * hid}, x.options()) : at::empty({0}, x.options());
-  const Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
+  // Transposed weights (C x Gh, hid x Gh per direction): B row-major for the GEMMs (blas.h).
+  const Tensor wih = w_ih.transpose(1, 2).contiguous(), whh = w_hh.transpose(1, 2).contiguous();
   const Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::zeros({D, Gh}, x.options());
   const Tensor bh = b_hh.has_value() ? b_hh->contiguous() : at::zeros({D, Gh}, x.options());
   const OptTensor h0 = h0_in.has_value() ? OptTensor(h0_in->contiguous()) : std::nullopt;
@@ -165,10 +166,10 @@ std::vector<Tensor> sequence_forward(const Tensor& x_in, const Tensor& w_ih, con
             xa = xrows.data();
             lda = C;
           }
-          if (C > 0) gemm(false, true, Lt, Gh, C, T(1), xa, lda, wih_d, C, T(0), gx.data(), Gh);
+          if (C > 0) gemm(false, false, Lt, Gh, C, T(1), xa, lda, wih_d, Gh, T(0), gx.data(), Gh);
           else std::fill(gx.begin(), gx.end(), T(0));
           if (s == 0 && !h0_p) std::fill(gh.begin(), gh.end(), T(0));
-          else gemm(false, true, Lt, Gh, hid, T(1), h_prev, hid, whh_d, hid, T(0), gh.data(), Gh);
+          else gemm(false, false, Lt, Gh, hid, T(1), h_prev, hid, whh_d, Gh, T(0), gh.data(), Gh);
           StepArgs<T> a{Lt, hid, gx.data(), gh.data(), bi.data_ptr<T>() + d * Gh, bh.data_ptr<T>() + d * Gh,
                         ws_p ? ws_rows(ws_p, d, t, j0, plan, S * hid) : nullptr};
           if constexpr (G == 3) gru_step_forward(a, h_cur, h_prev);
