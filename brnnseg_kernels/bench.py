@@ -307,3 +307,52 @@ def run_rnn(shapes=None, cells=("gru", "lstm"), repeat=7, threads=2, memory=True
                 ms = time_ms(fwd_nograd, "cpu", repeat)
                 rows.append(Row(name, cell, provider, "fwd no_grad", ms, flops / ms / 1e6, float("nan")))
     return rows
+
+
+# Models: (N, C, H, W) input for the segmentation models; classes 2.
+MODEL_INPUT = (2, 3, 128, 128)
+
+
+def model_variants():
+    """The U-Net variants compared by ``bench --op models`` (name -> constructor)."""
+    from .models import BRNNUNet, EncoderBiLSTMDecoder
+
+    return {
+        "unet (plain CNN)": lambda: BRNNUNet(3, 2, rnn_in_skips=False, rnn_at_bottleneck=False),
+        "brnn-unet gru": lambda: BRNNUNet(3, 2, rnn="gru"),
+        "brnn-unet gru light (r=4)": lambda: BRNNUNet(3, 2, rnn="gru", rnn_reduction=4),
+        "brnn-unet lstm": lambda: BRNNUNet(3, 2, rnn="lstm"),
+        "brnn-unet lstm light (r=4)": lambda: BRNNUNet(3, 2, rnn="lstm", rnn_reduction=4),
+        "encoder-bilstm-decoder": lambda: EncoderBiLSTMDecoder(3, 2),
+    }
+
+
+def run_models(repeat=5, threads=2):
+    """Parameter count and CPU time (forward+backward, eval-mode forward) of each model variant."""
+    torch.set_num_threads(threads)
+    x = torch.randn(*MODEL_INPUT)
+    rows = []
+    for name, make in model_variants().items():
+        torch.manual_seed(0)
+        model = make()
+        params = sum(p.numel() for p in model.parameters())
+
+        def train_step():
+            model.train()
+            model(x).mean().backward()
+
+        def infer():
+            model.eval()
+            with torch.no_grad():
+                model(x)
+
+        rows.append((name, params, time_ms(train_step, "cpu", repeat, 1), time_ms(infer, "cpu", repeat, 1)))
+    return rows
+
+
+def report_models(rows) -> str:
+    lines = [f"input {MODEL_INPUT}, base_channels 32, depth 4 (encoder-bilstm-decoder: depth 3)",
+             f"{'model':28s} {'params':>10s} {'fwd+bwd ms':>11s} {'eval fwd ms':>12s}"]
+    for name, params, tb, ti in rows:
+        lines.append(f"{name:28s} {params:10,d} {tb:11.1f} {ti:12.1f}")
+    return "\n".join(lines)

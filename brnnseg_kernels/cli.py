@@ -29,6 +29,10 @@ def _bench(args) -> int:
         print("bench --device cuda: no GPU is visible on this machine", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    if args.op == "models":
+        print(f"device {bench.device_name('cpu')}; segmentation models, CPU")
+        print(bench.report_models(bench.run_models(args.repeat, args.threads)))
+        return 0
     if args.op == "rnn":
         if args.device != "cpu":
             print("bench --op rnn: the sequence kernels run on the CPU (CUDA runs torch's cuDNN path)",
@@ -67,8 +71,9 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="versions and what this build contains")
     b = sub.add_parser("bench", help="ReNet layers vs the nn.GRU/nn.LSTM block, the fused loss, or the drop-in RNNs")
-    b.add_argument("--op", choices=["renet", "loss", "rnn"], default="renet",
-                   help="renet: ReNet layers; loss: fused loss; rnn: drop-in nn.GRU/nn.LSTM (replace_rnns)")
+    b.add_argument("--op", choices=["renet", "loss", "rnn", "models"], default="renet",
+                   help="renet: ReNet layers; loss: fused loss; rnn: drop-in nn.GRU/nn.LSTM (replace_rnns); "
+                        "models: parameter counts and CPU times of the segmentation models")
     b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     b.add_argument("--shapes", nargs="*", help="shape names (default: all for the device)")
     b.add_argument("--cells", nargs="*", default=["gru", "lstm"], choices=["gru", "lstm"])
