@@ -22,6 +22,17 @@ def _info(_args) -> int:
     return 0
 
 
+def _gemm_rates(device: str):
+    """torch's float32 GEMM rate and, on the CPU, that of the GEMM our kernels call (GFLOP/s)."""
+    from . import bench
+
+    sgemm = bench.sgemm_gflops(device)
+    kgemm = bench.kernel_gemm_gflops() if device == "cpu" else float("nan")
+    print(f"device {bench.device_name(device)}; GEMM 2048^2 float32: torch.matmul {sgemm:.0f} GFLOP/s"
+          + (f", our kernels' GEMM (kGEMM) {kgemm:.0f} GFLOP/s" if device == "cpu" else ""))
+    return sgemm, kgemm
+
+
 def _bench(args) -> int:
     from . import bench
 
@@ -38,11 +49,10 @@ def _bench(args) -> int:
             print("bench --op rnn: the sequence kernels run on the CPU (CUDA runs torch's cuDNN path)",
                   file=sys.stderr)
             return 2
-        sgemm = bench.sgemm_gflops("cpu")
-        print(f"device {bench.device_name('cpu')}; sgemm (torch.matmul 2048^2) {sgemm:.0f} GFLOP/s")
+        sgemm, kgemm = _gemm_rates("cpu")
         print("model with bidirectional nn.GRU/nn.LSTM (batch_first) vs the same after replace_rnns")
         rows = bench.run_rnn(args.shapes, args.cells, args.repeat, args.threads, not args.no_memory)
-        print(bench.report(rows, sgemm))
+        print(bench.report(rows, sgemm, kgemm))
         if args.csv:
             bench.write_csv(rows, args.csv, bench.device_name("cpu"), sgemm)
         return 0
@@ -50,8 +60,7 @@ def _bench(args) -> int:
         print(f"device {bench.device_name(args.device)}; fused loss vs unfused PyTorch, forward+backward")
         print(bench.report_loss(bench.run_loss(args.device, args.repeat, args.threads, not args.no_memory)))
         return 0
-    sgemm = bench.sgemm_gflops(args.device)
-    print(f"device {bench.device_name(args.device)}; sgemm (torch.matmul 2048^2) {sgemm:.0f} GFLOP/s")
+    sgemm, kgemm = _gemm_rates(args.device)
     if args.device == "cuda":
         print(f"TF32: matmul {torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32} "
               "(cuDNN RNNs use TF32 for float32 when allowed)")
@@ -59,7 +68,7 @@ def _bench(args) -> int:
         dtype = getattr(torch, name)
         print(f"-- {name}")
         rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, not args.no_memory, dtype)
-        print(bench.report(rows, sgemm))
+        print(bench.report(rows, sgemm, kgemm))
         if args.csv:
             bench.write_csv(rows, args.csv, f"{bench.device_name(args.device)} {name}", sgemm)
             print(f"appended to {args.csv}")

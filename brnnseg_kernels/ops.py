@@ -21,7 +21,7 @@ from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
 
-__all__ = ["bigru_sweep", "bilstm_sweep", "sweep", "sweep_pair", "sequence"]
+__all__ = ["bigru_sweep", "bilstm_sweep", "sweep", "sweep_pair", "sequence", "kernel_gemm"]
 
 _GATES = {"gru": 3, "lstm": 4}
 _SAVED = {"gru": 4, "lstm": 5}
@@ -289,3 +289,13 @@ def _register_sequence(cell: str) -> None:
 
 for _cell in _SEQ_OPS:
     _register_sequence(_cell)
+
+
+@torch.library.register_fake("brnnseg::kernel_gemm")
+def _kernel_gemm_fake(a, b):
+    return a.new_empty((a.shape[0], b.shape[1]))
+
+
+def kernel_gemm(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b through the GEMM the CPU kernels call per step (no autograd; benchmarks and tests)."""
+    return torch.ops.brnnseg.kernel_gemm(a, b)

@@ -59,6 +59,10 @@ TORCH_LIBRARY(brnnseg, m) {
         "(Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_h0, "
         "Tensor grad_c0)");
 
+  // The GEMM the CPU kernels use per step (AVX-512 kernel or BLAS, see cpu/blas.h), over whole
+  // matrices: a (M, K) @ b (K, N). For benchmarks (the rate the kernels' GEMMs reach) and tests.
+  m.def("kernel_gemm(Tensor a, Tensor b) -> Tensor");
+
   // Fused segmentation-loss sums over every (sample, channel) plane, in one pass.
   //   logits (N, C, *S), S = (H, W) or (D, H, W); target same shape (bool, uint8, int64 or float);
   //   weight: optional per-pixel weight, shape of logits; pos_weight (C,)

@@ -207,3 +207,16 @@ def test_sweep_gemm_paths(env):
     env = dict(os.environ, PYTHONPATH=root, **env)
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
     assert out.returncode == 0 and "gemm path ok" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mkn", [(1, 1, 1), (37, 29, 13), (200, 64, 130), (5, 0, 7)])
+def test_kernel_gemm_matches_mm(dtype, mkn):
+    m, k, n = mkn
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert_verbose_allclose(bk.ops.kernel_gemm(a, b), a @ b, rtol=tol, atol=tol * (1 + k))
+    assert_verbose_allclose(bk.ops.kernel_gemm(a.t().contiguous().t(), b), a @ b, rtol=tol, atol=tol * (1 + k))
+    torch.library.opcheck(torch.ops.brnnseg.kernel_gemm, (a, b))
+    with pytest.raises(RuntimeError, match="kernel_gemm: a and b must be matrices"):
+        bk.ops.kernel_gemm(a, b.t() if n != k else b[:, None])

@@ -3,7 +3,7 @@
 // C (M x N) = A (M x K) . B (K x N) [+ C]; A element (m, k) at A[m*sam + k*sak] (so A or A^T),
 // B row-major with row stride ldb, C row-major. Register blocking: 12 rows x 32 columns of C in
 // 24 zmm accumulators; per k one row of two B vectors and 12 broadcast A elements feed 24 FMAs.
-// The loop runs the 32-column panel of B (K x 32, L1/L2 resident) against every 12-row block of A.
+// The loop runs each 256 x 32 panel of B (L1 resident) against every 12-row block of A.
 // Column tails use masked loads/stores, row tails a kernel instantiated for fewer rows.
 #include "blas.h"
 
@@ -15,6 +15,7 @@ namespace {
 
 constexpr int kMR = 12;  // rows per micro-tile
 constexpr int kNR = 32;  // columns per micro-tile (two zmm)
+constexpr int64_t kKC = 256;  // K block
 
 template <int MR>
 __attribute__((target("avx512f"))) void micro_tile(int64_t K, const float* A, int64_t sam, int64_t sak,
@@ -66,12 +67,18 @@ bool avx512_gemm_supported() {
 
 void sgemm_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak, const float* B,
                   int64_t ldb, float* C, int64_t ldc, bool accumulate) {
-  for (int64_t n0 = 0; n0 < N; n0 += kNR) {
-    const int64_t nb = std::min<int64_t>(kNR, N - n0);
-    const __mmask16 m0 = lane_mask(nb), m1 = lane_mask(nb - 16 > 0 ? nb - 16 : 0);
-    for (int64_t r0 = 0; r0 < M; r0 += kMR) {
-      const int mr = static_cast<int>(std::min<int64_t>(kMR, M - r0));
-      kTiles[mr](K, A + r0 * sam, sam, sak, B + n0, ldb, C + r0 * ldc + n0, ldc, accumulate, m0, m1);
+  // K in blocks of kKC so a B panel (kKC x 32 floats, 32 KiB) stays in L1 across the row blocks.
+  for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kKC) {
+    const int64_t kc = std::min<int64_t>(kKC, K - k0);
+    const bool acc = accumulate || k0 > 0;
+    for (int64_t n0 = 0; n0 < N; n0 += kNR) {
+      const int64_t nb = std::min<int64_t>(kNR, N - n0);
+      const __mmask16 m0 = lane_mask(nb), m1 = lane_mask(nb - 16 > 0 ? nb - 16 : 0);
+      for (int64_t r0 = 0; r0 < M; r0 += kMR) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMR, M - r0));
+        kTiles[mr](kc, A + r0 * sam + k0 * sak, sam, sak, B + k0 * ldb + n0, ldb, C + r0 * ldc + n0, ldc, acc, m0,
+                   m1);
+      }
     }
   }
 }
