@@ -19,7 +19,7 @@ int main() {
   int failures = 0, cases = 0;
   const int Ms[] = {1, 2, 5, 11, 12, 13, 25, 64};
   const int Ns[] = {1, 7, 16, 17, 31, 32, 33, 100};
-  const int Ks[] = {0, 1, 3, 64, 129};
+  const int Ks[] = {0, 1, 3, 64, 129, 600};  // 600: several K blocks
   for (int M : Ms) for (int N : Ns) for (int K : Ks) for (int trans = 0; trans < 2; ++trans)
     for (int acc = 0; acc < 2; ++acc) {
       const int lda = (trans ? M : K) + 3, ldb = N + 5, ldc = N + 2;
