@@ -97,13 +97,18 @@ def sgemm_gflops(device="cpu", n=2048) -> float:
     return 2 * n ** 3 / ms / 1e6
 
 
-def kernel_gemm_gflops(n=2048) -> float:
-    """float32 rate of the GEMM our CPU kernels call per step (ops.kernel_gemm), same threads."""
+def kernel_gemm_gflops(m=256, k=256, n=512, calls=50) -> float:
+    """float32 rate of the GEMM our CPU kernels call per step (ops.kernel_gemm) on a step-sized
+    product: every thread multiplies 128 rows by a 256 x 512 matrix (a tile of lines times W^T)."""
     from .ops import kernel_gemm
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    ms = time_ms(lambda: kernel_gemm(a, b), "cpu", repeat=5)
-    return 2 * n ** 3 / ms / 1e6
+    a, b = torch.randn(m, k), torch.randn(k, n)
+
+    def many():
+        for _ in range(calls):
+            kernel_gemm(a, b)
+    ms = time_ms(many, "cpu", repeat=5)
+    return 2 * m * k * n * calls / ms / 1e6
 
 
 def cpu_peak_mib(fn: Callable[[], object]) -> float:
