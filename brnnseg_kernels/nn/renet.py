@@ -12,6 +12,13 @@ from .. import functional as F
 _GATES = {"gru": 3, "lstm": 4}
 
 
+def check_positive_ints(who: str, **values) -> None:
+    """ValueError naming the argument unless every value is a positive int (bools rejected)."""
+    for arg, val in values.items():
+        if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
+            raise ValueError(f"{who}: {arg} must be a positive integer, got {val!r}")
+
+
 class BidirectionalRNNWeights(nn.Module):
     """The parameters of one single-layer bidirectional GRU/LSTM, named and shaped exactly like
     ``torch.nn.GRU/LSTM(input_size, hidden_size, bidirectional=True)`` -- ``weight_ih_l0``
@@ -60,9 +67,7 @@ class _ReNet2d(nn.Module):
                  order: Tuple[str, str] = ("rows", "cols"), mode: str = "sequential", device=None, dtype=None):
         super().__init__()
         name = type(self).__name__
-        for arg, val in (("in_channels", in_channels), ("hidden_size", hidden_size)):
-            if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
-                raise ValueError(f"{name}: {arg} must be a positive integer, got {val!r}")
+        check_positive_ints(name, in_channels=in_channels, hidden_size=hidden_size)
         order = tuple(order)
         if sorted(order) != ["cols", "rows"]:
             raise ValueError(f"{name}: order must be ('rows', 'cols') or ('cols', 'rows'), got {order!r}")

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as F
-from .renet import BidirectionalRNNWeights
+from .renet import BidirectionalRNNWeights, check_positive_ints
 
 __all__ = ["BiGRU3d", "BiLSTM3d", "sweep3d"]
 
@@ -43,9 +43,7 @@ class _ReNet3d(nn.Module):
                  order: Tuple[str, str, str] = AXES3D, device=None, dtype=None):
         super().__init__()
         name = type(self).__name__
-        for arg, val in (("in_channels", in_channels), ("hidden_size", hidden_size)):
-            if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
-                raise ValueError(f"{name}: {arg} must be a positive integer, got {val!r}")
+        check_positive_ints(name, in_channels=in_channels, hidden_size=hidden_size)
         order = tuple(order)
         if sorted(order) != sorted(AXES3D):
             raise ValueError(f"{name}: order must be a permutation of {AXES3D}, got {order!r}")

@@ -21,6 +21,7 @@
 #include "brnnseg/sweep_geometry.h"
 #include "cell_steps.h"
 #include "cpu_tensors.h"
+#include "weight_grad_parts.h"
 
 namespace brnnseg::cpu {
 namespace {
@@ -210,9 +211,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
   const Tiling tiling = choose_tiling(geo);
   // dx of each direction, position-major (N, H, W, C).
   Tensor dx_dir = empty_large({2, N, H, W, C}, x.options());
-  // Per work item: dW_ih (Gh x C), dW_hh (Gh x hid), db_ih, db_hh (Gh each).
-  const int64_t part = Gh * (C + hid + 2);
-  Tensor parts = at::zeros({tiling.items, part}, x.options());
+  const WeightGradParts wgrad{2, Gh, C, hid};
+  Tensor parts = wgrad.zeros(tiling.items, x.options());
 
   if (geo.positions() > 0) {
     const StridedMap ymap(geo, y), gmap(geo, grad_y);
@@ -239,10 +239,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
         std::fill(dc.begin(), dc.end(), T(0));
         const T* wih_d = wih_p + d * Gh * C;
         const T* whh_d = whh_p + d * Gh * hid;
-        T* dwih = parts_p + item * part;
-        T* dwhh = dwih + Gh * C;
-        T* dbih = dwhh + Gh * hid;
-        T* dbhh = dbih + Gh;
+        const auto [dwih, dwhh, dbih, dbhh] = wgrad.slots(parts_p, item);
         T* dx_d = dx_p + d * P * C;
         int64_t j = 0;  // steps buffered since the last weight-gradient GEMMs
         for (int64_t s = T_len - 1; s >= 0; --s) {
@@ -286,13 +283,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
     });
   }
 
-  // Sum the per-item partials of each direction (items alternate directions).
-  Tensor sums = parts.view({tiling.items / 2, 2, part}).sum(0);  // (direction, part)
-  // Outputs are fresh tensors (never views of one buffer: the schema promises no aliasing).
-  Tensor dw_ih = sums.narrow(1, 0, Gh * C).clone().view({2, Gh, C});
-  Tensor dw_hh = sums.narrow(1, Gh * C, Gh * hid).clone().view({2, Gh, hid});
-  Tensor db_ih = sums.narrow(1, Gh * (C + hid), Gh).clone();
-  Tensor db_hh = sums.narrow(1, Gh * (C + hid + (G == 3 ? 1 : 0)), Gh).clone();
+  auto [dw_ih, dw_hh, db_ih, db_hh] = wgrad.sum(parts, G == 3);
   // dx = both directions' parts, in the memory format of x.
   Tensor dx = empty_large(x.sizes(), x.options(),
                           is_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);

@@ -22,6 +22,7 @@
 #include "brnnseg/sweep_geometry.h"
 #include "cell_steps.h"
 #include "cpu_tensors.h"
+#include "weight_grad_parts.h"
 
 // Buffers here are plain at::empty, without the huge-page hint of the line sweeps: measured on the
 // issue's benchmark (64 x 128 steps, hidden 128), faulting in madvised 2 MiB pages for the 34 MB
@@ -222,8 +223,8 @@ std::vector<Tensor> sequence_backward(const OptTensor& grad_y_in, const OptTenso
   Tensor dx_dir = at::empty({D, x.size(0), x.size(1), C}, x.options());
   Tensor dh0 = at::empty({D, B, hid}, x.options());
   Tensor dc0 = G == 4 ? at::empty({D, B, hid}, x.options()) : Tensor();
-  const int64_t part = Gh * (C + hid + 2);  // per item: dW_ih, dW_hh, db_ih, db_hh
-  Tensor parts = at::zeros({plan.items(), part}, x.options());
+  const WeightGradParts wgrad{D, Gh, C, hid};
+  Tensor parts = wgrad.zeros(plan.items(), x.options());
 
   const RowMap xm(x, batch_first), ym(y, batch_first), dxm(dx_dir[0], batch_first);
   const RowMap gm = grad_y.has_value() ? RowMap(*grad_y, batch_first) : ym;
@@ -254,10 +255,7 @@ std::vector<Tensor> sequence_backward(const OptTensor& grad_y_in, const OptTenso
       if (G == 4) load_state(gcn_p, plan, d, j0, L, hid, dc.data());
       const T* wih_d = wih_p + d * Gh * C;
       const T* whh_d = whh_p + d * Gh * hid;
-      T* dwih = parts_p + item * part;
-      T* dwhh = dwih + Gh * C;
-      T* dbih = dwhh + Gh * hid;
-      T* dbhh = dbih + Gh;
+      const auto [dwih, dwhh, dbih, dbhh] = wgrad.slots(parts_p, item);
       T* dx_d = dx_p + d * dx_dir_stride;
       int64_t buffered = 0, steps = 0;  // rows and steps since the last weight-gradient GEMMs
       auto flush = [&] {
@@ -322,11 +320,7 @@ std::vector<Tensor> sequence_backward(const OptTensor& grad_y_in, const OptTenso
     }
   });
 
-  Tensor sums = parts.view({plan.tiles, D, part}).sum(0);  // (direction, part)
-  Tensor dw_ih = sums.narrow(1, 0, Gh * C).clone().view({D, Gh, C});
-  Tensor dw_hh = sums.narrow(1, Gh * C, Gh * hid).clone().view({D, Gh, hid});
-  Tensor db_ih = sums.narrow(1, Gh * (C + hid), Gh).clone();
-  Tensor db_hh = sums.narrow(1, Gh * (C + hid + (G == 3 ? 1 : 0)), Gh).clone();
+  auto [dw_ih, dw_hh, db_ih, db_hh] = wgrad.sum(parts, G == 3);
   Tensor dx = D == 2 ? dx_dir[0].add_(dx_dir[1]) : dx_dir[0];
   if (G == 4) return {dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0};
   return {dx, dw_ih, dw_hh, db_ih, db_hh, dh0};
