@@ -69,6 +69,14 @@ def bilstm_sweep(x, w_ih, w_hh, b_ih=None, b_hh=None, axis: int = 3, channels_la
     return sweep("lstm", x, w_ih, w_hh, b_ih, b_hh, axis, channels_last, training)
 
 
+def no_double_backward(op: str) -> None:
+    """The backward ops have no derivative of their own. Under create_graph=True (grad mode on
+    inside backward) refuse, rather than hand back gradients whose own gradients would silently be
+    missing (e.g. in a gradient penalty)."""
+    if torch.is_grad_enabled():
+        raise NotImplementedError(f"{op}: double backward (create_graph=True through this op) is not supported")
+
+
 def _check_devices(op: str, x: Tensor, *others: Optional[Tensor]) -> None:
     # The fake kernel runs for any meta/fake argument, so it repeats the C++ device check.
     for t in others:
@@ -113,6 +121,7 @@ def _register(cell: str) -> None:
         ctx.save_for_backward(x, w_ih, w_hh, y, workspace)
 
     def _backward(ctx, grad_y, _grad_workspace):
+        no_double_backward(name)
         if grad_y is None:
             return None, None, None, None, None, None, None, None
         x, w_ih, w_hh, y, workspace = ctx.saved_tensors
@@ -163,6 +172,7 @@ def _register(cell: str) -> None:
         ctx.save_for_backward(x, w_ih_r, w_hh_r, w_ih_c, w_hh_c, y, ws_r, ws_c)
 
     def _pair_backward(ctx, grad_y, _g1, _g2):
+        no_double_backward(pair)
         if grad_y is None:
             return (None,) * 11
         x, w_ih_r, w_hh_r, w_ih_c, w_hh_c, y, ws_r, ws_c = ctx.saved_tensors
@@ -260,6 +270,7 @@ def _register_sequence(cell: str) -> None:
         ctx.save_for_backward(x, w_ih, w_hh, h0, c0, lengths, y, workspace)
 
     def _backward(ctx, *grads):
+        no_double_backward(name)
         grad_y, grad_h_n = grads[0], grads[1]
         grad_c_n = grads[2] if lstm else None
         n_in = 10 if lstm else 9

@@ -348,3 +348,19 @@ def test_bad_input_errors(cell):
         SEQ_OPS[cell](x, *w, torch.randn(1, 3, 5), *states[1:], None, False, False)
     with pytest.raises(RuntimeError, match="x must be float32 or float64"):
         SEQ_OPS[cell](x.to(torch.int32), *w, *states, None, False, False)
+
+
+def test_double_backward_is_refused_not_silently_wrong():
+    """create_graph=True through our ops raises instead of dropping second-order terms."""
+    x = torch.randn(3, 2, 4, requires_grad=True)
+    _, ours = _twins("gru", 4, 5)
+    y, _ = ours(x)
+    with pytest.raises(NotImplementedError, match="double backward"):
+        torch.autograd.grad(y.sum(), x, create_graph=True)
+    layer = bk.BiLSTM2d(3, 2)
+    img = torch.randn(1, 3, 4, 5, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="double backward"):
+        torch.autograd.grad(layer(img).sum(), img, create_graph=True)
+    logits = torch.randn(1, 1, 4, 4, requires_grad=True)
+    with pytest.raises(NotImplementedError, match="double backward"):
+        torch.autograd.grad(bk.losses.BCEDiceLoss()(logits, torch.rand(1, 1, 4, 4) > 0.5), logits, create_graph=True)

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _C  # noqa: F401  (registers the op schemas and CPU kernels)
+from .. import ops
 
 __all__ = ["bce_dice_loss", "seg_loss_sums", "BCEDiceLoss", "WeightedBCEWithLogitsLoss", "DiceLoss",
            "BoundaryBCELoss"]
@@ -63,6 +64,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_sums):
+    ops.no_double_backward("brnnseg::seg_loss_sums")
     logits, target, weight, pos_weight = ctx.saved_tensors
     grad = torch.ops.brnnseg.seg_loss_sums_backward(grad_sums, logits, target, weight, pos_weight, *ctx.params)
     return grad, None, None, None, None, None, None, None
