@@ -334,6 +334,10 @@ def test_bad_input_errors(cell):
     with pytest.raises(RuntimeError, match="3-D"):
         h = torch.randn(3, 5)
         ours(torch.randn(4, 2, 4), h if cell == "gru" else (h, h))
+    with pytest.raises(RuntimeError, match="sequence length to be larger than 0"):
+        ours(torch.randn(0, 2, 4))
+    y, _ = ours(torch.randn(3, 0, 4))  # an empty batch is fine, as for torch
+    assert y.shape == (3, 0, 5)
     g = (3 if cell == "gru" else 4) * 5
     w = (torch.randn(1, g, 4), torch.randn(1, g, 5), None, None)
     states = (None,) if cell == "gru" else (None, None)

@@ -114,6 +114,8 @@ class _FusedRNNMixin:
             self.check_forward_args(input, hx, None)
         else:
             self.check_input(input, None)
+        if input.size(1 if self.batch_first else 0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")  # torch's check and words
         h0, c0 = (hx if lstm else (hx, None)) if hx is not None else (None, None)
         y, h_n, c_n = self._run_layers(input, h0, c0, None, self.batch_first)
         if not is_batched:
