@@ -1,4 +1,4 @@
-# make demo   -- build, then run the ReNet layers on random data (and compare with nn.GRU/nn.LSTM)
+# make demo   -- build, then the ReNet layers vs nn.GRU/nn.LSTM, replace_rnns, a short BRNNUNet run (random data)
 # make test   -- create .venv, install torch 2.14.1 and the test tools, build, run the C++ and Python tests
 # make bench  -- CPU benchmark against the plain-PyTorch ReNet block
 PYTHON ?= python3
