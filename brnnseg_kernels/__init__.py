@@ -8,7 +8,16 @@ from .nn import BiGRU2d, BiLSTM2d
 
 __version__ = "0.1.0"
 
-__all__ = ["BiGRU2d", "BiLSTM2d", "ops", "reference", "functional", "nn", "losses", "models", "build_info"]
+__all__ = ["BiGRU2d", "BiLSTM2d", "ops", "reference", "functional", "nn", "losses", "models", "build_info", "release_cpu_buffers"]
+
+
+def release_cpu_buffers() -> int:
+    """Return the CPU kernels' idle cached buffers to the system; returns the bytes released.
+
+    Large buffers of the CPU kernels (outputs, saved gates, gradients) come from a cache of freed
+    blocks, so repeated calls do not fault in fresh memory; up to ``BRNNSEG_CPU_CACHE_MB`` (default
+    1024, 0 disables) of idle blocks are kept."""
+    return _C.release_cpu_buffers()
 
 
 def build_info() -> dict:

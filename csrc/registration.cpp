@@ -3,10 +3,21 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/buffer_cache.h"
+
 extern "C" {
-// A module with no methods: importing it only loads the shared library.
+static PyObject* release_cpu_buffers(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(brnnseg::cpu::release_cached_buffers());
+}
+
+// Importing the module loads the shared library (which registers the ops); its one function
+// returns the CPU kernels' idle cached buffers to the system (cpu/buffer_cache.h).
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static PyMethodDef methods[] = {
+      {"release_cpu_buffers", release_cpu_buffers, METH_NOARGS,
+       "Free the CPU kernels' idle cached buffers; returns the bytes released."},
+      {nullptr, nullptr, 0, nullptr}};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 }

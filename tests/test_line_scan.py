@@ -174,12 +174,12 @@ def test_sweep_pair_matches_two_sweeps_and_opcheck(cell):
                                                                                   for t in rows + cols], True, False))
 
 
-@pytest.mark.parametrize("env", [{"BRNNSEG_NO_BLAS": "1"}, {"BRNNSEG_GEMM": "blas"}, {}],
-                         ids=["plain-loop", "blas", "default"])
-def test_sweep_gemm_paths(env):
+@pytest.mark.parametrize("env", [{"BRNNSEG_NO_BLAS": "1"}, {"BRNNSEG_GEMM": "blas"}, {"BRNNSEG_CPU_CACHE_MB": "0"},
+                                 {}], ids=["plain-loop", "blas", "no-buffer-cache", "default"])
+def test_cpu_kernel_variants(env):
     """Every GEMM path (the plain loop used when libtorch exports no Fortran BLAS, the BLAS, and the
-    default -- the AVX-512 kernel for float32 where the CPU has it) gives the reference's results,
-    for the sweeps and the sequence ops, float64 and float32."""
+    default -- the AVX-512 kernel for float32 where the CPU has it), and the buffer cache switched
+    off, give the reference's results, for the sweeps and the sequence ops, float64 and float32."""
     import subprocess
     import sys
     import os
@@ -220,3 +220,23 @@ def test_kernel_gemm_matches_mm(dtype, mkn):
     torch.library.opcheck(torch.ops.brnnseg.kernel_gemm, (a, b))
     with pytest.raises(RuntimeError, match="kernel_gemm: a and b must be matrices"):
         bk.ops.kernel_gemm(a, b.t() if n != k else b[:, None])
+
+
+def test_buffer_cache_outputs_are_ordinary_tensors():
+    """Large outputs come from the buffer cache: they must behave like at::empty tensors (resizable,
+    freed blocks reused without stale data leaking into results), and release_cpu_buffers() frees
+    the idle blocks."""
+    x = torch.randn(2, 16, 64, 64)
+    w = [t.detach() for t in stacked_weights("gru", 16, 32, dtype=torch.float32)]
+    first = bk.ops.sweep("gru", x, *w, axis=3, training=False)
+    assert first.nbytes >= 1 << 20
+    expected = first.clone()
+    del first
+    again = bk.ops.sweep("gru", x, *w, axis=3, training=False)  # likely the same block, reused
+    assert torch.equal(again, expected)
+    again.resize_(4, 64, 64, 64)  # larger than the block: the storage grows like any tensor's
+    again.fill_(1.0)
+    assert again.sum().item() == again.numel()
+    del again
+    assert bk.release_cpu_buffers() > 0
+    assert bk.release_cpu_buffers() == 0

@@ -57,10 +57,23 @@ inline void gemm_fallback(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T a
   }
 }
 
+// K = 0: C = beta * C. Done here because a BLAS rejects the leading dimension 0 such a call
+// can carry (it reports the argument and leaves C untouched).
+template <typename T>
+inline bool gemm_trivial(int64_t M, int64_t N, int64_t K, T beta, T* C, int64_t ldc) {
+  if (M > 0 && N > 0 && K > 0) return false;
+  if (K == 0 && beta != T(1)) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+  }
+  return true;
+}
+
 // Row-major C (M x N) = alpha * op(A) (M x K) * op(B) (K x N) + beta * C.
 // Column-major BLAS computes C^T = op(B)^T op(A)^T, hence the swapped operands.
 inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (gemm_trivial(M, N, K, beta, C, ldc)) return;
   if (!tb && alpha == 1.0f && (beta == 0.0f || beta == 1.0f) && !blas_disabled() && avx512_gemm_enabled())
     return sgemm_avx512(M, N, K, A, ta ? 1 : lda, ta ? lda : 1, B, ldb, C, ldc, beta == 1.0f);
   if (!sgemm_ || blas_disabled()) return gemm_fallback(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -70,6 +83,7 @@ inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
 }
 inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A, int64_t lda,
                  const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  if (gemm_trivial(M, N, K, beta, C, ldc)) return;
   if (!dgemm_ || blas_disabled()) return gemm_fallback(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
   const int m = (int)M, n = (int)N, k = (int)K, la = (int)lda, lb = (int)ldb, lc = (int)ldc;

@@ -24,11 +24,6 @@
 #include "cpu_tensors.h"
 #include "weight_grad_parts.h"
 
-// Buffers here are plain at::empty, without the huge-page hint of the line sweeps: measured on the
-// issue's benchmark (64 x 128 steps, hidden 128), faulting in madvised 2 MiB pages for the 34 MB
-// workspace on every call made the forward 2.3x slower once memory was fragmented (defrag=madvise
-// compacts synchronously), while the sweeps' benchmark shapes gain from it.
-
 namespace brnnseg::cpu {
 namespace {
 
@@ -120,10 +115,10 @@ std::vector<Tensor> sequence_forward(const Tensor& x_in, const Tensor& w_ih, con
   const int64_t D = w_hh.size(0), hid = w_hh.size(2), Gh = G * hid;
   const SeqPlan plan = make_plan(lengths, T_len, B, D);
 
-  Tensor y = at::empty({x.size(0), x.size(1), D * hid}, x.options());
+  Tensor y = empty_large({x.size(0), x.size(1), D * hid}, x.options());
   Tensor h_n = at::empty({D, B, hid}, x.options());
   Tensor c_n = G == 4 ? at::empty({D, B, hid}, x.options()) : Tensor();
-  Tensor ws = training ? at::empty({D, T_len, B, S * hid}, x.options()) : at::empty({0}, x.options());
+  Tensor ws = training ? empty_large({D, T_len, B, S * hid}, x.options()) : at::empty({0}, x.options());
   // Transposed weights (C x Gh, hid x Gh per direction): B row-major for the GEMMs (blas.h).
   const Tensor wih = w_ih.transpose(1, 2).contiguous(), whh = w_hh.transpose(1, 2).contiguous();
   const Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::zeros({D, Gh}, x.options());
@@ -220,7 +215,7 @@ std::vector<Tensor> sequence_backward(const OptTensor& grad_y_in, const OptTenso
   const OptTensor h0 = contig(h0_in), c0 = contig(c0_in), grad_hn = contig(grad_hn_in), grad_cn = contig(grad_cn_in);
   const OptTensor grad_y = grad_y_in.has_value() && grad_y_in->stride(2) != 1 ? contig(grad_y_in) : grad_y_in;
 
-  Tensor dx_dir = at::empty({D, x.size(0), x.size(1), C}, x.options());
+  Tensor dx_dir = empty_large({D, x.size(0), x.size(1), C}, x.options());
   Tensor dh0 = at::empty({D, B, hid}, x.options());
   Tensor dc0 = G == 4 ? at::empty({D, B, hid}, x.options()) : Tensor();
   const WeightGradParts wgrad{D, Gh, C, hid};
