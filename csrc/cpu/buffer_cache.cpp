@@ -4,6 +4,7 @@
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -43,10 +44,11 @@ class BlockCache {
     return p;
   }
 
-  void release(void* p) {
+  // Returns the block's size.
+  size_t release(void* p) {
     std::lock_guard<std::mutex> g(mu_);
     auto it = live_.find(p);
-    if (it == live_.end()) return;  // not ours (cannot happen: only CachingAllocator installs this deleter)
+    if (it == live_.end()) return 0;  // not ours (cannot happen: only CachingAllocator installs this deleter)
     const size_t bytes = it->second;
     live_.erase(it);
     if (idle_bytes_ + bytes <= limit_) {
@@ -55,6 +57,7 @@ class BlockCache {
     } else {
       std::free(p);
     }
+    return bytes;
   }
 
   int64_t release_idle() {
@@ -80,12 +83,24 @@ BlockCache& cache() {
   return *c;
 }
 
-void release_block(void* p) { cache().release(p); }
+// Tensor bytes handed out and not yet freed, reported to the profiler like the default CPU
+// allocator does, so profiles and the benchmarks' peak memory see these buffers too.
+std::atomic<int64_t> g_in_use{0};
+
+void report(void* p, int64_t delta) {
+  const int64_t total = g_in_use.fetch_add(delta) + delta;
+  if (c10::memoryProfilingEnabled())
+    c10::reportMemoryUsageToProfiler(p, delta, static_cast<size_t>(total), static_cast<size_t>(total),
+                                     c10::Device(c10::DeviceType::CPU));
+}
+
+void release_block(void* p) { report(p, -static_cast<int64_t>(cache().release(p))); }
 
 struct CachingAllocator final : c10::Allocator {
   c10::DataPtr allocate(size_t n) override {
     const size_t bytes = (std::max(n, size_t(1)) + kGranule - 1) / kGranule * kGranule;
     void* p = cache().acquire(bytes);
+    report(p, static_cast<int64_t>(bytes));
     return {p, p, &release_block, c10::Device(c10::DeviceType::CPU)};
   }
   c10::DeleterFnPtr raw_deleter() const override { return &release_block; }
