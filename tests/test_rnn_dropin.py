@@ -368,3 +368,19 @@ def test_double_backward_is_refused_not_silently_wrong():
     logits = torch.randn(1, 1, 4, 4, requires_grad=True)
     with pytest.raises(NotImplementedError, match="double backward"):
         torch.autograd.grad(bk.losses.BCEDiceLoss()(logits, torch.rand(1, 1, 4, 4) > 0.5), logits, create_graph=True)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_gradient_through_final_state_only(cell):
+    """Loss on h_n (or c_n) alone: the backward op gets no output gradient, only the state's."""
+    ref, ours = _twins(cell, 3, 4, num_layers=2, bidirectional=True)
+    ref, ours = ref.double(), ours.double()
+    x_r = torch.randn(6, 5, 3, dtype=torch.float64, requires_grad=True)
+    x_o = x_r.detach().clone().requires_grad_()
+    state_r, state_o = ref(x_r)[1], ours(x_o)[1]
+    pick = (lambda s: s) if cell == "gru" else (lambda s: s[1])  # LSTM: c_n only
+    pick(state_r).square().sum().backward()
+    pick(state_o).square().sum().backward()
+    assert_verbose_allclose(x_o.grad, x_r.grad, rtol=1e-9, atol=1e-11, name="grad x")
+    for (name, p_o), p_r in zip(ours.named_parameters(), ref.parameters()):
+        assert_verbose_allclose(p_o.grad, p_r.grad, rtol=1e-9, atol=1e-11, name=name)
