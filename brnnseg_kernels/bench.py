@@ -151,6 +151,23 @@ class Row:
     peak_mib: float
 
 
+def time_module(module, x, flops: float, key, device: str, repeat: int, memory: bool) -> List[Row]:
+    """Two rows for one provider: forward+backward (with its peak memory) and forward under no_grad.
+    ``flops`` is the forward's; forward+backward counts 3x. ``key`` = (shape, cell, provider)."""
+    def fwd_bwd():
+        module(x).sum().backward()
+
+    def fwd_nograd():
+        with torch.no_grad():
+            module(x)
+
+    peak = peak_mib(device, fwd_bwd) if memory else float("nan")
+    ms = time_ms(fwd_bwd, device, repeat)
+    rows = [Row(*key, "fwd+bwd", ms, 3 * flops / ms / 1e6, peak)]
+    ms = time_ms(fwd_nograd, device, repeat)
+    return rows + [Row(*key, "fwd no_grad", ms, flops / ms / 1e6, float("nan"))]
+
+
 def run(device="cpu", shapes=None, cells=("gru", "lstm"), repeat=7, threads=2, memory=True,
         dtype=torch.float32) -> List[Row]:
     if device == "cpu":
@@ -168,18 +185,7 @@ def run(device="cpu", shapes=None, cells=("gru", "lstm"), repeat=7, threads=2, m
                 torch.cuda.synchronize()
             flops = renet_flops(shape, cell)
             for provider, layer in layers.items():
-                def fwd_bwd():
-                    layer(x).sum().backward()
-
-                def fwd_nograd():
-                    with torch.no_grad():
-                        layer(x)
-
-                peak = peak_mib(device, fwd_bwd) if memory else float("nan")
-                ms = time_ms(fwd_bwd, device, repeat)
-                rows.append(Row(name, cell, provider, "fwd+bwd", ms, 3 * flops / ms / 1e6, peak))
-                ms = time_ms(fwd_nograd, device, repeat)
-                rows.append(Row(name, cell, provider, "fwd no_grad", ms, flops / ms / 1e6, float("nan")))
+                rows += time_module(layer, x, flops, (name, cell, provider), device, repeat, memory)
     return rows
 
 
@@ -311,18 +317,7 @@ def run_rnn(shapes=None, cells=("gru", "lstm"), repeat=7, threads=2, memory=True
             x = torch.randn(b, t, c, requires_grad=True)
             flops = rnn_flops(shape, cell)
             for provider, model in models.items():
-                def fwd_bwd():
-                    model(x).sum().backward()
-
-                def fwd_nograd():
-                    with torch.no_grad():
-                        model(x)
-
-                peak = cpu_peak_mib(fwd_bwd) if memory else float("nan")
-                ms = time_ms(fwd_bwd, "cpu", repeat)
-                rows.append(Row(name, cell, provider, "fwd+bwd", ms, 3 * flops / ms / 1e6, peak))
-                ms = time_ms(fwd_nograd, "cpu", repeat)
-                rows.append(Row(name, cell, provider, "fwd no_grad", ms, flops / ms / 1e6, float("nan")))
+                rows += time_module(model, x, flops, (name, cell, provider), "cpu", repeat, memory)
     return rows
 
 
