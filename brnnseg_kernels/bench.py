@@ -111,6 +111,14 @@ def kernel_gemm_gflops(m=256, k=256, n=512, calls=50) -> float:
     return 2 * m * k * n * calls / ms / 1e6
 
 
+def fma_peak_gflops(seconds: float = 0.3) -> float:
+    """float32 FMA rate of all intra-op threads at once (AVX-512 or AVX2 FMA chains, no memory
+    traffic): the roof no kernel's GEMMs can pass. NaN on CPUs without either."""
+    from . import _C
+
+    return _C.cpu_fma_peak_gflops(seconds) or float("nan")
+
+
 def cpu_peak_mib(fn: Callable[[], object]) -> float:
     """Peak of live tensor memory allocated by fn (CPU), from the profiler's allocation events:
     the running sum of allocations minus frees, in MiB. Counts every tensor either side allocates
@@ -189,10 +197,13 @@ def run(device="cpu", shapes=None, cells=("gru", "lstm"), repeat=7, threads=2, m
     return rows
 
 
-def report(rows: List[Row], sgemm: float, kernel_gemm: float = float("nan")) -> str:
-    """Speed-up table; GFLOP/s as % of torch's sgemm rate and of our kernels' GEMM rate."""
+def report(rows: List[Row], sgemm: float, kernel_gemm: float = float("nan"), peak: float = float("nan")) -> str:
+    """Speed-up table; GFLOP/s as % of torch's sgemm rate, of our kernels' GEMM rate and of the
+    CPU's FMA peak. "roof" is the speed-up ours would reach if its GEMM FLOPs ran at the FMA peak
+    with nothing else costing time: torch's time over FLOPs / peak. No kernel can beat it."""
     lines = [f"{'shape':10s} {'cell':4s} {'mode':11s} {'torch ms':>9s} {'ours ms':>9s} {'speedup':>8s} "
-             f"{'ours GF/s':>9s} {'% sgemm':>7s} {'% kGEMM':>7s} {'torch MiB':>9s} {'ours MiB':>9s}"]
+             f"{'ours GF/s':>9s} {'% sgemm':>7s} {'% kGEMM':>7s} {'% peak':>6s} {'roof':>6s} "
+             f"{'torch MiB':>9s} {'ours MiB':>9s}"]
     key = lambda r: (r.shape, r.cell, r.mode)  # noqa: E731
     by = {}
     for r in rows:
@@ -201,6 +212,7 @@ def report(rows: List[Row], sgemm: float, kernel_gemm: float = float("nan")) -> 
         t, o = d["torch"], d["brnnseg"]
         lines.append(f"{shape:10s} {cell:4s} {mode:11s} {t.ms:9.1f} {o.ms:9.1f} {t.ms / o.ms:7.2f}x "
                      f"{o.gflops:9.1f} {100 * o.gflops / sgemm:6.0f}% {100 * o.gflops / kernel_gemm:6.0f}% "
+                     f"{100 * o.gflops / peak:5.0f}% {t.ms * peak / (o.gflops * o.ms):5.2f}x "
                      f"{t.peak_mib:9.1f} {o.peak_mib:9.1f}")
     return "\n".join(lines)
 

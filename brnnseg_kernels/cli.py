@@ -27,11 +27,13 @@ def _gemm_rates(device: str):
     from . import bench
 
     sgemm = bench.sgemm_gflops(device)
-    kgemm = bench.kernel_gemm_gflops() if device == "cpu" else float("nan")
+    cpu = device == "cpu"
+    kgemm = bench.kernel_gemm_gflops() if cpu else float("nan")
+    peak = bench.fma_peak_gflops() if cpu else float("nan")
     print(f"device {bench.device_name(device)}; float32 GEMM: torch.matmul 2048^2 {sgemm:.0f} GFLOP/s"
           + (f"; our kernels' GEMM on step-sized products (kGEMM, 128x256x512 per thread) {kgemm:.0f} GFLOP/s"
-             if device == "cpu" else ""))
-    return sgemm, kgemm
+             f"; FMA peak {peak:.0f} GFLOP/s" if cpu else ""))
+    return sgemm, kgemm, peak
 
 
 def _bench(args) -> int:
@@ -50,10 +52,10 @@ def _bench(args) -> int:
             print("bench --op rnn: the sequence kernels run on the CPU (CUDA runs torch's cuDNN path)",
                   file=sys.stderr)
             return 2
-        sgemm, kgemm = _gemm_rates("cpu")
+        sgemm, kgemm, peak = _gemm_rates("cpu")
         print("model with bidirectional nn.GRU/nn.LSTM (batch_first) vs the same after replace_rnns")
         rows = bench.run_rnn(args.shapes, args.cells, args.repeat, args.threads, not args.no_memory)
-        print(bench.report(rows, sgemm, kgemm))
+        print(bench.report(rows, sgemm, kgemm, peak))
         if args.csv:
             bench.write_csv(rows, args.csv, bench.device_name("cpu"), sgemm)
         return 0
@@ -61,7 +63,7 @@ def _bench(args) -> int:
         print(f"device {bench.device_name(args.device)}; fused loss vs unfused PyTorch, forward+backward")
         print(bench.report_loss(bench.run_loss(args.device, args.repeat, args.threads, not args.no_memory)))
         return 0
-    sgemm, kgemm = _gemm_rates(args.device)
+    sgemm, kgemm, peak = _gemm_rates(args.device)
     if args.device == "cuda":
         print(f"TF32: matmul {torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32} "
               "(cuDNN RNNs use TF32 for float32 when allowed)")
@@ -69,7 +71,7 @@ def _bench(args) -> int:
         dtype = getattr(torch, name)
         print(f"-- {name}")
         rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, not args.no_memory, dtype)
-        print(bench.report(rows, sgemm, kgemm))
+        print(bench.report(rows, sgemm, kgemm, peak))
         if args.csv:
             bench.write_csv(rows, args.csv, f"{bench.device_name(args.device)} {name}", sgemm)
             print(f"appended to {args.csv}")

@@ -4,18 +4,32 @@
 #include <torch/library.h>
 
 #include "cpu/buffer_cache.h"
+#include "cpu/fma_peak.h"
 
 extern "C" {
 static PyObject* release_cpu_buffers(PyObject*, PyObject*) {
   return PyLong_FromLongLong(brnnseg::cpu::release_cached_buffers());
 }
 
-// Importing the module loads the shared library (which registers the ops); its one function
-// returns the CPU kernels' idle cached buffers to the system (cpu/buffer_cache.h).
+static PyObject* cpu_fma_peak_gflops(PyObject*, PyObject* arg) {
+  const double seconds = PyFloat_AsDouble(arg);
+  if (PyErr_Occurred()) return nullptr;
+  double g = 0;
+  Py_BEGIN_ALLOW_THREADS
+  g = brnnseg::cpu::fma_peak_gflops(seconds);
+  Py_END_ALLOW_THREADS
+  return PyFloat_FromDouble(g);
+}
+
+// Importing the module loads the shared library (which registers the ops). Its functions: return
+// the CPU kernels' idle cached buffers to the system (cpu/buffer_cache.h); measure the CPU's FMA
+// peak for the benchmarks (cpu/fma_peak.h).
 PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
       {"release_cpu_buffers", release_cpu_buffers, METH_NOARGS,
        "Free the CPU kernels' idle cached buffers; returns the bytes released."},
+      {"cpu_fma_peak_gflops", cpu_fma_peak_gflops, METH_O,
+       "float32 FMA GFLOP/s of all intra-op threads at once (AVX-512 or AVX2); 0 on other CPUs."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);

@@ -1,5 +1,7 @@
 """The sweep ops (torch.ops.brnnseg.bigru_sweep / bilstm_sweep and their backward) against the
 plain-PyTorch reference: values, gradients, gradcheck, opcheck, bad input."""
+import os
+
 import pytest
 import torch
 
@@ -207,6 +209,24 @@ def test_cpu_kernel_variants(env):
     env = dict(os.environ, PYTHONPATH=root, **env)
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
     assert out.returncode == 0 and "gemm path ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_fma_peak_probe_and_roof_column():
+    """The FMA peak the benchmarks report: a positive rate where the CPU has AVX2+FMA or AVX-512
+    (0 -> NaN elsewhere); and the report's "% peak" and "roof" columns are the stated arithmetic
+    (roof = torch's time over the floor FLOPs / peak)."""
+    from brnnseg_kernels import bench
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    peak = bench.fma_peak_gflops(0.05)
+    if " avx512f" in flags or (" avx2" in flags and " fma" in flags):
+        assert peak > 1.0
+    else:
+        assert peak != peak  # NaN
+    flops = 1e9  # forward FLOPs; ours at 5 ms no_grad = 200 GFLOP/s; peak 400 -> floor 2.5 ms
+    rows = [bench.Row("s", "lstm", "torch", "fwd no_grad", 10.0, flops / 10.0 / 1e6, float("nan")),
+            bench.Row("s", "lstm", "brnnseg", "fwd no_grad", 5.0, flops / 5.0 / 1e6, float("nan"))]
+    line = bench.report(rows, sgemm=100.0, kernel_gemm=250.0, peak=400.0).splitlines()[1].split()
+    assert line[6:12] == ["2.00x", "200.0", "200%", "80%", "50%", "4.00x"], line
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -1,0 +1,10 @@
+// The float32 FMA rate of this CPU, measured: the roof the benchmarks compare the kernels with.
+#pragma once
+
+namespace brnnseg::cpu {
+
+// GFLOP/s of independent fused multiply-adds on every at::parallel_for thread at once, with the
+// widest vectors this CPU has (AVX-512, else AVX2+FMA); about `seconds` of work. 0 on other CPUs.
+double fma_peak_gflops(double seconds);
+
+}  // namespace brnnseg::cpu
