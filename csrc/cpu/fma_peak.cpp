@@ -9,49 +9,40 @@
 #include <atomic>
 #include <chrono>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
-
 namespace brnnseg::cpu {
 namespace {
 
 constexpr int kChains = 16;
 
 #if defined(__x86_64__) && defined(__GNUC__)
-// Returns a value that depends on every chain, so the loop cannot be removed.
-__attribute__((target("avx512f"))) float chains_avx512(int64_t iters) {
-  __m512 acc[kChains];
-  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(1.0f + 1e-3f * i);
-  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-6f);
+typedef float F32x16 __attribute__((vector_size(64)));
+typedef float F32x8 __attribute__((vector_size(32)));
+
+// The loop, once for both widths; inlined into a caller compiled for the ISA, where GCC contracts
+// acc * a + b into one FMA. Returns a value that depends on every chain, and the chains start from
+// a run-time seed, so the compiler can neither fold nor drop any of them.
+template <typename V, int kLanes>
+__attribute__((always_inline)) inline float chains(int64_t iters, float seed) {
+  V acc[kChains];
+  for (int i = 0; i < kChains; ++i)
+    for (int j = 0; j < kLanes; ++j) acc[i][j] = seed + 1e-3f * i;
+  V a, b;
+  for (int j = 0; j < kLanes; ++j) a[j] = 0.999999f, b[j] = 1e-6f;
   for (int64_t it = 0; it < iters; ++it) {
 #pragma GCC unroll 16
-    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+    for (int i = 0; i < kChains; ++i) acc[i] = acc[i] * a + b;
   }
-  alignas(64) float lanes[16];
   float s = 0;
-  for (int i = 0; i < kChains; ++i) {
-    _mm512_store_ps(lanes, acc[i]);
-    for (float v : lanes) s += v;
-  }
+  for (int i = 0; i < kChains; ++i)
+    for (int j = 0; j < kLanes; ++j) s += acc[i][j];
   return s;
 }
 
-__attribute__((target("avx2,fma"))) float chains_avx2(int64_t iters) {
-  __m256 acc[kChains];
-  for (int i = 0; i < kChains; ++i) acc[i] = _mm256_set1_ps(1.0f + 1e-3f * i);
-  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-6f);
-  for (int64_t it = 0; it < iters; ++it) {
-#pragma GCC unroll 16
-    for (int i = 0; i < kChains; ++i) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
-  }
-  alignas(32) float lanes[8];
-  float s = 0;
-  for (int i = 0; i < kChains; ++i) {
-    _mm256_store_ps(lanes, acc[i]);
-    for (float v : lanes) s += v;
-  }
-  return s;
+__attribute__((target("avx512f"))) float chains_avx512(int64_t iters, float seed) {
+  return chains<F32x16, 16>(iters, seed);
+}
+__attribute__((target("avx2,fma"))) float chains_avx2(int64_t iters, float seed) {
+  return chains<F32x8, 8>(iters, seed);
 }
 
 // Vector width in floats, and the loop for it; 0 when the CPU has neither.
@@ -60,10 +51,12 @@ int lanes() {
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 8;
   return 0;
 }
-float run_chains(int width, int64_t iters) { return width == 16 ? chains_avx512(iters) : chains_avx2(iters); }
+float run_chains(int width, int64_t iters, float seed) {
+  return width == 16 ? chains_avx512(iters, seed) : chains_avx2(iters, seed);
+}
 #else
 int lanes() { return 0; }
-float run_chains(int, int64_t) { return 0; }
+float run_chains(int, int64_t, float) { return 0; }
 #endif
 
 // Seconds for `iters` iterations on every thread at once (the slowest thread counts).
@@ -71,7 +64,7 @@ double timed_run(int width, int64_t iters, std::atomic<float>& sink) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const auto t0 = std::chrono::steady_clock::now();
   at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) sink.store(sink.load() + run_chains(width, iters));
+    for (int64_t i = b; i < e; ++i) sink.store(sink.load() + run_chains(width, iters, 1.0f + sink.load() * 1e-30f));
   });
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
