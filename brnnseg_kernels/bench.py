@@ -7,6 +7,8 @@ Run: ``python -m brnnseg_kernels bench --device cpu`` (see ``--help``)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import os
 import platform
 import statistics
@@ -215,6 +217,39 @@ def report(rows: List[Row], sgemm: float, kernel_gemm: float = float("nan"), pea
                      f"{100 * o.gflops / peak:5.0f}% {t.ms * peak / (o.gflops * o.ms):5.2f}x "
                      f"{t.peak_mib:9.1f} {o.peak_mib:9.1f}")
     return "\n".join(lines)
+
+
+def report_processes(runs: List[List[Row]]) -> str:
+    """One line per (shape, cell, mode) over several processes' runs: median and range of each
+    side's time and of the per-process speed-up. Both sides can settle into a different speed in
+    each process (oneDNN's LSTM especially), so one process's ratio can mislead; this shows the spread."""
+    per_key: dict = {}
+    for rows in runs:
+        by = {}
+        for r in rows:
+            by.setdefault((r.shape, r.cell, r.mode), {})[r.provider] = r
+        for key, d in by.items():
+            per_key.setdefault(key, []).append((d["torch"].ms, d["brnnseg"].ms))
+
+    def spread(v, fmt):
+        return f"{fmt(statistics.median(v))} [{fmt(min(v))}-{fmt(max(v))}]"
+    ms = lambda v: f"{v:.1f}"  # noqa: E731
+    ratio = lambda v: f"{v:.2f}x"  # noqa: E731
+    lines = [f"{len(runs)} processes; median [min-max] over processes",
+             f"{'shape':10s} {'cell':4s} {'mode':11s} {'torch ms':>20s} {'ours ms':>20s} {'speedup':>24s}"]
+    for (shape, cell, mode), pairs in per_key.items():
+        t, o = [p[0] for p in pairs], [p[1] for p in pairs]
+        lines.append(f"{shape:10s} {cell:4s} {mode:11s} {spread(t, ms):>20s} {spread(o, ms):>20s} "
+                     f"{spread([a / b for a, b in pairs], ratio):>24s}")
+    return "\n".join(lines)
+
+
+def rows_to_json(rows: List[Row]) -> str:
+    return json.dumps([dataclasses.asdict(r) for r in rows])
+
+
+def rows_from_json(text: str) -> List[Row]:
+    return [Row(**d) for d in json.loads(text)]
 
 
 def write_csv(rows: List[Row], path: str, device_name: str, sgemm: float) -> None:

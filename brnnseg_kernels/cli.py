@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -63,6 +64,14 @@ def _bench(args) -> int:
         print(f"device {bench.device_name(args.device)}; fused loss vs unfused PyTorch, forward+backward")
         print(bench.report_loss(bench.run_loss(args.device, args.repeat, args.threads, not args.no_memory)))
         return 0
+    if args.processes > 1:
+        return _bench_processes(args)
+    if args.json:  # one process of a --processes run: rows only, for the parent to aggregate
+        torch.set_num_threads(args.threads)
+        rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, False, torch.float32)
+        with open(args.json, "w") as f:
+            f.write(bench.rows_to_json(rows))
+        return 0
     sgemm, kgemm, peak = _gemm_rates(args.device)
     if args.device == "cuda":
         print(f"TF32: matmul {torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32} "
@@ -75,6 +84,41 @@ def _bench(args) -> int:
         if args.csv:
             bench.write_csv(rows, args.csv, f"{bench.device_name(args.device)} {name}", sgemm)
             print(f"appended to {args.csv}")
+    return 0
+
+
+def _bench_processes(args) -> int:
+    """The ReNet comparison in args.processes fresh processes, one after the other (float32, no
+    memory runs), then the spread of each side's time and of the speed-up over them."""
+    import subprocess
+    import tempfile
+
+    from . import bench
+
+    if args.op != "renet" or args.device != "cpu":
+        print("bench --processes: for --op renet --device cpu", file=sys.stderr)
+        return 2
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.processes):
+            out = os.path.join(tmp, f"run{i}.json")
+            cmd = [sys.executable, "-m", "brnnseg_kernels", "bench", "--device", "cpu", "--repeat", str(args.repeat),
+                   "--threads", str(args.threads), "--json", out, "--cells", *args.cells]
+            if args.shapes:
+                cmd += ["--shapes", *args.shapes]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(done.stderr[-2000:], file=sys.stderr)
+                return done.returncode
+            with open(out) as f:
+                runs.append(bench.rows_from_json(f.read()))
+            print(f"process {i + 1}/{args.processes} done", file=sys.stderr)
+    print(f"device {bench.device_name('cpu')}; ReNet block, float32")
+    print(bench.report_processes(runs))
+    if args.csv:
+        for rows in runs:
+            bench.write_csv(rows, args.csv, bench.device_name("cpu") + " float32", float("nan"))
+        print(f"appended to {args.csv}")
     return 0
 
 
@@ -95,6 +139,10 @@ def main(argv=None) -> int:
     b.add_argument("--dtype", nargs="*", default=["float32"], choices=["float32", "float16", "bfloat16"],
                    help="ReNet benchmark dtypes (float16/bfloat16: CUDA)")
     b.add_argument("--csv", help="append results to this CSV file")
+    b.add_argument("--processes", type=int, default=1,
+                   help="ReNet on the CPU: run the comparison in this many fresh processes and report the "
+                        "spread of times and speed-ups (both sides can settle into a different speed per process)")
+    b.add_argument("--json", help=argparse.SUPPRESS)  # rows of one --processes child
     args = p.parse_args(argv)
     return {"info": _info, "bench": _bench}[args.cmd](args)
 

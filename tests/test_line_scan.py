@@ -229,6 +229,32 @@ def test_fma_peak_probe_and_roof_column():
     assert line[6:12] == ["2.00x", "200.0", "200%", "80%", "50%", "4.00x"], line
 
 
+def test_report_processes_spread():
+    """bench --processes: per (shape, cell, mode), the median and range over processes of each
+    side's time and of the per-process speed-up (not the ratio of the medians)."""
+    from brnnseg_kernels import bench
+    runs = [[bench.Row("s", "lstm", "torch", "fwd+bwd", t, 1.0, 3.5),
+             bench.Row("s", "lstm", "brnnseg", "fwd+bwd", o, 1.0, 2.5)]
+            for t, o in ((10.0, 5.0), (20.0, 5.0), (12.0, 4.0))]
+    assert bench.rows_from_json(bench.rows_to_json(runs[0])) == runs[0]
+    line = bench.report_processes(runs).splitlines()[2].split()
+    assert line[3:] == ["12.0", "[10.0-20.0]", "5.0", "[4.0-5.0]", "3.00x", "[2.00x-4.00x]"], line
+
+
+def test_bench_cli_processes_smoke():
+    """The --processes path end to end: fresh child processes, their rows back as JSON, one table."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "brnnseg_kernels", "bench", "--processes", "2", "--repeat", "1",
+                          "--shapes", "cpu-wide", "--cells", "gru"], cwd=root, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=root))
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("cpu-wide")]
+    assert [line.split()[2] for line in lines] == ["fwd+bwd", "fwd"], out.stdout
+    assert "2 processes" in out.stdout
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mkn", [(1, 1, 1), (37, 29, 13), (200, 64, 130), (5, 0, 7)])
 def test_kernel_gemm_matches_mm(dtype, mkn):
