@@ -268,19 +268,20 @@ def test_kernel_gemm_matches_mm(dtype, mkn):
         bk.ops.kernel_gemm(a, b.t() if n != k else b[:, None])
 
 
-def test_buffer_cache_outputs_are_ordinary_tensors():
-    """Large outputs come from the buffer cache: they must behave like at::empty tensors (resizable,
-    freed blocks reused without stale data leaking into results), and release_cpu_buffers() frees
-    the idle blocks."""
-    x = torch.randn(2, 16, 64, 64)
+@pytest.mark.parametrize("hw", [64, 23], ids=["2MiB-blocks", "256KiB-blocks"])
+def test_buffer_cache_outputs_are_ordinary_tensors(hw):
+    """Outputs of 256 KiB and more come from the buffer cache (2 MiB blocks from 2 MiB up, 256 KiB
+    blocks below): they must behave like at::empty tensors (resizable, freed blocks reused without
+    stale data leaking into results), and release_cpu_buffers() frees the idle blocks."""
+    x = torch.randn(2, 16, hw, hw)
     w = [t.detach() for t in stacked_weights("gru", 16, 32, dtype=torch.float32)]
     first = bk.ops.sweep("gru", x, *w, axis=3, training=False)
-    assert first.nbytes >= 1 << 20
+    assert first.nbytes >= 256 << 10 and (first.nbytes >= 2 << 20) == (hw == 64)
     expected = first.clone()
     del first
     again = bk.ops.sweep("gru", x, *w, axis=3, training=False)  # likely the same block, reused
     assert torch.equal(again, expected)
-    again.resize_(4, 64, 64, 64)  # larger than the block: the storage grows like any tensor's
+    again.resize_(4, 64, hw + 1, hw + 1)  # larger than the block: the storage grows like any tensor's
     again.fill_(1.0)
     assert again.sum().item() == again.numel()
     del again

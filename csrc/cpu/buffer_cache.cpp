@@ -14,8 +14,14 @@
 namespace brnnseg::cpu {
 namespace {
 
-constexpr size_t kMinBytes = size_t(1) << 20;   // smaller buffers: at::empty
-constexpr size_t kGranule = size_t(2) << 20;    // block sizes are multiples of 2 MiB
+constexpr size_t kMinBytes = size_t(256) << 10;  // smaller buffers: at::empty
+constexpr size_t kSmallGranule = kMinBytes;      // blocks under 2 MiB: multiples of 256 KiB
+constexpr size_t kGranule = size_t(2) << 20;     // larger blocks: multiples of 2 MiB
+
+size_t block_bytes(size_t n) {
+  const size_t g = n < kGranule ? kSmallGranule : kGranule;
+  return (std::max(n, size_t(1)) + g - 1) / g * g;
+}
 
 size_t cache_limit_bytes() {
   const char* v = std::getenv("BRNNSEG_CPU_CACHE_MB");
@@ -98,7 +104,7 @@ void release_block(void* p) { report(p, -static_cast<int64_t>(cache().release(p)
 
 struct CachingAllocator final : c10::Allocator {
   c10::DataPtr allocate(size_t n) override {
-    const size_t bytes = (std::max(n, size_t(1)) + kGranule - 1) / kGranule * kGranule;
+    const size_t bytes = block_bytes(n);
     void* p = cache().acquire(bytes);
     report(p, static_cast<int64_t>(bytes));
     return {p, p, &release_block, c10::Device(c10::DeviceType::CPU)};

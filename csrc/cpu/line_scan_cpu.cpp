@@ -22,6 +22,7 @@
 #include "cell_steps.h"
 #include "cpu_tensors.h"
 #include "weight_grad_parts.h"
+#include "weight_transpose.h"
 
 namespace brnnseg::cpu {
 namespace {
@@ -132,8 +133,8 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
 
   // Transposed weights (C x Gh, hid x Gh per direction): the per-step products are then A . B with
   // B row-major, the layout the AVX-512 GEMM streams (blas.h).
-  const Tensor wih = w_ih.transpose(1, 2).contiguous();
-  const Tensor whh = w_hh.transpose(1, 2).contiguous();
+  const Tensor wih = transposed_weights(w_ih);
+  const Tensor whh = transposed_weights(w_hh);
   // Position-major input (a no-op for channels_last x): the rows a tile needs at one step are then
   // one strided matrix, projected right before use instead of through a full-size gx buffer.
   const Tensor xcl = x.contiguous(at::MemoryFormat::ChannelsLast);

@@ -23,6 +23,7 @@
 #include "cell_steps.h"
 #include "cpu_tensors.h"
 #include "weight_grad_parts.h"
+#include "weight_transpose.h"
 
 namespace brnnseg::cpu {
 namespace {
@@ -120,7 +121,7 @@ std::vector<Tensor> sequence_forward(const Tensor& x_in, const Tensor& w_ih, con
   Tensor c_n = G == 4 ? at::empty({D, B, hid}, x.options()) : Tensor();
   Tensor ws = training ? empty_large({D, T_len, B, S * hid}, x.options()) : at::empty({0}, x.options());
   // Transposed weights (C x Gh, hid x Gh per direction): B row-major for the GEMMs (blas.h).
-  const Tensor wih = w_ih.transpose(1, 2).contiguous(), whh = w_hh.transpose(1, 2).contiguous();
+  const Tensor wih = transposed_weights(w_ih), whh = transposed_weights(w_hh);
   const Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::zeros({D, Gh}, x.options());
   const Tensor bh = b_hh.has_value() ? b_hh->contiguous() : at::zeros({D, Gh}, x.options());
   const OptTensor h0 = h0_in.has_value() ? OptTensor(h0_in->contiguous()) : std::nullopt;
