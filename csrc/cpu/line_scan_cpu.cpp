@@ -95,9 +95,23 @@ void scatter_tile(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t
   }
 }
 
+// Reads a tile's rows (L x hid, row-major) from the strided tensor: dst = (or +=) src rows. For
+// NCHW tensors swept along H, a channel's values for the tile's lines are adjacent in memory, so the
+// loop runs along the lines of each channel (the mirror of scatter_tile) instead of across channels.
 template <typename T, bool kAdd>
 void gather_rows(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t c0, int64_t hid, const T* src,
                  T* dst) {
+  const int64_t ls = L > 1 ? m.offset(l0 + 1, t) - m.offset(l0, t) : 0;
+  if (ls == 1 && m.sC != 1) {
+    const T* base = src + m.offset(l0, t) + c0 * m.sC;
+    for (int64_t u = 0; u < hid; ++u) {
+      const T* in = base + u * m.sC;
+      for (int64_t l = 0; l < L; ++l) {
+        if (kAdd) dst[l * hid + u] += in[l]; else dst[l * hid + u] = in[l];
+      }
+    }
+    return;
+  }
   for (int64_t l = 0; l < L; ++l) {
     const T* in = src + m.offset(l0 + l, t) + c0 * m.sC;
     T* out = dst + l * hid;
