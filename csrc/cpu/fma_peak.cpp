@@ -6,7 +6,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 
 namespace brnnseg::cpu {
@@ -19,8 +18,8 @@ typedef float F32x16 __attribute__((vector_size(64)));
 typedef float F32x8 __attribute__((vector_size(32)));
 
 // The loop, once for both widths; inlined into a caller compiled for the ISA, where GCC contracts
-// acc * a + b into one FMA. Returns a value that depends on every chain, and the chains start from
-// a run-time seed, so the compiler can neither fold nor drop any of them.
+// acc * a + b into one FMA. Returns a value that depends on every chain, which start from a
+// run-time seed (g_sink below).
 template <typename V, int kLanes>
 __attribute__((always_inline)) inline float chains(int64_t iters, float seed) {
   V acc[kChains];
@@ -59,12 +58,16 @@ int lanes() { return 0; }
 float run_chains(int, int64_t, float) { return 0; }
 #endif
 
+// The chains' results land here and their seeds come from here: a volatile the compiler can
+// neither predict nor skip, so no chain is folded or dropped.
+volatile float g_sink = 0.0f;
+
 // Seconds for `iters` iterations on every thread at once (the slowest thread counts).
-double timed_run(int width, int64_t iters, std::atomic<float>& sink) {
+double timed_run(int width, int64_t iters) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const auto t0 = std::chrono::steady_clock::now();
   at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) sink.store(sink.load() + run_chains(width, iters, 1.0f + sink.load() * 1e-30f));
+    for (int64_t i = b; i < e; ++i) g_sink = run_chains(width, iters, 1.0f + g_sink * 1e-30f);
   });
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -74,18 +77,17 @@ double timed_run(int width, int64_t iters, std::atomic<float>& sink) {
 double fma_peak_gflops(double seconds) {
   const int width = lanes();
   if (width == 0 || seconds <= 0) return 0.0;
-  std::atomic<float> sink{0};
   // Calibrate the iteration count to about `seconds`, then keep the best of three runs.
   int64_t iters = 1 << 16;
-  double t = timed_run(width, iters, sink);
+  double t = timed_run(width, iters);
   iters = std::max<int64_t>(iters, static_cast<int64_t>(iters * (seconds / 3) / std::max(t, 1e-6)));
   double best = 0;
   for (int rep = 0; rep < 3; ++rep) {
-    t = timed_run(width, iters, sink);
+    t = timed_run(width, iters);
     const double flops = 2.0 * width * kChains * static_cast<double>(iters) * std::max(1, at::get_num_threads());
     best = std::max(best, flops / t / 1e9);
   }
-  return sink.load() == 12345.0f ? best + 1 : best;  // keeps the sink (and the loops) alive
+  return best;
 }
 
 }  // namespace brnnseg::cpu

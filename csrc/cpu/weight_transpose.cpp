@@ -14,8 +14,11 @@ constexpr int64_t kBlock = 32;
 
 // Rows [r0, r1) of src (R x K, row-major) into columns [r0, r1) of dst (K x R, row-major), in
 // kBlock x kBlock tiles: each tile's source and destination lines stay in L1 while it is copied.
+// noinline: inlined into the OpenMP-outlined parallel_for body, GCC kept the loop's pointers on the
+// stack (a load and a store per element).
 template <typename T>
-__attribute__((noinline)) void transpose_rows(const T* __restrict src, T* __restrict dst, int64_t R, int64_t K, int64_t r0, int64_t r1) {
+__attribute__((noinline)) void transpose_rows(const T* __restrict src, T* __restrict dst, int64_t R, int64_t K,
+                                              int64_t r0, int64_t r1) {
   for (int64_t k0 = 0; k0 < K; k0 += kBlock) {
     const int64_t k1 = std::min(k0 + kBlock, K);
     for (int64_t k = k0; k < k1; ++k) {
