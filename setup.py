@@ -75,7 +75,8 @@ cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.pat
 include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
 opt = ["-O0", "-g"] if DEBUG else ["-O3"]
 # -fopenmp: ATen's at::parallel_for is an inline "#pragma omp parallel"; without it the loop runs serially.
-cxx_flags = opt + ["-fopenmp", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno", "-Wno-unused-function"]
+# -std=c++20 stated here: older torch (2.11 on the GPU machines) would otherwise pass -std=c++17.
+cxx_flags = opt + ["-std=c++20", "-fopenmp", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno", "-Wno-unused-function"]
 define_macros = []
 
 if BUILD_CUDA:
@@ -139,7 +140,8 @@ sim_ext = cpp_extension.CppExtension(
     f"{PACKAGE}._sim",
     sorted(glob.glob(os.path.join("csrc", "sim", "*.cpp"))),
     include_dirs=include_dirs,
-    extra_compile_args={"cxx": ["-O2", "-fno-math-errno", "-Wno-unused-function"]},
+    define_macros=[("BRNNSEG_POISON_OUTPUTS", "1")],  # NaN-filled outputs: unwritten elements fail tests
+    extra_compile_args={"cxx": ["-std=c++20", "-O2", "-fno-math-errno", "-Wno-unused-function"]},
     py_limited_api=True,
 )
 

@@ -1,15 +1,19 @@
 import os
+import sys
+import tempfile
 
-# Triton kernels run on CPU tensors through the interpreter; it must be set before triton is imported.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
 
-import tempfile  # noqa: E402
+# Without a GPU, the Triton kernels run on CPU tensors through the interpreter; with one, compiled
+# (TRITON_INTERPRET=1 set by hand still asks for the interpreter). Decided before triton is imported.
+assert "triton" not in sys.modules, "conftest must run before triton is imported"
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 # A fresh inductor cache per run: a cached graph would keep the fake kernels of an older build.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="brnnseg-inductor-"))
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 torch.set_num_threads(2)
 

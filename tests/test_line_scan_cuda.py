@@ -17,16 +17,19 @@ LAYERS = {"gru": bk.BiGRU2d, "lstm": bk.BiLSTM2d}
 
 @pytest.fixture(autouse=True)
 def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32
+    """Full float32 on both sides: matmul's TF32 switch covers our input-projection GEMMs, cuDNN's
+    (True by default) covers nn.GRU/nn.LSTM in the baseline block. Either left on costs ~1e-3."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     yield
-    torch.backends.cuda.matmul.allow_tf32 = old
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("axis", [2, 3])
 @pytest.mark.parametrize("shape", [(2, 5, 37, 29, 3), (1, 3, 1, 9, 40), (2, 4, 70, 3, 64), (1, 8, 16, 16, 128),
-                                   (1, 4, 9, 7, 200)], ids=lambda s: "x".join(map(str, s)))
+                                   (1, 4, 9, 7, 200), (2, 8, 13, 11, 256)], ids=lambda s: "x".join(map(str, s)))
 def test_cuda_sweep_matches_reference(cell, axis, shape):
     n, c, h, w, hid = shape
     x = torch.randn(n, c, h, w, dtype=torch.float64)
@@ -134,3 +137,49 @@ def test_cuda_dropin_rnn_runs_torch_path(cell):
     x = torch.randn(7, 3, 4, device="cuda")
     assert not ours.fused_kernel_applies(x)
     assert_verbose_allclose(ours(x)[0], ref(x)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_cuda_pair_mode_every_dtype(cell, dtype):
+    """mode="parallel" (both sweeps in one launch) equals the two sweeps run one by one."""
+    layer = LAYERS[cell](8, 40, mode="parallel").cuda().to(dtype)
+    x = torch.randn(2, 8, 19, 23, device="cuda", dtype=dtype, requires_grad=True)
+    y = layer(x)
+    w = {"rows": layer.rows.stacked(), "cols": layer.cols.stacked()}
+    expected = torch.cat([bk.ops.sweep(cell, x, *w["rows"], axis=3), bk.ops.sweep(cell, x, *w["cols"], axis=2)], 1)
+    assert y.dtype == dtype
+    assert_verbose_allclose(y.float(), expected.float(), rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, [x], g)
+    (ex,) = torch.autograd.grad(expected, [x], g)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    assert_verbose_allclose(gx.float(), ex.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_cuda_non_default_stream(cell):
+    """Kernels go on the current stream: results on a side stream equal the default stream's."""
+    layer = LAYERS[cell](8, 64).cuda()
+    x = torch.randn(2, 8, 17, 21, device="cuda", requires_grad=True)
+    expected = layer(x)
+    (eg,) = torch.autograd.grad(expected.sum(), [x])
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        y = layer(x)
+        (g,) = torch.autograd.grad(y.sum(), [x])
+    torch.cuda.current_stream().wait_stream(side)
+    assert_verbose_allclose(y, expected, rtol=0, atol=0)
+    assert_verbose_allclose(g, eg, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
+def test_cuda_second_device():
+    """A layer on cuda:1 runs there (device guard), and equals the same layer on cuda:0."""
+    layer = bk.BiGRU2d(4, 32)
+    x = torch.randn(1, 4, 9, 11)
+    y0 = layer.to("cuda:0")(x.to("cuda:0"))
+    y1 = layer.to("cuda:1")(x.to("cuda:1"))
+    assert y1.device == torch.device("cuda:1")
+    assert_verbose_allclose(y1.cpu(), y0.cpu(), rtol=0, atol=0)

@@ -14,7 +14,7 @@ from brnnseg_kernels import reference
 from tests.utils import assert_verbose_allclose, stacked_weights
 
 sim = pytest.importorskip("brnnseg_kernels._sim")
-H100_SMEM = 227 * 1024
+H100 = ("h100", 0)  # the GPU to simulate, and the planner's smem budget (0: its opt-in limit)
 
 # (N, C, H, W, hidden): several CTAs (tile = 32 lines for hidden <= 32, 16 for 33..64), partial
 # last tiles, T = 1 both ways, hidden not a multiple of 32.
@@ -27,7 +27,7 @@ def _run(cell, shape, axis, global_weights, channels_last=False):
     weights = [t.float() for t in stacked_weights(cell, c, hid, requires_grad=False)]
     op = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep")
     bop = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep_backward")
-    y, ws = op(x, *weights, axis, channels_last, True, H100_SMEM, global_weights)
+    y, ws = op(x, *weights, axis, channels_last, True, *H100, global_weights)
     xd = x.double().requires_grad_()
     wd = [t.double().requires_grad_() for t in weights]
     expected = reference.sweep(cell, xd, *wd, axis=axis)
@@ -37,7 +37,7 @@ def _run(cell, shape, axis, global_weights, channels_last=False):
     grad_y = g.float()
     if channels_last:
         grad_y = grad_y.to(memory_format=torch.channels_last)
-    grads = bop(grad_y, x, weights[0], weights[1], y, ws, axis, H100_SMEM, global_weights)
+    grads = bop(grad_y, x, weights[0], weights[1], y, ws, axis, *H100, global_weights)
     for name, got, exp in zip(["x", "w_ih", "w_hh", "b_ih", "b_hh"], grads, exp_grads):
         # float32 kernels against float64: weight gradients sum over every position.
         assert_verbose_allclose(got.double(), exp, rtol=1e-4, atol=2e-4, name=f"grad {name}")
@@ -59,7 +59,7 @@ def test_sim_kernels_channels_last_output(cell):
 def test_sim_no_grad_forward_saves_nothing():
     x = torch.randn(1, 2, 3, 4)
     w = [t.float() for t in stacked_weights("gru", 2, 3, requires_grad=False)]
-    y, ws = torch.ops.brnnseg_sim.bigru_sweep(x, *w, 3, False, False, H100_SMEM, False)
+    y, ws = torch.ops.brnnseg_sim.bigru_sweep(x, *w, 3, False, False, *H100, False)
     assert ws.numel() == 0
     expected = reference.sweep("gru", x.double(), *[t.double() for t in w], axis=3)
     assert_verbose_allclose(y.double(), expected, rtol=1e-4, atol=2e-6)
@@ -69,7 +69,7 @@ def test_sim_rejects_what_does_not_fit():
     x = torch.randn(1, 2, 3, 4)
     w = [t.float() for t in stacked_weights("gru", 2, 3, requires_grad=False)]
     with pytest.raises(ValueError, match="shared memory"):
-        torch.ops.brnnseg_sim.bigru_sweep(x, *w, 3, False, False, 16, False)
+        torch.ops.brnnseg_sim.bigru_sweep(x, *w, 3, False, False, "h100", 16, False)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -82,7 +82,7 @@ def test_sim_pair_kernels_one_launch_match_reference(cell, global_weights):
     cols = [t.float() for t in stacked_weights(cell, c, hid, requires_grad=False)]
     op = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep_pair")
     bop = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep_pair_backward")
-    y, ws_r, ws_c = op(x, *rows, *cols, False, True, H100_SMEM, global_weights)
+    y, ws_r, ws_c = op(x, *rows, *cols, False, True, *H100, global_weights)
     xd = x.double().requires_grad_()
     rd = [t.double().requires_grad_() for t in rows]
     cd = [t.double().requires_grad_() for t in cols]
@@ -90,7 +90,7 @@ def test_sim_pair_kernels_one_launch_match_reference(cell, global_weights):
     assert_verbose_allclose(y.double(), expected, rtol=1e-4, atol=2e-6, name="y")
     g = torch.randn_like(expected)
     exp_grads = torch.autograd.grad(expected, [xd] + rd + cd, g)
-    grads = bop(g.float(), x, rows[0], rows[1], cols[0], cols[1], y, ws_r, ws_c, H100_SMEM, global_weights)
+    grads = bop(g.float(), x, rows[0], rows[1], cols[0], cols[1], y, ws_r, ws_c, *H100, global_weights)
     for i, (got, exp) in enumerate(zip(grads, exp_grads)):
         assert_verbose_allclose(got.double(), exp, rtol=1e-4, atol=2e-4, name=f"grad {i}")
 
@@ -107,12 +107,12 @@ def test_sim_kernels_some_gates_in_shared_memory(cell):
     weights = [t.float() for t in stacked_weights(cell, c, hid, requires_grad=False)]
     op = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep")
     bop = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep_backward")
-    y_full, ws = op(x, *weights, 3, False, True, H100_SMEM, False)
-    y_part, ws_part = op(x, *weights, 3, False, True, limit, False)
+    y_full, ws = op(x, *weights, 3, False, True, *H100, False)
+    y_part, ws_part = op(x, *weights, 3, False, True, "h100", limit, False)
     assert torch.equal(y_full, y_part) and torch.equal(ws, ws_part)  # same math, same order
     gy = torch.randn_like(y_full)
-    full = bop(gy, x, weights[0], weights[1], y_full, ws, 3, H100_SMEM, False)
-    part = bop(gy, x, weights[0], weights[1], y_part, ws_part, 3, limit, False)
+    full = bop(gy, x, weights[0], weights[1], y_full, ws, 3, *H100, False)
+    part = bop(gy, x, weights[0], weights[1], y_part, ws_part, 3, "h100", limit, False)
     for a, b in zip(full, part):
         assert torch.equal(a, b)
 
@@ -130,14 +130,14 @@ def test_sim_kernels_reduced_precision(cell, dtype):
     lp = [t.to(dtype) for t in weights]
     # The weight block in shared memory is 3*5*5*2 = 150 bytes for the GRU (200 for the LSTM) in half
     # precision, so the float buffers after it start at a padded, 16-byte aligned offset.
-    y, ws = op(x.to(dtype), *lp, 3, False, True, H100_SMEM, False)
+    y, ws = op(x.to(dtype), *lp, 3, False, True, *H100, False)
     assert y.dtype == dtype and ws.dtype == torch.float32
     exact = reference.sweep(cell, x.double(), *[t.double() for t in weights], axis=3)
     ref_lp = reference.sweep(cell, x.to(dtype), *lp, axis=3)
     err = (y.double() - exact).abs().max().item()
     assert err <= max(2 * (ref_lp.double() - exact).abs().max().item(), 3e-2)
     g = torch.randn_like(exact)
-    grads = bop(g.to(dtype), x.to(dtype), lp[0], lp[1], y, ws, 3, H100_SMEM, False)
+    grads = bop(g.to(dtype), x.to(dtype), lp[0], lp[1], y, ws, 3, *H100, False)
     xd = x.double().requires_grad_()
     wd = [t.double().requires_grad_() for t in weights]
     exp = torch.autograd.grad(reference.sweep(cell, xd, *wd, axis=3), [xd] + wd, g)
@@ -145,3 +145,93 @@ def test_sim_kernels_reduced_precision(cell, dtype):
         assert got.dtype == dtype
         scale = e.abs().max().item() + 1e-6
         assert (got.double() - e).abs().max().item() <= 5e-2 * scale
+
+
+# ---- realistic sizes: the GPU benchmark shapes' hidden sizes with the launch the planner picks ------
+
+# Lines per CTA the planner picks at hidden 64/128/256 (one thread per unit, 256 threads a CTA).
+TILE = {64: 16, 128: 8, 256: 4}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _realistic_weights(cell, c, hid, dtype):
+    """nn.GRU/nn.LSTM's init scale (1/sqrt(hid)): pre-activations stay out of saturation at hid 256."""
+    return [t.to(dtype) for t in stacked_weights(cell, c, hid, scale=hid ** -0.5, requires_grad=False)]
+
+
+def _check_against_reference(cell, x, weights_list, axes, got_y, got_grads, g, dtype):
+    """got_y/got_grads from the simulated kernels vs the float64 reference of the same sweeps (one or
+    two, concatenated on channels). float32: tight; float16/bfloat16: within twice the error of the
+    reference computed in that dtype, or 3e-2 of the largest value (flash-attention's rule)."""
+    xd = x.double().requires_grad_()
+    wd = [[t.double().requires_grad_() for t in ws] for ws in weights_list]
+    expected = torch.cat([reference.sweep(cell, xd, *w, axis=a) for w, a in zip(wd, axes)], dim=1)
+    exp_grads = torch.autograd.grad(expected, [xd] + [t for w in wd for t in w], g)
+    assert not torch.isnan(got_y).any(), "unwritten output elements (NaN-filled before the launch)"
+    if dtype == torch.float32:
+        assert_verbose_allclose(got_y.double(), expected, rtol=1e-4, atol=2e-6, name="y")
+        for i, (got, exp) in enumerate(zip(got_grads, exp_grads)):
+            assert_verbose_allclose(got.double(), exp, rtol=1e-4, atol=2e-4, name=f"grad {i}")
+        return
+    with torch.no_grad():
+        ref_lp = torch.cat([reference.sweep(cell, x, *[t for t in w], axis=a) for w, a in zip(weights_list, axes)], 1)
+    err = (got_y.double() - expected).abs().max().item()
+    assert err <= max(2 * (ref_lp.double() - expected).abs().max().item(), 3e-2), err
+    for got, exp in zip(got_grads, exp_grads):
+        assert got.dtype == dtype and not torch.isnan(got).any()
+        assert (got.double() - exp).abs().max().item() <= 5e-2 * (exp.abs().max().item() + 1e-6)
+
+
+@pytest.mark.parametrize("gpu", ["h100", "a100"])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("hid", [64, 128, 256])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_sim_realistic_hidden_sizes(cell, hid, dtype, gpu):
+    """hidden 64/128/256 as on the GPU benchmark shapes, with the planner's configuration for that GPU
+    (W_hh wholly in shared memory, split, or through L2), 2 full CTAs and a partial one, T = 3."""
+    dt = DTYPES[dtype]
+    tile = TILE[hid]
+    n, c, h, w = 1, 8, 2 * tile + 1, 3
+    x = torch.randn(n, c, h, w).to(dt)
+    weights = _realistic_weights(cell, c, hid, dt)
+    op = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep")
+    bop = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep_backward")
+    torch.ops.brnnseg_sim.launch_log(True)
+    y, ws = op(x, *weights, 3, False, True, gpu, 0, False)
+    g = torch.randn(y.shape, dtype=torch.float64)
+    grads = bop(g.to(dt), x, weights[0], weights[1], y, ws, 3, gpu, 0, False)
+    launches = torch.ops.brnnseg_sim.launch_log(True)
+    assert len(launches) == 2 and all(f"grid=(3, 2, 1) block=256" in s and f"gpu={gpu}" in s for s in launches), launches
+    _check_against_reference(cell, x, [weights], [3], y, grads, g, dt)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_sim_pair_mode_every_dtype(cell, dtype):
+    """mode="parallel" (both sweeps in one launch) in float32, float16 and bfloat16."""
+    dt = DTYPES[dtype]
+    n, c, h, w, hid = 1, 8, 2 * TILE[64] + 1, 5, 64
+    x = torch.randn(n, c, h, w).to(dt)
+    rows, cols = _realistic_weights(cell, c, hid, dt), _realistic_weights(cell, c, hid, dt)
+    op = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep_pair")
+    bop = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep_pair_backward")
+    torch.ops.brnnseg_sim.launch_log(True)
+    y, ws_r, ws_c = op(x, *rows, *cols, False, True, "h100", 0, False)
+    assert y.dtype == dt
+    g = torch.randn(y.shape, dtype=torch.float64)
+    grads = bop(g.to(dt), x, rows[0], rows[1], cols[0], cols[1], y, ws_r, ws_c, "h100", 0, False)
+    launches = torch.ops.brnnseg_sim.launch_log(True)
+    assert len(launches) == 2 and all("grid=(3, 2, 2)" in s for s in launches), launches  # rows: 3 CTAs, cols: 1
+    _check_against_reference(cell, x, [rows, cols], [3, 2], y, grads, g, dt)
+
+
+def test_sim_refuses_what_the_gpu_refuses():
+    """A launch planned past the A100's opt-in limit (a budget forced above it) fails the way the GPU
+    would: cudaFuncSetAttribute refuses the size, with a message naming the rule."""
+    x = torch.randn(1, 4, 9, 3)
+    w = _realistic_weights("gru", 4, 128, torch.float32)
+    y, ws = torch.ops.brnnseg_sim.bigru_sweep(x, *w, 3, False, False, "h100", 0, False)  # 204800 B: fits
+    with pytest.raises(ValueError, match="opt-in limit of 166912 bytes"):
+        torch.ops.brnnseg_sim.bigru_sweep(x, *w, 3, False, False, "a100", 230000, False)
+    with pytest.raises(ValueError, match="unknown GPU"):
+        torch.ops.brnnseg_sim.bigru_sweep(x, *w, 3, False, False, "v100", 0, False)

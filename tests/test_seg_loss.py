@@ -1,5 +1,8 @@
-"""Fused segmentation loss: the C++ CPU kernel (through the op) and the Triton kernels (under
-TRITON_INTERPRET=1 on CPU tensors, set in conftest.py) against the plain-PyTorch reference."""
+"""Fused segmentation loss: the C++ CPU kernel (through the op) and the Triton kernels against the
+plain-PyTorch reference. Without a GPU the Triton kernels run under TRITON_INTERPRET=1 on CPU tensors
+(set in conftest.py); with one, compiled, on copies of the inputs on the GPU."""
+import os
+
 import pytest
 import torch
 
@@ -11,20 +14,32 @@ from tests.utils import assert_verbose_allclose
 triton_kernels = pytest.importorskip("brnnseg_kernels.losses._kernels")
 
 
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+TRITON_DEVICE = "cpu" if INTERPRETED else "cuda"
+
+
+def _on(dev, *ts):
+    return [None if t is None else t.to(dev) for t in ts]
+
+
 class _TritonSums(torch.autograd.Function):
-    """The loss with its sums from the Triton launchers (as the CUDA kernel of the op would)."""
+    """The loss with its sums from the Triton launchers (as the CUDA kernel of the op would): on CPU
+    tensors under the interpreter, else compiled on the GPU."""
 
     @staticmethod
     def forward(ctx, logits, target, weight, pos_weight, bw, r, ign, sq):
         ctx.save_for_backward(logits, target, weight, pos_weight)
         ctx.params = (bw, r, ign, sq)
-        return triton_kernels.seg_loss_sums_triton(logits, target, weight, pos_weight, bw, r, ign, sq)
+        sums = triton_kernels.seg_loss_sums_triton(*_on(TRITON_DEVICE, logits, target, weight, pos_weight),
+                                                   bw, r, ign, sq)
+        return sums.to(logits.device)
 
     @staticmethod
     def backward(ctx, g):
         logits, target, weight, pos_weight = ctx.saved_tensors
-        dx = triton_kernels.seg_loss_sums_backward_triton(g, logits, target, weight, pos_weight, *ctx.params)
-        return dx, None, None, None, None, None, None, None
+        dx = triton_kernels.seg_loss_sums_backward_triton(*_on(TRITON_DEVICE, g, logits, target, weight, pos_weight),
+                                                          *ctx.params)
+        return dx.to(logits.device), None, None, None, None, None, None, None
 
 
 @pytest.fixture(params=["cpu", "triton"])
@@ -37,8 +52,8 @@ def backend(request, monkeypatch):
 
 
 def _tol(backend, dtype):
-    # Triton computes in float32 whatever the input; the CPU kernel in the input's dtype.
-    if backend == "triton" or dtype == torch.float32:
+    # Both compute in float64 for float64 logits, else in float32.
+    if dtype != torch.float64:
         return dict(rtol=2e-5, atol=2e-6)
     return dict(rtol=1e-10, atol=1e-12)
 
@@ -264,3 +279,28 @@ def test_loss_bad_input():
         bk.losses.BCEDiceLoss(reduction="avg")
     with pytest.raises(RuntimeError, match="target dtype"):
         torch.ops.brnnseg.seg_loss_sums(x, y.to(torch.complex64), None, torch.ones(2), 0.0, 1, None, False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_triton_sums_dtype_matches_fake(dtype):
+    """The Triton launcher returns the dtype the op's fake kernel promises (float64 for float64 logits,
+    accumulated in float64), so a CUDA float64 loss is float64 end to end."""
+    x = torch.randn(2, 2, 9, 33).to(dtype).to(TRITON_DEVICE)
+    y = (torch.rand(2, 2, 9, 33) > 0.5).float().to(TRITON_DEVICE)
+    pw = torch.ones(2, device=TRITON_DEVICE)
+    sums = triton_kernels.seg_loss_sums_triton(x, y, None, pw, 1.0, 1, None, False)
+    assert sums.dtype == sl._sums_dtype(x)
+    dx = triton_kernels.seg_loss_sums_backward_triton(torch.ones_like(sums), x, y, None, pw, 1.0, 1, None, False)
+    assert dx.dtype == dtype
+
+
+def test_triton_grid_fits_gpu_limits(backend):
+    """One program per (slice, tile) on grid axis 0: a 3-D batch with N*C*D > 65535 slices launches
+    (axis 1 would refuse it on a GPU; the interpreter would not notice), and a grid past 2^31-1 is a
+    clear error."""
+    assert triton_kernels.launch_grid(3, 70000) == (210000,)
+    with pytest.raises(ValueError, match="split the batch"):
+        triton_kernels.launch_grid(2**20, 2**12)
+    # The same indexing at a size the interpreter runs: slice-major programs cover every pixel once.
+    x, y = _rand((3, 2, 5, 4, 3))
+    _check(backend, x, y, boundary_weight=1.0, boundary_radius=1)

@@ -24,11 +24,14 @@ NUM_SUMS = 5
 
 
 @triton.jit
-def _tile_coords(pw_ptr, C, D, H, W, tiles_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """This program's tile: program (tile, slice) with slice = (n*C + c)*D + d; 2D pixel coordinates,
-    the in-bounds mask, offsets of the (n, c) volume and of the pixels, and the channel's pos_weight."""
-    tile = tl.program_id(0)
-    slice_id = tl.program_id(1)
+def _tile_coords(pw_ptr, C, D, H, W, tiles_w, n_tiles, ACC: tl.constexpr, BLOCK_H: tl.constexpr,
+                 BLOCK_W: tl.constexpr):
+    """This program's tile: program slice * n_tiles + tile, with slice = (n*C + c)*D + d (a 1-D grid:
+    axis 0 allows 2^31 - 1 programs, axes 1 and 2 only 65535 on a GPU); 2D pixel coordinates, the
+    in-bounds mask, offsets of the (n, c) volume and of the pixels, and the channel's pos_weight."""
+    pid = tl.program_id(0)
+    tile = pid % n_tiles
+    slice_id = pid // n_tiles
     d = slice_id % D
     nc = slice_id // D
     h2 = ((tile // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
@@ -36,16 +39,16 @@ def _tile_coords(pw_ptr, C, D, H, W, tiles_w, BLOCK_H: tl.constexpr, BLOCK_W: tl
     inb = (h2 < H) & (w2 < W)
     vol = nc.to(tl.int64) * D * H * W
     off = vol + (d * H + h2) * W + w2
-    pw = tl.load(pw_ptr + nc % C).to(tl.float32)
+    pw = tl.load(pw_ptr + nc % C).to(ACC)
     return tile, slice_id, d, nc, h2, w2, inb, vol, off, pw
 
 
 @triton.jit
 def _pixel_terms(x_ptr, y_ptr, w_ptr, off, inb, vol, d, h2, w2, D, H, W, pw, boundary_weight, ignore_value,
                  HAS_WEIGHT: tl.constexpr, HAS_IGNORE: tl.constexpr, USE_BOUNDARY: tl.constexpr,
-                 R: tl.constexpr, RZ: tl.constexpr):
-    x = tl.load(x_ptr + off, mask=inb, other=0.0).to(tl.float32)
-    y = tl.load(y_ptr + off, mask=inb, other=0).to(tl.float32)
+                 R: tl.constexpr, RZ: tl.constexpr, ACC: tl.constexpr):
+    x = tl.load(x_ptr + off, mask=inb, other=0.0).to(ACC)
+    y = tl.load(y_ptr + off, mask=inb, other=0).to(ACC)
     valid = inb
     if HAS_IGNORE:
         valid = valid & (y != ignore_value)
@@ -57,7 +60,7 @@ def _pixel_terms(x_ptr, y_ptr, w_ptr, off, inb, vol, d, h2, w2, D, H, W, pw, bou
     p = tl.where(x >= 0, inv, e * inv)
     sp_pos = tl.maximum(x, 0.0) + lg
     sp_neg = tl.maximum(-x, 0.0) + lg
-    m = tl.full(x.shape, 1.0, tl.float32)
+    m = tl.full(x.shape, 1.0, ACC)
     if USE_BOUNDARY:
         any_fg = tl.zeros(x.shape, tl.int32)
         any_bg = tl.zeros(x.shape, tl.int32)
@@ -68,26 +71,27 @@ def _pixel_terms(x_ptr, y_ptr, w_ptr, off, inb, vol, d, h2, w2, D, H, W, pw, bou
                 for kx in tl.static_range(2 * R + 1):
                     ww = w2 + kx - R
                     ok = (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W) & (dd >= 0) & (dd < D)
-                    v = tl.load(y_ptr + vol + (dd * H + hh) * W + ww, mask=ok, other=0).to(tl.float32)
+                    v = tl.load(y_ptr + vol + (dd * H + hh) * W + ww, mask=ok, other=0).to(ACC)
                     if HAS_IGNORE:
                         ok = ok & (v != ignore_value)
                     any_fg = any_fg | (ok & (v > 0.5)).to(tl.int32)
                     any_bg = any_bg | (ok & (v <= 0.5)).to(tl.int32)
-        m = 1.0 + boundary_weight * (any_fg & any_bg).to(tl.float32)
+        m = 1.0 + boundary_weight * (any_fg & any_bg).to(ACC)
     if HAS_WEIGHT:
-        m = m * tl.load(w_ptr + off, mask=inb, other=0.0).to(tl.float32)
-    return x, yv, valid.to(tl.float32), p, sp_pos, sp_neg, m
+        m = m * tl.load(w_ptr + off, mask=inb, other=0.0).to(ACC)
+    return x, yv, valid.to(ACC), p, sp_pos, sp_neg, m
 
 
 @triton.jit
 def _seg_loss_fwd_kernel(x_ptr, y_ptr, w_ptr, pw_ptr, part_ptr, C, D, H, W, tiles_w, n_tiles, boundary_weight,
                          ignore_value, HAS_WEIGHT: tl.constexpr, HAS_IGNORE: tl.constexpr,
                          USE_BOUNDARY: tl.constexpr, SQUARED: tl.constexpr, R: tl.constexpr, RZ: tl.constexpr,
-                         BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    tile, slice_id, d, nc, h2, w2, inb, vol, off, pw = _tile_coords(pw_ptr, C, D, H, W, tiles_w, BLOCK_H, BLOCK_W)
+                         ACC: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    tile, slice_id, d, nc, h2, w2, inb, vol, off, pw = _tile_coords(pw_ptr, C, D, H, W, tiles_w, n_tiles, ACC,
+                                                                    BLOCK_H, BLOCK_W)
     x, yv, vf, p, sp_pos, sp_neg, m = _pixel_terms(x_ptr, y_ptr, w_ptr, off, inb, vol, d, h2, w2, D, H, W, pw,
                                                    boundary_weight, ignore_value, HAS_WEIGHT, HAS_IGNORE,
-                                                   USE_BOUNDARY, R, RZ)
+                                                   USE_BOUNDARY, R, RZ, ACC)
     bce = pw * yv * sp_neg + (1.0 - yv) * sp_pos
     pv = p * vf
     if SQUARED:
@@ -105,18 +109,19 @@ def _seg_loss_fwd_kernel(x_ptr, y_ptr, w_ptr, pw_ptr, part_ptr, C, D, H, W, tile
 
 
 @triton.jit
-def _seg_loss_bwd_kernel(g_ptr, x_ptr, y_ptr, w_ptr, pw_ptr, dx_ptr, C, D, H, W, tiles_w, boundary_weight,
+def _seg_loss_bwd_kernel(g_ptr, x_ptr, y_ptr, w_ptr, pw_ptr, dx_ptr, C, D, H, W, tiles_w, n_tiles, boundary_weight,
                          ignore_value, HAS_WEIGHT: tl.constexpr, HAS_IGNORE: tl.constexpr,
                          USE_BOUNDARY: tl.constexpr, SQUARED: tl.constexpr, R: tl.constexpr, RZ: tl.constexpr,
-                         BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    tile, slice_id, d, nc, h2, w2, inb, vol, off, pw = _tile_coords(pw_ptr, C, D, H, W, tiles_w, BLOCK_H, BLOCK_W)
+                         ACC: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    tile, slice_id, d, nc, h2, w2, inb, vol, off, pw = _tile_coords(pw_ptr, C, D, H, W, tiles_w, n_tiles, ACC,
+                                                                    BLOCK_H, BLOCK_W)
     x, yv, vf, p, sp_pos, sp_neg, m = _pixel_terms(x_ptr, y_ptr, w_ptr, off, inb, vol, d, h2, w2, D, H, W, pw,
                                                    boundary_weight, ignore_value, HAS_WEIGHT, HAS_IGNORE,
-                                                   USE_BOUNDARY, R, RZ)
+                                                   USE_BOUNDARY, R, RZ, ACC)
     g = g_ptr + nc.to(tl.int64) * 5
-    g_bce = tl.load(g + 0).to(tl.float32)
-    g_inter = tl.load(g + 2).to(tl.float32)
-    g_pred = tl.load(g + 3).to(tl.float32)
+    g_bce = tl.load(g + 0).to(ACC)
+    g_inter = tl.load(g + 2).to(ACC)
+    g_pred = tl.load(g + 3).to(ACC)
     dsig = p * (1.0 - p)
     if SQUARED:
         dpred = 2.0 * p * dsig
@@ -127,17 +132,41 @@ def _seg_loss_bwd_kernel(g_ptr, x_ptr, y_ptr, w_ptr, pw_ptr, dx_ptr, C, D, H, W,
     tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=inb)
 
 
+# Tile shapes (BLOCK_H, BLOCK_W) the launchers choose from, 1024 pixels each over 8 warps (4 pixels a
+# thread): wide rows take 128-wide tiles, narrow ones (3-D slices, small maps) tall 16-wide tiles. A
+# closed set, so every kernel variant the op can launch is compiled ahead of time in CI
+# (brnnseg_kernels/losses/_aot.py, tests/test_seg_loss_aot.py). 2048-pixel tiles over 4 warps spilled
+# up to 1.5 KB per thread in 3-D (27 neighbour loads) and in float64 on sm_90.
+BLOCKS = ((8, 128), (64, 16))
+NUM_WARPS = 8
+# Accumulation dtype: float64 for float64 logits (the sums the op's fake kernel promises), else float32.
+ACC_DTYPES = {torch.float64: torch.float64}
+MAX_GRID_X = 2**31 - 1  # a GPU's limit on grid axis 0 (axes 1 and 2: 65535)
+
+
 def _layout(logits: torch.Tensor):
     n, c = logits.shape[:2]
     if logits.dim() == 4:
         d, h, w = 1, logits.shape[2], logits.shape[3]
     else:
         d, h, w = logits.shape[2:]
-    block_w = triton.next_power_of_2(max(1, min(w, 128)))
-    block_h = max(1, min(triton.next_power_of_2(max(h, 1)), 2048 // block_w))
+    block_h, block_w = BLOCKS[0] if w > 16 else BLOCKS[1]
     tiles_w = triton.cdiv(w, block_w)
     n_tiles = triton.cdiv(h, block_h) * tiles_w
     return n, c, d, h, w, block_h, block_w, tiles_w, n_tiles
+
+
+def launch_grid(n_tiles: int, slices: int):
+    """One program per (slice, tile) on grid axis 0, so N*C*D may pass 65535 (axis 1's limit)."""
+    programs = n_tiles * slices
+    if programs > MAX_GRID_X:
+        raise ValueError(f"seg_loss: logits need {programs} tiles of 1024 pixels, more than a GPU grid's "
+                         f"{MAX_GRID_X}; split the batch")
+    return (programs,)
+
+
+def acc_dtype(logits_dtype: torch.dtype) -> torch.dtype:
+    return ACC_DTYPES.get(logits_dtype, torch.float32)
 
 
 def _prepare(logits, target, weight, pos_weight):
@@ -146,7 +175,7 @@ def _prepare(logits, target, weight, pos_weight):
     if y.dtype == torch.bool:
         y = y.view(torch.uint8)
     w = weight.contiguous() if weight is not None else x  # dummy pointer when HAS_WEIGHT is False
-    pw = pos_weight.to(torch.float32).contiguous()
+    pw = pos_weight.to(acc_dtype(x.dtype)).contiguous()
     return x, y, w, pw
 
 
@@ -156,23 +185,24 @@ def _ignore(ignore_value):
 
 def _flags(logits, weight, boundary_weight, boundary_radius, ignore_value, squared, block_h, block_w):
     """Compile-time switches of both kernels."""
+    acc = tl.float64 if acc_dtype(logits.dtype) == torch.float64 else tl.float32
     return dict(HAS_WEIGHT=weight is not None, HAS_IGNORE=ignore_value is not None, USE_BOUNDARY=boundary_weight != 0,
                 SQUARED=bool(squared), R=int(boundary_radius), RZ=int(boundary_radius) if logits.dim() == 5 else 0,
-                BLOCK_H=block_h, BLOCK_W=block_w)
+                ACC=acc, BLOCK_H=block_h, BLOCK_W=block_w)
 
 
 def seg_loss_sums_triton(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
                          pos_weight: torch.Tensor, boundary_weight: float, boundary_radius: int,
                          ignore_value: Optional[float], squared: bool) -> torch.Tensor:
-    """Forward launcher: (N, C, 5) float32 sums (see module docstring)."""
+    """Forward launcher: (N, C, 5) sums (see module docstring), float64 for float64 logits, else float32."""
     x, y, w, pw = _prepare(logits, target, weight, pos_weight)
     n, c, d, h, wd, bh, bw, tiles_w, n_tiles = _layout(x)
-    partial = torch.empty((n * c * d, n_tiles, NUM_SUMS), dtype=torch.float32, device=x.device)
+    partial = torch.empty((n * c * d, n_tiles, NUM_SUMS), dtype=acc_dtype(x.dtype), device=x.device)
     if partial.numel():
-        _seg_loss_fwd_kernel[(n_tiles, n * c * d)](
+        _seg_loss_fwd_kernel[launch_grid(n_tiles, n * c * d)](
             x, y, w, pw, partial, c, d, h, wd, tiles_w, n_tiles, float(boundary_weight),
             _ignore(ignore_value), **_flags(logits, weight, boundary_weight, boundary_radius, ignore_value, squared,
-                                            bh, bw))
+                                            bh, bw), num_warps=NUM_WARPS)
     # Second stage in a fixed order: deterministic.
     return partial.view(n, c, d * n_tiles, NUM_SUMS).sum(2)
 
@@ -184,10 +214,10 @@ def seg_loss_sums_backward_triton(grad_sums: torch.Tensor, logits: torch.Tensor,
     x, y, w, pw = _prepare(logits, target, weight, pos_weight)
     n, c, d, h, wd, bh, bw, tiles_w, n_tiles = _layout(x)
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    g = grad_sums.to(torch.float32).contiguous()
+    g = grad_sums.to(acc_dtype(x.dtype)).contiguous()
     if dx.numel():
-        _seg_loss_bwd_kernel[(n_tiles, n * c * d)](
-            g, x, y, w, pw, dx, c, d, h, wd, tiles_w, float(boundary_weight),
+        _seg_loss_bwd_kernel[launch_grid(n_tiles, n * c * d)](
+            g, x, y, w, pw, dx, c, d, h, wd, tiles_w, n_tiles, float(boundary_weight),
             _ignore(ignore_value), **_flags(logits, weight, boundary_weight, boundary_radius, ignore_value, squared,
-                                            bh, bw))
+                                            bh, bw), num_warps=NUM_WARPS)
     return dx

@@ -9,11 +9,14 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
-#define BRNNSEG_LAUNCH(kernel, grid, block, smem, stream, ...)                                    \
-  do {                                                                                        \
-    kernel<<<grid, block, smem, static_cast<cudaStream_t>(stream)>>>(__VA_ARGS__);            \
-    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                           \
+// The simulator build defines the same two macros (simt_sim.h), checked against a simulated GPU.
+#define BRNNSEG_LAUNCH(kernel, name, bounds, grid, block, smem, stream, ...)             \
+  do {                                                                                \
+    kernel<<<grid, block, smem, static_cast<cudaStream_t>(stream)>>>(__VA_ARGS__);    \
+    C10_CUDA_KERNEL_LAUNCH_CHECK();                                                   \
   } while (0)
+#define BRNNSEG_SET_MAX_DYNAMIC_SMEM(kernel, bytes) \
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)))
 
 #include "line_scan_host.h"
 

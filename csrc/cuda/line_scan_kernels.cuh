@@ -16,9 +16,17 @@
 #include "brnnseg/params.h"
 
 #if defined(__CUDACC__)
+// Shared memory is reached through smem_ptr<T> / smem_at<T>(base, byte offset): plain pointers under
+// nvcc, checked pointers under the simulator (simt_sim.h: bounds, unwritten reads).
 #define BRNNSEG_DYNAMIC_SMEM(type, name) \
   extern __shared__ __align__(16) unsigned char brnnseg_smem_raw[]; \
   type* name = reinterpret_cast<type*>(brnnseg_smem_raw)
+template <typename T>
+using smem_ptr = T*;
+template <typename T>
+__device__ __forceinline__ T* smem_at(unsigned char* base, size_t byte_offset) {
+  return reinterpret_cast<T*>(base + byte_offset);
+}
 #endif
 
 namespace brnnseg {
@@ -84,8 +92,8 @@ __global__ void __launch_bounds__(kMaxThreadsPerCta) line_scan_fwd_kernel(SweepB
   BRNNSEG_DYNAMIC_SMEM(unsigned char, smem);
   const T* w_t = p.w_hh_t + int64_t(d) * hid * Gh;  // global, [k][g*hid + u]
   const int sg = p.smem_gates, sgh = sg * hid;      // shared: the first sg gates, [k][g*hid + u]
-  T* w_s = reinterpret_cast<T*>(smem);
-  float* h_s = reinterpret_cast<float*>(smem + smem_weight_bytes<T>(hid, sg));
+  const smem_ptr<T> w_s = smem_at<T>(smem, 0);
+  const smem_ptr<float> h_s = smem_at<float>(smem, smem_weight_bytes<T>(hid, sg));
   for (int i = threadIdx.x; i < sgh * hid; i += blockDim.x) w_s[i] = w_t[(i / sgh) * Gh + i % sgh];
   for (int i = threadIdx.x; i < 2 * p.tile * hid; i += blockDim.x) h_s[i] = 0.f;
 
@@ -101,8 +109,8 @@ __global__ void __launch_bounds__(kMaxThreadsPerCta) line_scan_fwd_kernel(SweepB
   constexpr int S = G == 3 ? GruCell::kSaved : LstmCell::kSaved;
   for (int64_t s = 0; s < T_len; ++s) {
     const int64_t t = step_time(d, s, T_len);
-    const float* h_prev = h_s + (s & 1) * p.tile * hid;
-    float* h_next = h_s + ((s + 1) & 1) * p.tile * hid;
+    const smem_ptr<const float> h_prev = h_s + (s & 1) * p.tile * hid;
+    const smem_ptr<float> h_next = h_s + ((s + 1) & 1) * p.tile * hid;
     float acc[kLPT][G];
     for (int j = 0; j < kLPT; ++j)
       for (int g = 0; g < G; ++g) acc[j][g] = 0.f;
@@ -111,7 +119,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerCta) line_scan_fwd_kernel(SweepB
       for (int k = 0; k < hid; ++k) {
         float wv[G];
         for (int g = 0; g < G; ++g)  // g < sg is uniform across the CTA: no divergence
-          wv[g] = to_float(g < sg ? w_s[k * sgh + g * hid + u] : w_t[k * Gh + g * hid + u]);
+          wv[g] = g < sg ? to_float(T(w_s[k * sgh + g * hid + u])) : to_float(w_t[k * Gh + g * hid + u]);
         for (int j = 0; j < kLPT; ++j) {
           const int l = lg + j * line_groups;
           if (l >= L) break;
@@ -132,7 +140,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerCta) line_scan_fwd_kernel(SweepB
         const float ghn = acc[j][2] + b_h[2];
         h = gru_cell_forward(to_float(gx[u]) + b_x[0], to_float(gx[hid + u]) + b_x[1],
                              to_float(gx[2 * hid + u]) + b_x[2], acc[j][0] + b_h[0], acc[j][1] + b_h[1], ghn,
-                             h_prev[l * hid + u], r, z, n);
+                             float(h_prev[l * hid + u]), r, z, n);
         if (ws) {
           ws[u] = r;
           ws[hid + u] = z;
@@ -179,8 +187,8 @@ __global__ void __launch_bounds__(kMaxThreadsPerCta) line_scan_bwd_kernel(SweepB
   BRNNSEG_DYNAMIC_SMEM(unsigned char, smem);
   const T* w = p.w_hh + int64_t(d) * Gh * hid;  // global, [j][k]
   const int sgh = p.smem_gates * hid;           // shared: rows j < sgh (the first smem_gates gates)
-  T* w_s = reinterpret_cast<T*>(smem);
-  float* dgh_s = reinterpret_cast<float*>(smem + smem_weight_bytes<T>(hid, p.smem_gates));
+  const smem_ptr<T> w_s = smem_at<T>(smem, 0);
+  const smem_ptr<float> dgh_s = smem_at<float>(smem, smem_weight_bytes<T>(hid, p.smem_gates));
   for (int i = threadIdx.x; i < sgh * hid; i += blockDim.x) w_s[i] = w[i];
   float dh[kLPT], dc[kLPT];
   for (int j = 0; j < kLPT; ++j) dh[j] = dc[j] = 0.f;
@@ -234,7 +242,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerCta) line_scan_bwd_kernel(SweepB
     if (!first && active) {
       // dh_prev[l][u] += sum_j dgh[l][j] * W_hh[j][u]; each weight loaded once for all lines.
       for (int jj = 0; jj < Gh; ++jj) {
-        const float wv = to_float(jj < sgh ? w_s[jj * hid + u] : w[jj * hid + u]);
+        const float wv = jj < sgh ? to_float(T(w_s[jj * hid + u])) : to_float(w[jj * hid + u]);
         for (int j = 0; j < kLPT; ++j) {
           const int l = lg + j * line_groups;
           if (l >= L) break;

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "brnnseg/device_spec.h"
 #include "line_scan_kernels.cuh"
 
 namespace brnnseg {
@@ -60,25 +61,30 @@ LaunchConfig line_scan_config(bool backward, int G, int hid, int64_t lines, size
 
 // Launches the sweeps of a batch: grid (tiles, 2 directions, sweeps), opting in to > 48 KiB of shared
 // memory. The config (threads, tile, shared memory) is the same for every sweep of the batch.
+// BRNNSEG_SET_MAX_DYNAMIC_SMEM is cudaFuncSetAttribute under nvcc and its emulation (checked against
+// the simulated GPU) under simt_sim.h; the launch is refused above 48 KiB without it.
 template <typename Kernel, typename Params>
-void launch_sweep_kernel(Kernel kernel, const SweepBatch<Params>& b, const LaunchConfig& c, void* stream) {
-#if defined(__CUDACC__)
-  if (c.smem_bytes > 48 * 1024)
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(c.smem_bytes)));
-#endif
+void launch_sweep_kernel(Kernel kernel, const char* name, const SweepBatch<Params>& b, const LaunchConfig& c,
+                         void* stream) {
+  if (c.smem_bytes > 48 * 1024) BRNNSEG_SET_MAX_DYNAMIC_SMEM(kernel, c.smem_bytes);
   (void)stream;
   const int blocks = b.count == 2 && b.blocks[1] > b.blocks[0] ? b.blocks[1] : b.blocks[0];
-  BRNNSEG_LAUNCH(kernel, dim3(blocks, 2, b.count), dim3(c.threads), c.smem_bytes, stream, b);
+  BRNNSEG_LAUNCH(kernel, name, kMaxThreadsPerCta, dim3(blocks, 2, b.count), dim3(c.threads), c.smem_bytes, stream,
+                 b);
 }
 
 template <typename T, int G>
 void launch_fwd_impl(const SweepBatch<SweepFwdParams<T>>& b, const LaunchConfig& c, void* stream) {
-  launch_sweep_kernel(line_scan_fwd_kernel<T, G, kLinesPerThread>, b, c, stream);
+  launch_sweep_kernel(line_scan_fwd_kernel<T, G, kLinesPerThread>, G == 3 ? "line_scan_fwd_kernel<gru>"
+                                                                           : "line_scan_fwd_kernel<lstm>",
+                      b, c, stream);
 }
 
 template <typename T, int G>
 void launch_bwd_impl(const SweepBatch<SweepBwdParams<T>>& b, const LaunchConfig& c, void* stream) {
-  launch_sweep_kernel(line_scan_bwd_kernel<T, G, kLinesPerThread>, b, c, stream);
+  launch_sweep_kernel(line_scan_bwd_kernel<T, G, kLinesPerThread>, G == 3 ? "line_scan_bwd_kernel<gru>"
+                                                                           : "line_scan_bwd_kernel<lstm>",
+                      b, c, stream);
 }
 
 // Applies the config to every sweep of a batch: tile, shared-memory gates, blocks (tiles) per sweep.

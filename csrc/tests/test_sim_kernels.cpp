@@ -1,9 +1,18 @@
-// The CUDA recurrence kernels under the SIMT simulator, without torch: built twice by CMake, plain
-// and with -fsanitize=thread (a missing __syncthreads shows up as a data race). Checks the forward
-// output against a serial loop over the same cell math, and that both weight paths (shared memory,
-// L2) give bit-identical forward and backward results.
+// The CUDA recurrence kernels under the SIMT simulator, without torch: built by CMake plain, with
+// -fsanitize=thread (a missing __syncthreads shows up as a data race) and with
+// -fsanitize=address,undefined. Checks:
+//   * forward and backward (dgx, dgh, dgh_first) against a float64 serial loop over the same cell
+//     math, outputs NaN-filled before each launch, at small odd sizes and at hidden 64/128/256 with
+//     the launch configuration the planner picks on an H100 and an A100 (W_hh wholly in shared
+//     memory, split between shared memory and L2, through L2), several CTAs and a partial last tile;
+//   * that all weight paths give bit-identical results;
+//   * that the simulator refuses what a GPU refuses, and reports shared-memory faults, on planted
+//     faults (out-of-bounds write, unwritten read, guard zone, missing opt-in, opt-in over the
+//     limit, grid y over 65535, block over __launch_bounds__). The planted race (a removed
+//     barrier) is csrc/tests/test_sim_race.cpp, which must fail under ThreadSanitizer.
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -13,112 +22,292 @@
 using namespace brnnseg;
 
 static int failures = 0;
+static const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
+#define CHECK(cond, ...)          \
+  do {                            \
+    if (!(cond)) {                \
+      std::printf("FAIL ");       \
+      std::printf(__VA_ARGS__);   \
+      std::printf("\n");          \
+      ++failures;                 \
+    }                             \
+  } while (0)
+
+// max |got - ref| / (atol + rtol |ref|) over all elements; NaN counts as a failure.
+static double worst(const std::vector<float>& got, const std::vector<double>& ref, double atol, double rtol) {
+  double w = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double e = std::fabs(double(got[i]) - ref[i]) / (atol + rtol * std::fabs(ref[i]));
+    if (!(e == e)) return std::numeric_limits<double>::infinity();
+    w = std::max(w, e);
+  }
+  return w;
+}
+
+// Float64 forward and backward of one sweep (the kernels' outputs: y, dgx, dgh, dgh_first).
 template <int G>
-static void run_case(int64_t N, int64_t H, int64_t W, int hid, int axis) {
+struct Reference {
+  std::vector<double> y, dgx, dgh, first;
+  Reference(const SweepGeometry& geo, int hid, const std::vector<float>& gx, const std::vector<float>& w_hh,
+            const std::vector<float>& b_ih, const std::vector<float>& b_hh, const std::vector<float>& gy) {
+    const int64_t P = geo.positions(), lines = geo.lines(), T = geo.steps(), H = geo.H, W = geo.W;
+    const int Gh = G * hid, S = G == 3 ? 4 : 5;
+    y.assign(geo.N * 2 * hid * H * W, 0.0);
+    dgx.assign(P * 2 * Gh, 0.0);
+    dgh.assign(P * 2 * Gh, 0.0);
+    first.assign(2 * lines * Gh, 0.0);
+    auto y_at = [&](int64_t p, int d, int u) -> int64_t {
+      const int64_t n = p / (H * W), hw = p % (H * W);
+      return (n * 2 * hid + d * hid + u) * H * W + hw;
+    };
+    auto W_hh = [&](int d, int j, int k) { return double(w_hh[(d * Gh + j) * hid + k]); };
+    for (int d = 0; d < 2; ++d)
+      for (int64_t line = 0; line < lines; ++line) {
+        std::vector<std::vector<double>> h(T + 1, std::vector<double>(hid, 0.0)), c = h, saved(T, std::vector<double>(S * hid));
+        std::vector<std::vector<double>> ghn(T, std::vector<double>(hid));
+        for (int64_t s = 0; s < T; ++s) {
+          const int64_t p = geo.pos(line, step_time(d, s, T));
+          for (int u = 0; u < hid; ++u) {
+            double a[4] = {0, 0, 0, 0};
+            for (int g = 0; g < G; ++g) {
+              for (int k = 0; k < hid; ++k) a[g] += W_hh(d, g * hid + u, k) * h[s][k];
+              a[g] += b_hh[d * Gh + g * hid + u];
+            }
+            double x[4];
+            for (int g = 0; g < G; ++g) x[g] = double(gx[(p * 2 + d) * Gh + g * hid + u]) + b_ih[d * Gh + g * hid + u];
+            double* sv = &saved[s][0];
+            if constexpr (G == 3) {
+              double r, z, n;
+              h[s + 1][u] = gru_cell_forward<double>(x[0], x[1], x[2], a[0], a[1], a[2], h[s][u], r, z, n);
+              sv[u] = r, sv[hid + u] = z, sv[2 * hid + u] = n, sv[3 * hid + u] = a[2];
+            } else {
+              double i, f, gg, o, cc;
+              h[s + 1][u] = lstm_cell_forward<double>(x[0] + a[0], x[1] + a[1], x[2] + a[2], x[3] + a[3], c[s][u], i,
+                                                      f, gg, o, cc);
+              c[s + 1][u] = cc;
+              sv[u] = i, sv[hid + u] = f, sv[2 * hid + u] = gg, sv[3 * hid + u] = o, sv[4 * hid + u] = cc;
+            }
+            y[y_at(p, d, u)] = h[s + 1][u];
+          }
+        }
+        std::vector<double> dh_rec(hid, 0.0), dc(hid, 0.0), rec(Gh);
+        for (int64_t s = T - 1; s >= 0; --s) {
+          const int64_t p = geo.pos(line, step_time(d, s, T));
+          std::vector<double> dh_prev(hid, 0.0);
+          for (int u = 0; u < hid; ++u) {
+            const double dh = dh_rec[u] + gy[y_at(p, d, u)];
+            const double* sv = &saved[s][0];
+            double da[4];
+            if constexpr (G == 3) {
+              double dn, direct;
+              gru_cell_backward<double>(dh, sv[u], sv[hid + u], sv[2 * hid + u], sv[3 * hid + u], h[s][u], da[0],
+                                        da[1], da[2], dn, direct);
+              rec[u] = da[0], rec[hid + u] = da[1], rec[2 * hid + u] = dn;
+              dh_prev[u] += direct;
+            } else {
+              double dcp;
+              lstm_cell_backward<double>(dh, dc[u], sv[u], sv[hid + u], sv[2 * hid + u], sv[3 * hid + u],
+                                         sv[4 * hid + u], c[s][u], da[0], da[1], da[2], da[3], dcp);
+              dc[u] = dcp;
+              for (int g = 0; g < 4; ++g) rec[g * hid + u] = da[g];
+            }
+            for (int g = 0; g < G; ++g) dgx[(p * 2 + d) * Gh + g * hid + u] = da[g];
+          }
+          double* slot = s == 0 ? &first[(d * lines + line) * Gh]
+                                : &dgh[(geo.pos(line, step_time(d, s - 1, T)) * 2 + d) * Gh];
+          for (int j = 0; j < Gh; ++j) slot[j] = rec[j];
+          for (int k = 0; k < hid; ++k)
+            for (int j = 0; j < Gh; ++j) dh_prev[k] += rec[j] * W_hh(d, j, k);
+          dh_rec = dh_prev;
+        }
+      }
+  }
+};
+
+enum class Weights { kPlanned, kL2, kOneGateInSmem };
+
+// One sweep on `dev` through the planner, forward then backward, against the float64 reference.
+template <int G>
+static void run_case(const DeviceSpec& dev, int64_t N, int64_t H, int64_t W, int hid, int axis,
+                     Weights weights = Weights::kPlanned, std::vector<float>* out = nullptr,
+                     const char* expect_weights = nullptr) {
+  const sim::DeviceScope scope(dev);
   const SweepGeometry geo{N, H, W, axis};
   const int64_t P = geo.positions(), lines = geo.lines(), T = geo.steps();
   const int Gh = G * hid, S = G == 3 ? 4 : 5;
   std::mt19937 rng(G * 1000 + hid * 10 + axis);
-  std::normal_distribution<float> nd(0.f, 0.5f);
+  const float scale = 1.f / std::sqrt(float(hid));
+  std::uniform_real_distribution<float> wd(-scale, scale);
+  std::normal_distribution<float> nd(0.f, 1.f);
   std::vector<float> gx(P * 2 * Gh), w_hh(2 * Gh * hid), w_t(2 * hid * Gh), b_ih(2 * Gh), b_hh(2 * Gh);
-  for (auto* v : {&gx, &w_hh, &b_ih, &b_hh})
-    for (float& f : *v) f = nd(rng);
+  for (float& f : gx) f = nd(rng);
+  for (auto* v : {&w_hh, &b_ih, &b_hh})
+    for (float& f : *v) f = wd(rng);
   for (int d = 0; d < 2; ++d)
     for (int j = 0; j < Gh; ++j)
       for (int k = 0; k < hid; ++k) w_t[(d * hid + k) * Gh + j] = w_hh[(d * Gh + j) * hid + k];
-  // Output (N, 2*hid, H, W) contiguous.
-  const int64_t sN = 2 * hid * H * W, sC = H * W, sH = W, sW = 1;
+  const int64_t sN = 2 * hid * H * W, sC = H * W, sH = W, sW = 1;  // y (N, 2*hid, H, W) contiguous
+  std::vector<float> gy(N * 2 * hid * H * W);
+  for (float& f : gy) f = nd(rng);
+  const Reference<G> ref(geo, hid, gx, w_hh, b_ih, b_hh, gy);
 
-  std::vector<float> y_ref(N * 2 * hid * H * W, 0.f);
-  for (int d = 0; d < 2; ++d)
-    for (int64_t line = 0; line < lines; ++line) {
-      std::vector<float> h(hid, 0.f), c(hid, 0.f), hn(hid);
-      for (int64_t s = 0; s < T; ++s) {
-        const int64_t t = step_time(d, s, T), p = geo.pos(line, t);
-        for (int u = 0; u < hid; ++u) {
-          float acc[4] = {0, 0, 0, 0};
-          for (int g = 0; g < G; ++g)
-            for (int k = 0; k < hid; ++k) acc[g] += w_hh[(d * Gh + g * hid + u) * hid + k] * h[k];
-          const float* x = &gx[(p * 2 + d) * Gh];
-          const float* bi = &b_ih[d * Gh];
-          const float* bh = &b_hh[d * Gh];
-          if (G == 3) {
-            float r, z, n;
-            hn[u] = gru_cell_forward(x[u] + bi[u], x[hid + u] + bi[hid + u], x[2 * hid + u] + bi[2 * hid + u],
-                                     acc[0] + bh[u], acc[1] + bh[hid + u], acc[2] + bh[2 * hid + u], h[u], r, z, n);
-          } else {
-            float i, f, gg, o, cc;
-            hn[u] = lstm_cell_forward(x[u] + bi[u] + acc[0] + bh[u], x[hid + u] + bi[hid + u] + acc[1] + bh[hid + u],
-                                      x[2 * hid + u] + bi[2 * hid + u] + acc[2] + bh[2 * hid + u],
-                                      x[3 * hid + u] + bi[3 * hid + u] + acc[3] + bh[3 * hid + u], c[u], i, f, gg, o,
-                                      cc);
-            c[u] = cc;
-          }
-        }
-        h = hn;
-        const int64_t n = p / (H * W), hh = (p / W) % H, ww = p % W;
-        for (int u = 0; u < hid; ++u) y_ref[n * sN + (d * hid + u) * sC + hh * sH + ww * sW] = h[u];
-      }
-    }
+  auto limit = [&](bool bwd) {
+    if (weights != Weights::kOneGateInSmem) return dev.smem_per_block_optin;
+    const int tile = line_scan_config<float>(bwd, G, hid, lines, 1 << 30, true).tile;
+    return bwd ? bwd_smem_bytes<float>(G, hid, tile, 1) : fwd_smem_bytes<float>(G, hid, tile, 1);
+  };
+  std::vector<float> y(ref.y.size(), kNaN), ws(2 * T * lines * S * hid, kNaN);
+  SweepFwdParams<float> fp{geo, hid, 0, 0, gx.data(), w_t.data(), b_ih.data(), b_hh.data(), y.data(), sN, sC, sH, sW,
+                           ws.data()};
+  const LaunchConfig fc = line_scan_config<float>(false, G, hid, lines, limit(false), weights == Weights::kL2);
+  const LaunchConfig bc = line_scan_config<float>(true, G, hid, lines, limit(true), weights == Weights::kL2);
+  const std::string where = fc.smem_gates == G ? "smem" : fc.smem_gates == 0 ? "l2" : "split";
+  std::printf("%-5s %s hid=%3d axis=%d lines=%3lld T=%lld: fwd %d threads x %lld CTAs, %zu B smem (%s), "
+              "bwd %zu B (%d gates)\n",
+              dev.name, G == 3 ? "gru " : "lstm", hid, axis, (long long)lines, (long long)T, fc.threads,
+              (long long)fc.blocks, fc.smem_bytes, where.c_str(), bc.smem_bytes, bc.smem_gates);
+  if (expect_weights) CHECK(where == expect_weights, "planner put W_hh in %s, expected %s", where.c_str(), expect_weights);
+  if (weights == Weights::kOneGateInSmem) CHECK(fc.smem_gates == 1, "partial path planned %d gates", fc.smem_gates);
+  SweepBatch<SweepFwdParams<float>> fb;
+  fb.sweep[0] = fp;
+  set_batch_blocks(fb, fc);
+  launch_line_scan_fwd<float>(G, fb, fc, nullptr);
+  double e = worst(y, ref.y, 2e-6, 1e-4);
+  CHECK(e <= 1, "forward %s G=%d hid=%d axis=%d: %g x tolerance", dev.name, G, hid, axis, e);
 
-  std::vector<float> results[3][4];  // [path][y, dgx, dgh, dgh_first]
-  for (int path = 0; path < 3; ++path) {
-    // path 0: W_hh in shared memory; 1: through L2; 2: one gate in shared memory, the rest L2.
-    auto limit = [&](bool bwd) {
-      if (path != 2) return size_t(227 * 1024);
-      const int tile = line_scan_config<float>(bwd, G, hid, lines, 1 << 30, true).tile;
-      return bwd ? bwd_smem_bytes<float>(G, hid, tile, 1) : fwd_smem_bytes<float>(G, hid, tile, 1);
-    };
-    std::vector<float> y(y_ref.size(), 0.f), ws(2 * T * lines * S * hid);
-    SweepFwdParams<float> fp{geo, hid, 0, 0, gx.data(), w_t.data(), b_ih.data(), b_hh.data(), y.data(), sN, sC, sH, sW,
-                             ws.data()};
-    const LaunchConfig fc = line_scan_config<float>(false, G, hid, lines, limit(false), path == 1);
-    if (path == 2 && fc.smem_gates != 1) {
-      std::printf("FAIL partial path planned %d gates\n", fc.smem_gates);
-      ++failures;
-    }
-    SweepBatch<SweepFwdParams<float>> fb;
-    fb.sweep[0] = fp;
-    set_batch_blocks(fb, fc);
-    launch_line_scan_fwd<float>(G, fb, fc, nullptr);
-    double err = 0;
-    for (size_t i = 0; i < y.size(); ++i) err = std::max(err, double(std::fabs(y[i] - y_ref[i])));
-    if (err > 1e-5) {
-      std::printf("FAIL forward G=%d hid=%d axis=%d path=%d: max err %g\n", G, hid, axis, path, err);
-      ++failures;
-    }
-    std::vector<float> gy(y.size());
-    std::mt19937 rg(7);
-    for (float& f : gy) f = nd(rg);
-    std::vector<float> dgx(P * 2 * Gh), dgh(P * 2 * Gh), first(2 * lines * Gh);
-    SweepBwdParams<float> bp{geo, hid, 0, 0, w_hh.data(), gy.data(), sN, sC, sH, sW, y.data(), sN, sC, sH, sW,
-                             ws.data(), dgx.data(), dgh.data(), first.data()};
-    const LaunchConfig bc = line_scan_config<float>(true, G, hid, lines, limit(true), path == 1);
-    SweepBatch<SweepBwdParams<float>> bb;
-    bb.sweep[0] = bp;
-    set_batch_blocks(bb, bc);
-    launch_line_scan_bwd<float>(G, bb, bc, nullptr);
-    results[path][0] = y;
-    results[path][1] = dgx;
-    results[path][2] = dgh;
-    results[path][3] = first;
+  std::vector<float> dgx(P * 2 * Gh, kNaN), dgh(P * 2 * Gh, kNaN), first(2 * lines * Gh, kNaN);
+  SweepBwdParams<float> bp{geo, hid, 0, 0, w_hh.data(), gy.data(), sN, sC, sH, sW, y.data(), sN, sC, sH, sW,
+                           ws.data(), dgx.data(), dgh.data(), first.data()};
+  SweepBatch<SweepBwdParams<float>> bb;
+  bb.sweep[0] = bp;
+  set_batch_blocks(bb, bc);
+  launch_line_scan_bwd<float>(G, bb, bc, nullptr);
+  const char* names[3] = {"dgx", "dgh", "dgh_first"};
+  const std::vector<float>* got[3] = {&dgx, &dgh, &first};
+  const std::vector<double>* exp[3] = {&ref.dgx, &ref.dgh, &ref.first};
+  for (int k = 0; k < 3; ++k) {
+    e = worst(*got[k], *exp[k], 1e-5, 1e-3);
+    CHECK(e <= 1, "backward %s %s G=%d hid=%d axis=%d: %g x tolerance", names[k], dev.name, G, hid, axis, e);
   }
-  for (int path = 1; path < 3; ++path)
-    for (int k = 0; k < 4; ++k)
-      if (results[0][k] != results[path][k]) {
-        std::printf("FAIL G=%d hid=%d axis=%d: weight path %d differs from shared memory (buffer %d)\n", G, hid,
-                    axis, path, k);
-        ++failures;
-      }
+  if (out) {
+    out->clear();
+    for (const auto* v : got) out->insert(out->end(), v->begin(), v->end());
+    out->insert(out->end(), y.begin(), y.end());
+  }
+}
+
+// Small odd sizes: every weight path gives bit-identical results, each against the reference.
+template <int G>
+static void paths_agree(int64_t N, int64_t H, int64_t W, int hid, int axis) {
+  std::vector<float> r[3];
+  run_case<G>(kH100, N, H, W, hid, axis, Weights::kPlanned, &r[0]);
+  run_case<G>(kH100, N, H, W, hid, axis, Weights::kL2, &r[1]);
+  run_case<G>(kH100, N, H, W, hid, axis, Weights::kOneGateInSmem, &r[2]);
+  for (int k = 1; k < 3; ++k)
+    CHECK(std::memcmp(r[0].data(), r[k].data(), r[0].size() * sizeof(float)) == 0,
+          "G=%d hid=%d axis=%d: weight path %d differs from shared memory", G, hid, axis, k);
+}
+
+// ---- planted faults: each must be reported by the simulator -----------------------------------------
+
+__global__ void fault_oob_write(int n) {
+  BRNNSEG_DYNAMIC_SMEM(float, s);
+  s[threadIdx.x + n] = 1.f;  // n = blockDim.x: one past the end for the last thread... and beyond
+}
+__global__ void fault_unwritten_read(float* out) {
+  BRNNSEG_DYNAMIC_SMEM(float, s);
+  if (threadIdx.x > 0) s[threadIdx.x] = 1.f;  // thread 0's slot is never written
+  __syncthreads();
+  out[threadIdx.x] = s[(threadIdx.x + 1) % blockDim.x];
+}
+__global__ void fault_guard(int n) {
+  BRNNSEG_DYNAMIC_SMEM(float, s);
+  if (threadIdx.x == 0) s.raw()[n] = 2.f;  // a raw store past the end (what an unchecked pointer would do)
+}
+__global__ void clean_kernel(float* out) {
+  BRNNSEG_DYNAMIC_SMEM(float, s);
+  s[threadIdx.x] = float(threadIdx.x);
+  __syncthreads();
+  out[threadIdx.x] = s[blockDim.x - 1 - threadIdx.x];
+}
+
+template <typename E, typename F>
+static void expect_error(const char* what, const char* needle, F&& f) {
+  try {
+    f();
+    CHECK(false, "planted fault '%s' was not reported", what);
+  } catch (const E& e) {
+    CHECK(std::strstr(e.what(), needle) != nullptr, "planted fault '%s': message '%s' lacks '%s'", what, e.what(),
+          needle);
+    std::printf("planted %-28s -> %s\n", what, e.what());
+  }
+}
+
+static void planted_faults() {
+  std::vector<float> out(64, 0.f);
+  const size_t small = 64 * sizeof(float);
+  BRNNSEG_LAUNCH(clean_kernel, "clean_kernel", 64, dim3(2), dim3(64), small, nullptr, out.data());
+  CHECK(out[0] == 63.f && out[63] == 0.f, "clean kernel gave wrong results");
+  expect_error<std::runtime_error>("out-of-bounds shared write", "out-of-bounds shared-memory write", [&] {
+    BRNNSEG_LAUNCH(fault_oob_write, "fault_oob_write", 64, dim3(1), dim3(64), small, nullptr, 1);
+  });
+  expect_error<std::runtime_error>("unwritten shared read", "no thread of the block has written", [&] {
+    BRNNSEG_LAUNCH(fault_unwritten_read, "fault_unwritten_read", 64, dim3(1), dim3(64), small, nullptr, out.data());
+  });
+  expect_error<std::runtime_error>("guard zone", "guard zone after", [&] {
+    BRNNSEG_LAUNCH(fault_guard, "fault_guard", 64, dim3(1), dim3(64), small, nullptr, 64 + 3);
+  });
+  sim::reset_func_attributes();
+  const size_t big = 64 * 1024;
+  expect_error<std::invalid_argument>("missing opt-in", "cudaFuncSetAttribute", [&] {
+    BRNNSEG_LAUNCH(clean_kernel, "clean_kernel", 64, dim3(1), dim3(64), big, nullptr, out.data());
+  });
+  BRNNSEG_SET_MAX_DYNAMIC_SMEM(clean_kernel, big);  // with the opt-in the same launch runs
+  BRNNSEG_LAUNCH(clean_kernel, "clean_kernel", 64, dim3(1), dim3(64), big, nullptr, out.data());
+  {
+    const sim::DeviceScope a100(kA100);
+    expect_error<std::invalid_argument>("opt-in over the A100 limit", "opt-in limit", [&] {
+      BRNNSEG_SET_MAX_DYNAMIC_SMEM(clean_kernel, 200 * 1024);
+    });
+    expect_error<std::invalid_argument>("launch over the A100 limit", "opt-in limit", [&] {
+      BRNNSEG_LAUNCH(clean_kernel, "clean_kernel", 64, dim3(1), dim3(64), 200 * 1024, nullptr, out.data());
+    });
+  }
+  expect_error<std::invalid_argument>("grid y over the limit", "grid (1, 65536, 1)", [&] {
+    BRNNSEG_LAUNCH(clean_kernel, "clean_kernel", 64, dim3(1, 65536), dim3(64), small, nullptr, out.data());
+  });
+  expect_error<std::invalid_argument>("block over launch bounds", "__launch_bounds__(32)", [&] {
+    BRNNSEG_LAUNCH(clean_kernel, "clean_kernel", 32, dim3(1), dim3(64), small, nullptr, out.data());
+  });
+  expect_error<std::invalid_argument>("block over 1024 threads", "not a valid block", [&] {
+    BRNNSEG_LAUNCH(clean_kernel, "clean_kernel", 0, dim3(1), dim3(1025), small, nullptr, out.data());
+  });
 }
 
 int main() {
+  planted_faults();
+  // Small odd sizes: several lines per CTA, partial tiles, T = 1, hidden just over a warp.
   for (int axis : {2, 3}) {
-    run_case<3>(2, 5, 3, 3, axis);   // several lines per CTA, partial tiles
-    run_case<4>(1, 4, 6, 5, axis);
-    run_case<3>(1, 1, 7, 2, axis);   // T = 1 along one axis
-    run_case<4>(1, 3, 2, 33, axis);  // hidden just over a warp
+    paths_agree<3>(2, 5, 3, 3, axis);
+    paths_agree<4>(1, 4, 6, 5, axis);
+    paths_agree<3>(1, 1, 7, 2, axis);
+    paths_agree<4>(1, 3, 2, 33, axis);
+  }
+  // The GPU benchmark shapes' hidden sizes with the configuration the planner picks on each GPU
+  // (tile = 16/8/4 lines at hidden 64/128/256): 2 full CTAs + a partial one, T = 3 (rows) or 2 (cols).
+  struct Real {
+    const DeviceSpec* dev;
+    int hid;
+    const char* gru_where;
+    const char* lstm_where;
+  };
+  const Real real[] = {{&kH100, 64, "smem", "smem"},  {&kH100, 128, "smem", "split"}, {&kH100, 256, "l2", "l2"},
+                       {&kA100, 64, "smem", "smem"},  {&kA100, 128, "split", "split"}, {&kA100, 256, "l2", "l2"}};
+  for (const Real& r : real) {
+    const int tile = line_scan_config<float>(false, 3, r.hid, 1, 1 << 30, true).tile;
+    run_case<3>(*r.dev, 1, 2 * tile + 1, 3, r.hid, 3, Weights::kPlanned, nullptr, r.gru_where);
+    run_case<4>(*r.dev, 1, 2, 2 * tile + 1, r.hid, 2, Weights::kPlanned, nullptr, r.lstm_where);
   }
   if (failures) {
     std::printf("%d failures\n", failures);

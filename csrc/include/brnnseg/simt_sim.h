@@ -3,26 +3,43 @@
 //   * every CUDA thread of a block is an OS thread; blocks run one after another
 //   * __syncthreads() is a std::barrier shared by the block's threads
 //   * threadIdx / blockIdx / blockDim / gridDim are thread-local
-//   * dynamic shared memory comes from a per-block arena (BRNNSEG_DYNAMIC_SMEM)
-// Build the simulator with -fsanitize=thread and a missing __syncthreads() shows up as a data race.
+//   * a launch is checked against a GPU's rules first (DeviceSpec, device_spec.h: A100 or H100):
+//     block size and the kernel's __launch_bounds__, grid limits (y and z <= 65535), dynamic shared
+//     memory above 48 KiB only after the emulated cudaFuncSetAttribute, never above the device's
+//     opt-in limit. A refused launch throws std::invalid_argument naming the rule.
+//   * dynamic shared memory is exactly the requested size, between guard zones checked after every
+//     block, and is reached through SharedPtr: every access is bounds-checked, and a read of a byte
+//     no thread of the block has written is reported (a shadow map, like compute-sanitizer's
+//     initcheck). The arena is poisoned (0x7f) so such reads also give garbage, not zeros. Faults
+//     are collected while the block runs (the faulting access is skipped) and thrown as
+//     std::runtime_error after it, so a faulty kernel never hangs or corrupts the host.
+// Build the simulator with -fsanitize=thread and a missing __syncthreads() shows up as a data race;
+// with -fsanitize=address,undefined, out-of-bounds global accesses and UB in the kernel source.
 // Not modelled: warp-synchronous execution (kernels must not rely on it), tensor-core mma, async
-// copies, atomics ordering beyond std::atomic_ref. Kernels keep those behind switches.
+// copies, atomics ordering beyond std::atomic_ref, registers per SM (ptxas reports those; see
+// tests/test_cuda_build.py). Kernels keep those behind switches.
 #pragma once
 #if defined(__CUDACC__)
 #error "simt_sim.h is for host builds of the kernels; nvcc builds use the real CUDA runtime"
 #endif
 
+#include <atomic>
 #include <barrier>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
+
+#include "brnnseg/device_spec.h"
 
 namespace brnnseg::sim {
 
@@ -31,10 +48,80 @@ struct dim3 {
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 
+inline std::string str(dim3 d) {
+  return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")";
+}
+
+// One block's dynamic shared memory: exactly `bytes`, 16-byte aligned, between two guard zones, with
+// a shadow byte per byte (1 = written by some thread of this block).
+class SharedArena {
+ public:
+  static constexpr size_t kGuard = 64;
+  static constexpr unsigned char kGuardByte = 0xA5;
+
+  explicit SharedArena(size_t bytes)
+      : bytes_(bytes), raw_(new unsigned char[bytes + 2 * kGuard + 16]), shadow_(new unsigned char[bytes + 1]) {
+    base_ = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(raw_.get()) + kGuard + 15) & ~uintptr_t(15));
+  }
+  unsigned char* data() const { return base_; }
+  size_t size() const { return bytes_; }
+
+  void reset() {
+    std::memset(base_ - kGuard, kGuardByte, kGuard);
+    std::memset(base_ + bytes_, kGuardByte, kGuard);
+    std::memset(base_, 0x7f, bytes_);
+    std::memset(shadow_.get(), 0, bytes_);
+    error_.clear();
+  }
+
+  // Checks one access of n bytes at p; false when it must be skipped (out of bounds).
+  bool access(const void* p, size_t n, bool write) {
+    const intptr_t off = reinterpret_cast<intptr_t>(p) - reinterpret_cast<intptr_t>(base_);
+    if (off < 0 || size_t(off) + n > bytes_) {
+      fault(std::string("out-of-bounds shared-memory ") + (write ? "write" : "read") + " of " + std::to_string(n) +
+            " bytes at offset " + std::to_string(off) + " (the launch asked for " + std::to_string(bytes_) + " bytes)");
+      return false;
+    }
+    for (size_t i = 0; i < n; ++i) {
+      std::atomic_ref<unsigned char> s(shadow_[size_t(off) + i]);
+      if (write) {
+        s.store(1, std::memory_order_relaxed);
+      } else if (!s.load(std::memory_order_relaxed)) {
+        fault("read of shared memory at offset " + std::to_string(off) + " that no thread of the block has written");
+        break;
+      }
+    }
+    return true;
+  }
+
+  void fault(const std::string& what);  // defined below (needs the thread state)
+
+  // The first fault of the block, or a damaged guard zone; empty when the block ran clean.
+  std::string check() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!error_.empty()) return error_;
+    for (size_t i = 0; i < kGuard; ++i) {
+      if (base_[-1 - intptr_t(i)] != kGuardByte)
+        return "shared-memory guard zone before the arena overwritten (" + std::to_string(i + 1) + " bytes before it)";
+      if (base_[bytes_ + i] != kGuardByte)
+        return "shared-memory guard zone after the arena overwritten (" + std::to_string(i) + " bytes past its " +
+               std::to_string(bytes_) + " bytes)";
+    }
+    return {};
+  }
+
+ private:
+  size_t bytes_;
+  std::unique_ptr<unsigned char[]> raw_, shadow_;
+  unsigned char* base_;
+  std::mutex mu_;
+  std::string error_;
+};
+
 struct ThreadState {
   dim3 thread_idx, block_idx, block_dim, grid_dim;
   std::barrier<>* barrier = nullptr;
-  unsigned char* shared = nullptr;
+  SharedArena* arena = nullptr;
 };
 
 inline ThreadState& state() {
@@ -42,22 +129,179 @@ inline ThreadState& state() {
   return s;
 }
 
-// The simulator's limit on threads per block (CUDA's is 1024; OS threads are costlier).
-constexpr unsigned kMaxThreadsPerBlock = 1024;
+inline void SharedArena::fault(const std::string& what) {
+  const ThreadState& s = state();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (error_.empty()) error_ = what + ", thread " + str(s.thread_idx) + " of block " + str(s.block_idx);
+}
 
-// Runs kernel(args...) over the grid. Blocks run sequentially; the threads of a block concurrently.
+// A reference to one element of shared memory: reads and writes go through the arena's checks.
+template <typename T>
+class SharedRef {
+  using V = std::remove_const_t<T>;
+
+ public:
+  SharedRef(T* p, SharedArena* a) : p_(p), a_(a) {}
+  operator V() const { return a_->access(p_, sizeof(T), false) ? *p_ : V{}; }
+  SharedRef& operator=(const V& v) {
+    if (a_->access(p_, sizeof(T), true)) *p_ = v;
+    return *this;
+  }
+  SharedRef& operator=(const SharedRef& o) { return *this = V(o); }
+  SharedRef& operator+=(const V& v) { return *this = V(V(*this) + v); }
+
+ private:
+  T* p_;
+  SharedArena* a_;
+};
+
+// A pointer into shared memory (what `extern __shared__` arrays and pointers derived from them are
+// on a GPU): arithmetic as a pointer, element access through SharedRef.
+template <typename T>
+class SharedPtr {
+ public:
+  SharedPtr(T* p, SharedArena* a) : p_(p), a_(a) {}
+  template <typename U, typename = std::enable_if_t<std::is_convertible_v<U*, T*>>>
+  SharedPtr(const SharedPtr<U>& o) : p_(o.raw()), a_(o.arena()) {}
+  // Address arithmetic in integers: an out-of-range pointer is reported at its first access.
+  SharedPtr operator+(int64_t i) const {
+    return {reinterpret_cast<T*>(reinterpret_cast<uintptr_t>(p_) + uintptr_t(i * int64_t(sizeof(T)))), a_};
+  }
+  SharedRef<T> operator[](int64_t i) const { return SharedRef<T>((*this + i).p_, a_); }
+  T* raw() const { return p_; }
+  SharedArena* arena() const { return a_; }
+
+ private:
+  T* p_;
+  SharedArena* a_;
+};
+
+// A typed view `byte_offset` bytes into the block's shared memory.
+template <typename T>
+SharedPtr<T> smem_at(const SharedPtr<unsigned char>& base, size_t byte_offset) {
+  return {reinterpret_cast<T*>(base.raw() + byte_offset), base.arena()};
+}
+
+// ---- the device a launch is checked against, and per-kernel attributes ----------------------------
+
+// The simulated GPU of this host thread (H100 unless a DeviceScope says otherwise).
+inline const DeviceSpec*& current_device_slot() {
+  thread_local const DeviceSpec* d = &kH100;
+  return d;
+}
+inline const DeviceSpec& current_device() { return *current_device_slot(); }
+
+struct DeviceScope {
+  const DeviceSpec* saved;
+  explicit DeviceScope(const DeviceSpec& d) : saved(current_device_slot()) { current_device_slot() = &d; }
+  ~DeviceScope() { current_device_slot() = saved; }
+};
+
+struct FuncAttributes {
+  size_t max_dynamic_smem = 48 * 1024;  // cudaFuncAttributeMaxDynamicSharedMemorySize, 48 KiB until raised
+};
+
+inline std::mutex& attr_mutex() {
+  static std::mutex m;
+  return m;
+}
+inline std::map<const void*, FuncAttributes>& attr_table() {
+  static std::map<const void*, FuncAttributes> t;
+  return t;
+}
+
+template <typename Kernel>
+const void* kernel_key(Kernel kernel) {
+  return reinterpret_cast<const void*>(kernel);
+}
+
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes): refused above the
+// device's opt-in limit, as the runtime does (cudaErrorInvalidValue).
+template <typename Kernel>
+void func_set_max_dynamic_smem(Kernel kernel, size_t bytes) {
+  const DeviceSpec& dev = current_device();
+  if (bytes > dev.smem_per_block_optin)
+    throw std::invalid_argument("simt_sim: cudaFuncSetAttribute(MaxDynamicSharedMemorySize, " + std::to_string(bytes) +
+                                ") exceeds the " + dev.name + "'s opt-in limit of " +
+                                std::to_string(dev.smem_per_block_optin) + " bytes per block");
+  std::lock_guard<std::mutex> lock(attr_mutex());
+  attr_table()[kernel_key(kernel)].max_dynamic_smem = bytes;
+}
+
+template <typename Kernel>
+FuncAttributes func_attributes(Kernel kernel) {
+  std::lock_guard<std::mutex> lock(attr_mutex());
+  auto it = attr_table().find(kernel_key(kernel));
+  return it == attr_table().end() ? FuncAttributes{} : it->second;
+}
+
+// Forgets every attribute set so far (tests that plant a missing opt-in).
+inline void reset_func_attributes() {
+  std::lock_guard<std::mutex> lock(attr_mutex());
+  attr_table().clear();
+}
+
+// What the launch log records of each launch (tests read it to see which variants ran).
+struct LaunchRecord {
+  std::string kernel;
+  dim3 grid, block;
+  size_t smem;
+  std::string device;
+};
+inline std::mutex& log_mutex() {
+  static std::mutex m;
+  return m;
+}
+inline std::vector<LaunchRecord>& launch_log() {
+  static std::vector<LaunchRecord> log;
+  return log;
+}
+
+// The checks a GPU makes before it runs a launch; throws std::invalid_argument naming the rule.
+// launch_bounds: the kernel's __launch_bounds__ maximum (0: none declared).
+inline void check_launch(const char* name, const DeviceSpec& dev, dim3 grid, dim3 block, size_t smem,
+                         unsigned launch_bounds, const FuncAttributes& attr) {
+  const std::string k = std::string("simt_sim: launch of ") + name + " on " + dev.name + ": ";
+  const unsigned long long nthreads = 1ull * block.x * block.y * block.z;
+  if (nthreads == 0 || block.x > 1024 || block.y > 1024 || block.z > 64 ||
+      nthreads > unsigned(dev.max_threads_per_block))
+    throw std::invalid_argument(k + "block " + str(block) + " is not a valid block (at most 1024 threads, " +
+                                "x, y <= 1024, z <= 64)");
+  if (launch_bounds && nthreads > launch_bounds)
+    throw std::invalid_argument(k + "block of " + std::to_string(nthreads) + " threads exceeds the kernel's " +
+                                "__launch_bounds__(" + std::to_string(launch_bounds) + ")");
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > dev.max_grid_x || grid.y > dev.max_grid_yz ||
+      grid.z > dev.max_grid_yz)
+    throw std::invalid_argument(k + "grid " + str(grid) + " is outside the limits (x in 1.." +
+                                std::to_string(dev.max_grid_x) + ", y and z in 1.." + std::to_string(dev.max_grid_yz) +
+                                ")");
+  if (smem > dev.smem_per_block_optin)
+    throw std::invalid_argument(k + std::to_string(smem) + " bytes of dynamic shared memory exceed the device's " +
+                                "opt-in limit of " + std::to_string(dev.smem_per_block_optin) + " bytes per block");
+  if (smem > dev.smem_per_block_default && smem > attr.max_dynamic_smem)
+    throw std::invalid_argument(k + std::to_string(smem) + " bytes of dynamic shared memory need " +
+                                "cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, >= " +
+                                std::to_string(smem) + ") before the launch (set: " +
+                                std::to_string(attr.max_dynamic_smem) + ")");
+}
+
+// Runs kernel(args...) over the grid after check_launch. Blocks run sequentially; the threads of a
+// block concurrently. A fault in a block's shared memory throws std::runtime_error after the block.
 template <typename Kernel, typename... Args>
-void launch(dim3 grid, dim3 block, size_t shared_bytes, Kernel kernel, Args... args) {
+void launch(const char* name, unsigned launch_bounds, dim3 grid, dim3 block, size_t shared_bytes, Kernel kernel,
+            Args... args) {
+  const DeviceSpec& dev = current_device();
+  check_launch(name, dev, grid, block, shared_bytes, launch_bounds, func_attributes(kernel));
+  {
+    std::lock_guard<std::mutex> lock(log_mutex());
+    launch_log().push_back({name, grid, block, shared_bytes, dev.name});
+  }
   const unsigned nthreads = block.x * block.y * block.z;
-  if (nthreads == 0 || nthreads > kMaxThreadsPerBlock)
-    throw std::invalid_argument("simt_sim: block of " + std::to_string(nthreads) + " threads");
-  // 16-byte aligned arena; poisoned so reads of unwritten shared memory give garbage, not zeros.
-  std::unique_ptr<unsigned char[]> arena(new unsigned char[shared_bytes + 16]);
-  unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(arena.get()) + 15) & ~uintptr_t(15));
+  SharedArena arena(shared_bytes);
   for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
-        std::memset(smem, 0x7f, shared_bytes);
+        arena.reset();
         std::barrier<> bar(nthreads);
         std::vector<std::thread> threads;
         threads.reserve(nthreads);
@@ -71,10 +315,14 @@ void launch(dim3 grid, dim3 block, size_t shared_bytes, Kernel kernel, Args... a
                 s.block_dim = block;
                 s.grid_dim = grid;
                 s.barrier = &bar;
-                s.shared = smem;
+                s.arena = &arena;
                 kernel(args...);
               });
         for (auto& t : threads) t.join();
+        const std::string err = arena.check();
+        if (!err.empty())
+          throw std::runtime_error(std::string("simt_sim: ") + name + " grid " + str(grid) + " block " + str(block) +
+                                   ": " + err);
       }
 }
 
@@ -82,6 +330,9 @@ void launch(dim3 grid, dim3 block, size_t shared_bytes, Kernel kernel, Args... a
 
 // CUDA spellings, mapped onto the simulator.
 using dim3 = ::brnnseg::sim::dim3;
+template <typename T>
+using smem_ptr = ::brnnseg::sim::SharedPtr<T>;
+using ::brnnseg::sim::smem_at;
 
 #define __global__
 #define __device__
@@ -95,6 +346,12 @@ using dim3 = ::brnnseg::sim::dim3;
 #define gridDim (::brnnseg::sim::state().grid_dim)
 #define __syncthreads() (::brnnseg::sim::state().barrier->arrive_and_wait())
 #define __ldg(p) (*(p))
-#define BRNNSEG_DYNAMIC_SMEM(type, name) type* name = reinterpret_cast<type*>(::brnnseg::sim::state().shared)
-#define BRNNSEG_LAUNCH(kernel, grid, block, smem, stream, ...) \
-  ::brnnseg::sim::launch(grid, block, smem, kernel, __VA_ARGS__)
+#define BRNNSEG_DYNAMIC_SMEM(type, name)                                                                    \
+  ::brnnseg::sim::SharedPtr<type> name(reinterpret_cast<type*>(::brnnseg::sim::state().arena->data()), \
+                                       ::brnnseg::sim::state().arena)
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), emulated.
+#define BRNNSEG_SET_MAX_DYNAMIC_SMEM(kernel, bytes) ::brnnseg::sim::func_set_max_dynamic_smem(kernel, bytes)
+// name: for messages and the launch log; bounds: the kernel's __launch_bounds__ maximum, which the
+// launch is checked against.
+#define BRNNSEG_LAUNCH(kernel, name, bounds, grid, block, smem, stream, ...) \
+  ::brnnseg::sim::launch(name, bounds, grid, block, smem, kernel, __VA_ARGS__)

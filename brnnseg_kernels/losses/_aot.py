@@ -1,0 +1,119 @@
+"""Ahead-of-time compilation of the Triton loss kernels for a GPU target, without a GPU.
+
+Every variant the op can launch along the axes that change the generated code's shape -- forward and
+backward, 2-D and 3-D (RZ), each logits dtype (float16/bfloat16/float32, and float64 which also
+accumulates in float64), each tile shape in ``_kernels.BLOCKS`` -- is compiled with every optional
+term switched on (per-pixel weight, ignore value, boundary weighting at radius 1, squared Dice): the
+other flag settings compile a subset of that code. ``python -m brnnseg_kernels.losses._aot`` compiles
+them all for sm_80 and sm_90 and prints registers and spills; tests/test_seg_loss_aot.py runs it in CI
+and fails on any spill.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from typing import Dict, List, NamedTuple
+
+ARCHS = (80, 90)
+DTYPES = ("fp16", "bf16", "fp32", "fp64")
+
+
+class Variant(NamedTuple):
+    kernel: str      # "fwd" or "bwd"
+    dims: int        # 2 or 3
+    dtype: str       # logits dtype, Triton spelling
+    block: tuple     # (BLOCK_H, BLOCK_W)
+    arch: int        # 80, 90
+
+    @property
+    def name(self) -> str:
+        return f"{self.kernel}-{self.dims}d-{self.dtype}-{self.block[0]}x{self.block[1]}-sm{self.arch}"
+
+
+def variants(archs=ARCHS) -> List[Variant]:
+    from ._kernels import BLOCKS
+
+    return [Variant(k, d, t, b, a) for k, d, t, b, a in itertools.product(("fwd", "bwd"), (2, 3), DTYPES, BLOCKS, archs)]
+
+
+def compile_variant(v: Variant) -> Dict:
+    """Compiles one variant for its arch; returns registers, spills and shared memory of the cubin."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from . import _kernels as K
+
+    acc = "fp64" if v.dtype == "fp64" else "fp32"
+    ints = {n: "i32" for n in ("C", "D", "H", "W", "tiles_w", "n_tiles")}
+    floats = {"boundary_weight": "fp32", "ignore_value": "fp32"}
+    flags = dict(HAS_WEIGHT=True, HAS_IGNORE=True, USE_BOUNDARY=True, SQUARED=True, R=1, RZ=1 if v.dims == 3 else 0,
+                 ACC=tl.float64 if acc == "fp64" else tl.float32, BLOCK_H=v.block[0], BLOCK_W=v.block[1])
+    if v.kernel == "fwd":
+        fn = K._seg_loss_fwd_kernel
+        ptrs = {"x_ptr": f"*{v.dtype}", "y_ptr": "*fp32", "w_ptr": "*fp32", "pw_ptr": f"*{acc}", "part_ptr": f"*{acc}"}
+    else:
+        fn = K._seg_loss_bwd_kernel
+        ptrs = {"g_ptr": f"*{acc}", "x_ptr": f"*{v.dtype}", "y_ptr": "*fp32", "w_ptr": "*fp32", "pw_ptr": f"*{acc}",
+                "dx_ptr": f"*{v.dtype}"}
+    types = {**ptrs, **ints, **floats}
+    signature = {name: ("constexpr" if name in flags else types[name]) for name in fn.arg_names}
+    src = ASTSource(fn=fn, signature=signature, constexprs=flags)
+    compiled = triton.compile(src, target=GPUTarget("cuda", v.arch, 32), options={"num_warps": K.NUM_WARPS})
+    md = compiled.metadata
+    n_regs, n_spills = _ptxas_resources(compiled.asm["cubin"])  # (n_regs is only set once loaded on a GPU)
+    return {"variant": v.name, "registers": int(n_regs), "spills": int(n_spills), "shared": int(md.shared),
+            "num_warps": int(md.num_warps)}
+
+
+def _ptxas_resources(cubin: bytes):
+    """Registers and spill/stack bytes of a cubin, from the cuobjdump that Triton's package carries."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    regs = int(re.search(r"REG:(\d+)", out).group(1))
+    spill = int(re.search(r"STACK:(\d+)", out).group(1)) + int(re.search(r"LOCAL:(\d+)", out).group(1))
+    return regs, spill
+
+
+def compile_all(archs=ARCHS, jobs: int = 2) -> List[Dict]:
+    vs = variants(archs)
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(compile_variant, vs))
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", type=int, nargs="*", default=list(ARCHS))
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    rows = compile_all(tuple(args.arch), args.jobs)
+    for r in rows:
+        print(f"{r['variant']:<32} regs {r['registers']:>3}  spills {r['spills']}  smem {r['shared']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    bad = [r["variant"] for r in rows if r["spills"]]
+    if bad:
+        print("spills in:", ", ".join(bad), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""The Triton loss kernels compiled ahead of time for sm_80 and sm_90 without a GPU: every variant the
+op can launch (forward/backward, 2-D/3-D, each logits dtype, each tile shape; optional terms on) must
+compile with no register spills. brnnseg_kernels/losses/_aot.py says what a variant is."""
+import pytest
+
+triton = pytest.importorskip("triton")
+from brnnseg_kernels.losses import _aot  # noqa: E402
+from brnnseg_kernels.losses import _kernels  # noqa: E402
+
+
+def test_variants_cover_what_the_launchers_choose():
+    """The tile shapes the launchers pick are all in the compiled set (both shapes are reachable)."""
+    import torch
+
+    chosen = {_kernels._layout(torch.empty(s))[5:7] for s in [(1, 1, 5, 3), (1, 1, 9, 17), (2, 3, 64, 200),
+                                                              (1, 1, 4, 6, 16), (1, 1, 2, 3, 1000)]}
+    assert chosen == set(_kernels.BLOCKS)
+    names = {v.name for v in _aot.variants()}
+    assert len(names) == 2 * 2 * 4 * len(_kernels.BLOCKS) * 2
+
+
+def test_every_variant_compiles_without_spills():
+    rows = _aot.compile_all(jobs=2)
+    bad = [(r["variant"], r["registers"], r["spills"]) for r in rows if r["spills"]]
+    assert not bad, f"register spills (variant, registers, spill bytes): {bad}"
+    assert len(rows) == len(_aot.variants()) and all(r["registers"] > 0 for r in rows)
