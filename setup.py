@@ -7,6 +7,7 @@ Build switches (environment variables), read once here:
   MAX_JOBS                 parallel compile jobs (default: cores, capped by memory at ~4 GiB a job)
   NVCC_THREADS             nvcc --threads (default 2)
   DEBUG=1                  -O0 -g instead of -O3
+  BRNNSEG_BUILD_SIM=0      skip the test-only simulator extension (_sim)
 """
 import glob
 import os
@@ -145,11 +146,13 @@ sim_ext = cpp_extension.CppExtension(
     py_limited_api=True,
 )
 
+BUILD_SIM = os.environ.get("BRNNSEG_BUILD_SIM", "1") != "0"
+
 setup(
     name="brnnseg_kernels",
     version="0.1.0",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
-    ext_modules=[ext, sim_ext],
+    ext_modules=[ext, sim_ext] if BUILD_SIM else [ext],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

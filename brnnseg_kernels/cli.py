@@ -122,6 +122,14 @@ def _bench_processes(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from . import bench, plan
+
+    shapes = {k: v for k, v in bench.GPU_SHAPES.items() if not args.shapes or k in args.shapes}
+    print(plan.plan_table(args.gpu, shapes, cells=args.cells, dtypes=args.dtype))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m brnnseg_kernels")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -143,8 +151,14 @@ def main(argv=None) -> int:
                    help="ReNet on the CPU: run the comparison in this many fresh processes and report the "
                         "spread of times and speed-ups (both sides can settle into a different speed per process)")
     b.add_argument("--json", help=argparse.SUPPRESS)  # rows of one --processes child
+    pl = sub.add_parser("plan", help="the CUDA sweeps' launch plan and modelled time per step on a GPU, for the "
+                                     "GPU benchmark shapes (runs anywhere)")
+    pl.add_argument("--gpu", choices=["h100", "h200", "a100"], default="h100")
+    pl.add_argument("--shapes", nargs="*", help="GPU shape names (default: all)")
+    pl.add_argument("--cells", nargs="*", default=["gru", "lstm"], choices=["gru", "lstm"])
+    pl.add_argument("--dtype", nargs="*", default=["float32", "bfloat16"], choices=["float32", "float16", "bfloat16"])
     args = p.parse_args(argv)
-    return {"info": _info, "bench": _bench}[args.cmd](args)
+    return {"info": _info, "bench": _bench, "plan": _plan}[args.cmd](args)
 
 
 if __name__ == "__main__":

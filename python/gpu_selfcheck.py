@@ -1,35 +1,324 @@
-"""For whoever has a GPU: the CUDA test module, then the GPU benchmarks, in one command.
+"""One command on a GPU machine: build, test, sanitize, time and benchmark the CUDA path.
 
-    python python/gpu_selfcheck.py            # from the repository root, after `make build`
+    python python/gpu_selfcheck.py --out DIR          # from the repository root; no build needed first
+
+Steps (each timeboxed; a failing step is recorded and the next one runs):
+  1. build in place for this GPU's arch only (TORCH_CUDA_ARCH_LIST=<major.minor>, no simulator
+     extension), against whatever torch this machine has;
+  2. the CUDA tests: tests/test_line_scan_cuda.py (cuDNN and matmul TF32 off; pair mode in every dtype;
+     hidden 3..256; a side stream; cuda:1 when present) and tests/test_seg_loss.py with compiled Triton
+     (conftest.py sets TRITON_INTERPRET only without a GPU);
+  3. compute-sanitizer memcheck, racecheck, initcheck and synccheck over small shapes of every kernel
+     (forward/backward, GRU/LSTM, float32/bfloat16, sequential and pair launches, the loss), run side by
+     side; a missing tool or a refused device is one line in the report;
+  4. microseconds per step of each recurrence kernel (forward, backward) over T = 16..512 on 512 lines,
+     the slope of a least-squares fit, beside the latency model's figure (brnnseg_kernels/plan.py) and
+     cuDNN's nn.GRU/nn.LSTM on the same sequences;
+  5. the ReNet benchmark against the permute + cuDNN block and the loss benchmark against the unfused
+     composition (`python -m brnnseg_kernels bench --device cuda`).
+Writes DIR/selfcheck.json (every figure, the GPU, driver, torch, CUDA, cuDNN versions) and
+DIR/selfcheck.md (the same as tables), plus each step's log. Without a GPU: exits 2 with one line.
 """
+from __future__ import annotations
+
+import argparse
+import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SANITIZER_TOOLS = ("memcheck", "racecheck", "initcheck", "synccheck")
+STEP_T = (16, 32, 64, 128, 256, 512)
+STEP_LINES = 512
 
 
-def main() -> int:
+# ---- the workloads run in child processes ----------------------------------------------------------------
+
+def workload_small() -> int:
+    """Every kernel once on small shapes (what the sanitizers watch). Exits non-zero on a wrong result."""
+    import torch
+
+    import brnnseg_kernels as bk
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    failures = 0
+    for cell, layer in (("gru", bk.BiGRU2d), ("lstm", bk.BiLSTM2d)):
+        for dtype in (torch.float32, torch.bfloat16):
+            for mode, hid in (("sequential", 40), ("parallel", 24), ("sequential", 160)):
+                m = layer(5, hid, mode=mode).cuda().to(dtype)
+                x = torch.randn(2, 5, 7, 9, device="cuda", dtype=dtype, requires_grad=True)
+                y = m(x)
+                y.float().square().sum().backward()
+                ref = layer(5, hid, mode=mode).double()
+                ref.load_state_dict(m.state_dict())
+                xr = x.detach().double().cpu().requires_grad_()
+                yr = ref(xr)
+                err = (y.double().cpu() - yr).abs().max().item()
+                tol = 1e-4 if dtype == torch.float32 else 5e-2
+                if not err <= tol:
+                    print(f"FAIL {cell} {dtype} {mode} hid {hid}: max error {err}")
+                    failures += 1
+    x = torch.randn(2, 3, 37, 29, device="cuda", requires_grad=True)
+    t = torch.rand(2, 3, 37, 29, device="cuda") > 0.6
+    bk.functional.bce_dice_loss(x, t, pos_weight=10.0, boundary_weight=2.0, boundary_radius=1).backward()
+    v = torch.randn(1, 2, 5, 6, 7, device="cuda", requires_grad=True)
+    bk.functional.bce_dice_loss(v, torch.rand_like(v) > 0.5, boundary_weight=1.0).backward()
+    torch.cuda.synchronize()
+    print("workload done, failures:", failures)
+    return 1 if failures else 0
+
+
+def workload_steps(out_path: str) -> int:
+    """Microseconds per step: sweep ops over T = 16..512 on 512 lines, least-squares slope; cuDNN beside."""
+    import torch
+
+    import brnnseg_kernels  # noqa: F401
+    from brnnseg_kernels import plan
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    gpu = "h100" if torch.cuda.get_device_capability()[0] >= 9 else "a100"
+    C = 16
+
+    def time_ms(fn, reps=5):
+        fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        return sorted(times)[len(times) // 2]
+
+    def slope(ts, ms):
+        n = len(ts)
+        mt, mm = sum(ts) / n, sum(ms) / n
+        return sum((t - mt) * (m - mm) for t, m in zip(ts, ms)) / sum((t - mt) ** 2 for t in ts) * 1e3  # us/step
+
+    rows = []
+    for cell in ("gru", "lstm"):
+        g = 3 if cell == "gru" else 4
+        op = getattr(torch.ops.brnnseg, f"bi{cell}_sweep")
+        bop = getattr(torch.ops.brnnseg, f"bi{cell}_sweep_backward")
+        for dtype_name in ("float32", "bfloat16"):
+            dtype = getattr(torch, dtype_name)
+            for hid in (40, 64, 128, 256):
+                w = [torch.randn(2, g * hid, C, device="cuda", dtype=dtype) * 0.1,
+                     torch.randn(2, g * hid, hid, device="cuda", dtype=dtype) * hid ** -0.5,
+                     torch.zeros(2, g * hid, device="cuda", dtype=dtype), torch.zeros(2, g * hid, device="cuda", dtype=dtype)]
+                fwd, bwd, ref = [], [], []
+                rnn = getattr(torch.nn, cell.upper())(C, hid, batch_first=True, bidirectional=True).cuda().to(dtype)
+                for T in STEP_T:
+                    x = torch.randn(1, C, STEP_LINES, T, device="cuda", dtype=dtype)
+                    y, ws = op(x, *w, 3, False, True)
+                    gy = torch.randn_like(y)
+                    fwd.append(time_ms(lambda: op(x, *w, 3, False, True)))
+                    bwd.append(time_ms(lambda: bop(gy, x, w[0], w[1], y, ws, 3)))
+                    seq = torch.randn(STEP_LINES, T, C, device="cuda", dtype=dtype)
+                    with torch.no_grad():
+                        ref.append(time_ms(lambda: rnn(seq)))
+                for kernel, ms in (("fwd", fwd), ("bwd", bwd)):
+                    launch = plan.launch_plan(cell, dtype_name, hid, STEP_LINES, kernel == "bwd", gpu)
+                    est = plan.estimate(launch, gpu)
+                    rows.append(dict(cell=cell, dtype=dtype_name, hidden=hid, kernel=kernel, lines=STEP_LINES,
+                                     T=list(STEP_T), ms=ms, us_per_step=slope(STEP_T, ms),
+                                     model_us_per_step=est.us_per_step, weights=launch.weights,
+                                     cudnn_fwd_us_per_step=slope(STEP_T, ref) if kernel == "fwd" else None))
+                print(f"{cell} {dtype_name} hid {hid}: fwd {rows[-2]['us_per_step']:.2f} us/step "
+                      f"(model {rows[-2]['model_us_per_step']:.2f}, cuDNN {rows[-2]['cudnn_fwd_us_per_step']:.2f}), "
+                      f"bwd {rows[-1]['us_per_step']:.2f} (model {rows[-1]['model_us_per_step']:.2f})", flush=True)
+    with open(out_path, "w") as f:
+        json.dump(rows, f, indent=1)
+    return 0
+
+
+# ---- the driver --------------------------------------------------------------------------------------------
+
+class Run:
+    def __init__(self, out: str, budget_s: float):
+        self.out, self.deadline, self.steps = out, time.time() + budget_s, []
+
+    def left(self) -> float:
+        return self.deadline - time.time()
+
+    def step(self, name, cmd, cap_s, env=None, log=None):
+        """Runs cmd with a timeout of min(cap, time left); records status, time and the log's tail."""
+        limit = min(cap_s, self.left() - 5)
+        rec = dict(name=name, cmd=" ".join(cmd), status="skipped", rc=None, seconds=0.0, tail="")
+        self.steps.append(rec)
+        if limit < 10:
+            rec["tail"] = "skipped: the self-check's time budget is spent"
+            return rec
+        log = log or os.path.join(self.out, f"{name}.log")
+        t0 = time.time()
+        with open(log, "w") as f:
+            try:
+                p = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=f,
+                                   stderr=subprocess.STDOUT, timeout=limit)
+                rec["rc"] = p.returncode
+                rec["status"] = "pass" if p.returncode == 0 else "fail"
+            except subprocess.TimeoutExpired:
+                rec["status"] = "timeout"
+            except OSError as e:
+                rec["status"], rec["tail"] = "error", str(e)
+        rec["seconds"] = round(time.time() - t0, 1)
+        rec["log"] = os.path.basename(log)
+        with open(log, errors="replace") as f:
+            rec["tail"] = rec["tail"] or f.read()[-3000:]
+        print(f"[{rec['status']:>7}] {name} ({rec['seconds']} s)", flush=True)
+        return rec
+
+
+def environment():
+    import torch
+
+    env = dict(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
+               cudnn=torch.backends.cudnn.version(), gpu=torch.cuda.get_device_name(0),
+               capability=".".join(map(str, torch.cuda.get_device_capability(0))),
+               gpus=torch.cuda.device_count(), sm_count=torch.cuda.get_device_properties(0).multi_processor_count)
+    try:
+        env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                       capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        env["driver"] = "unknown"
+    nvcc = shutil.which("nvcc")
+    env["nvcc"] = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1] \
+        if nvcc else None
+    env["compute_sanitizer"] = shutil.which("compute-sanitizer")
+    return env
+
+
+def sanitize(run: Run, cap_s: float):
+    """The four compute-sanitizer tools side by side over workload_small."""
+    tool = run_env_tool()
+    if tool is None:
+        run.steps.append(dict(name="compute-sanitizer", status="skipped", tail="compute-sanitizer not found"))
+        print("[skipped] compute-sanitizer: not found", flush=True)
+        return
+    limit = min(cap_s, run.left() - 5)
+    procs = {}
+    t0 = time.time()
+    for t in SANITIZER_TOOLS:
+        log = open(os.path.join(run.out, f"sanitizer-{t}.log"), "w")
+        cmd = [tool, "--tool", t, "--error-exitcode", "99", "--print-limit", "20", sys.executable,
+               os.path.abspath(__file__), "_workload_small"]
+        procs[t] = (subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONPATH": ROOT}), log, cmd)
+    for t, (p, log, cmd) in procs.items():
+        rec = dict(name=f"sanitizer-{t}", cmd=" ".join(cmd), log=f"sanitizer-{t}.log")
+        try:
+            p.wait(timeout=max(1.0, limit - (time.time() - t0)))
+            rec["rc"] = p.returncode
+            rec["status"] = "pass" if p.returncode == 0 else "fail"
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rec["status"] = "timeout"
+        log.close()
+        rec["seconds"] = round(time.time() - t0, 1)
+        with open(os.path.join(run.out, rec["log"]), errors="replace") as f:
+            text = f.read()
+        if "Device not supported" in text or "not supported on this device" in text:
+            rec["status"] = "refused"
+        rec["tail"] = text[-3000:]
+        run.steps.append(rec)
+        print(f"[{rec['status']:>7}] sanitizer {t} ({rec['seconds']} s)", flush=True)
+
+
+def run_env_tool():
+    for cand in (shutil.which("compute-sanitizer"), "/usr/local/cuda/bin/compute-sanitizer",
+                 "/usr/local/cuda/compute-sanitizer/compute-sanitizer"):
+        if cand and os.path.isfile(cand):
+            return cand
+    return None
+
+
+def write_report(out: str, env: dict, steps: list, step_rows: list):
+    with open(os.path.join(out, "selfcheck.json"), "w") as f:
+        json.dump(dict(environment=env, steps=steps, us_per_step=step_rows), f, indent=1)
+    md = ["# GPU self-check", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in env.items()]
+    md += ["", "| step | status | seconds |", "|---|---|---|"]
+    md += [f"| {s['name']} | {s['status']} | {s.get('seconds', '')} |" for s in steps]
+    if step_rows:
+        md += ["", f"Microseconds per step ({STEP_LINES} lines, slope over T = {STEP_T[0]}..{STEP_T[-1]}):", "",
+               "| cell | dtype | hidden | kernel | W_hh | measured us/step | model us/step | cuDNN fwd us/step |",
+               "|---|---|---|---|---|---|---|---|"]
+        for r in step_rows:
+            cud = "" if r["cudnn_fwd_us_per_step"] is None else f"{r['cudnn_fwd_us_per_step']:.2f}"
+            md.append(f"| {r['cell']} | {r['dtype']} | {r['hidden']} | {r['kernel']} | {r['weights']} | "
+                      f"{r['us_per_step']:.2f} | {r['model_us_per_step']:.2f} | {cud} |")
+    for s in steps:
+        if s["status"] not in ("pass",):
+            md += ["", f"## {s['name']}: {s['status']}", "", "```", s.get("tail", "")[-1500:], "```"]
+    with open(os.path.join(out, "selfcheck.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_workload_small"]:
+        return workload_small()
+    if argv[:1] == ["_workload_steps"]:
+        return workload_steps(argv[1])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="folder for selfcheck.json, selfcheck.md and the logs")
+    p.add_argument("--budget", type=float, default=450.0, help="seconds for the whole run (default 450)")
+    p.add_argument("--no-build", action="store_true", help="use the extension already built in place")
+    p.add_argument("--skip", nargs="*", default=[], choices=["tests", "sanitizers", "steps", "bench"])
+    args = p.parse_args(argv)
+
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu_selfcheck: no GPU visible", file=sys.stderr)
+        print("gpu_selfcheck: no GPU visible (torch.cuda.is_available() is False); nothing to check here")
         return 2
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    steps = [
-        [sys.executable, "-m", "brnnseg_kernels", "info"],
-        [sys.executable, "-m", "pytest", "-q", "tests/test_line_scan_cuda.py", "tests/test_line_scan.py",
-         "tests/test_seg_loss.py"],
-        [sys.executable, "-m", "brnnseg_kernels", "bench", "--device", "cuda", "--dtype", "float32", "float16",
-         "bfloat16", "--csv", "benchmarks/results/cuda_renet.csv"],
-        [sys.executable, "-m", "brnnseg_kernels", "bench", "--op", "loss", "--device", "cuda"],
-    ]
-    for cmd in steps:
-        print("+", " ".join(cmd), flush=True)
-        rc = subprocess.call(cmd, cwd=ROOT, env=env)
-        if rc:
-            return rc
-    return 0
+    os.makedirs(args.out, exist_ok=True)
+    run = Run(os.path.abspath(args.out), args.budget)
+    env = environment()
+    print(json.dumps(env), flush=True)
+    py = sys.executable
+    pyenv = {"PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
+    if not args.no_build:
+        arch = env["capability"]
+        run.step("build", [py, "setup.py", "-q", "build_ext", "--inplace"], 300,
+                 env={"TORCH_CUDA_ARCH_LIST": arch, "BRNNSEG_BUILD_SIM": "0", "NVCC_THREADS": "4"})
+    if "tests" not in args.skip:
+        xdist = ["-n", "4"] if _has("xdist") else []
+        run.step("tests", [py, "-m", "pytest", "-q", "-x", "--no-header", "-p", "no:cacheprovider", *xdist,
+                           "tests/test_line_scan_cuda.py", "tests/test_seg_loss.py"], 200, env=pyenv)
+    if "sanitizers" not in args.skip:
+        sanitize(run, 150)
+    step_rows = []
+    if "steps" not in args.skip:
+        path = os.path.join(run.out, "us_per_step.json")
+        run.step("us-per-step", [py, os.path.abspath(__file__), "_workload_steps", path], 120, env=pyenv)
+        if os.path.exists(path):
+            with open(path) as f:
+                step_rows = json.load(f)
+    if "bench" not in args.skip:
+        run.step("bench-renet", [py, "-m", "brnnseg_kernels", "bench", "--device", "cuda", "--dtype", "float32",
+                                 "bfloat16", "--repeat", "5", "--no-memory", "--csv",
+                                 os.path.join(run.out, "cuda_renet.csv")], 150, env=pyenv)
+        run.step("bench-loss", [py, "-m", "brnnseg_kernels", "bench", "--op", "loss", "--device", "cuda",
+                                "--repeat", "5"], 60, env=pyenv)
+    write_report(run.out, env, run.steps, step_rows)
+    bad = [s["name"] for s in run.steps if s["status"] not in ("pass", "skipped", "refused")]
+    print(f"selfcheck: {len(run.steps) - len(bad)} of {len(run.steps)} steps passed or skipped; "
+          f"report in {os.path.join(run.out, 'selfcheck.md')}" + (f"; not passed: {', '.join(bad)}" if bad else ""))
+    return 1 if bad else 0
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 if __name__ == "__main__":

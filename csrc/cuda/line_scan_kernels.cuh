@@ -14,6 +14,7 @@
 #include "brnnseg/cell/gru_cell.h"
 #include "brnnseg/cell/lstm_cell.h"
 #include "brnnseg/params.h"
+#include "line_scan_plan.h"
 
 #if defined(__CUDACC__)
 // Shared memory is reached through smem_ptr<T> / smem_at<T>(base, byte offset): plain pointers under
@@ -30,10 +31,6 @@ __device__ __forceinline__ T* smem_at(unsigned char* base, size_t byte_offset) {
 #endif
 
 namespace brnnseg {
-
-// Largest CTA the launcher uses (one thread per hidden unit, hidden <= 512). Declared to ptxas with
-// __launch_bounds__ so every kernel fits 64K registers / 512 threads = 128 registers per thread.
-constexpr int kMaxThreadsPerCta = 512;
 
 template <typename T>
 __device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
@@ -56,25 +53,6 @@ struct CtaLayout {
     active = u < hid;
   }
 };
-
-// Shared memory of the forward kernel: [the first smem_gates gates of W_hh^T of this direction, T]
-// [2 x tile x hid hidden-state buffers, float]. Backward: [the first smem_gates gates of W_hh]
-// [tile x G*hid recurrent-side gate gradients, float].
-// The float buffers start 16-byte aligned after the weights (a half/bfloat16 weight block can have
-// any even size; a misaligned float access faults on a GPU, not in the simulator).
-template <typename T>
-__host__ __device__ inline size_t smem_weight_bytes(int hid, int smem_gates) {
-  return (size_t(smem_gates) * hid * hid * sizeof(T) + 15) & ~size_t(15);
-}
-template <typename T>
-inline size_t fwd_smem_bytes(int G, int hid, int tile, int smem_gates) {
-  (void)G;
-  return smem_weight_bytes<T>(hid, smem_gates) + size_t(2) * tile * hid * sizeof(float);
-}
-template <typename T>
-inline size_t bwd_smem_bytes(int G, int hid, int tile, int smem_gates) {
-  return smem_weight_bytes<T>(hid, smem_gates) + size_t(tile) * G * hid * sizeof(float);
-}
 
 template <typename T, int G, int kLPT>
 __global__ void __launch_bounds__(kMaxThreadsPerCta) line_scan_fwd_kernel(SweepBatch<SweepFwdParams<T>> batch) {

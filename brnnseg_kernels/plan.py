@@ -1,0 +1,218 @@
+"""The CUDA sweeps' launch plan for a GPU, and a per-step latency model of the recurrence kernels.
+
+``python -m brnnseg_kernels plan --gpu h100`` (or ``a100``) prints, for every GPU benchmark shape, cell
+and dtype, what the CUDA op launches -- from the C++ planner itself (``torch.ops.brnnseg.
+sweep_launch_plan``, the code the CUDA build launches with), so it runs on any machine -- plus the
+registers of each kernel in the shipped build (read off the extension with ``cuobjdump``) and the
+model's time per step.
+
+The latency model (today's FP32-core kernels, ``csrc/cuda/line_scan_kernels.cuh``). Per CTA and step:
+  * shared-memory wavefronts (one 128-byte wavefront per SM per cycle): forward, per k < hid and warp,
+    one for each gate of W_hh held in shared memory plus one broadcast h_prev read per line a thread
+    owns (4); backward, per row j < G*hid and warp, one weight read (if in shared memory) + 4 reads of
+    the gate gradients;
+  * FMA issue: 4 warp-instructions per SM per cycle;
+  * W_hh rows not in shared memory come through L2 at ``L2_BYTES_PER_CLK`` per SM;
+  * fixed latency on the critical path: the barrier, the input projections / saved gates loaded from
+    memory after the product (one L2/DRAM round trip), gate math: ``FIXED_CYCLES``.
+  The step takes max(bound x co-resident CTAs, bound + fixed) cycles, where bound is the largest of
+  the three throughput terms and co-resident CTAs share one SM. A sweep takes T steps per wave.
+These are paper figures until a GPU run confirms them: ``python/gpu_selfcheck.py`` times microseconds
+per step over T = 16..512 for the same configurations.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from . import _C  # noqa: F401  (registers the ops)
+
+GATES = {"gru": 3, "lstm": 4}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+ARCH = {"a100": "sm_80", "h100": "sm_90", "h200": "sm_90"}
+CLOCK_GHZ = {"a100": 1.41, "h100": 1.755, "h200": 1.755}
+L2_BYTES_PER_CLK = {"a100": 32.0, "h100": 24.0, "h200": 24.0}  # L2 bandwidth / SMs / clock, all SMs loading
+FIXED_CYCLES = {"fwd": 700, "bwd": 900}
+
+
+@dataclass
+class Launch:
+    cell: str
+    dtype: str
+    kernel: str          # "fwd" or "bwd"
+    hidden: int
+    threads: int
+    tile: int            # lines per CTA
+    ctas: int            # per direction
+    smem_gates: int
+    smem_bytes: int
+
+    @property
+    def weights(self) -> str:
+        g = GATES[self.cell]
+        return "smem" if self.smem_gates == g else "L2" if self.smem_gates == 0 else f"split {self.smem_gates}/{g}"
+
+
+def launch_plan(cell: str, dtype: str, hidden: int, lines: int, backward: bool, gpu: str) -> Launch:
+    threads, tile, ctas, gates, smem = torch.ops.brnnseg.sweep_launch_plan(cell, DTYPES[dtype], hidden, lines,
+                                                                           backward, gpu)
+    return Launch(cell, dtype, "bwd" if backward else "fwd", hidden, threads, tile, ctas, gates, smem)
+
+
+def kernel_constants() -> Dict[str, int]:
+    """The recurrence kernels' compile-time constants, from C++ (csrc/cuda/line_scan_plan.h)."""
+    keys = ("launch_bounds", "lines_per_thread", "target_threads")
+    return dict(zip(keys, torch.ops.brnnseg.sweep_kernel_constants()))
+
+
+def gpu_spec(gpu: str) -> Dict[str, int]:
+    keys = ("sm_count", "smem_per_block_default", "smem_per_block_optin", "smem_per_sm", "regs_per_sm",
+            "max_threads_per_block", "max_threads_per_sm")
+    return dict(zip(keys, torch.ops.brnnseg.gpu_spec(gpu)))
+
+
+# ---- registers of the shipped build ------------------------------------------------------------------
+
+def find_cuobjdump() -> Optional[str]:
+    cands = [shutil.which("cuobjdump")]
+    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if home:
+            cands.append(os.path.join(home, "bin", "cuobjdump"))
+    try:
+        import triton
+
+        cands.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))
+    except ImportError:
+        pass
+    return next((c for c in cands if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+
+
+_KERNEL_RE = re.compile(r"line_scan_(fwd|bwd)_kernelI(f|N3c104HalfE|N3c108BFloat16E)Li(\d)ELi\d+E")
+_DT = {"f": "float32", "N3c104HalfE": "float16", "N3c108BFloat16E": "bfloat16"}
+
+
+def kernel_resources(library: Optional[str] = None) -> Dict[Tuple[str, str, str, str], Dict[str, int]]:
+    """{(arch, kernel, cell, dtype): {REG, STACK, SHARED, LOCAL, MAX_THREADS}} of every recurrence kernel
+    in the shipped extension (``brnnseg_kernels/_C*.so``): ``cuobjdump -res-usage`` for registers, stack,
+    static shared and local memory, ``cuobjdump -elf`` for the __launch_bounds__ ptxas recorded
+    (EIATTR_MAX_THREADS). Empty without CUDA kernels or cuobjdump."""
+    if library is None:
+        from . import _C as lib
+
+        library = lib.__file__
+    tool = find_cuobjdump()
+    if tool is None:
+        return {}
+    out = subprocess.run([tool, "-res-usage", library], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {}
+    res, arch = {}, None
+    lines = out.stdout.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"\s*arch = (sm_\d+)", line)
+        if m:
+            arch = m.group(1)
+        m = _KERNEL_RE.search(line) if line.strip().startswith("Function") else None
+        if m and i + 1 < len(lines):
+            usage = dict((k, int(v)) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", lines[i + 1]))
+            res[(arch, m.group(1), {"3": "gru", "4": "lstm"}[m.group(3)], _DT[m.group(2)])] = usage
+    for arch in sorted({k[0] for k in res}):
+        elf = subprocess.run([tool, "-elf", "-arch", arch, library], capture_output=True, text=True).stdout
+        for section in elf.split("\n.nv.info.")[1:]:
+            m = _KERNEL_RE.search(section.split("\n", 1)[0])
+            bounds = re.search(r"EIATTR_MAX_THREADS\s*\n\s*Format:.*\n\s*Value:\s*(0x[0-9a-f]+)", section)
+            key = m and (arch, m.group(1), {"3": "gru", "4": "lstm"}[m.group(3)], _DT[m.group(2)])
+            if key in res and bounds:
+                res[key]["MAX_THREADS"] = int(bounds.group(1), 16)
+    return res
+
+
+# ---- the latency model ---------------------------------------------------------------------------------
+
+@dataclass
+class Estimate:
+    launch: Launch
+    total_ctas: int
+    ctas_per_sm: int
+    waves: int
+    registers: Optional[int]
+    bound: str
+    us_per_step: float
+
+
+def estimate(launch: Launch, gpu: str, sweeps: int = 1, registers: Optional[int] = None) -> Estimate:
+    """Per-step time of one launch of `sweeps` sweeps (2 directions each) on `gpu` (see module doc)."""
+    spec = gpu_spec(gpu)
+    g, hid = GATES[launch.cell], launch.hidden
+    elem = 4 if launch.dtype == "float32" else 2
+    warps = launch.threads // 32
+    L = kernel_constants()["lines_per_thread"]
+    if launch.kernel == "fwd":
+        smem = warps * hid * (launch.smem_gates + L)
+        l2_bytes = warps * hid * (g - launch.smem_gates) * 32 * elem
+        fma = warps * hid * g * L / 4
+    else:
+        rows_in_smem = launch.smem_gates * hid
+        smem = warps * (rows_in_smem * (1 + L) + (g * hid - rows_in_smem) * L)
+        l2_bytes = warps * (g * hid - rows_in_smem) * 32 * elem
+        fma = warps * g * hid * L / 4
+    l2 = l2_bytes / L2_BYTES_PER_CLK[gpu]
+    terms = {"smem": smem, "fma": fma, "L2": l2}
+    bound_name = max(terms, key=terms.get)
+    bound = terms[bound_name]
+    regs = registers or 128  # __launch_bounds__(512) caps a thread at 128
+    per_sm = min(spec["smem_per_sm"] // (launch.smem_bytes + 1024), spec["max_threads_per_sm"] // launch.threads,
+                 spec["regs_per_sm"] // (regs * launch.threads))
+    per_sm = max(1, per_sm)
+    total = launch.ctas * 2 * sweeps
+    concurrent = min(per_sm, math.ceil(total / spec["sm_count"]))
+    waves = math.ceil(total / (spec["sm_count"] * per_sm))
+    cycles = max(bound * concurrent, bound + FIXED_CYCLES[launch.kernel])
+    return Estimate(launch, total, per_sm, waves, registers, bound_name, cycles / (CLOCK_GHZ[gpu] * 1e3))
+
+
+def renet_plan(gpu: str, shape, cell: str, dtype: str, resources=None) -> List[Tuple[str, Estimate, int]]:
+    """The four launches of a ReNet block (rows then columns, forward and backward) with their step
+    counts: [(sweep, estimate, steps)]."""
+    n, c, h, w, hid = shape
+    arch = ARCH[gpu]
+    out = []
+    for kernel in ("fwd", "bwd"):
+        for sweep, lines, steps in (("rows", n * h, w), ("cols", n * w, h)):
+            launch = launch_plan(cell, dtype, hid, lines, kernel == "bwd", gpu)
+            regs = (resources or {}).get((arch, kernel, cell, dtype), {}).get("REG")
+            out.append((sweep, estimate(launch, gpu, registers=regs), steps))
+    return out
+
+
+def plan_table(gpu: str, shapes: Dict[str, tuple], cells=("gru", "lstm"), dtypes=("float32", "bfloat16"),
+               resources=None) -> str:
+    resources = kernel_resources() if resources is None else resources
+    head = (f"{'shape':<20} {'cell':<4} {'dtype':<8} {'pass':<4} {'threads':>7} {'lines/CTA':>9} {'CTAs r/c':>10} "
+            f"{'smem B':>7} {'W_hh':<9} {'CTA/SM':>6} {'waves r/c':>9} {'regs':>4} {'bound':<5} {'us/step':>7} "
+            f"{'ms':>7}")
+    rows = [f"launch plan on {gpu} ({ARCH[gpu]}, {gpu_spec(gpu)['sm_count']} SMs); registers from "
+            + ("the shipped build" if resources else "- (no CUDA build or no cuobjdump)"), head, "-" * len(head)]
+    for name, shape in shapes.items():
+        for cell in cells:
+            for dtype in dtypes:
+                plan = renet_plan(gpu, shape, cell, dtype, resources)
+                for kernel, (r, cst) in (("fwd", plan[0:2]), ("bwd", plan[2:4])):
+                    e, ec = r[1], cst[1]
+                    ms = (r[2] * e.us_per_step * e.waves + cst[2] * ec.us_per_step * ec.waves) / 1e3
+                    regs = "-" if e.registers is None else str(e.registers)
+                    rows.append(f"{name:<20} {cell:<4} {dtype:<8} {kernel:<4} {e.launch.threads:>7} "
+                                f"{e.launch.tile:>9} {f'{e.total_ctas}/{ec.total_ctas}':>10} "
+                                f"{e.launch.smem_bytes:>7} {e.launch.weights:<9} {e.ctas_per_sm:>6} "
+                                f"{f'{e.waves}/{ec.waves}':>9} {regs:>4} {e.bound:<5} {e.us_per_step:>7.2f} "
+                                f"{ms:>7.2f}")
+    rows.append("ms: rows sweep (T = W) + columns sweep (T = H), each T x us/step x waves; paper figures "
+                "(brnnseg_kernels/plan.py) until python/gpu_selfcheck.py measures them")
+    return "\n".join(rows)

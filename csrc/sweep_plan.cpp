@@ -1,0 +1,62 @@
+// The CUDA launch planner and the GPU limits it plans against, exported from the CPU build so that
+// `python -m brnnseg_kernels plan` prints exactly what the CUDA op would launch, on any machine:
+//   torch.ops.brnnseg.sweep_launch_plan(cell, dtype, hidden, lines, backward, gpu)
+//       -> [threads, lines_per_cta, ctas_per_direction, gates_of_W_hh_in_shared_memory, shared_bytes]
+//   torch.ops.brnnseg.gpu_spec(gpu) -> [sm_count, smem_per_block_default, smem_per_block_optin,
+//       smem_per_sm, regs_per_sm, max_threads_per_block, max_threads_per_sm]
+//   torch.ops.brnnseg.sweep_kernel_constants() -> [__launch_bounds__ of the kernels, lines per thread,
+//       threads per CTA aimed for]
+#include <torch/library.h>
+
+#include <c10/util/Half.h>
+
+#include "brnnseg/device_spec.h"
+#include "cuda/line_scan_plan.h"
+
+namespace brnnseg {
+namespace {
+
+int gates_of(c10::string_view cell) {
+  if (cell == "gru") return 3;
+  if (cell == "lstm") return 4;
+  TORCH_CHECK_VALUE(false, "sweep_launch_plan: cell must be 'gru' or 'lstm', got '", std::string(cell), "'");
+}
+
+std::vector<int64_t> sweep_launch_plan(c10::string_view cell, at::ScalarType dtype, int64_t hidden, int64_t lines,
+                                       bool backward, c10::string_view gpu) {
+  const int G = gates_of(cell);
+  TORCH_CHECK_VALUE(hidden >= 1 && lines >= 1, "sweep_launch_plan: hidden and lines must be >= 1, got ", hidden,
+                    " and ", lines);
+  const DeviceSpec& dev = device_spec(std::string(gpu));
+  LaunchConfig c;
+  switch (dtype) {
+    case at::kFloat:
+      c = line_scan_config<float>(backward, G, int(hidden), lines, dev.smem_per_block_optin);
+      break;
+    case at::kHalf:
+    case at::kBFloat16:
+      c = line_scan_config<c10::Half>(backward, G, int(hidden), lines, dev.smem_per_block_optin);
+      break;
+    default:
+      TORCH_CHECK_VALUE(false, "sweep_launch_plan: dtype must be float32, float16 or bfloat16, got ", dtype);
+  }
+  return {c.threads, c.tile, c.blocks, c.smem_gates, int64_t(c.smem_bytes)};
+}
+
+std::vector<int64_t> gpu_spec(c10::string_view gpu) {
+  const DeviceSpec& d = device_spec(std::string(gpu));
+  return {d.sm_count, int64_t(d.smem_per_block_default), int64_t(d.smem_per_block_optin), int64_t(d.smem_per_sm),
+          d.regs_per_sm, d.max_threads_per_block, d.max_threads_per_sm};
+}
+
+std::vector<int64_t> sweep_kernel_constants() { return {kMaxThreadsPerCta, kLinesPerThread, kTargetThreads}; }
+
+}  // namespace
+}  // namespace brnnseg
+
+TORCH_LIBRARY_FRAGMENT(brnnseg, m) {
+  m.def("sweep_launch_plan(str cell, ScalarType dtype, int hidden, int lines, bool backward, str gpu) -> int[]",
+        &brnnseg::sweep_launch_plan);
+  m.def("gpu_spec(str gpu) -> int[]", &brnnseg::gpu_spec);
+  m.def("sweep_kernel_constants() -> int[]", &brnnseg::sweep_kernel_constants);
+}

@@ -1,0 +1,75 @@
+"""`python -m brnnseg_kernels plan`: the C++ launch planner exported to Python, the latency model's
+arithmetic, and the GPU self-check's behaviour on a machine without a GPU."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from brnnseg_kernels import bench, plan
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=ROOT)
+
+
+@pytest.mark.parametrize("gpu,cell,dtype,hid,where", [
+    ("h100", "gru", "float32", 64, "smem"), ("h100", "gru", "float32", 128, "smem"),
+    ("h100", "lstm", "float32", 128, "split 3/4"), ("h100", "lstm", "bfloat16", 128, "smem"),
+    ("h100", "gru", "float32", 256, "L2"), ("h100", "gru", "bfloat16", 256, "split 1/3"),
+    ("a100", "gru", "float32", 128, "split 2/3"), ("a100", "lstm", "float32", 64, "smem")])
+def test_launch_plan_places_w_hh(gpu, cell, dtype, hid, where):
+    lp = plan.launch_plan(cell, dtype, hid, 1000, False, gpu)
+    assert lp.weights == where
+    assert lp.smem_bytes <= plan.gpu_spec(gpu)["smem_per_block_optin"]
+    assert lp.threads == 256 and lp.tile == {64: 16, 128: 8, 256: 4}[hid] and lp.ctas == -(-1000 // lp.tile)
+
+
+def test_launch_plan_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="cell must be"):
+        torch.ops.brnnseg.sweep_launch_plan("rnn", torch.float32, 8, 8, False, "h100")
+    with pytest.raises(ValueError, match="unknown GPU"):
+        torch.ops.brnnseg.sweep_launch_plan("gru", torch.float32, 8, 8, False, "v100")
+    with pytest.raises(ValueError, match="dtype must be"):
+        torch.ops.brnnseg.sweep_launch_plan("gru", torch.float64, 8, 8, False, "h100")
+    with pytest.raises(ValueError, match="exceeds 512"):
+        torch.ops.brnnseg.sweep_launch_plan("gru", torch.float32, 600, 8, False, "h100")
+
+
+def test_latency_model_arithmetic():
+    """hidden 128 float32 GRU forward on an H100: 8 warps x 128 k x (3 weight + 4 h_prev wavefronts) =
+    7168 cycles of shared memory (> 3072 of FMA issue); one CTA per SM, plus 700 fixed cycles, at 1.755 GHz."""
+    lp = plan.Launch("gru", "float32", "fwd", 128, threads=256, tile=8, ctas=1, smem_gates=3, smem_bytes=204800)
+    e = plan.estimate(lp, "h100")
+    assert e.bound == "smem" and e.total_ctas == 2 and e.ctas_per_sm == 1 and e.waves == 1
+    assert e.us_per_step == pytest.approx((7168 + 700) / 1755)
+    # 400 CTAs on 132 SMs, one per SM (204800 B of shared memory each): 4 waves of the same step time.
+    e = plan.estimate(plan.Launch("gru", "float32", "fwd", 128, 256, 8, 200, 3, 204800), "h100")
+    assert e.waves == 4 and e.us_per_step == pytest.approx((7168 + 700) / 1755)
+    # Weights through L2 (hidden 256 float32): 8 warps x 256 k x 3 gates x 128 B / 24 B per cycle.
+    e = plan.estimate(plan.Launch("gru", "float32", "fwd", 256, 256, 4, 1, 0, 8192), "h100")
+    assert e.bound == "L2" and e.us_per_step == pytest.approx((8 * 256 * 3 * 128 / 24 + 700) / 1755)
+
+
+def test_plan_cli_prints_every_shape():
+    out = subprocess.run([sys.executable, "-m", "brnnseg_kernels", "plan", "--gpu", "h100"], env=ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    for name in bench.GPU_SHAPES:
+        rows = [l for l in lines if l.startswith(name + " ")]
+        assert len(rows) == 2 * 2 * 2, (name, rows)  # cells x dtypes x passes
+    assert "launch plan on h100 (sm_90, 132 SMs)" in lines[0]
+    a100 = subprocess.run([sys.executable, "-m", "brnnseg_kernels", "plan", "--gpu", "a100", "--shapes", "lanes-128",
+                           "--cells", "gru", "--dtype", "float32"], env=ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert a100.returncode == 0 and "split 2/3" in a100.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU behaviour")
+def test_gpu_selfcheck_without_gpu_exits_2_with_one_line(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "python", "gpu_selfcheck.py"), "--out", str(tmp_path)],
+                         env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert len((out.stdout + out.stderr).strip().splitlines()) == 1 and "no GPU" in out.stdout
+    assert not any(tmp_path.iterdir())
