@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.14.1
 STAMP  := $(VENV)/.deps-installed
 
-.PHONY: all venv build test test-cpp test-py demo bench clean
+.PHONY: all venv build test test-cpp test-py demo bench triton-aot clean
 
 all: build
 
@@ -38,6 +38,10 @@ demo: build
 
 bench: build
 	PYTHONPATH=$(CURDIR) $(PY) -m brnnseg_kernels bench --device cpu --csv benchmarks/results/cpu_renet.csv
+
+# Every Triton loss-kernel variant compiled for sm_80 and sm_90 (no GPU needed): registers and spills.
+triton-aot: build
+	PYTHONPATH=$(CURDIR) $(PY) -m brnnseg_kernels.losses._aot
 
 clean:
 	rm -rf build brnnseg_kernels/*.so brnnseg_kernels/_build_info.py
