@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.14.1
 STAMP  := $(VENV)/.deps-installed
 
-.PHONY: all venv build test test-cpp test-py demo bench triton-aot clean
+.PHONY: all venv build test test-cpp test-py test-sim-asan demo bench triton-aot clean
 
 all: build
 
@@ -31,7 +31,16 @@ test-cpp: $(STAMP)
 test-py: build
 	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q tests
 
-test: test-cpp test-py
+# The simulator tests again through an AddressSanitizer + UBSan build of the simulator extension
+# (libstdc++ preloaded too: ASan's __cxa_throw interceptor needs it loaded first; --capture=sys lets
+# an ASan report reach the terminal).
+test-sim-asan: build
+	BRNNSEG_SIM_ASAN=1 $(PY) setup.py -q build_ext --inplace
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
+	  ASAN_OPTIONS=detect_leaks=0 BRNNSEG_SIM_MODULE=brnnseg_kernels._sim_asan PYTHONPATH=$(CURDIR) \
+	  $(PY) -m pytest -q -p no:cacheprovider --capture=sys tests/test_line_scan_sim.py
+
+test: test-cpp test-py test-sim-asan
 
 demo: build
 	PYTHONPATH=$(CURDIR) $(PY) python/examples/demo.py

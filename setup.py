@@ -8,6 +8,8 @@ Build switches (environment variables), read once here:
   NVCC_THREADS             nvcc --threads (default 2)
   DEBUG=1                  -O0 -g instead of -O3
   BRNNSEG_BUILD_SIM=0      skip the test-only simulator extension (_sim)
+  BRNNSEG_SIM_ASAN=1       build only the simulator extension under AddressSanitizer + UBSan (_sim_asan,
+                           for make test-sim-asan)
 """
 import glob
 import os
@@ -147,12 +149,41 @@ sim_ext = cpp_extension.CppExtension(
 )
 
 BUILD_SIM = os.environ.get("BRNNSEG_BUILD_SIM", "1") != "0"
+ext_modules = [ext, sim_ext] if BUILD_SIM else [ext]
+if os.environ.get("BRNNSEG_SIM_ASAN") == "1":
+    # Only the simulator extension under AddressSanitizer + UBSan, as brnnseg_kernels._sim_asan (loaded
+    # with LD_PRELOAD=libasan.so; `make test-sim-asan`). The other extensions are left as built.
+    san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+    ext_modules = [cpp_extension.CppExtension(
+        f"{PACKAGE}._sim_asan",
+        sorted(glob.glob(os.path.join("csrc", "sim", "*.cpp"))),
+        include_dirs=include_dirs,
+        define_macros=[("BRNNSEG_POISON_OUTPUTS", "1"), ("BRNNSEG_SIM_MODULE", "_sim_asan")],
+        extra_compile_args={"cxx": ["-std=c++20", "-O1", "-g", "-fno-math-errno", "-Wno-unused-function"] + san},
+        extra_link_args=san,
+        py_limited_api=True,
+    )]
+
+
+class BuildExtension(cpp_extension.BuildExtension):
+    """torch's BuildExtension with one build folder per extension: they share ninja's log and deps
+    files otherwise, and building one made ninja forget the other's dependencies (every `make build`
+    recompiled everything, CUDA included)."""
+
+    def build_extension(self, ext):
+        base = self.build_temp
+        self.build_temp = os.path.join(base, ext.name.rsplit(".", 1)[-1])
+        try:
+            super().build_extension(ext)
+        finally:
+            self.build_temp = base
+
 
 setup(
     name="brnnseg_kernels",
     version="0.1.0",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
-    ext_modules=[ext, sim_ext] if BUILD_SIM else [ext],
-    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

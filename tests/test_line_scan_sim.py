@@ -2,18 +2,25 @@
 (csrc/include/brnnseg/simt_sim.h), driven through the same host code as the CUDA build
 (csrc/cuda/line_scan_host.h), compared with the float64 reference. Select with `pytest -k sim`.
 
-Executed here: forward and backward kernels of GRU and LSTM, with W_hh in shared memory and
-through the cache (the large-hidden-size path), several CTAs per sweep, partial last tiles, T = 1,
-hidden sizes that are not multiples of 32, strided/channels_last outputs and gradients. Not
-executed: the nvcc-specific launch lines (cudaFuncSetAttribute, <<<>>>, launch checks) and the
-cuBLAS GEMMs (the simulator build runs the same at::matmul calls on CPU tensors)."""
+Executed here: forward and backward kernels of GRU and LSTM in float32/float16/bfloat16, one sweep or
+the pair per launch, with W_hh in shared memory, split, and through L2; several CTAs per sweep, partial
+last tiles, T = 1, hidden sizes that are not multiples of 32, hidden 64/128/256 with the launch plan of
+an H100 and an A100, strided/channels_last outputs and gradients. Each launch is checked against the
+simulated GPU's rules (launch bounds, grid limits, the emulated cudaFuncSetAttribute opt-in above
+48 KiB, the opt-in limit), shared memory against out-of-bounds and unwritten reads, and outputs are
+NaN-filled first. Not executed: the <<<>>> launch line and cuBLAS (the simulator build runs the same
+at::matmul calls on CPU tensors)."""
+import os
+
 import pytest
 import torch
 
 from brnnseg_kernels import reference
 from tests.utils import assert_verbose_allclose, stacked_weights
 
-sim = pytest.importorskip("brnnseg_kernels._sim")
+# BRNNSEG_SIM_MODULE=brnnseg_kernels._sim_asan runs the same tests through the AddressSanitizer + UBSan
+# build of the simulator (make test-sim-asan).
+sim = pytest.importorskip(os.environ.get("BRNNSEG_SIM_MODULE", "brnnseg_kernels._sim"))
 H100 = ("h100", 0)  # the GPU to simulate, and the planner's smem budget (0: its opt-in limit)
 
 # (N, C, H, W, hidden): several CTAs (tile = 32 lines for hidden <= 32, 16 for 33..64), partial
@@ -235,3 +242,50 @@ def test_sim_refuses_what_the_gpu_refuses():
         torch.ops.brnnseg_sim.bigru_sweep(x, *w, 3, False, False, "a100", 230000, False)
     with pytest.raises(ValueError, match="unknown GPU"):
         torch.ops.brnnseg_sim.bigru_sweep(x, *w, 3, False, False, "v100", 0, False)
+
+
+def _smem_bytes(g_in_smem, hid, tile, elem, gates, backward):
+    """The planner's shared-memory formula (csrc/cuda/line_scan_plan.h), restated for the test."""
+    weights = (g_in_smem * hid * hid * elem + 15) // 16 * 16
+    return weights + (tile * gates * hid * 4 if backward else 2 * tile * hid * 4)
+
+
+@pytest.mark.parametrize("pair", [False, True], ids=["one_sweep", "pair"])
+@pytest.mark.parametrize("weights", ["smem", "split", "l2"])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_sim_every_launch_variant(cell, dtype, weights, pair):
+    """Every launch variant the CUDA op can take -- kernel (forward, backward) x cell x storage dtype x
+    where W_hh lives (all in shared memory, one gate there and the rest through L2, all through L2) x
+    one sweep or the pair -- executed and compared with the float64 reference; the launch log shows the
+    planned shared memory and grid."""
+    dt, gates, hid, tile = DTYPES[dtype], 3 if cell == "gru" else 4, 40, 16
+    elem = 4 if dt == torch.float32 else 2
+    n, c, h, w = 1, 3, 17, 5  # rows: 17 lines = 2 CTAs; columns: 5 lines
+    x = torch.randn(n, c, h, w).to(dt)
+    rows, cols = _realistic_weights(cell, c, hid, dt), _realistic_weights(cell, c, hid, dt)
+    limit = {False: 0, True: 0}
+    if weights == "split":
+        limit = {b: _smem_bytes(1, hid, tile, elem, gates, b) for b in (False, True)}
+    glob = weights == "l2"
+    torch.ops.brnnseg_sim.launch_log(True)
+    g_shape = (n, (4 if pair else 2) * hid, h, w)
+    g = torch.randn(g_shape, dtype=torch.float64)
+    if pair:
+        y, ws_r, ws_c = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep_pair")(x, *rows, *cols, False, True, "h100",
+                                                                               limit[False], glob)
+        grads = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep_pair_backward")(
+            g.to(dt), x, rows[0], rows[1], cols[0], cols[1], y, ws_r, ws_c, "h100", limit[True], glob)
+        _check_against_reference(cell, x, [rows, cols], [3, 2], y, grads, g, dt)
+    else:
+        y, ws = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep")(x, *rows, 3, False, True, "h100", limit[False], glob)
+        grads = getattr(torch.ops.brnnseg_sim, f"bi{cell}_sweep_backward")(g.to(dt), x, rows[0], rows[1], y, ws, 3,
+                                                                           "h100", limit[True], glob)
+        _check_against_reference(cell, x, [rows], [3], y, grads, g, dt)
+    log = torch.ops.brnnseg_sim.launch_log(True)
+    in_smem = {"smem": gates, "split": 1, "l2": 0}[weights]
+    for line, backward in zip(log, (False, True)):
+        kernel = "bwd" if backward else "fwd"
+        assert line.startswith(f"line_scan_{kernel}_kernel<{cell}>"), log
+        assert f"grid=(2, 2, {2 if pair else 1}) block=256" in line, log
+        assert f"smem={_smem_bytes(in_smem, hid, tile, elem, gates, backward)} " in line, log

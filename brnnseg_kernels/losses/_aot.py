@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, List, NamedTuple
@@ -102,6 +103,9 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("_aot: unset TRITON_INTERPRET (interpreted kernels cannot be compiled)", file=sys.stderr)
+        return 2
     rows = compile_all(tuple(args.arch), args.jobs)
     for r in rows:
         print(f"{r['variant']:<32} regs {r['registers']:>3}  spills {r['spills']}  smem {r['shared']}")

@@ -14,9 +14,20 @@
 #include "brnnseg/simt_sim.h"
 #include "cuda/line_scan_host.h"
 
+// The module is brnnseg_kernels._sim, or _sim_asan when built with AddressSanitizer + UBSan
+// (BRNNSEG_SIM_ASAN=1 at build time; `make test-sim-asan` runs the simulator tests through it).
+#ifndef BRNNSEG_SIM_MODULE
+#define BRNNSEG_SIM_MODULE _sim
+#endif
+#define BRNNSEG_CAT(a, b) a##b
+#define BRNNSEG_PYINIT(name) BRNNSEG_CAT(PyInit_, name)
+#define BRNNSEG_STR2(x) #x
+#define BRNNSEG_STR(x) BRNNSEG_STR2(x)
+
 extern "C" {
-PyObject* PyInit__sim(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_sim", nullptr, -1, nullptr};
+PyObject* BRNNSEG_PYINIT(BRNNSEG_SIM_MODULE)(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, BRNNSEG_STR(BRNNSEG_SIM_MODULE), nullptr, -1,
+                                          nullptr};
   return PyModule_Create(&module_def);
 }
 }
