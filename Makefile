@@ -1,4 +1,4 @@
-# make demo   -- build, then the ReNet layers vs nn.GRU/nn.LSTM, replace_rnns, a short BRNNUNet run (random data)
+# make demo   -- build, then train a BRNN-U-Net and a plain U-Net on two built-in tasks and compare them (runs/)
 # make test   -- create .venv, install torch 2.14.1 and the test tools, build, run the C++ and Python tests
 # make bench  -- CPU benchmark against the plain-PyTorch ReNet block
 PYTHON ?= python3
@@ -14,7 +14,8 @@ all: build
 $(STAMP): Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH) numpy pytest pytest-benchmark expecttest ninja cmake setuptools wheel
+	$(PY) -m pip install -q $(TORCH) numpy pytest pytest-benchmark expecttest ninja cmake setuptools wheel \
+	  tqdm matplotlib monai scipy pillow
 	touch $@
 
 venv: $(STAMP)
@@ -43,7 +44,7 @@ test-sim-asan: build
 test: test-cpp test-py test-sim-asan
 
 demo: build
-	PYTHONPATH=$(CURDIR) $(PY) python/examples/demo.py
+	PYTHONPATH=$(CURDIR) $(PY) -m brnnseg_kernels demo
 
 bench: build
 	PYTHONPATH=$(CURDIR) $(PY) -m brnnseg_kernels bench --device cpu --csv benchmarks/results/cpu_renet.csv

@@ -1,4 +1,4 @@
-"""Command line: ``python -m brnnseg_kernels info | bench``."""
+"""Command line: ``python -m brnnseg_kernels info | bench | plan | demo``."""
 from __future__ import annotations
 
 import argparse
@@ -131,6 +131,11 @@ def _plan(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:  # its own parser (argparse's REMAINDER drops leading options)
+        from .demo.run import main as demo_main
+
+        return demo_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m brnnseg_kernels")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="versions and what this build contains")
@@ -157,6 +162,8 @@ def main(argv=None) -> int:
     pl.add_argument("--shapes", nargs="*", help="GPU shape names (default: all)")
     pl.add_argument("--cells", nargs="*", default=["gru", "lstm"], choices=["gru", "lstm"])
     pl.add_argument("--dtype", nargs="*", default=["float32", "bfloat16"], choices=["float32", "float16", "bfloat16"])
+    sub.add_parser("demo", help="train a BRNN-U-Net and a plain U-Net on built-in tasks and compare them "
+                                "(python -m brnnseg_kernels demo --help)")
     args = p.parse_args(argv)
     return {"info": _info, "bench": _bench, "plan": _plan}[args.cmd](args)
 

@@ -1,4 +1,4 @@
-"""Demo, on random data (a placeholder until the demo issue brings real images):
+"""The layers against torch on random data (`python python/examples/layers_vs_torch.py`):
 
 1. a ReNet block (BiGRU2d and BiLSTM2d), checked against the nn.GRU/nn.LSTM block users would
    otherwise write, and timed against it on this machine;

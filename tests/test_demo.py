@@ -1,0 +1,193 @@
+"""The training demo: procedural data, metrics (against MONAI and brute force), the trainer's
+checkpoints and resume after a killed run, and `demo --quick` end to end."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from brnnseg_kernels.demo import metrics
+from brnnseg_kernels.demo.data import TASKS, SyntheticSegmentation
+from brnnseg_kernels.demo.train import TrainConfig, fit, load_checkpoint, save_atomic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=ROOT)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_generators_are_deterministic_and_valid(task):
+    a = SyntheticSegmentation(task, 6, "train", seed=3, size=48).tensors()
+    b = SyntheticSegmentation(task, 6, "train", seed=3, size=48).tensors()
+    c = SyntheticSegmentation(task, 6, "train", seed=4, size=48).tensors()
+    v = SyntheticSegmentation(task, 6, "val", seed=3, size=48).tensors()
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0]) and not torch.equal(a[0], v[0])
+    x, y = a
+    assert x.shape == y.shape == (6, 1, 48, 48)
+    assert x.min() >= 0 and x.max() <= 1 and torch.isfinite(x).all()
+    assert set(y.unique().tolist()) <= {0.0, 1.0}
+    fg = y.mean((1, 2, 3))
+    assert (fg > 0).all()
+    if task == "phantom":
+        assert ((fg >= 0.05) & (fg <= 0.20)).all(), fg
+    assert SyntheticSegmentation(task, 3, "test", seed=3, size=48)[2][0].shape == (1, 48, 48)
+
+
+def test_dataset_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="task must be one of"):
+        SyntheticSegmentation("cells", 2)
+    with pytest.raises(ValueError, match="split must be"):
+        SyntheticSegmentation("phantom", 2, split="dev")
+    with pytest.raises(IndexError):
+        SyntheticSegmentation("phantom", 2)[2]
+
+
+def _blobs(n, size=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, 1, size // 5, size // 5, generator=g)
+    smooth = torch.nn.functional.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)
+    return smooth[:, 0] > 0.3
+
+
+def _brute_force(pred, true, tol):
+    """Edge pixels by their definition (a 4-neighbour outside the mask or the image), then every pair."""
+    def edge_points(m):
+        h, w = m.shape
+        pts = []
+        for i in range(h):
+            for j in range(w):
+                if m[i, j] and any(not (0 <= a < h and 0 <= b < w) or not m[a, b]
+                                   for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1))):
+                    pts.append((i, j))
+        return torch.tensor(pts, dtype=torch.float64)
+    pe, te = edge_points(pred), edge_points(true)
+    d = ((pe[:, None] - te[None]) ** 2).sum(-1).sqrt()
+    dp, dt = d.min(1).values, d.min(0).values
+    prec, rec = (dp <= tol).double().mean().item(), (dt <= tol).double().mean().item()
+    f1 = 0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec)
+    return f1, max(torch.quantile(dp, 0.95).item(), torch.quantile(dt, 0.95).item())
+
+
+def test_boundary_f1_and_hd95_match_their_definitions():
+    p, t = _blobs(4, seed=1), _blobs(4, seed=2)
+    for a, b in zip(p, t):
+        f1, hd = _brute_force(a, b, 2.0)
+        assert metrics.boundary_f1(a, b, 2.0) == pytest.approx(f1, abs=1e-6)
+        assert metrics._hd95_own(a, b) == pytest.approx(hd, abs=1e-4)
+    assert metrics.boundary_f1(p[0], p[0], 2.0) == 1.0
+
+
+def test_own_metrics_match_monai():
+    pytest.importorskip("monai")
+    pytest.importorskip("scipy")
+    p, t = _blobs(6, seed=5), _blobs(6, seed=6)
+    for a, b in zip(p, t):
+        ours = metrics.per_image(a, b, use_monai=False)
+        monai = metrics.per_image(a, b, use_monai=True)
+        for k in ("dice", "iou", "boundary_f1"):
+            assert ours[k] == pytest.approx(monai[k], abs=1e-6), k
+        assert ours["hd95"] == pytest.approx(monai["hd95"], rel=1e-4, abs=1e-4)
+
+
+def test_empty_mask_conventions():
+    z, o = torch.zeros(8, 8, dtype=torch.bool), torch.zeros(8, 8, dtype=torch.bool)
+    o[2:5, 2:5] = True
+    assert metrics.per_image(z, z) == dict(dice=1.0, iou=1.0, hd95=0.0, boundary_f1=1.0)
+    m = metrics.per_image(z, o)
+    assert m["dice"] == 0 and m["boundary_f1"] == 0 and m["hd95"] == pytest.approx(math.hypot(8, 8))
+
+
+def _tiny_run(folder, epochs, resume=False, stop_after=None):
+    from brnnseg_kernels.demo.run import build_model, make_loss
+
+    data = SyntheticSegmentation("long-range", 8, "train", 0, 32).tensors()
+    val = SyntheticSegmentation("long-range", 4, "val", 0, 32).tensors()
+    model = build_model("brnn-unet", 0, base_channels=4, depth=2)
+    cfg = TrainConfig(epochs=epochs, batch_size=4, progress=False)
+
+    def stop(epoch, history):
+        if stop_after is not None and epoch + 1 == stop_after:
+            raise KeyboardInterrupt  # the run dies right after this epoch's checkpoint
+
+    return fit("m", model, make_loss(2.0), data, val, cfg, str(folder / "m.pt"), resume=resume, on_epoch=stop)
+
+
+def test_checkpoint_resume_continues_the_same_run(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    full = _tiny_run(tmp_path / "a", 3)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(tmp_path / "b", 3, stop_after=2)
+    ck = load_checkpoint(str(tmp_path / "b" / "m.pt"))  # weights_only=True
+    assert ck["epoch"] == 2 and len(ck["history"]["loss"]) == 2
+    resumed = _tiny_run(tmp_path / "b", 3, resume=True)
+    # The same run: data order, augmentation, optimizer and schedule continue where they stopped.
+    assert resumed["loss"] == pytest.approx(full["loss"], rel=1e-5)
+    assert resumed["val_dice"] == pytest.approx(full["val_dice"], rel=1e-5)
+
+
+def test_save_atomic_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    path = str(tmp_path / "c.pt")
+    save_atomic({"epoch": 1}, path)
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"epoch": 2}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["c.pt"]  # no temporary file left behind
+
+
+def test_demo_quick_writes_its_outputs(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "brnnseg_kernels", "demo", "--quick", "--out", str(tmp_path),
+                          "--no-progress"], env=ENV, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted(os.listdir(tmp_path))
+    assert [r.split("-2")[0] for r in runs] == ["long-range", "phantom"], runs
+    for r in runs:
+        files = set(os.listdir(tmp_path / r))
+        assert {"metrics.json", "curves.png", "predictions.png", "unet.pt", "brnn-unet.pt"} <= files
+        m = json.loads((tmp_path / r / "metrics.json").read_text())
+        for name in ("unet", "brnn-unet"):
+            res = m["models"][name]
+            assert set(metrics.METRICS) <= set(res["test"]) and res["parameters"] > 0
+            assert res["seconds_per_epoch"] > 0 and {"fused", "unfused"} <= set(res["loss_step_ms"])
+        assert m["models"]["brnn-unet"]["parameters"] > m["models"]["unet"]["parameters"]
+        assert load_checkpoint(str(tmp_path / r / "unet.pt"))["epoch"] == 2
+    assert "BRNN-U-Net - U-Net:" in out.stdout and "Dice" in out.stdout
+
+
+def test_resume_after_a_killed_run(tmp_path):
+    """A run killed (SIGKILL) after its first checkpoint resumes from it and finishes the same run."""
+    cmd = [sys.executable, "-m", "brnnseg_kernels", "demo", "--quick", "--task", "long-range", "--epochs", "4",
+           "--out", str(tmp_path), "--no-progress"]
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    ckpt = None
+    while time.time() < deadline and ckpt is None:
+        time.sleep(0.2)
+        for r in os.listdir(tmp_path):
+            f = tmp_path / r / "unet.pt"
+            if f.exists():
+                ckpt = f
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert ckpt is not None, "no checkpoint written in time"
+    killed = load_checkpoint(str(ckpt))
+    done = killed["epoch"]
+    assert 1 <= done < 4
+    out = subprocess.run(cmd[:-3] + ["--resume", str(ckpt.parent), "--no-progress"], env=ENV, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ck = load_checkpoint(str(ckpt))
+    assert ck["epoch"] == 4 and len(ck["history"]["loss"]) == 4
+    assert ck["history"]["loss"][:done] == killed["history"]["loss"]  # continued, not restarted
+    assert json.loads((ckpt.parent / "metrics.json").read_text())["models"]["unet"]["history"]["loss"] == \
+        pytest.approx(ck["history"]["loss"])
