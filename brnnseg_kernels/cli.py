@@ -1,4 +1,4 @@
-"""Command line: ``python -m brnnseg_kernels info | bench | plan | demo``."""
+"""Command line: ``python -m brnnseg_kernels info | bench | plan | demo | train | predict``."""
 from __future__ import annotations
 
 import argparse
@@ -132,10 +132,14 @@ def _plan(args) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["demo"]:  # its own parser (argparse's REMAINDER drops leading options)
+    if argv[:1] == ["demo"]:  # their own parsers (argparse's REMAINDER drops leading options)
         from .demo.run import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[:1] in (["train"], ["predict"]):
+        from .demo import user
+
+        return (user.train_main if argv[0] == "train" else user.predict_main)(argv[1:])
     p = argparse.ArgumentParser(prog="python -m brnnseg_kernels")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="versions and what this build contains")
@@ -164,6 +168,9 @@ def main(argv=None) -> int:
     pl.add_argument("--dtype", nargs="*", default=["float32", "bfloat16"], choices=["float32", "float16", "bfloat16"])
     sub.add_parser("demo", help="train a BRNN-U-Net and a plain U-Net on built-in tasks and compare them "
                                 "(python -m brnnseg_kernels demo --help)")
+    sub.add_parser("train", help="train on your own images: --data DIR with images/ and masks/ "
+                                 "(python -m brnnseg_kernels train --help)")
+    sub.add_parser("predict", help="write predicted masks: --checkpoint CKPT --input DIR --out DIR")
     args = p.parse_args(argv)
     return {"info": _info, "bench": _bench, "plan": _plan}[args.cmd](args)
 

@@ -191,3 +191,96 @@ def test_resume_after_a_killed_run(tmp_path):
     assert ck["history"]["loss"][:done] == killed["history"]["loss"]  # continued, not restarted
     assert json.loads((ckpt.parent / "metrics.json").read_text())["models"]["unet"]["history"]["loss"] == \
         pytest.approx(ck["history"]["loss"])
+
+
+# ---- users' own data: train, predict, bad data, inference on any size ---------------------------------------
+
+def _write_pairs(root, n=4, size=40, seed=0):
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    x, y = SyntheticSegmentation("phantom", n, "train", seed, 48).tensors()
+    for i in range(n):
+        h = size - 3 * i  # every image its own size
+        Image.fromarray((x[i, 0, :h, :size] * 255).byte().numpy()).save(root / "images" / f"case{i}.png")
+        Image.fromarray((y[i, 0, :h, :size] * 255).byte().numpy()).save(root / "masks" / f"case{i}.png")
+
+
+def test_train_and_predict_on_a_folder_of_pngs(tmp_path):
+    from PIL import Image
+
+    _write_pairs(tmp_path / "data")
+    out = subprocess.run([sys.executable, "-m", "brnnseg_kernels", "train", "--data", str(tmp_path / "data"),
+                          "--epochs", "1", "--crop", "32", "--depth", "2", "--base-channels", "4", "--out",
+                          str(tmp_path / "runs"), "--no-progress"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "runs" / os.listdir(tmp_path / "runs")[0]
+    assert {"brnn-unet.pt", "metrics.json", "curves.png", "predictions.png"} <= set(os.listdir(run))
+    assert set(metrics.METRICS) <= set(json.loads((run / "metrics.json").read_text())["validation"])
+    for extra in ([], ["--sliding-window", "16"]):
+        pred = tmp_path / ("pred" + "".join(extra))
+        out = subprocess.run([sys.executable, "-m", "brnnseg_kernels", "predict", "--checkpoint", str(run / "brnn-unet.pt"),
+                              "--input", str(tmp_path / "data" / "images"), "--out", str(pred), *extra], env=ENV,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        for f in os.listdir(tmp_path / "data" / "images"):
+            got = Image.open(pred / f)
+            assert got.size == Image.open(tmp_path / "data" / "images" / f).size
+            assert set(torch.from_numpy(__import__("numpy").array(got)).unique().tolist()) <= {0, 255}
+
+
+def test_bad_data_is_reported_by_name(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from brnnseg_kernels.demo.folder import load_folder
+
+    root = tmp_path / "d"
+    _write_pairs(root, n=2)
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "images" / "nomask.png")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "masks" / "noimage.png")
+    (root / "images" / "broken.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "masks" / "broken.png")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "images" / "small.png")
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(root / "masks" / "small.png")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "images" / "labels.png")
+    Image.fromarray(np.full((40, 40), 7, np.uint8)).save(root / "masks" / "labels.png")
+    with pytest.warns(UserWarning) as rec:
+        xs, ys, stems = load_folder(str(root))
+    text = "\n".join(str(w.message) for w in rec)
+    assert stems == ["case0", "case1"]
+    assert "nomask.png: no mask" in text and "noimage.png: no image" in text
+    assert "broken.png: unreadable image" in text and "small: image" in text and "(40, 40) but mask" in text
+    assert "labels.png: bad mask" in text and "0/1 or 0/255, found [7]" in text
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    (tmp_path / "empty" / "masks").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        load_folder(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="is missing"):
+        load_folder(str(tmp_path / "nowhere"))
+    out = subprocess.run([sys.executable, "-m", "brnnseg_kernels", "train", "--data", str(tmp_path / "empty")],
+                         env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "no images" in out.stderr
+
+
+def test_pad_to_multiple_and_sliding_window():
+    from brnnseg_kernels.models.inference import _sliding_window_own, pad_to_multiple, predict_padded, sliding_window
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.AvgPool2d(2), torch.nn.Upsample(scale_factor=2))
+    x = torch.randn(2, 2, 37, 29)
+    padded, crop = pad_to_multiple(x, 8)
+    assert padded.shape[-2:] == (40, 32) and torch.equal(padded[crop], x)
+    y = torch.randn(1, 2, 32, 16)
+    with torch.no_grad():
+        assert torch.equal(predict_padded(net, y, 8), net(y))  # sizes that divide: the plain forward
+        assert predict_padded(net, x, 8).shape == (2, 3, 37, 29)
+    # The own sliding window against MONAI's (constant weights), where windows overlap unevenly.
+    img = torch.randn(1, 2, 40, 56)
+    own = _sliding_window_own(net, img, (16, 24), 0.3)
+    assert own.shape == (1, 3, 40, 56)
+    pytest.importorskip("monai")
+    ref = sliding_window(net, img, (16, 24), 0.3, use_monai=True)
+    torch.testing.assert_close(own, ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="overlap"):
+        sliding_window(net, img, (16, 16), 1.0)

@@ -86,5 +86,10 @@ def per_image(pred: Tensor, true: Tensor, tolerance: float = 2.0, use_monai: boo
 
 def evaluate(pred: Tensor, true: Tensor, tolerance: float = 2.0) -> Dict[str, float]:
     """Means over a batch of (N, 1, H, W) predictions and truths (bool or {0, 1})."""
-    rows = [per_image(p[0], t[0], tolerance) for p, t in zip(pred.bool(), true.bool())]
+    return evaluate_list(list(pred), list(true), tolerance)
+
+
+def evaluate_list(preds, trues, tolerance: float = 2.0) -> Dict[str, float]:
+    """Means over lists of (1, H, W) predictions and truths, each pair its own size."""
+    rows = [per_image(p[0].bool(), t[0].bool(), tolerance) for p, t in zip(preds, trues)]
     return {k: sum(r[k] for r in rows) / len(rows) for k in METRICS}

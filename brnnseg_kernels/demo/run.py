@@ -22,13 +22,21 @@ PRESETS = {"quick": (32, 8, 16, 64, 2), "default": (192, 32, 48, 64, 12)}
 MODELS = ("unet", "brnn-unet")
 
 
-def build_model(kind: str, seed: int, base_channels: int = 16, depth: int = 3):
+def build_model(kind: str, seed: int, base_channels: int = 16, depth: int = 3, in_channels: int = 1):
+    """The demo's models: BRNNUNet with (brnn-unet) or without (unet) its ReNet blocks."""
     from ..models import BRNNUNet
 
+    if kind not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {kind!r}")
     torch.manual_seed(seed)
     brnn = kind == "brnn-unet"
-    return BRNNUNet(1, 1, base_channels=base_channels, depth=depth, rnn="gru", rnn_in_skips=brnn,
+    return BRNNUNet(in_channels, 1, base_channels=base_channels, depth=depth, rnn="gru", rnn_in_skips=brnn,
                     rnn_at_bottleneck=brnn)
+
+
+def model_meta(kind: str, in_channels: int = 1, base_channels: int = 16, depth: int = 3) -> dict:
+    """What a checkpoint records to rebuild its model (`predict`)."""
+    return dict(kind=kind, in_channels=in_channels, base_channels=base_channels, depth=depth)
 
 
 def make_loss(pos_weight: float):
@@ -148,7 +156,8 @@ def run_task(task: str, preset: str, epochs: int, device: str, out_root: str, se
     for kind in MODELS:
         model = build_model(kind, seed)
         loss_fn = make_loss(pos_weight)
-        hist = fit(kind, model, loss_fn, train, val, cfg, os.path.join(out, f"{kind}.pt"), resume=bool(resume))
+        hist = fit(kind, model, loss_fn, train, val, cfg, os.path.join(out, f"{kind}.pt"), resume=bool(resume),
+                   meta=model_meta(kind))
         logits = predict_logits(model, test[0], cfg)
         preds[kind] = logits > 0
         histories[kind] = hist

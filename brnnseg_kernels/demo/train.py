@@ -85,9 +85,10 @@ def _soft_dice(logits: Tensor, y: Tensor) -> float:
 
 def fit(name: str, model: nn.Module, loss_fn: Callable, train: tuple, val: tuple, cfg: TrainConfig,
         ckpt_path: Optional[str] = None, resume: bool = False,
-        on_epoch: Optional[Callable[[int, Dict], None]] = None) -> Dict[str, List[float]]:
+        on_epoch: Optional[Callable[[int, Dict], None]] = None, meta: Optional[dict] = None) -> Dict[str, List[float]]:
     """Trains `model` on train = (images, masks); returns the history: per epoch train loss, val loss,
-    val Dice (threshold 0), seconds. With resume and an existing checkpoint, continues from it."""
+    val Dice (threshold 0), seconds. With resume and an existing checkpoint, continues from it. `meta`
+    (plain values: how to rebuild the model) is stored in the checkpoint for `predict`."""
     device = torch.device(cfg.device)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -151,7 +152,7 @@ def fit(name: str, model: nn.Module, loss_fn: Callable, train: tuple, val: tuple
         if ckpt_path:
             save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                          "history": history, "rng": g.get_state(), "epoch": epoch + 1, "name": name,
-                         "config": asdict(cfg)}, ckpt_path)
+                         "config": asdict(cfg), "meta": meta or {}}, ckpt_path)
         if on_epoch is not None:
             on_epoch(epoch, history)
     if bar is not None:
