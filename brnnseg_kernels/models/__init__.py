@@ -6,9 +6,12 @@
   decoder back to full resolution (the seed article's architecture, done right).
 * ``ReNetBlock``: the channel-preserving block they use (residual; ``reduction`` > 1 is the
   lightweight variant: 1x1 channel reduction before the sweeps).
+* ``pad_to_multiple`` / ``predict_padded`` / ``sliding_window``: inference on any image size.
 """
 from .blocks import ConvBlock, ReNetBlock
 from .encoder_bilstm_decoder import EncoderBiLSTMDecoder
+from .inference import pad_to_multiple, predict_padded, sliding_window
 from .unet import BRNNUNet, BRNNUNet3d
 
-__all__ = ["BRNNUNet", "BRNNUNet3d", "EncoderBiLSTMDecoder", "ReNetBlock", "ConvBlock"]
+__all__ = ["BRNNUNet", "BRNNUNet3d", "EncoderBiLSTMDecoder", "ReNetBlock", "ConvBlock", "pad_to_multiple",
+           "predict_padded", "sliding_window"]
