@@ -284,3 +284,26 @@ def test_pad_to_multiple_and_sliding_window():
     torch.testing.assert_close(own, ref, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="overlap"):
         sliding_window(net, img, (16, 16), 1.0)
+
+
+def test_torchrun_two_processes_train_identical_weights(tmp_path):
+    """`torchrun --nproc_per_node=2` (gloo): the ranks train on their shards and end with the same
+    weights; only rank 0 writes the checkpoint."""
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          os.path.join(ROOT, "tests", "_ddp_worker.py"), str(tmp_path)], env=ENV, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    init = build_model_state()
+    assert any(not torch.equal(a[k], init[k]) for k in a if a[k].is_floating_point())  # it did train
+    assert load_checkpoint(str(tmp_path / "ddp.pt"))["epoch"] == 2
+
+
+def build_model_state():
+    from brnnseg_kernels.demo.run import build_model
+
+    return build_model("brnn-unet", 0, base_channels=4, depth=2).state_dict()

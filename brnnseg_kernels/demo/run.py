@@ -14,7 +14,7 @@ import torch
 
 from .data import TASKS, SyntheticSegmentation
 from .metrics import METRICS, evaluate
-from .train import TrainConfig, fit, predict_logits
+from .train import TrainConfig, broadcast, fit, init_distributed, predict_logits, rank
 
 # Sizes of a run: (train, val, test images, image size, epochs). "quick" is a smoke run (about a
 # minute on 2 CPU cores for both tasks); the default fits `make demo` in under 10 minutes there.
@@ -141,23 +141,28 @@ def run_task(task: str, preset: str, epochs: int, device: str, out_root: str, se
              progress: bool = True) -> dict:
     n_train, n_val, n_test, size, default_epochs = PRESETS[preset]
     epochs = epochs or default_epochs
-    out = resume or os.path.join(out_root, f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.makedirs(out, exist_ok=True)
+    out = broadcast(resume or os.path.join(out_root, f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    lead = rank() == 0  # under torchrun only rank 0 evaluates, prints and writes
+    if lead:
+        os.makedirs(out, exist_ok=True)
     train = SyntheticSegmentation(task, n_train, "train", seed, size).tensors()
     val = SyntheticSegmentation(task, n_val, "val", seed, size).tensors()
     test = SyntheticSegmentation(task, n_test, "test", seed, size).tensors()
     fg = train[1].mean().item()
     pos_weight = float(min(10.0, max(1.0, (1 - fg) / max(fg, 1e-6))))
     cfg = TrainConfig(epochs=epochs, seed=seed, device=device, progress=progress)
-    print(f"== {task}: {n_train} train / {n_val} val / {n_test} test images of {size}x{size}, foreground "
-          f"{100 * fg:.1f} % (pos_weight {pos_weight:.1f}), {epochs} epochs, device {device}; output {out}",
-          flush=True)
+    if lead:
+            print(f"== {task}: {n_train} train / {n_val} val / {n_test} test images of {size}x{size}, foreground "
+              f"{100 * fg:.1f} % (pos_weight {pos_weight:.1f}), {epochs} epochs, device {device}; output {out}",
+              flush=True)
     results, histories, preds = {}, {}, {}
     for kind in MODELS:
         model = build_model(kind, seed)
         loss_fn = make_loss(pos_weight)
         hist = fit(kind, model, loss_fn, train, val, cfg, os.path.join(out, f"{kind}.pt"), resume=bool(resume),
                    meta=model_meta(kind))
+        if not lead:
+            continue
         logits = predict_logits(model, test[0], cfg)
         preds[kind] = logits > 0
         histories[kind] = hist
@@ -166,9 +171,12 @@ def run_task(task: str, preset: str, epochs: int, device: str, out_root: str, se
             seconds_per_epoch=sum(hist["seconds"]) / max(len(hist["seconds"]), 1), history=hist,
             loss_step_ms=time_loss_step(model, train[0][:cfg.batch_size], train[1][:cfg.batch_size], pos_weight,
                                         device))
+    if not lead:
+        return {}
     plot_curves(histories, os.path.join(out, "curves.png"), f"{task}: U-Net vs BRNN-U-Net")
     plot_predictions(test[0], test[1], preds, os.path.join(out, "predictions.png"), f"{task}, held-out images")
     meta = dict(task=task, preset=preset, epochs=epochs, seed=seed, device=device,
+                processes=int(os.environ.get("WORLD_SIZE", "1")),
                 torch=torch.__version__, images=dict(train=n_train, val=n_val, test=n_test, size=size),
                 pos_weight=pos_weight, threads=torch.get_num_threads())
     with open(os.path.join(out, "metrics.json"), "w") as f:
@@ -190,8 +198,7 @@ def main(argv=None) -> int:
     p.add_argument("--resume", help="a run folder to continue (its task is taken from the folder name)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.device == "cpu":
-        torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+    args.device = init_distributed(args.device)  # under torchrun: DDP, gloo on CPU, nccl on GPUs
     preset = "quick" if args.quick else "default"
     if args.resume:
         task = next((t for t in TASKS if os.path.basename(os.path.normpath(args.resume)).startswith(t)), None)

@@ -1,6 +1,11 @@
 """The trainer behind ``python -m brnnseg_kernels demo``: augmentation, AdamW with cosine annealing,
 gradient clipping, mixed precision on CUDA, a progress bar, atomic checkpoints and resume.
 
+Under ``torchrun --nproc_per_node=K`` (after ``init_distributed``) the model is wrapped in
+DistributedDataParallel (gloo on CPU, nccl on GPU): every rank draws the same epoch permutation and
+trains on its own shard of it, losses are averaged across ranks, and only rank 0 shows progress and
+writes files.
+
 A checkpoint (``<name>.pt``) holds plain tensors, numbers and strings only, so it loads with
 ``torch.load(weights_only=True)``: the model and optimizer state, the scheduler's epoch, the history
 so far and the random state, written to a temporary file and renamed over the last one (a run killed
@@ -77,6 +82,43 @@ def load_checkpoint(path: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def rank() -> int:
+    d = _dist()
+    return d.get_rank() if d else 0
+
+
+def init_distributed(device: str) -> str:
+    """Joins the process group torchrun describes (WORLD_SIZE > 1): nccl with one GPU per rank, else
+    gloo. Returns the device this rank uses."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return device
+
+
+def broadcast(obj):
+    """rank 0's value of a picklable object on every rank (itself without a process group)."""
+    d = _dist()
+    if d is None:
+        return obj
+    box = [obj]
+    d.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _soft_dice(logits: Tensor, y: Tensor) -> float:
     p = (logits.detach().float() > 0).float()
     inter = (p * y).sum().item()
@@ -106,10 +148,17 @@ def fit(name: str, model: nn.Module, loss_fn: Callable, train: tuple, val: tuple
         start = int(ck["epoch"])
     amp = cfg.amp and device.type == "cuda"
     xs, ys = train
-    n = xs.shape[0]
+    dist = _dist()
+    world, me = (dist.get_world_size(), dist.get_rank()) if dist else (1, 0)
+    net = model
+    if dist:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    n = xs.shape[0] // world  # samples per rank and epoch (equal, so every rank takes as many steps)
     steps = math.ceil(n / cfg.batch_size)
     bar = None
-    if cfg.progress:
+    if cfg.progress and me == 0:
         try:
             from tqdm.auto import tqdm
         except ImportError as e:
@@ -120,7 +169,7 @@ def fit(name: str, model: nn.Module, loss_fn: Callable, train: tuple, val: tuple
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
-        order = torch.randperm(n, generator=g)
+        order = torch.randperm(xs.shape[0], generator=g)[:n * world][me::world]  # this rank's shard
         total = 0.0
         for s in range(steps):
             idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
@@ -130,7 +179,7 @@ def fit(name: str, model: nn.Module, loss_fn: Callable, train: tuple, val: tuple
             x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(x)
+                logits = net(x)
             loss = loss_fn(logits.float(), y)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -141,6 +190,12 @@ def fit(name: str, model: nn.Module, loss_fn: Callable, train: tuple, val: tuple
                 bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss.item():.3f}",
                                 dice=f"{_soft_dice(logits, y):.3f}")
         sched.step()
+        if dist:
+            t = torch.tensor([total], dtype=torch.float64)
+            dist.all_reduce(t)
+            total = t.item() / world
+            for buf in model.buffers():  # BatchNorm statistics: rank 0's, so every rank holds one model
+                dist.broadcast(buf, 0)
         seconds = time.perf_counter() - t0
         val_loss, val_dice = evaluate_loss(model, loss_fn, val, cfg)
         history["loss"].append(total / n)
@@ -149,7 +204,7 @@ def fit(name: str, model: nn.Module, loss_fn: Callable, train: tuple, val: tuple
         history["seconds"].append(seconds)
         if bar is not None:
             bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{total / n:.3f}", val_dice=f"{val_dice:.3f}")
-        if ckpt_path:
+        if ckpt_path and me == 0:
             save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                          "history": history, "rng": g.get_state(), "epoch": epoch + 1, "name": name,
                          "config": asdict(cfg), "meta": meta or {}}, ckpt_path)

@@ -19,7 +19,7 @@ from ..models.inference import predict_padded, sliding_window
 from .folder import list_inputs, load_folder, random_crops, read_array, to_image, write_mask_png
 from .metrics import evaluate_list
 from .run import MODELS, build_model, make_loss, model_meta, plot_curves, plot_predictions
-from .train import TrainConfig, fit, load_checkpoint
+from .train import TrainConfig, broadcast, fit, init_distributed, load_checkpoint, rank
 
 
 def train_main(argv=None) -> int:
@@ -38,6 +38,7 @@ def train_main(argv=None) -> int:
     p.add_argument("--resume", help="a train-<timestamp> run folder to continue")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    args.device = init_distributed(args.device)  # under torchrun: DDP, gloo on CPU, nccl on GPUs
     stride = 2 ** args.depth
     if args.crop % stride:
         p.error(f"--crop must be a multiple of 2**depth = {stride}, got {args.crop}")
@@ -58,17 +59,22 @@ def train_main(argv=None) -> int:
     val_crops = random_crops([xs[i] for i in val_idx], [ys[i] for i in val_idx], args.crop, 16, g, stride)
     fg = train[1].mean().item()
     pos_weight = float(min(10.0, max(1.0, (1 - fg) / max(fg, 1e-6))))
-    out = args.resume or os.path.join(args.out, f"train-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.makedirs(out, exist_ok=True)
+    out = broadcast(args.resume or os.path.join(args.out, f"train-{time.strftime('%Y%m%d-%H%M%S')}"))
+    lead = rank() == 0
+    if lead:
+        os.makedirs(out, exist_ok=True)
     channels = xs[0].shape[0]
-    print(f"== train: {len(train_idx)} training / {len(val_idx)} validation images from {args.data} "
-          f"({channels} channel(s)); {n_crops} crops of {args.crop} per epoch, {args.epochs} epochs, "
-          f"pos_weight {pos_weight:.1f}; output {out}", flush=True)
+    if lead:
+            print(f"== train: {len(train_idx)} training / {len(val_idx)} validation images from {args.data} "
+              f"({channels} channel(s)); {n_crops} crops of {args.crop} per epoch, {args.epochs} epochs, "
+              f"pos_weight {pos_weight:.1f}; output {out}", flush=True)
     model = build_model(args.model, args.seed, args.base_channels, args.depth, in_channels=channels)
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed, device=args.device, progress=not args.no_progress)
     meta = model_meta(args.model, channels, args.base_channels, args.depth)
     hist = fit(args.model, model, make_loss(pos_weight), train, val_crops, cfg, os.path.join(out, f"{args.model}.pt"),
                resume=bool(args.resume), meta=meta)
+    if not lead:
+        return 0
     model.eval()
     device = torch.device(args.device)
     preds = [predict_padded(model, xs[i][None].to(device), stride)[0].cpu() > 0 for i in val_idx]
