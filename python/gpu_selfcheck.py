@@ -77,7 +77,7 @@ def workload_steps(out_path: str) -> int:
     """Microseconds per step: sweep ops over T = 16..512 on 512 lines, least-squares slope; cuDNN beside."""
     import torch
 
-    import brnnseg_kernels  # noqa: F401
+    import brnnseg_kernels  # noqa: F401  (registers the ops)
     from brnnseg_kernels import plan
 
     torch.backends.cuda.matmul.allow_tf32 = False

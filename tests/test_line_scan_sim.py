@@ -208,7 +208,7 @@ def test_sim_realistic_hidden_sizes(cell, hid, dtype, gpu):
     g = torch.randn(y.shape, dtype=torch.float64)
     grads = bop(g.to(dt), x, weights[0], weights[1], y, ws, 3, gpu, 0, False)
     launches = torch.ops.brnnseg_sim.launch_log(True)
-    assert len(launches) == 2 and all(f"grid=(3, 2, 1) block=256" in s and f"gpu={gpu}" in s for s in launches), launches
+    assert len(launches) == 2 and all("grid=(3, 2, 1) block=256" in s and f"gpu={gpu}" in s for s in launches), launches
     _check_against_reference(cell, x, [weights], [3], y, grads, g, dt)
 
 

@@ -105,11 +105,8 @@ def load_folder(root: str) -> Tuple[List[Tensor], List[Tensor], List[str]]:
     return xs, ys, stems
 
 
-def random_crops(xs: List[Tensor], ys: List[Tensor], crop: int, n: int, g: torch.Generator,
-                 multiple: int) -> Tuple[Tensor, Tensor]:
+def random_crops(xs: List[Tensor], ys: List[Tensor], crop: int, n: int, g: torch.Generator) -> Tuple[Tensor, Tensor]:
     """n crops of crop x crop (images smaller than that are padded up, replicate / zero), stacked."""
-    from ..models.inference import pad_to_multiple
-
     out_x, out_y = [], []
     for _ in range(n):
         i = int(torch.randint(0, len(xs), (), generator=g))

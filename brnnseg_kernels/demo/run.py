@@ -13,7 +13,7 @@ from typing import Dict
 import torch
 
 from .data import TASKS, SyntheticSegmentation
-from .metrics import METRICS, evaluate
+from .metrics import evaluate
 from .train import TrainConfig, broadcast, fit, init_distributed, predict_logits, rank
 
 # Sizes of a run: (train, val, test images, image size, epochs). "quick" is a smoke run (about a

@@ -10,7 +10,6 @@ windows start every roi*(1-overlap) pixels, the last one flush with the border).
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Callable, Sequence, Tuple
 
 import torch
