@@ -127,6 +127,7 @@ def _write_build_info():
         "cuda_archs": CUDA_ARCHS,
         "cuda_home": CUDA_HOME if BUILD_CUDA else None,
         "debug": DEBUG,
+        "cxx11_abi": bool(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True)),
         "compiler_flags": " ".join(cxx_flags),
     }
     path = os.path.join(ROOT, PACKAGE, "_build_info.py")

@@ -2,9 +2,22 @@
 image segmentation, with plain-PyTorch references and benchmarks against the cuDNN/PyTorch path."""
 import torch  # noqa: F401  (loads libc10/libtorch before our library)
 
-from . import _C  # noqa: F401  (registers torch.ops.brnnseg.*)
-from . import ops, reference, functional, nn, losses, models  # noqa: F401
-from .nn import BiGRU2d, BiLSTM2d
+from ._compat import check_build as _check_build
+
+
+def build_info() -> dict:
+    """What this build contains: torch version, whether CUDA kernels were built and for which archs."""
+    try:
+        from ._build_info import BUILD_INFO
+    except ImportError:  # running from a tree that setup.py never built
+        BUILD_INFO = {}
+    return dict(BUILD_INFO)
+
+
+_check_build(build_info())  # an ImportError naming both versions, not an undefined symbol
+from . import _C  # noqa: F401,E402  (registers torch.ops.brnnseg.*)
+from . import ops, reference, functional, nn, losses, models  # noqa: F401,E402
+from .nn import BiGRU2d, BiLSTM2d  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -19,11 +32,3 @@ def release_cpu_buffers() -> int:
     1024, 0 disables) of idle blocks are kept."""
     return _C.release_cpu_buffers()
 
-
-def build_info() -> dict:
-    """What this build contains: torch version, whether CUDA kernels were built and for which archs."""
-    try:
-        from ._build_info import BUILD_INFO
-    except ImportError:  # running from a tree that setup.py never built
-        BUILD_INFO = {}
-    return dict(BUILD_INFO)
