@@ -77,26 +77,15 @@ def workload_steps(out_path: str) -> int:
     """Microseconds per step: sweep ops over T = 16..512 on 512 lines, least-squares slope; cuDNN beside."""
     import torch
 
-    import brnnseg_kernels  # noqa: F401  (registers the ops)
-    from brnnseg_kernels import plan
+    from brnnseg_kernels import bench, plan
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     gpu = "h100" if torch.cuda.get_device_capability()[0] >= 9 else "a100"
     C = 16
 
-    def time_ms(fn, reps=5):
-        fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        return sorted(times)[len(times) // 2]
+    def time_ms(fn):
+        return bench.time_ms(fn, "cuda", repeat=5, warmup=1)
 
     def slope(ts, ms):
         n = len(ts)

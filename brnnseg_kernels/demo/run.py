@@ -45,25 +45,12 @@ def make_loss(pos_weight: float):
     return BCEDiceLoss(pos_weight=pos_weight, boundary_weight=2.0, boundary_radius=1, dice_weight=1.0)
 
 
-def _median_ms(fn, repeat: int, device: str) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
-
-
 def time_loss_step(model, x, y, pos_weight: float, device: str, repeat: int = 9) -> Dict[str, float]:
     """Milliseconds (medians) with the fused BCEDiceLoss and with the unfused PyTorch composition
     (max-pool boundary map + BCE-with-logits + soft Dice), same settings: the whole training step
     (forward, loss, backward; "fused"/"unfused") and the loss alone, forward+backward on the model's
     logits ("fused_loss"/"unfused_loss") -- the step's spread is larger than the loss's share of it."""
+    from ..bench import time_ms
     from ..reference import unfused_bce_dice
 
     fused = make_loss(pos_weight)
@@ -81,8 +68,8 @@ def time_loss_step(model, x, y, pos_weight: float, device: str, repeat: int = 9)
             lg = base.detach().requires_grad_()
             fn(lg).backward()
 
-        out[name] = _median_ms(step, repeat, device)
-        out[name + "_loss"] = _median_ms(loss_only, 4 * repeat, device)
+        out[name] = time_ms(step, device, repeat, warmup=1)
+        out[name + "_loss"] = time_ms(loss_only, device, 4 * repeat, warmup=1)
     return out
 
 
