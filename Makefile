@@ -47,7 +47,8 @@ demo: build
 	PYTHONPATH=$(CURDIR) $(PY) -m brnnseg_kernels demo
 
 bench: build
-	PYTHONPATH=$(CURDIR) $(PY) -m brnnseg_kernels bench --device cpu --csv benchmarks/results/cpu_renet.csv
+	PYTHONPATH=$(CURDIR) $(PY) -m brnnseg_kernels bench --device cpu --csv benchmarks/results/cpu_renet.csv \
+	  --json benchmarks/results/cpu_renet.json --plot benchmarks/results/cpu_renet.png
 
 # Every Triton loss-kernel variant compiled for sm_80 and sm_90 (no GPU needed): registers and spills.
 triton-aot: build

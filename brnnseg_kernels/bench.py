@@ -272,6 +272,86 @@ def device_name(device: str) -> str:
     return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
+def machine(device: str = "cpu") -> dict:
+    """The machine and software a benchmark ran on, for --json: CPU model and cores, GPU and driver,
+    torch, CUDA, cuDNN, the git commit and this package's build info."""
+    import subprocess
+
+    from . import build_info
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(), python=platform.python_version(),
+                torch=torch.__version__, cuda=torch.version.cuda, cudnn=None, gpu=None, driver=None,
+                build=build_info(), date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        info["commit"] = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                        timeout=10).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        info["commit"] = None
+    if device == "cuda" and torch.cuda.is_available():
+        info.update(gpu=torch.cuda.get_device_name(), cudnn=torch.backends.cudnn.version(),
+                    tf32=dict(matmul=torch.backends.cuda.matmul.allow_tf32, cudnn=torch.backends.cudnn.allow_tf32))
+        try:
+            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                            capture_output=True, text=True, timeout=20).stdout.strip() or None
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return info
+
+
+def write_json(path: str, runs: List[List[Row]], device: str, **extra) -> None:
+    """Every row of every run (one run per process) with the machine's description."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(dict(machine=machine(device), **extra,
+                       runs=[[dataclasses.asdict(r) for r in rows] for rows in runs]), f, indent=1)
+
+
+def speedups(runs: List[List[Row]]) -> dict:
+    """{(shape, cell, mode): [torch ms / ours ms per run]}."""
+    out: dict = {}
+    for rows in runs:
+        by: dict = {}
+        for r in rows:
+            by.setdefault((r.shape, r.cell, r.mode), {})[r.provider] = r
+        for key, d in by.items():
+            if "torch" in d and "brnnseg" in d:
+                out.setdefault(key, []).append(d["torch"].ms / d["brnnseg"].ms)
+    return out
+
+
+def plot_speedups(runs: List[List[Row]], path: str, title: str) -> None:
+    """Bars of the speed-up over PyTorch per shape, cell and mode (median over runs, whiskers for the
+    range when several processes ran), with the 1x line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sp = speedups(runs)
+    keys = list(sp)
+    med = [statistics.median(sp[k]) for k in keys]
+    lo = [m - min(sp[k]) for m, k in zip(med, keys)]
+    hi = [max(sp[k]) - m for m, k in zip(med, keys)]
+    colors = {"fwd+bwd": "tab:blue", "fwd no_grad": "tab:orange"}
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(keys) + 2), 4))
+    ax.bar(range(len(keys)), med, yerr=[lo, hi], capsize=3, color=[colors.get(k[2], "tab:gray") for k in keys])
+    ax.axhline(1.0, color="black", linewidth=1, linestyle="--")
+    ax.set_xticks(range(len(keys)), [f"{k[0]}\n{k[1]} {k[2]}" for k in keys], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("speed-up over PyTorch (x)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 @dataclass
 class LossRow:
     shape: str

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -66,25 +67,43 @@ def _bench(args) -> int:
         return 0
     if args.processes > 1:
         return _bench_processes(args)
-    if args.json:  # one process of a --processes run: rows only, for the parent to aggregate
+    if args.child_json:  # one process of a --processes run: rows only, for the parent to aggregate
         torch.set_num_threads(args.threads)
         rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, False, torch.float32)
-        with open(args.json, "w") as f:
+        with open(args.child_json, "w") as f:
             f.write(bench.rows_to_json(rows))
         return 0
     sgemm, kgemm, peak = _gemm_rates(args.device)
     if args.device == "cuda":
         print(f"TF32: matmul {torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32} "
               "(cuDNN RNNs use TF32 for float32 when allowed)")
+    all_rows = []
     for name in args.dtype:
         dtype = getattr(torch, name)
         print(f"-- {name}")
         rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, not args.no_memory, dtype)
         print(bench.report(rows, sgemm, kgemm, peak))
+        if len(args.dtype) > 1:
+            rows = [dataclasses.replace(r, shape=f"{r.shape} {name}") for r in rows]
+        all_rows += rows
         if args.csv:
             bench.write_csv(rows, args.csv, f"{bench.device_name(args.device)} {name}", sgemm)
             print(f"appended to {args.csv}")
+    _save(args, [all_rows], f"ReNet block vs PyTorch, {bench.device_name(args.device)}, {'/'.join(args.dtype)}",
+          sgemm_gflops=sgemm, kernel_gemm_gflops=kgemm, fma_peak_gflops=peak)
     return 0
+
+
+def _save(args, runs, title, **extra) -> None:
+    """--json (every figure and the machine) and --plot (speed-ups with the 1x line) of a ReNet run."""
+    from . import bench
+
+    if args.json:
+        bench.write_json(args.json, runs, args.device, op=args.op, repeat=args.repeat, **extra)
+        print(f"wrote {args.json}")
+    if args.plot:
+        bench.plot_speedups(runs, args.plot, title)
+        print(f"wrote {args.plot}")
 
 
 def _bench_processes(args) -> int:
@@ -103,7 +122,7 @@ def _bench_processes(args) -> int:
         for i in range(args.processes):
             out = os.path.join(tmp, f"run{i}.json")
             cmd = [sys.executable, "-m", "brnnseg_kernels", "bench", "--device", "cpu", "--repeat", str(args.repeat),
-                   "--threads", str(args.threads), "--json", out, "--cells", *args.cells]
+                   "--threads", str(args.threads), "--child-json", out, "--cells", *args.cells]
             if args.shapes:
                 cmd += ["--shapes", *args.shapes]
             done = subprocess.run(cmd, capture_output=True, text=True)
@@ -115,6 +134,7 @@ def _bench_processes(args) -> int:
             print(f"process {i + 1}/{args.processes} done", file=sys.stderr)
     print(f"device {bench.device_name('cpu')}; ReNet block, float32")
     print(bench.report_processes(runs))
+    _save(args, runs, f"ReNet block vs PyTorch, {bench.device_name('cpu')}, float32, {len(runs)} processes")
     if args.csv:
         for rows in runs:
             bench.write_csv(rows, args.csv, bench.device_name("cpu") + " float32", float("nan"))
@@ -159,7 +179,9 @@ def main(argv=None) -> int:
     b.add_argument("--processes", type=int, default=1,
                    help="ReNet on the CPU: run the comparison in this many fresh processes and report the "
                         "spread of times and speed-ups (both sides can settle into a different speed per process)")
-    b.add_argument("--json", help=argparse.SUPPRESS)  # rows of one --processes child
+    b.add_argument("--json", help="ReNet: write every figure and the machine's description to this JSON file")
+    b.add_argument("--plot", help="ReNet: write a chart of the speed-ups (with the 1x line) to this PNG file")
+    b.add_argument("--child-json", help=argparse.SUPPRESS)  # rows of one --processes child
     pl = sub.add_parser("plan", help="the CUDA sweeps' launch plan and modelled time per step on a GPU, for the "
                                      "GPU benchmark shapes (runs anywhere)")
     pl.add_argument("--gpu", choices=["h100", "h200", "a100"], default="h100")

@@ -241,18 +241,38 @@ def test_report_processes_spread():
     assert line[3:] == ["12.0", "[10.0-20.0]", "5.0", "[4.0-5.0]", "3.00x", "[2.00x-4.00x]"], line
 
 
-def test_bench_cli_processes_smoke():
-    """The --processes path end to end: fresh child processes, their rows back as JSON, one table."""
+def test_bench_cli_processes_smoke(tmp_path):
+    """The --processes path end to end: fresh child processes, their rows back as JSON, one table, and
+    the --json / --plot outputs of the whole run."""
+    import json
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-m", "brnnseg_kernels", "bench", "--processes", "2", "--repeat", "1",
-                          "--shapes", "cpu-wide", "--cells", "gru"], cwd=root, capture_output=True, text=True,
+                          "--shapes", "cpu-wide", "--cells", "gru", "--json", str(tmp_path / "r.json"), "--plot",
+                          str(tmp_path / "r.png")], cwd=root, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=root))
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("cpu-wide")]
     assert [line.split()[2] for line in lines] == ["fwd+bwd", "fwd"], out.stdout
     assert "2 processes" in out.stdout
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert len(data["runs"]) == 2 and {r["provider"] for r in data["runs"][0]} == {"torch", "brnnseg"}
+    m = data["machine"]
+    assert m["torch"] == torch.__version__ and m["cores"] >= 1 and m["cpu"] and "build" in m and "commit" in m
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_speedups_and_plot(tmp_path):
+    """The chart's numbers: torch ms / ours ms per (shape, cell, mode), one value per run."""
+    from brnnseg_kernels import bench
+    runs = [[bench.Row("s", "gru", "torch", "fwd+bwd", 9.0, 1.0, 1.0), bench.Row("s", "gru", "brnnseg", "fwd+bwd", 3.0,
+                                                                               1.0, 1.0)],
+            [bench.Row("s", "gru", "torch", "fwd+bwd", 8.0, 1.0, 1.0), bench.Row("s", "gru", "brnnseg", "fwd+bwd", 4.0,
+                                                                               1.0, 1.0)]]
+    assert bench.speedups(runs) == {("s", "gru", "fwd+bwd"): [3.0, 2.0]}
+    bench.plot_speedups(runs, str(tmp_path / "p.png"), "t")
+    assert (tmp_path / "p.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
