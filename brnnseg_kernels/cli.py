@@ -15,7 +15,8 @@ def _info(_args) -> int:
     info = bk.build_info()
     print(f"brnnseg_kernels {bk.__version__}")
     print(f"torch           {torch.__version__} (CUDA {torch.version.cuda})")
-    print(f"built against   torch {info.get('torch', '?')}")
+    print(f"built against   torch {info.get('torch', '?')} (CUDA {info.get('torch_cuda')}, "
+          f"C++11 ABI {info.get('cxx11_abi', '?')})")
     print(f"CUDA kernels    {'yes, archs ' + info.get('cuda_archs', '') if info.get('with_cuda') else 'no'}")
     print(f"GPU visible     {torch.cuda.is_available()}")
     print(f"CPU threads     {torch.get_num_threads()}")

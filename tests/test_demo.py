@@ -307,3 +307,29 @@ def build_model_state():
     from brnnseg_kernels.demo.run import build_model
 
     return build_model("brnn-unet", 0, base_channels=4, depth=2).state_dict()
+
+
+def test_folder_reads_tiff_and_npy(tmp_path):
+    """TIFF (16-bit, scaled by its dtype's max) and .npy (float and RGB) images, 0/1 masks."""
+    import numpy as np
+    from PIL import Image
+
+    from brnnseg_kernels.demo.folder import load_folder
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    img16 = (np.arange(30 * 20, dtype=np.uint16).reshape(30, 20) * 100)
+    Image.fromarray(img16).save(tmp_path / "images" / "a.tif")
+    np.save(tmp_path / "masks" / "a.npy", (img16 > 30000).astype(np.uint8))
+    rgb = np.random.rand(30, 20, 3).astype(np.float32)
+    np.save(tmp_path / "images" / "b.npy", rgb)
+    Image.fromarray(((img16 > 20000) * 255).astype(np.uint8)).save(tmp_path / "masks" / "b.tif")
+    with pytest.warns(UserWarning, match="b.npy: 3 channels, the others have 1"):
+        xs, ys, stems = load_folder(str(tmp_path))
+    assert stems == ["a"]
+    assert xs[0].shape == (1, 30, 20) and xs[0].max().item() == pytest.approx(img16.max() / 65535, rel=1e-6)
+    assert torch.equal(ys[0][0], torch.from_numpy((img16 > 30000).astype(np.float32)))
+    os.remove(tmp_path / "images" / "a.tif")
+    os.remove(tmp_path / "masks" / "a.npy")
+    xs, ys, stems = load_folder(str(tmp_path))
+    assert stems == ["b"] and xs[0].shape == (3, 30, 20) and torch.allclose(xs[0], torch.from_numpy(rgb).permute(2, 0, 1))
