@@ -37,12 +37,7 @@ def to_image(a: np.ndarray) -> Tensor:
     elif a.ndim != 2:
         raise ValueError(f"expected an (H, W) or (H, W, 3|4) image, got shape {a.shape}")
     t = torch.from_numpy(np.ascontiguousarray(a))
-    if np.issubdtype(a.dtype, np.integer):
-        t = t.float() / float(np.iinfo(a.dtype).max)
-    elif a.dtype == np.bool_:
-        t = t.float()
-    else:
-        t = t.float()
+    t = t.float() / float(np.iinfo(a.dtype).max) if np.issubdtype(a.dtype, np.integer) else t.float()
     return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
 
 
