@@ -74,7 +74,7 @@ if BUILD_CUDA:
         os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a[:-1]}.{a[-1]}" for a in archs) + "+PTX"
 CUDA_ARCHS = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if BUILD_CUDA else ""
 
-cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*", "*.cpp")))
 include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
 opt = ["-O0", "-g"] if DEBUG else ["-O3"]
 # -fopenmp: ATen's at::parallel_for is an inline "#pragma omp parallel"; without it the loop runs serially.
@@ -139,7 +139,7 @@ def _write_build_info():
 _write_build_info()
 
 # The CUDA kernels compiled by g++ under the SIMT simulator (csrc/sim/): always built, so CI executes
-# the kernel source without a GPU (tests/test_line_scan_sim.py).
+# the kernel source without a GPU (tests/test_sweep_sim.py).
 sim_ext = cpp_extension.CppExtension(
     f"{PACKAGE}._sim",
     sorted(glob.glob(os.path.join("csrc", "sim", "*.cpp"))),

@@ -16,12 +16,15 @@ def build_info() -> dict:
 
 _check_build(build_info())  # an ImportError naming both versions, not an undefined symbol
 from . import _C  # noqa: F401,E402  (registers torch.ops.brnnseg.*)
-from . import ops, reference, functional, nn, losses, models  # noqa: F401,E402
-from .nn import BiGRU2d, BiLSTM2d  # noqa: E402
+from . import cells, dispatch, checks, ops, reference, functional, nn, losses, models  # noqa: F401,E402
+
+for _fam in cells.FAMILIES:  # the ReNet layers at the top level: bk.BiGRU2d, bk.BiLSTM2d, ...
+    globals()[_fam.layer2d] = getattr(nn, _fam.layer2d)
 
 __version__ = "0.1.0"
 
-__all__ = ["BiGRU2d", "BiLSTM2d", "ops", "reference", "functional", "nn", "losses", "models", "build_info", "release_cpu_buffers"]
+__all__ = [f.layer2d for f in cells.FAMILIES] + ["cells", "dispatch", "checks", "ops", "reference", "functional",
+                                                 "nn", "losses", "models", "build_info", "release_cpu_buffers"]
 
 
 def release_cpu_buffers() -> int:

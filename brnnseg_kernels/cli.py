@@ -25,6 +25,10 @@ def _info(_args) -> int:
     return 0
 
 
+# Older --op names (the op stems are sweep, sequence and seg_loss).
+_OP_ALIASES = {"renet": "sweep", "rnn": "sequence", "loss": "seg_loss"}
+
+
 def _gemm_rates(device: str):
     """torch's float32 GEMM rate and, on the CPU, that of the GEMM our kernels call (GFLOP/s)."""
     from . import bench
@@ -46,13 +50,14 @@ def _bench(args) -> int:
         print("bench --device cuda: no GPU is visible on this machine", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    args.op = _OP_ALIASES.get(args.op, args.op)
     if args.op == "models":
         print(f"device {bench.device_name('cpu')}; segmentation models, CPU")
         print(bench.report_models(bench.run_models(args.repeat, args.threads)))
         return 0
-    if args.op == "rnn":
+    if args.op == "sequence":
         if args.device != "cpu":
-            print("bench --op rnn: the sequence kernels run on the CPU (CUDA runs torch's cuDNN path)",
+            print("bench --op sequence: the sequence kernels run on the CPU (CUDA runs torch's cuDNN path)",
                   file=sys.stderr)
             return 2
         sgemm, kgemm, peak = _gemm_rates("cpu")
@@ -62,7 +67,7 @@ def _bench(args) -> int:
         if args.csv:
             bench.write_csv(rows, args.csv, bench.device_name("cpu"), sgemm)
         return 0
-    if args.op == "loss":
+    if args.op == "seg_loss":
         print(f"device {bench.device_name(args.device)}; fused loss vs unfused PyTorch, forward+backward")
         print(bench.report_loss(bench.run_loss(args.device, args.repeat, args.threads, not args.no_memory)))
         return 0
@@ -115,7 +120,7 @@ def _bench_processes(args) -> int:
 
     from . import bench
 
-    if args.op != "renet" or args.device != "cpu":
+    if args.op != "sweep" or args.device != "cpu":
         print("bench --processes: for --op renet --device cpu", file=sys.stderr)
         return 2
     runs = []
@@ -161,16 +166,20 @@ def main(argv=None) -> int:
         from .demo import user
 
         return (user.train_main if argv[0] == "train" else user.predict_main)(argv[1:])
+    from . import cells
+
     p = argparse.ArgumentParser(prog="python -m brnnseg_kernels")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="versions and what this build contains")
     b = sub.add_parser("bench", help="ReNet layers vs the nn.GRU/nn.LSTM block, the fused loss, or the drop-in RNNs")
-    b.add_argument("--op", choices=["renet", "loss", "rnn", "models"], default="renet",
-                   help="renet: ReNet layers; loss: fused loss; rnn: drop-in nn.GRU/nn.LSTM (replace_rnns); "
-                        "models: parameter counts and CPU times of the segmentation models")
+    b.add_argument("--op", choices=["sweep", "sequence", "seg_loss", "models", *_OP_ALIASES], default="sweep",
+                   help="sweep: the ReNet layers (the sweep ops); sequence: the drop-in nn.GRU/LSTM/RNN "
+                        "(replace_rnns); seg_loss: the fused loss; models: parameter counts and CPU times of the "
+                        "segmentation models. Older names: renet, rnn, loss")
     b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     b.add_argument("--shapes", nargs="*", help="shape names (default: all for the device)")
-    b.add_argument("--cells", nargs="*", default=["gru", "lstm"], choices=["gru", "lstm"])
+    b.add_argument("--cells", nargs="*", default=["gru", "lstm"], choices=list(cells.names()),
+                   help="cell families (rows of brnnseg_kernels.cells)")
     b.add_argument("--repeat", type=int, default=7)
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
@@ -187,7 +196,7 @@ def main(argv=None) -> int:
                                      "GPU benchmark shapes (runs anywhere)")
     pl.add_argument("--gpu", choices=["h100", "h200", "a100"], default="h100")
     pl.add_argument("--shapes", nargs="*", help="GPU shape names (default: all)")
-    pl.add_argument("--cells", nargs="*", default=["gru", "lstm"], choices=["gru", "lstm"])
+    pl.add_argument("--cells", nargs="*", default=["gru", "lstm"], choices=list(cells.names()))
     pl.add_argument("--dtype", nargs="*", default=["float32", "bfloat16"], choices=["float32", "float16", "bfloat16"])
     sub.add_parser("demo", help="train a BRNN-U-Net and a plain U-Net on built-in tasks and compare them "
                                 "(python -m brnnseg_kernels demo --help)")

@@ -6,7 +6,7 @@ sweep_launch_plan``, the code the CUDA build launches with), so it runs on any m
 registers of each kernel in the shipped build (read off the extension with ``cuobjdump``) and the
 model's time per step.
 
-The latency model (today's FP32-core kernels, ``csrc/cuda/line_scan_kernels.cuh``). Per CTA and step:
+The latency model (today's FP32-core kernels, ``csrc/cuda/sweep_fwd_kernel.cuh, sweep_bwd_kernel.cuh``). Per CTA and step:
   * shared-memory wavefronts (one 128-byte wavefront per SM per cycle): forward, per k < hid and warp,
     one for each gate of W_hh held in shared memory plus one broadcast h_prev read per line a thread
     owns (4); backward, per row j < G*hid and warp, one weight read (if in shared memory) + 4 reads of
@@ -33,8 +33,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from . import _C  # noqa: F401  (registers the ops)
+from .cells import spec as cell_spec
 
-GATES = {"gru": 3, "lstm": 4}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ARCH = {"a100": "sm_80", "h100": "sm_90", "h200": "sm_90"}
 CLOCK_GHZ = {"a100": 1.41, "h100": 1.755, "h200": 1.755}
@@ -56,7 +56,7 @@ class Launch:
 
     @property
     def weights(self) -> str:
-        g = GATES[self.cell]
+        g = cell_spec(self.cell).gates
         return "smem" if self.smem_gates == g else "L2" if self.smem_gates == 0 else f"split {self.smem_gates}/{g}"
 
 
@@ -67,7 +67,7 @@ def launch_plan(cell: str, dtype: str, hidden: int, lines: int, backward: bool, 
 
 
 def kernel_constants() -> Dict[str, int]:
-    """The recurrence kernels' compile-time constants, from C++ (csrc/cuda/line_scan_plan.h)."""
+    """The recurrence kernels' compile-time constants, from C++ (csrc/cuda/sweep_plan.h)."""
     keys = ("launch_bounds", "lines_per_thread", "target_threads")
     return dict(zip(keys, torch.ops.brnnseg.sweep_kernel_constants()))
 
@@ -94,8 +94,15 @@ def find_cuobjdump() -> Optional[str]:
     return next((c for c in cands if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
 
 
-_KERNEL_RE = re.compile(r"line_scan_(fwd|bwd)_kernelI(f|N3c104HalfE|N3c108BFloat16E)Li(\d)ELi\d+E")
+# sweep_{fwd,bwd}_kernel<T, Cell, kLPT>, mangled: the storage type, then the cell's struct
+# (NS_<len><Name>CellE; a cell named "rnn_tanh" is the struct RnnTanhCell).
+_KERNEL_RE = re.compile(r"sweep_(fwd|bwd)_kernelI(f|N3c104HalfE|N3c108BFloat16E)NS_\d+(\w+?)CellELi\d+E")
 _DT = {"f": "float32", "N3c104HalfE": "float16", "N3c108BFloat16E": "bfloat16"}
+
+
+def _cell_name(struct: str) -> str:
+    """"RnnTanh" -> "rnn_tanh" (the struct of a cell is its name in CamelCase + "Cell")."""
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", struct).lower()
 
 
 def kernel_resources(library: Optional[str] = None) -> Dict[Tuple[str, str, str, str], Dict[str, int]]:
@@ -122,13 +129,13 @@ def kernel_resources(library: Optional[str] = None) -> Dict[Tuple[str, str, str,
         m = _KERNEL_RE.search(line) if line.strip().startswith("Function") else None
         if m and i + 1 < len(lines):
             usage = dict((k, int(v)) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", lines[i + 1]))
-            res[(arch, m.group(1), {"3": "gru", "4": "lstm"}[m.group(3)], _DT[m.group(2)])] = usage
+            res[(arch, m.group(1), _cell_name(m.group(3)), _DT[m.group(2)])] = usage
     for arch in sorted({k[0] for k in res}):
         elf = subprocess.run([tool, "-elf", "-arch", arch, library], capture_output=True, text=True).stdout
         for section in elf.split("\n.nv.info.")[1:]:
             m = _KERNEL_RE.search(section.split("\n", 1)[0])
             bounds = re.search(r"EIATTR_MAX_THREADS\s*\n\s*Format:.*\n\s*Value:\s*(0x[0-9a-f]+)", section)
-            key = m and (arch, m.group(1), {"3": "gru", "4": "lstm"}[m.group(3)], _DT[m.group(2)])
+            key = m and (arch, m.group(1), _cell_name(m.group(3)), _DT[m.group(2)])
             if key in res and bounds:
                 res[key]["MAX_THREADS"] = int(bounds.group(1), 16)
     return res
@@ -150,7 +157,7 @@ class Estimate:
 def estimate(launch: Launch, gpu: str, sweeps: int = 1, registers: Optional[int] = None) -> Estimate:
     """Per-step time of one launch of `sweeps` sweeps (2 directions each) on `gpu` (see module doc)."""
     spec = gpu_spec(gpu)
-    g, hid = GATES[launch.cell], launch.hidden
+    g, hid = cell_spec(launch.cell).gates, launch.hidden
     elem = 4 if launch.dtype == "float32" else 2
     warps = launch.threads // 32
     L = kernel_constants()["lines_per_thread"]

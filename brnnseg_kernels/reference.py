@@ -1,6 +1,7 @@
 """Plain-PyTorch references.
 
-* ``gru_sweep`` / ``lstm_sweep``: the exact math of the fused sweep ops, written as an explicit
+* ``STEPS``: one step of each kernel cell. ``sweep`` / ``gru_sweep`` / ``lstm_sweep``: the exact math
+  of the fused sweep ops, written as an explicit
   loop over time (vectorised over lines). Tests compare the kernels with these in float64, and
   the layers fall back to them on devices without a kernel.
 * ``sequence``: one GRU/LSTM layer over a batch of sequences with initial states and per-sequence
@@ -35,21 +36,39 @@ def _unlines(seq: Tensor, shape, axis: int) -> Tensor:
     return seq.reshape(n, w, h, f).permute(0, 3, 2, 1)
 
 
+# The math of one step of each kernel cell (PyTorch's gate orders), on (lines, G*hid) pre-activations:
+# gx = W_ih x_t + b_ih, gh = W_hh h + b_hh; returns (h, c) (c None for cells without a cell state).
+def _gru_step(gx: Tensor, gh: Tensor, h: Tensor, c: Optional[Tensor]):
+    xr, xz, xn = gx.chunk(3, dim=1)
+    hr, hz, hn = gh.chunk(3, dim=1)
+    r = torch.sigmoid(xr + hr)
+    z = torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h, None
+
+
+def _lstm_step(gx: Tensor, gh: Tensor, h: Tensor, c: Optional[Tensor]):
+    i, f, g, o = (gx + gh).chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+# One entry per kernel cell (brnnseg_kernels.cells): the reference the tests hold the kernels to.
+STEPS = {"gru": _gru_step, "lstm": _lstm_step}
+
+
+def _has_cell_state(cell: str) -> bool:
+    from .cells import spec
+
+    return spec(cell).has_cell_state
+
+
 def _cell_step(cell: str, gx_t: Tensor, h: Tensor, c: Optional[Tensor], w_hh: Tensor, b_hh: Optional[Tensor]):
-    """One step of PyTorch's GRU/LSTM: gx_t = W_ih x_t + b_ih; returns (h, c)."""
+    """One step of the cell: gx_t = W_ih x_t + b_ih; returns (h, c)."""
     gh = h @ w_hh.t()
     if b_hh is not None:
         gh = gh + b_hh
-    if cell == "gru":
-        xr, xz, xn = gx_t.chunk(3, dim=1)
-        hr, hz, hn = gh.chunk(3, dim=1)
-        r = torch.sigmoid(xr + hr)
-        z = torch.sigmoid(xz + hz)
-        n = torch.tanh(xn + r * hn)
-        return (1 - z) * n + z * h, None
-    i, f, g, o = (gx_t + gh).chunk(4, dim=1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
+    return STEPS[cell](gx_t, gh, h, c)
 
 
 def _direction(cell: str, seq: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
@@ -63,7 +82,7 @@ def _direction(cell: str, seq: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optiona
     if b_ih is not None:
         gx = gx + b_ih
     h = h0 if h0 is not None else seq.new_zeros(lines, hid)
-    c = (c0 if c0 is not None else seq.new_zeros(lines, hid)) if cell == "lstm" else None
+    c = (c0 if c0 is not None else seq.new_zeros(lines, hid)) if _has_cell_state(cell) else None
     out = [None] * steps
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
         h_new, c_new = _cell_step(cell, gx[:, t], h, c, w_hh, b_hh)
@@ -100,7 +119,8 @@ def sequence(cell: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
              h0: Optional[Tensor] = None, c0: Optional[Tensor] = None, lengths: Optional[Tensor] = None,
              batch_first: bool = False):
     """Reference of the sequence ops (one layer, D = w_hh.shape[0] directions): x (T, B, C) or
-    (B, T, C); h0/c0 (D, B, hid); lengths (B,). Returns (y, h_n) for GRU, (y, h_n, c_n) for LSTM."""
+    (B, T, C); h0/c0 (D, B, hid); lengths (B,). Returns (y, h_n, c_n) for cells with a cell state
+    (LSTM), else (y, h_n)."""
     seq = x if batch_first else x.transpose(0, 1)
     res = [_direction(cell, seq, w_ih[d], w_hh[d], None if b_ih is None else b_ih[d],
                       None if b_hh is None else b_hh[d], bool(d), None if h0 is None else h0[d],
@@ -108,7 +128,7 @@ def sequence(cell: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
     y = torch.cat([r[0] for r in res], dim=-1)
     y = y if batch_first else y.transpose(0, 1)
     h_n = torch.stack([r[1] for r in res])
-    return (y, h_n) if cell == "gru" else (y, h_n, torch.stack([r[2] for r in res]))
+    return (y, h_n, torch.stack([r[2] for r in res])) if _has_cell_state(cell) else (y, h_n)
 
 
 _AXIS = {"rows": 3, "cols": 2}
@@ -133,8 +153,14 @@ class ReNetBaseline(nn.Module):
     def __init__(self, in_channels: int, hidden_size: int, cell: str = "gru", bias: bool = True,
                  device=None, dtype=None):
         super().__init__()
-        rnn = nn.GRU if cell == "gru" else nn.LSTM
+        from .cells import family_of_cell
+
+        fam = family_of_cell(cell)
+        rnn = fam.torch_module
         kw = dict(batch_first=True, bidirectional=True, bias=bias, device=device, dtype=dtype)
+        nl = next((k for k, v in fam.kernels.items() if v == cell and k is not None), None)
+        if nl is not None:
+            kw["nonlinearity"] = nl
         self.rows = rnn(in_channels, hidden_size, **kw)
         self.cols = rnn(2 * hidden_size, hidden_size, **kw)
 

@@ -3,8 +3,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
-#include "cpu/buffer_cache.h"
-#include "cpu/fma_peak.h"
+#include "cpu/runtime/buffer_cache.h"
+#include "cpu/gemm/fma_peak.h"
 
 extern "C" {
 static PyObject* release_cpu_buffers(PyObject*, PyObject*) {
@@ -22,8 +22,8 @@ static PyObject* cpu_fma_peak_gflops(PyObject*, PyObject* arg) {
 }
 
 // Importing the module loads the shared library (which registers the ops). Its functions: return
-// the CPU kernels' idle cached buffers to the system (cpu/buffer_cache.h); measure the CPU's FMA
-// peak for the benchmarks (cpu/fma_peak.h).
+// the CPU kernels' idle cached buffers to the system (cpu/runtime/buffer_cache.h); measure the CPU's FMA
+// peak for the benchmarks (cpu/gemm/fma_peak.h).
 PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
       {"release_cpu_buffers", release_cpu_buffers, METH_NOARGS,
@@ -37,54 +37,45 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(brnnseg, m) {
-  // One bidirectional sweep of a GRU (LSTM) along every line of a feature map.
+  // `cell` names a row of BRNNSEG_FOR_EACH_CELL (include/brnnseg/cell/cells.h): "gru", "lstm", ...
+  // torch.ops.brnnseg.cells() lists them with their gate (G) and saved-slot (S) counts.
+  //
+  // sweep: one bidirectional sweep of a cell along every line of a feature map.
   //   x (N, C, H, W); w_ih (2, G*hid, C); w_hh (2, G*hid, hid); b_* (2, G*hid)
   //   axis 3: along W (rows), 2: along H (cols)
   //   y (N, 2*hid, H, W), channels_last memory when channels_last=True
-  //   workspace (2, T, lines, S*hid) when training (saved gates for backward, time-major), else empty
-  m.def("bigru_sweep(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, int axis, "
+  //   workspace (2, T, lines, S*hid) when training (saved slots for backward, time-major), else empty
+  m.def("sweep(str cell, Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, int axis, "
         "bool channels_last, bool training) -> (Tensor y, Tensor workspace)");
-  m.def("bigru_sweep_backward(Tensor grad_y, Tensor x, Tensor w_ih, Tensor w_hh, Tensor y, "
+  m.def("sweep_backward(str cell, Tensor grad_y, Tensor x, Tensor w_ih, Tensor w_hh, Tensor y, "
         "Tensor workspace, int axis) -> (Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, "
         "Tensor grad_b_ih, Tensor grad_b_hh)");
-  m.def("bilstm_sweep(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, int axis, "
-        "bool channels_last, bool training) -> (Tensor y, Tensor workspace)");
-  m.def("bilstm_sweep_backward(Tensor grad_y, Tensor x, Tensor w_ih, Tensor w_hh, Tensor y, "
-        "Tensor workspace, int axis) -> (Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, "
-        "Tensor grad_b_ih, Tensor grad_b_hh)");
-  // mode="parallel": the row (axis 3) and column (axis 2) sweeps of the same x in one launch on a GPU.
-  //   y (N, 4*hid, H, W) = [row sweep (2*hid) | column sweep (2*hid)]; one workspace per sweep.
-  m.def("bigru_sweep_pair(Tensor x, Tensor w_ih_rows, Tensor w_hh_rows, Tensor? b_ih_rows, Tensor? b_hh_rows, "
-        "Tensor w_ih_cols, Tensor w_hh_cols, Tensor? b_ih_cols, Tensor? b_hh_cols, bool channels_last, "
-        "bool training) -> (Tensor y, Tensor workspace_rows, Tensor workspace_cols)");
-  m.def("bilstm_sweep_pair(Tensor x, Tensor w_ih_rows, Tensor w_hh_rows, Tensor? b_ih_rows, Tensor? b_hh_rows, "
-        "Tensor w_ih_cols, Tensor w_hh_cols, Tensor? b_ih_cols, Tensor? b_hh_cols, bool channels_last, "
-        "bool training) -> (Tensor y, Tensor workspace_rows, Tensor workspace_cols)");
-  m.def("bigru_sweep_pair_backward(Tensor grad_y, Tensor x, Tensor w_ih_rows, Tensor w_hh_rows, Tensor w_ih_cols, "
-        "Tensor w_hh_cols, Tensor y, Tensor workspace_rows, Tensor workspace_cols) -> Tensor[]");
-  m.def("bilstm_sweep_pair_backward(Tensor grad_y, Tensor x, Tensor w_ih_rows, Tensor w_hh_rows, Tensor w_ih_cols, "
-        "Tensor w_hh_cols, Tensor y, Tensor workspace_rows, Tensor workspace_cols) -> Tensor[]");
+  // sweep_pair (mode="parallel"): the row (axis 3) and column (axis 2) sweeps of the same x in one
+  //   launch on a GPU. y (N, 4*hid, H, W) = [row sweep (2*hid) | column sweep (2*hid)]; one workspace
+  //   per sweep.
+  m.def("sweep_pair(str cell, Tensor x, Tensor w_ih_rows, Tensor w_hh_rows, Tensor? b_ih_rows, "
+        "Tensor? b_hh_rows, Tensor w_ih_cols, Tensor w_hh_cols, Tensor? b_ih_cols, Tensor? b_hh_cols, "
+        "bool channels_last, bool training) -> (Tensor y, Tensor workspace_rows, Tensor workspace_cols)");
+  m.def("sweep_pair_backward(str cell, Tensor grad_y, Tensor x, Tensor w_ih_rows, Tensor w_hh_rows, "
+        "Tensor w_ih_cols, Tensor w_hh_cols, Tensor y, Tensor workspace_rows, Tensor workspace_cols) -> Tensor[]");
 
-  // Sequence RNNs (the drop-in nn.GRU / nn.LSTM): one layer, 1 or 2 directions, over a batch of
+  // sequence (the drop-in nn.GRU / nn.LSTM / nn.RNN): one layer, 1 or 2 directions, over a batch of
   // sequences. x (T, B, C), or (B, T, C) when batch_first; w_ih (D, G*hid, C), w_hh (D, G*hid, hid),
-  // b_* (D, G*hid); h0/c0 (D, B, hid) or None (zeros); lengths (B,) int64 on the CPU or None (all T):
-  // sequence b runs over t < lengths[b] only (direction 1 starts at lengths[b]-1), y is 0 beyond it
-  // and h_n/c_n is its state after its last step.
-  //   y (T, B, D*hid) or (B, T, D*hid), contiguous; h_n, c_n (D, B, hid)
-  //   workspace (D, T, B, S*hid) when training (saved gates, batch sorted by length), else empty
-  m.def("gru_sequence(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? h0, "
-        "Tensor? lengths, bool batch_first, bool training) -> (Tensor y, Tensor h_n, Tensor workspace)");
-  m.def("gru_sequence_backward(Tensor? grad_y, Tensor? grad_h_n, Tensor x, Tensor w_ih, Tensor w_hh, "
-        "Tensor? h0, Tensor? lengths, Tensor y, Tensor workspace, bool batch_first) -> (Tensor grad_x, "
-        "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_h0)");
-  m.def("lstm_sequence(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? h0, Tensor? c0, "
-        "Tensor? lengths, bool batch_first, bool training) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor workspace)");
-  m.def("lstm_sequence_backward(Tensor? grad_y, Tensor? grad_h_n, Tensor? grad_c_n, Tensor x, Tensor w_ih, "
-        "Tensor w_hh, Tensor? h0, Tensor? c0, Tensor? lengths, Tensor y, Tensor workspace, bool batch_first) -> "
-        "(Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_h0, "
-        "Tensor grad_c0)");
+  // b_* (D, G*hid); h0/c0 (D, B, hid) or None (zeros; c0 only for cells with a cell state); lengths
+  // (B,) int64 on the CPU or None (all T): sequence b runs over t < lengths[b] only (direction 1
+  // starts at lengths[b]-1), y is 0 beyond it and h_n/c_n is its state after its last step.
+  //   y (T, B, D*hid) or (B, T, D*hid), contiguous; h_n (D, B, hid); c_n (D, B, hid) for cells with
+  //   a cell state, else empty; workspace (D, T, B, S*hid) when training (batch sorted by length),
+  //   else empty. grad_c0 likewise.
+  m.def("sequence(str cell, Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? h0, "
+        "Tensor? c0, Tensor? lengths, bool batch_first, bool training) -> (Tensor y, Tensor h_n, Tensor c_n, "
+        "Tensor workspace)");
+  m.def("sequence_backward(str cell, Tensor? grad_y, Tensor? grad_h_n, Tensor? grad_c_n, Tensor x, "
+        "Tensor w_ih, Tensor w_hh, Tensor? h0, Tensor? c0, Tensor? lengths, Tensor y, Tensor workspace, "
+        "bool batch_first) -> (Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+        "Tensor grad_b_hh, Tensor grad_h0, Tensor grad_c0)");
 
-  // The GEMM the CPU kernels use per step (AVX-512 kernel or BLAS, see cpu/blas.h), over whole
+  // The GEMM the CPU kernels use per step (AVX-512 kernel or BLAS, see cpu/gemm/blas.h), over whole
   // matrices: a (M, K) @ b (K, N). For benchmarks (the rate the kernels' GEMMs reach) and tests.
   m.def("kernel_gemm(Tensor a, Tensor b) -> Tensor");
 

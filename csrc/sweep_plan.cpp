@@ -6,36 +6,32 @@
 //       smem_per_sm, regs_per_sm, max_threads_per_block, max_threads_per_sm]
 //   torch.ops.brnnseg.sweep_kernel_constants() -> [__launch_bounds__ of the kernels, lines per thread,
 //       threads per CTA aimed for]
+//   torch.ops.brnnseg.sweep_limits() -> [largest hidden size of the fused CUDA sweep kernel]
 #include <torch/library.h>
 
 #include <c10/util/Half.h>
 
 #include "brnnseg/device_spec.h"
-#include "cuda/line_scan_plan.h"
+#include "brnnseg/static_switch.h"
+#include "cuda/sweep_plan.h"
 
 namespace brnnseg {
 namespace {
 
-int gates_of(c10::string_view cell) {
-  if (cell == "gru") return 3;
-  if (cell == "lstm") return 4;
-  TORCH_CHECK_VALUE(false, "sweep_launch_plan: cell must be 'gru' or 'lstm', got '", std::string(cell), "'");
-}
-
 std::vector<int64_t> sweep_launch_plan(c10::string_view cell, at::ScalarType dtype, int64_t hidden, int64_t lines,
                                        bool backward, c10::string_view gpu) {
-  const int G = gates_of(cell);
+  const int G = CELL_SWITCH("sweep_launch_plan", cell, Cell, [] { return Cell::kGates; });
   TORCH_CHECK_VALUE(hidden >= 1 && lines >= 1, "sweep_launch_plan: hidden and lines must be >= 1, got ", hidden,
                     " and ", lines);
   const DeviceSpec& dev = device_spec(std::string(gpu));
   LaunchConfig c;
   switch (dtype) {
     case at::kFloat:
-      c = line_scan_config<float>(backward, G, int(hidden), lines, dev.smem_per_block_optin);
+      c = sweep_launch_config<float>(backward, G, int(hidden), lines, dev.smem_per_block_optin);
       break;
     case at::kHalf:
     case at::kBFloat16:
-      c = line_scan_config<c10::Half>(backward, G, int(hidden), lines, dev.smem_per_block_optin);
+      c = sweep_launch_config<c10::Half>(backward, G, int(hidden), lines, dev.smem_per_block_optin);
       break;
     default:
       TORCH_CHECK_VALUE(false, "sweep_launch_plan: dtype must be float32, float16 or bfloat16, got ", dtype);
@@ -51,6 +47,10 @@ std::vector<int64_t> gpu_spec(c10::string_view gpu) {
 
 std::vector<int64_t> sweep_kernel_constants() { return {kMaxThreadsPerCta, kLinesPerThread, kTargetThreads}; }
 
+// The limits Python's dispatch reads instead of copying: [largest hidden size of the fused CUDA
+// sweep kernel (one thread per unit, kMaxThreadsPerCta)].
+std::vector<int64_t> sweep_limits() { return {kMaxThreadsPerCta}; }
+
 }  // namespace
 }  // namespace brnnseg
 
@@ -59,4 +59,5 @@ TORCH_LIBRARY_FRAGMENT(brnnseg, m) {
         &brnnseg::sweep_launch_plan);
   m.def("gpu_spec(str gpu) -> int[]", &brnnseg::gpu_spec);
   m.def("sweep_kernel_constants() -> int[]", &brnnseg::sweep_kernel_constants);
+  m.def("sweep_limits() -> int[]", &brnnseg::sweep_limits);
 }

@@ -5,7 +5,7 @@
 Steps (each timeboxed; a failing step is recorded and the next one runs):
   1. build in place for this GPU's arch only (TORCH_CUDA_ARCH_LIST=<major.minor>, no simulator
      extension), against whatever torch this machine has;
-  2. the CUDA tests: tests/test_line_scan_cuda.py (cuDNN and matmul TF32 off; pair mode in every dtype;
+  2. the CUDA tests: tests/test_sweep_cuda.py (cuDNN and matmul TF32 off; pair mode in every dtype;
      hidden 3..256; a side stream; cuda:1 when present) and tests/test_seg_loss.py with compiled Triton
      (conftest.py sets TRITON_INTERPRET only without a GPU);
   3. compute-sanitizer memcheck, racecheck, initcheck and synccheck over small shapes of every kernel
@@ -77,6 +77,9 @@ def workload_steps(out_path: str) -> int:
     """Microseconds per step: sweep ops over T = 16..512 on 512 lines, least-squares slope; cuDNN beside."""
     import torch
 
+    import functools
+
+    import brnnseg_kernels as bk
     from brnnseg_kernels import bench, plan
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -94,9 +97,9 @@ def workload_steps(out_path: str) -> int:
 
     rows = []
     for cell in ("gru", "lstm"):
-        g = 3 if cell == "gru" else 4
-        op = getattr(torch.ops.brnnseg, f"bi{cell}_sweep")
-        bop = getattr(torch.ops.brnnseg, f"bi{cell}_sweep_backward")
+        g = bk.cells.spec(cell).gates
+        op = functools.partial(torch.ops.brnnseg.sweep, cell)
+        bop = functools.partial(torch.ops.brnnseg.sweep_backward, cell)
         for dtype_name in ("float32", "bfloat16"):
             dtype = getattr(torch, dtype_name)
             for hid in (40, 64, 128, 256):
@@ -281,7 +284,7 @@ def main(argv=None) -> int:
     if "tests" not in args.skip:
         xdist = ["-n", "4"] if _has("xdist") else []
         run.step("tests", [py, "-m", "pytest", "-q", "-x", "--no-header", "-p", "no:cacheprovider", *xdist,
-                           "tests/test_line_scan_cuda.py", "tests/test_seg_loss.py"], 200, env=pyenv)
+                           "tests/test_sweep_cuda.py", "tests/test_seg_loss.py"], 200, env=pyenv)
     if "sanitizers" not in args.skip:
         sanitize(run, 150)
     step_rows = []

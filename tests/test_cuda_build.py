@@ -14,7 +14,7 @@ from brnnseg_kernels import plan
 
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
 GPU_OF_ARCH = {"sm_80": "a100", "sm_90": "h100"}
-VARIANTS = [(k, c, d) for k in ("fwd", "bwd") for c in ("gru", "lstm") for d in ("float32", "float16", "bfloat16")]
+VARIANTS = [(k, c, d) for k in ("fwd", "bwd") for c in bk.cells.kernel_cells() for d in ("float32", "float16", "bfloat16")]
 
 
 def test_cuda_kernels_built_when_possible():
@@ -25,7 +25,7 @@ def test_cuda_kernels_built_when_possible():
             assert "8.0" in info["cuda_archs"] and "9.0" in info["cuda_archs"]
     if info.get("with_cuda"):
         # The CUDA implementations are registered (calling them needs a GPU).
-        for op in ("bigru_sweep", "bilstm_sweep", "bigru_sweep_backward", "bilstm_sweep_backward"):
+        for op in ("sweep", "sweep_backward", "sweep_pair", "sweep_pair_backward"):
             assert torch._C._dispatch_has_kernel_for_dispatch_key(f"brnnseg::{op}", "CUDA")
 
 

@@ -64,7 +64,7 @@ def _count(m):
 
 def _renet_params(cell, c, hid, c_first):
     """Parameters of a sequential ReNet block with two sweeps (GRU 3 gates, LSTM 4), both directions."""
-    g = (3 if cell == "gru" else 4) * hid
+    g = bk.cells.spec(cell).gates * hid
     one = lambda cin: 2 * (g * cin + g * hid + 2 * g)  # noqa: E731
     return one(c_first) + one(2 * hid)
 

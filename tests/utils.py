@@ -19,7 +19,9 @@ def assert_verbose_allclose(actual, expected, rtol=1e-5, atol=1e-8, max_print=5,
 
 def stacked_weights(cell, in_channels, hidden, dtype=torch.float64, bias=True, scale=0.5, requires_grad=True):
     """Random weights stacked per direction: (w_ih, w_hh, b_ih, b_hh)."""
-    g = (3 if cell == "gru" else 4) * hidden
+    from brnnseg_kernels.cells import spec
+
+    g = spec(cell).gates * hidden
     ws = [torch.randn(2, g, in_channels, dtype=dtype) * scale, torch.randn(2, g, hidden, dtype=dtype) * scale]
     if bias:
         ws += [torch.randn(2, g, dtype=dtype) * scale, torch.randn(2, g, dtype=dtype) * scale]

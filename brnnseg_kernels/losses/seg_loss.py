@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from .. import _C  # noqa: F401  (registers the op schemas and CPU kernels)
 from .. import ops
+from ..checks import check_seg_loss_inputs
 
 __all__ = ["bce_dice_loss", "seg_loss_sums", "BCEDiceLoss", "WeightedBCEWithLogitsLoss", "DiceLoss",
            "BoundaryBCELoss"]
@@ -120,25 +121,7 @@ def _combine(sums: Tensor, n: int, c: int, *, bce_weight, dice_weight, smooth_nr
 
 
 def _check(logits, target, weight, reduction, boundary_radius):
-    who = "bce_dice_loss"
-    if not isinstance(logits, Tensor) or not isinstance(target, Tensor):
-        raise TypeError(f"{who}: logits and target must be tensors")
-    if logits.dim() not in (4, 5):
-        raise ValueError(f"{who}: logits must be (N, C, H, W) or (N, C, D, H, W), got shape {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise TypeError(f"{who}: logits must be floating point, got {logits.dtype}")
-    if target.shape != logits.shape:
-        raise ValueError(f"{who}: target must have the shape of logits {tuple(logits.shape)}, "
-                         f"got {tuple(target.shape)}")
-    if target.device != logits.device:
-        raise ValueError(f"{who}: target is on {target.device}, logits on {logits.device}")
-    if weight is not None and weight.shape != logits.shape:
-        raise ValueError(f"{who}: weight must have the shape of logits {tuple(logits.shape)}, got "
-                         f"{tuple(weight.shape)}")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"{who}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    if isinstance(boundary_radius, bool) or not isinstance(boundary_radius, int) or boundary_radius < 0:
-        raise ValueError(f"{who}: boundary_radius must be an integer >= 0, got {boundary_radius!r}")
+    check_seg_loss_inputs("bce_dice_loss", logits, target, weight, reduction, boundary_radius)
 
 
 def bce_dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None,

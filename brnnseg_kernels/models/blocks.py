@@ -3,24 +3,19 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..nn import BiGRU2d, BiLSTM2d
-from ..nn.renet3d import BiGRU3d, BiLSTM3d
+from .. import cells
+from ..checks import check_rnn, check_spatial_dims  # noqa: F401  (re-exported for the models)
+from ..nn import renet, renet3d
 
-_RNN_LAYERS = {(2, "gru"): BiGRU2d, (2, "lstm"): BiLSTM2d, (3, "gru"): BiGRU3d, (3, "lstm"): BiLSTM3d}
+
+def renet_layer(rnn: str, spatial_dims: int):
+    """The ReNet layer class of a cell family (the cell table's row) for 2-D or 3-D maps."""
+    fam = cells.family(rnn)
+    return getattr(renet, fam.layer2d) if spatial_dims == 2 else getattr(renet3d, fam.layer3d)
 
 
 def conv_nd(spatial_dims: int):
     return {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
-
-
-def check_spatial_dims(who: str, spatial_dims) -> None:
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"{who}: spatial_dims must be 2 or 3, got {spatial_dims!r}")
-
-
-def check_rnn(who: str, rnn) -> None:
-    if rnn not in ("gru", "lstm"):
-        raise ValueError(f"{who}: rnn must be 'gru' or 'lstm', got {rnn!r}")
 
 
 class ConvBlock(nn.Sequential):
@@ -54,7 +49,7 @@ class ReNetBlock(nn.Module):
         hidden = max(1, inner // 2)
         conv = conv_nd(spatial_dims)
         self.proj_in = conv(channels, inner, 1) if inner != channels else nn.Identity()
-        self.rnn = _RNN_LAYERS[(spatial_dims, rnn)](inner, hidden)
+        self.rnn = renet_layer(rnn, spatial_dims)(inner, hidden)
         self.proj_out = conv(2 * hidden, channels, 1) if 2 * hidden != channels else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:

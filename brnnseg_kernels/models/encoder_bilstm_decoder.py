@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from .. import functional as F
 from ..nn.renet import BidirectionalRNNWeights
 from .blocks import ConvBlock
-from .unet import check_divisible
+from ..checks import check_divisible
 
 __all__ = ["EncoderBiLSTMDecoder"]
 

@@ -4,26 +4,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .blocks import ConvBlock, ReNetBlock, check_rnn, check_spatial_dims, conv_nd
+from ..checks import check_divisible, check_rnn, check_spatial_dims
+from .blocks import ConvBlock, ReNetBlock, conv_nd
 
 __all__ = ["BRNNUNet", "BRNNUNet3d", "check_divisible"]
-
-
-def check_divisible(who: str, x: Tensor, in_channels: int, spatial_dims: int, stride: int) -> None:
-    """Input checks shared by the models: rank, dtype, channels, sizes the encoder's stride divides."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{who}: input must be a torch.Tensor, got {type(x).__name__}")
-    names = "(N, C, H, W)" if spatial_dims == 2 else "(N, C, D, H, W)"
-    if x.dim() != spatial_dims + 2:
-        raise ValueError(f"{who}: input must be {spatial_dims + 2}-D {names}, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{who}: input must be a floating point tensor, got dtype {x.dtype}")
-    if x.shape[1] != in_channels:
-        raise ValueError(f"{who}: expected {in_channels} input channels (dim 1), got shape {tuple(x.shape)}")
-    bad = [s for s in x.shape[2:] if s % stride]
-    if bad:
-        raise ValueError(f"{who}: spatial sizes {tuple(x.shape[2:])} must be divisible by the encoder's stride "
-                         f"{stride} (2**depth); pad or crop the input")
 
 
 class BRNNUNet(nn.Module):
@@ -33,7 +17,7 @@ class BRNNUNet(nn.Module):
         in_channels, classes: input channels and output logit channels.
         base_channels: channels of the first stage; stage i has base_channels * 2**i.
         depth: number of 2x down-sampling stages; H and W must be divisible by 2**depth.
-        rnn: "gru" or "lstm" (the ReNet blocks' cell).
+        rnn: the ReNet blocks' cell family, a row of ``brnnseg_kernels.cells``: "gru", "lstm", ...
         rnn_in_skips: pass every skip connection through a ReNet block.
         rnn_at_bottleneck: pass the bottleneck through a ReNet block.
         rnn_reduction: channel reduction of the ReNet blocks (1 = full; 4 = the lightweight option).

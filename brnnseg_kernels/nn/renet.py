@@ -1,27 +1,21 @@
-"""ReNet layers: ``BiGRU2d`` and ``BiLSTM2d``."""
+"""ReNet layers: one class per row of the cell table (``brnnseg_kernels.cells``): ``BiGRU2d``,
+``BiLSTM2d``, ... -- built by :func:`renet2d_class` from the row, so a new cell needs no code here."""
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from .. import cells
 from .. import functional as F
-
-_GATES = {"gru": 3, "lstm": 4}
-
-
-def check_positive_ints(who: str, **values) -> None:
-    """ValueError naming the argument unless every value is a positive int (bools rejected)."""
-    for arg, val in values.items():
-        if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
-            raise ValueError(f"{who}: {arg} must be a positive integer, got {val!r}")
+from ..checks import check_feature_map, check_positive_ints
 
 
 class BidirectionalRNNWeights(nn.Module):
-    """The parameters of one single-layer bidirectional GRU/LSTM, named and shaped exactly like
-    ``torch.nn.GRU/LSTM(input_size, hidden_size, bidirectional=True)`` -- ``weight_ih_l0``
+    """The parameters of one single-layer bidirectional RNN of a kernel cell (``cell``: "gru", "lstm",
+    ...), named and shaped exactly like ``torch.nn.GRU/LSTM/RNN(input_size, hidden_size, bidirectional=True)`` -- ``weight_ih_l0``
     (G*hidden, input_size), ``weight_hh_l0`` (G*hidden, hidden), ``bias_ih_l0``, ``bias_hh_l0`` and the
     ``_reverse`` set -- with the same gate order and initialisation, so ``load_state_dict`` of a torch
     module's ``state_dict()`` works both ways."""
@@ -32,7 +26,7 @@ class BidirectionalRNNWeights(nn.Module):
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
-        g = _GATES[cell] * hidden_size
+        g = cells.spec(cell).gates * hidden_size
         kw = dict(device=device, dtype=dtype)
         for sfx in ("", "_reverse"):
             self.register_parameter(f"weight_ih_l0{sfx}", nn.Parameter(torch.empty(g, input_size, **kw)))
@@ -57,14 +51,19 @@ class BidirectionalRNNWeights(nn.Module):
                 torch.stack([self.bias_hh_l0, self.bias_hh_l0_reverse]))
 
     def extra_repr(self) -> str:
-        return f"{self.cell.upper()}({self.input_size}, {self.hidden_size}, bidirectional=True, bias={self.bias})"
+        fam = cells.family_of_cell(self.cell)
+        nl = next((k for k, v in fam.kernels.items() if v == self.cell and k is not None), None)
+        extra = f", nonlinearity={nl!r}" if nl else ""
+        return (f"{fam.dropin}({self.input_size}, {self.hidden_size}, bidirectional=True, bias={self.bias}"
+                f"{extra})")
 
 
 class _ReNet2d(nn.Module):
-    cell = "gru"
+    family = cells.FAMILIES[0]
 
     def __init__(self, in_channels: int, hidden_size: int, bias: bool = True,
-                 order: Tuple[str, str] = ("rows", "cols"), mode: str = "sequential", device=None, dtype=None):
+                 order: Tuple[str, str] = ("rows", "cols"), mode: str = "sequential", device=None, dtype=None,
+                 nonlinearity: Optional[str] = None):
         super().__init__()
         name = type(self).__name__
         check_positive_ints(name, in_channels=in_channels, hidden_size=hidden_size)
@@ -73,6 +72,8 @@ class _ReNet2d(nn.Module):
             raise ValueError(f"{name}: order must be ('rows', 'cols') or ('cols', 'rows'), got {order!r}")
         if mode not in ("sequential", "parallel"):
             raise ValueError(f"{name}: mode must be 'sequential' or 'parallel', got {mode!r}")
+        self.cell = self.family.kernel(nonlinearity)
+        self.nonlinearity = nonlinearity if nonlinearity is not None else self.family.default_nonlinearity
         self.in_channels, self.hidden_size, self.order, self.mode = in_channels, hidden_size, order, mode
         self.out_channels = (4 if mode == "parallel" else 2) * hidden_size
         second_in = in_channels if mode == "parallel" else 2 * hidden_size
@@ -83,39 +84,52 @@ class _ReNet2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (N, in_channels, H, W) -> (N, out_channels, H, W), in the memory format of x."""
-        F.check_feature_map(type(self).__name__, x, self.in_channels, (self.rows.weight_ih_l0,))
+        check_feature_map(type(self).__name__, x, self.in_channels, (self.rows.weight_ih_l0,))
         weights = {"rows": self.rows.stacked(), "cols": self.cols.stacked()}
         return F.renet(x, weights, self.cell, self.order, self.mode)
 
     def extra_repr(self) -> str:
+        nl = f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity else ""
         return (f"{self.in_channels}, {self.hidden_size}, order={self.order}, mode={self.mode!r}, "
-                f"out_channels={self.out_channels}")
+                f"out_channels={self.out_channels}{nl}")
 
 
-class BiGRU2d(_ReNet2d):
-    """ReNet block of bidirectional GRUs: a sweep along every row (left->right and right->left),
-    then along every column of its output.
+_DOC = """ReNet block of bidirectional {torch} cells: a sweep along every row (left->right and
+    right->left), then along every column of its output.
 
     Arguments:
         in_channels: C of the input.
         hidden_size: hidden units per direction.
-        bias: learn b_ih and b_hh, as in ``torch.nn.GRU``.
+        bias: learn b_ih and b_hh, as in ``torch.nn.{torch}``.
         order: ``("rows", "cols")`` (default) or ``("cols", "rows")``.
         mode: ``"sequential"`` (second sweep reads the first's output; 2*hidden_size channels out) or
             ``"parallel"`` (both sweeps read the input; 4*hidden_size channels out).
+        nonlinearity: {nonlinearity}
 
     Submodules ``rows`` and ``cols`` hold parameters named and shaped like
-    ``torch.nn.GRU(in, hidden_size, bidirectional=True)``.
+    ``torch.nn.{torch}(in, hidden_size, bidirectional=True)``.
 
     Shapes: (N, in_channels, H, W) -> (N, out_channels, H, W); output channels are
     [forward direction, reverse direction] (per sweep in parallel mode).
     """
 
-    cell = "gru"
+
+def nonlinearity_doc(fam: cells.Family) -> str:
+    choices = [k for k in fam.kernels if k is not None]
+    if not choices:
+        return "not used by this cell (must be None)."
+    return f"one of {choices} (default {fam.default_nonlinearity!r}), as in ``torch.nn.{fam.torch_module.__name__}``."
 
 
-class BiLSTM2d(_ReNet2d):
-    """ReNet block of bidirectional LSTMs; arguments and shapes as :class:`BiGRU2d`, parameters
-    named like ``torch.nn.LSTM(in, hidden_size, bidirectional=True)``."""
+def renet2d_class(fam: cells.Family) -> type:
+    """The ReNet layer class of a cell-table row (module-level, picklable, named ``fam.layer2d``)."""
+    cls = type(fam.layer2d, (_ReNet2d,), {"family": fam, "__module__": __name__, "__doc__": _DOC.format(
+        torch=fam.torch_module.__name__, nonlinearity=nonlinearity_doc(fam))})
+    cls.__qualname__ = fam.layer2d
+    return cls
 
-    cell = "lstm"
+
+for _fam in cells.FAMILIES:
+    globals()[_fam.layer2d] = renet2d_class(_fam)
+
+__all__ = ["BidirectionalRNNWeights", "renet2d_class"] + [f.layer2d for f in cells.FAMILIES]

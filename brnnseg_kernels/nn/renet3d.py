@@ -1,4 +1,4 @@
-"""Volumetric ReNet layers: ``BiGRU3d`` and ``BiLSTM3d`` sweep (N, C, D, H, W) volumes along width,
+"""Volumetric ReNet layers, one class per row of the cell table (``BiGRU3d``, ``BiLSTM3d``, ...), sweep (N, C, D, H, W) volumes along width,
 height and depth in turn, each sweep bidirectional over the previous one's output.
 
 Every sweep is the 2-D op on a 4-D view of the volume (no kernel of its own):
@@ -7,15 +7,15 @@ depth  = columns of (N, C, D, H*W). In channels_last_3d memory all three are vie
 so the layers keep intermediate volumes in that format."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from .. import cells
 from .. import functional as F
-from .renet import BidirectionalRNNWeights, check_positive_ints
-
-__all__ = ["BiGRU3d", "BiLSTM3d", "sweep3d"]
+from ..checks import check_positive_ints
+from .renet import BidirectionalRNNWeights, nonlinearity_doc
 
 AXES3D = ("width", "height", "depth")
 
@@ -37,12 +37,13 @@ def sweep3d(x: Tensor, weights: Tuple, cell: str, axis: str) -> Tensor:
 
 
 class _ReNet3d(nn.Module):
-    cell = "gru"
+    family = cells.FAMILIES[0]
 
     def __init__(self, in_channels: int, hidden_size: int, bias: bool = True,
-                 order: Tuple[str, str, str] = AXES3D, device=None, dtype=None):
+                 order: Tuple[str, str, str] = AXES3D, device=None, dtype=None, nonlinearity: Optional[str] = None):
         super().__init__()
         name = type(self).__name__
+        self.cell = self.family.kernel(nonlinearity)
         check_positive_ints(name, in_channels=in_channels, hidden_size=hidden_size)
         order = tuple(order)
         if sorted(order) != sorted(AXES3D):
@@ -74,15 +75,20 @@ class _ReNet3d(nn.Module):
         return f"{self.in_channels}, {self.hidden_size}, order={self.order}, out_channels={self.out_channels}"
 
 
-class BiGRU3d(_ReNet3d):
-    """Bidirectional GRU sweeps along width, height and depth of a volume (the order is ``order``);
-    submodules ``width``, ``height``, ``depth`` hold ``torch.nn.GRU(bidirectional=True)``-named weights.
-    (N, in_channels, D, H, W) -> (N, 2*hidden_size, D, H, W)."""
-
-    cell = "gru"
+_DOC = """Bidirectional {torch} sweeps along width, height and depth of a volume (the order is
+    ``order``); submodules ``width``, ``height``, ``depth`` hold ``torch.nn.{torch}(bidirectional=True)``-named
+    weights. (N, in_channels, D, H, W) -> (N, 2*hidden_size, D, H, W). ``nonlinearity``: {nonlinearity}"""
 
 
-class BiLSTM3d(_ReNet3d):
-    """As :class:`BiGRU3d` with LSTM cells."""
+def renet3d_class(fam: cells.Family) -> type:
+    """The volumetric ReNet layer class of a cell-table row (module-level, named ``fam.layer3d``)."""
+    cls = type(fam.layer3d, (_ReNet3d,), {"family": fam, "__module__": __name__, "__doc__": _DOC.format(
+        torch=fam.torch_module.__name__, nonlinearity=nonlinearity_doc(fam))})
+    cls.__qualname__ = fam.layer3d
+    return cls
 
-    cell = "lstm"
+
+for _fam in cells.FAMILIES:
+    globals()[_fam.layer3d] = renet3d_class(_fam)
+
+__all__ = ["sweep3d", "renet3d_class"] + [f.layer3d for f in cells.FAMILIES]

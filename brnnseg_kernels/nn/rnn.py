@@ -1,10 +1,11 @@
-"""Drop-in ``torch.nn.GRU`` / ``torch.nn.LSTM`` running on the fused sequence kernels.
+"""Drop-in ``torch.nn.GRU`` / ``torch.nn.LSTM`` / ... running on the fused sequence kernels: one class
+per row of the cell table (``brnnseg_kernels.cells``), named like the torch module it replaces.
 
-``GRU`` and ``LSTM`` subclass the torch modules, so the constructor, its validation, the parameter
-names and shapes, ``state_dict``, ``extra_repr`` and ``isinstance(m, torch.nn.GRU)`` are torch's own;
-only ``forward`` differs. It runs every layer through ``torch.ops.brnnseg.gru_sequence`` /
-``lstm_sequence`` (both directions, h0/c0, final states and ``PackedSequence`` lengths handled in the
-kernel) whenever that kernel applies:
+Each subclasses its torch module, so the constructor, its validation, the parameter names and shapes,
+``state_dict``, ``extra_repr`` and ``isinstance(m, torch.nn.GRU)`` are torch's own; only ``forward``
+differs. It runs every layer through ``torch.ops.brnnseg.sequence`` (both directions, h0/c0, final
+states and ``PackedSequence`` lengths handled in the kernel) whenever that kernel applies
+(``brnnseg_kernels.dispatch.sequence_kernel_applies``):
 
 * input on the CPU in float32 or float64, weights of the same dtype and device;
 * no CPU autocast, not under TorchScript;
@@ -24,24 +25,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .. import ops
-
-__all__ = ["GRU", "LSTM", "replace_rnns", "to_torch"]
+from .. import cells, dispatch, ops
 
 
 class _FusedRNNMixin:
-    _cell = "gru"
+    family = cells.FAMILIES[0]
+
+    @property
+    def _cell(self) -> str:
+        """The kernel cell: the family's, chosen by ``nonlinearity`` where the module has one (nn.RNN)."""
+        return self.family.kernel(getattr(self, "nonlinearity", None))
 
     def fused_kernel_applies(self, input) -> bool:
         """Whether ``forward(input)`` runs on the fused kernel (else on torch's implementation)."""
         data = input.data if isinstance(input, PackedSequence) else input
-        if not isinstance(data, Tensor) or data.device.type != "cpu":
-            return False
-        if data.dtype not in (torch.float32, torch.float64) or getattr(self, "proj_size", 0) > 0:
-            return False
-        if torch.jit.is_scripting() or torch.is_autocast_enabled("cpu"):
-            return False
-        return all(w.dtype == data.dtype and w.device == data.device for w in self._flat_weights)
+        return dispatch.sequence_kernel_applies(data, self._flat_weights, getattr(self, "proj_size", 0))
 
     def _layer_weights(self, layer: int):
         sfx = ("", "_reverse") if self.bidirectional else ("",)
@@ -58,7 +56,7 @@ class _FusedRNNMixin:
     def _run_layers(self, x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], lengths: Optional[Tensor],
                     batch_first: bool):
         d = 2 if self.bidirectional else 1
-        lstm = self._cell == "lstm"
+        lstm = cells.spec(self._cell).has_cell_state
         hs, cs = [], []
         for layer in range(self.num_layers):
             sl = slice(layer * d, (layer + 1) * d)
@@ -77,8 +75,8 @@ class _FusedRNNMixin:
         if not self.fused_kernel_applies(input):
             return super().forward(input, hx)
         self._update_flat_weights()
-        lstm = self._cell == "lstm"
-        name = "LSTM" if lstm else "GRU"
+        lstm = cells.spec(self._cell).has_cell_state
+        name = self.family.dropin
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
             if hx is not None:
@@ -125,19 +123,23 @@ class _FusedRNNMixin:
         return y, ((h_n, c_n) if lstm else h_n)
 
 
-class GRU(_FusedRNNMixin, nn.GRU):
-    """``torch.nn.GRU`` with the fused CPU kernel; same arguments, parameters and outputs."""
-    _cell = "gru"
+def dropin_class(fam: cells.Family) -> type:
+    """The drop-in class of a cell-table row: ``fam.torch_module`` with the fused kernel."""
+    torch_name = fam.torch_module.__name__
+    cls = type(fam.dropin, (_FusedRNNMixin, fam.torch_module), {
+        "family": fam, "__module__": __name__,
+        "__doc__": f"``torch.nn.{torch_name}`` with the fused CPU kernel; same arguments, parameters and outputs."})
+    cls.__qualname__ = fam.dropin
+    return cls
 
 
-class LSTM(_FusedRNNMixin, nn.LSTM):
-    """``torch.nn.LSTM`` with the fused CPU kernel; same arguments, parameters and outputs
-    (``proj_size > 0`` runs torch's implementation)."""
-    _cell = "lstm"
+for _fam in cells.FAMILIES:
+    globals()[_fam.dropin] = dropin_class(_fam)
 
+_OURS = {f.torch_module: globals()[f.dropin] for f in cells.FAMILIES}
+_TORCHS = {ours: theirs for theirs, ours in _OURS.items()}
 
-_OURS = {nn.GRU: GRU, nn.LSTM: LSTM}
-_TORCHS = {GRU: nn.GRU, LSTM: nn.LSTM}
+__all__ = ["replace_rnns", "to_torch", "dropin_class"] + [f.dropin for f in cells.FAMILIES]
 
 
 def _swap_class(module: nn.Module, table) -> nn.Module:
@@ -159,12 +161,12 @@ def _convert(model: nn.Module, table) -> nn.Module:
 
 
 def replace_rnns(model: nn.Module) -> nn.Module:
-    """Swaps every ``torch.nn.GRU`` / ``torch.nn.LSTM`` in ``model`` (exact class, not subclasses)
-    for ``brnnseg_kernels.nn.GRU`` / ``LSTM``, keeping the parameters; returns the model (or the new
-    module when ``model`` itself is one)."""
+    """Swaps every ``torch.nn.GRU`` / ``LSTM`` / ... of the cell table in ``model`` (exact class, not
+    subclasses) for ``brnnseg_kernels.nn.GRU`` / ``LSTM`` / ..., keeping the parameters; returns the model
+    (or the new module when ``model`` itself is one)."""
     return _convert(model, _OURS)
 
 
 def to_torch(model: nn.Module) -> nn.Module:
-    """The inverse of :func:`replace_rnns`: our GRU/LSTM back to ``torch.nn.GRU`` / ``LSTM``."""
+    """The inverse of :func:`replace_rnns`: our drop-ins back to ``torch.nn.GRU`` / ``LSTM`` / ...."""
     return _convert(model, _TORCHS)

@@ -5,8 +5,7 @@
 #include <cstdio>
 #include <random>
 
-#include "brnnseg/cell/gru_cell.h"
-#include "brnnseg/cell/lstm_cell.h"
+#include "brnnseg/cell/cells.h"
 
 static int failures = 0;
 #define EXPECT_NEAR(a, b, tol, what)                                                              \
@@ -40,16 +39,17 @@ static void test_gru_backward() {
     double in[7];  // gx_r, gx_z, gx_n, gh_r, gh_z, gh_n, h_prev
     for (double& v : in) v = N(rng);
     const double dh = N(rng);
+    using brnnseg::GruCell;
     auto f = [&](const double* v) {
-      double r, z, n;
-      return brnnseg::gru_cell_forward(v[0], v[1], v[2], v[3], v[4], v[5], v[6], r, z, n);
+      double saved[GruCell::kSaved], c = 0;
+      return GruCell::forward(v, v + 3, v[6], c, saved);
     };
-    double r, z, n;
-    brnnseg::gru_cell_forward(in[0], in[1], in[2], in[3], in[4], in[5], in[6], r, z, n);
-    double da_r, da_z, da_n, dgh_n, dh_direct;
-    brnnseg::gru_cell_backward(dh, r, z, n, in[5], in[6], da_r, da_z, da_n, dgh_n, dh_direct);
+    double saved[GruCell::kSaved], c = 0, dc = 0;
+    GruCell::forward(in, in + 3, in[6], c, saved);
+    double dax[3], dah[3], dh_direct;
+    GruCell::backward(dh, dc, saved, in[6], 0.0, dax, dah, dh_direct);
     // Analytic gradient of dh * h with respect to each input.
-    const double analytic[7] = {da_r, da_z, da_n, da_r, da_z, dgh_n, dh_direct};
+    const double analytic[7] = {dax[0], dax[1], dax[2], dah[0], dah[1], dah[2], dh_direct};
     for (int k = 0; k < 7; ++k) {
       double p[7], m[7];
       for (int j = 0; j < 7; ++j) p[j] = m[j] = in[j];
@@ -69,15 +69,18 @@ static void test_lstm_backward() {
     for (double& v : in) v = N(rng);
     const double dh = N(rng), dc_next = N(rng);
     // Loss = dh * h + dc_next * c.
+    using brnnseg::LstmCell;
+    const double zeros[4] = {0, 0, 0, 0};
     auto loss = [&](const double* v) {
-      double i, f, g, o, c;
-      const double h = brnnseg::lstm_cell_forward(v[0], v[1], v[2], v[3], v[4], i, f, g, o, c);
+      double saved[LstmCell::kSaved], c = v[4];
+      const double h = LstmCell::forward(v, zeros, 0.0, c, saved);
       return dh * h + dc_next * c;
     };
-    double i, f, g, o, c;
-    brnnseg::lstm_cell_forward(in[0], in[1], in[2], in[3], in[4], i, f, g, o, c);
-    double da[4], dc_prev;
-    brnnseg::lstm_cell_backward(dh, dc_next, i, f, g, o, c, in[4], da[0], da[1], da[2], da[3], dc_prev);
+    double saved[LstmCell::kSaved], c = in[4];
+    LstmCell::forward(in, zeros, 0.0, c, saved);
+    double da[4], dah[4], dc_prev = dc_next, direct;
+    LstmCell::backward(dh, dc_prev, saved, 0.0, in[4], da, dah, direct);
+    for (int g = 0; g < 4; ++g) EXPECT_NEAR(da[g], dah[g], 0, "lstm: both sides' gradients are equal");
     const double analytic[5] = {da[0], da[1], da[2], da[3], dc_prev};
     for (int k = 0; k < 5; ++k) {
       double p[5], m[5];

@@ -1,4 +1,4 @@
-// C++ test of the AVX-512 float GEMM (cpu/gemm_avx512.cpp) against a double-precision loop:
+// C++ test of the AVX-512 float GEMM (cpu/gemm/gemm_avx512.cpp) against a double-precision loop:
 // every row tail (M = 1..13 and beyond), column tails (N not a multiple of 16/32), K = 0 and 1,
 // A as given and transposed, overwrite and accumulate, strided B and C. No torch needed.
 #include <cmath>
@@ -6,7 +6,7 @@
 #include <random>
 #include <vector>
 
-#include "cpu/blas.h"
+#include "cpu/gemm/blas.h"
 
 int main() {
   using brnnseg::cpu::sgemm_avx512;

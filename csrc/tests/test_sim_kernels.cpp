@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "brnnseg/simt_sim.h"
-#include "cuda/line_scan_launch.h"
+#include "cuda/sweep_launch_impl.cuh"
 
 using namespace brnnseg;
 
@@ -46,13 +46,14 @@ static double worst(const std::vector<float>& got, const std::vector<double>& re
 }
 
 // Float64 forward and backward of one sweep (the kernels' outputs: y, dgx, dgh, dgh_first).
-template <int G>
+template <typename Cell>
 struct Reference {
+  static constexpr int G = Cell::kGates, S = Cell::kSaved;
   std::vector<double> y, dgx, dgh, first;
   Reference(const SweepGeometry& geo, int hid, const std::vector<float>& gx, const std::vector<float>& w_hh,
             const std::vector<float>& b_ih, const std::vector<float>& b_hh, const std::vector<float>& gy) {
     const int64_t P = geo.positions(), lines = geo.lines(), T = geo.steps(), H = geo.H, W = geo.W;
-    const int Gh = G * hid, S = G == 3 ? 4 : 5;
+    const int Gh = G * hid;
     y.assign(geo.N * 2 * hid * H * W, 0.0);
     dgx.assign(P * 2 * Gh, 0.0);
     dgh.assign(P * 2 * Gh, 0.0);
@@ -76,18 +77,10 @@ struct Reference {
             }
             double x[4];
             for (int g = 0; g < G; ++g) x[g] = double(gx[(p * 2 + d) * Gh + g * hid + u]) + b_ih[d * Gh + g * hid + u];
-            double* sv = &saved[s][0];
-            if constexpr (G == 3) {
-              double r, z, n;
-              h[s + 1][u] = gru_cell_forward<double>(x[0], x[1], x[2], a[0], a[1], a[2], h[s][u], r, z, n);
-              sv[u] = r, sv[hid + u] = z, sv[2 * hid + u] = n, sv[3 * hid + u] = a[2];
-            } else {
-              double i, f, gg, o, cc;
-              h[s + 1][u] = lstm_cell_forward<double>(x[0] + a[0], x[1] + a[1], x[2] + a[2], x[3] + a[3], c[s][u], i,
-                                                      f, gg, o, cc);
-              c[s + 1][u] = cc;
-              sv[u] = i, sv[hid + u] = f, sv[2 * hid + u] = gg, sv[3 * hid + u] = o, sv[4 * hid + u] = cc;
-            }
+            double sv[S], cc = c[s][u];
+            h[s + 1][u] = Cell::forward(x, a, h[s][u], cc, sv);
+            c[s + 1][u] = cc;
+            for (int i = 0; i < S; ++i) saved[s][i * hid + u] = sv[i];
             y[y_at(p, d, u)] = h[s + 1][u];
           }
         }
@@ -97,21 +90,12 @@ struct Reference {
           std::vector<double> dh_prev(hid, 0.0);
           for (int u = 0; u < hid; ++u) {
             const double dh = dh_rec[u] + gy[y_at(p, d, u)];
-            const double* sv = &saved[s][0];
-            double da[4];
-            if constexpr (G == 3) {
-              double dn, direct;
-              gru_cell_backward<double>(dh, sv[u], sv[hid + u], sv[2 * hid + u], sv[3 * hid + u], h[s][u], da[0],
-                                        da[1], da[2], dn, direct);
-              rec[u] = da[0], rec[hid + u] = da[1], rec[2 * hid + u] = dn;
-              dh_prev[u] += direct;
-            } else {
-              double dcp;
-              lstm_cell_backward<double>(dh, dc[u], sv[u], sv[hid + u], sv[2 * hid + u], sv[3 * hid + u],
-                                         sv[4 * hid + u], c[s][u], da[0], da[1], da[2], da[3], dcp);
-              dc[u] = dcp;
-              for (int g = 0; g < 4; ++g) rec[g * hid + u] = da[g];
-            }
+            double sv[S], da[4], dah[4], direct, dcv = dc[u];
+            for (int i = 0; i < S; ++i) sv[i] = saved[s][i * hid + u];
+            Cell::backward(dh, dcv, sv, h[s][u], c[s][u], da, dah, direct);
+            dc[u] = dcv;
+            for (int g = 0; g < G; ++g) rec[g * hid + u] = dah[g];
+            dh_prev[u] += direct;
             for (int g = 0; g < G; ++g) dgx[(p * 2 + d) * Gh + g * hid + u] = da[g];
           }
           double* slot = s == 0 ? &first[(d * lines + line) * Gh]
@@ -128,14 +112,15 @@ struct Reference {
 enum class Weights { kPlanned, kL2, kOneGateInSmem };
 
 // One sweep on `dev` through the planner, forward then backward, against the float64 reference.
-template <int G>
+template <typename Cell>
 static void run_case(const DeviceSpec& dev, int64_t N, int64_t H, int64_t W, int hid, int axis,
                      Weights weights = Weights::kPlanned, std::vector<float>* out = nullptr,
                      const char* expect_weights = nullptr) {
   const sim::DeviceScope scope(dev);
   const SweepGeometry geo{N, H, W, axis};
   const int64_t P = geo.positions(), lines = geo.lines(), T = geo.steps();
-  const int Gh = G * hid, S = G == 3 ? 4 : 5;
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  const int Gh = G * hid;
   std::mt19937 rng(G * 1000 + hid * 10 + axis);
   const float scale = 1.f / std::sqrt(float(hid));
   std::uniform_real_distribution<float> wd(-scale, scale);
@@ -150,31 +135,31 @@ static void run_case(const DeviceSpec& dev, int64_t N, int64_t H, int64_t W, int
   const int64_t sN = 2 * hid * H * W, sC = H * W, sH = W, sW = 1;  // y (N, 2*hid, H, W) contiguous
   std::vector<float> gy(N * 2 * hid * H * W);
   for (float& f : gy) f = nd(rng);
-  const Reference<G> ref(geo, hid, gx, w_hh, b_ih, b_hh, gy);
+  const Reference<Cell> ref(geo, hid, gx, w_hh, b_ih, b_hh, gy);
 
   auto limit = [&](bool bwd) {
     if (weights != Weights::kOneGateInSmem) return dev.smem_per_block_optin;
-    const int tile = line_scan_config<float>(bwd, G, hid, lines, 1 << 30, true).tile;
+    const int tile = sweep_launch_config<float>(bwd, G, hid, lines, 1 << 30, true).tile;
     return bwd ? bwd_smem_bytes<float>(G, hid, tile, 1) : fwd_smem_bytes<float>(G, hid, tile, 1);
   };
   std::vector<float> y(ref.y.size(), kNaN), ws(2 * T * lines * S * hid, kNaN);
   SweepFwdParams<float> fp{geo, hid, 0, 0, gx.data(), w_t.data(), b_ih.data(), b_hh.data(), y.data(), sN, sC, sH, sW,
                            ws.data()};
-  const LaunchConfig fc = line_scan_config<float>(false, G, hid, lines, limit(false), weights == Weights::kL2);
-  const LaunchConfig bc = line_scan_config<float>(true, G, hid, lines, limit(true), weights == Weights::kL2);
+  const LaunchConfig fc = sweep_launch_config<float>(false, G, hid, lines, limit(false), weights == Weights::kL2);
+  const LaunchConfig bc = sweep_launch_config<float>(true, G, hid, lines, limit(true), weights == Weights::kL2);
   const std::string where = fc.smem_gates == G ? "smem" : fc.smem_gates == 0 ? "l2" : "split";
-  std::printf("%-5s %s hid=%3d axis=%d lines=%3lld T=%lld: fwd %d threads x %lld CTAs, %zu B smem (%s), "
+  std::printf("%-5s %-4s hid=%3d axis=%d lines=%3lld T=%lld: fwd %d threads x %lld CTAs, %zu B smem (%s), "
               "bwd %zu B (%d gates)\n",
-              dev.name, G == 3 ? "gru " : "lstm", hid, axis, (long long)lines, (long long)T, fc.threads,
+              dev.name, Cell::kName, hid, axis, (long long)lines, (long long)T, fc.threads,
               (long long)fc.blocks, fc.smem_bytes, where.c_str(), bc.smem_bytes, bc.smem_gates);
   if (expect_weights) CHECK(where == expect_weights, "planner put W_hh in %s, expected %s", where.c_str(), expect_weights);
   if (weights == Weights::kOneGateInSmem) CHECK(fc.smem_gates == 1, "partial path planned %d gates", fc.smem_gates);
   SweepBatch<SweepFwdParams<float>> fb;
   fb.sweep[0] = fp;
   set_batch_blocks(fb, fc);
-  launch_line_scan_fwd<float>(G, fb, fc, nullptr);
+  sweep_fwd_launch<Cell, float>(fb, fc, nullptr);
   double e = worst(y, ref.y, 2e-6, 1e-4);
-  CHECK(e <= 1, "forward %s G=%d hid=%d axis=%d: %g x tolerance", dev.name, G, hid, axis, e);
+  CHECK(e <= 1, "forward %s %s hid=%d axis=%d: %g x tolerance", dev.name, Cell::kName, hid, axis, e);
 
   std::vector<float> dgx(P * 2 * Gh, kNaN), dgh(P * 2 * Gh, kNaN), first(2 * lines * Gh, kNaN);
   SweepBwdParams<float> bp{geo, hid, 0, 0, w_hh.data(), gy.data(), sN, sC, sH, sW, y.data(), sN, sC, sH, sW,
@@ -182,13 +167,13 @@ static void run_case(const DeviceSpec& dev, int64_t N, int64_t H, int64_t W, int
   SweepBatch<SweepBwdParams<float>> bb;
   bb.sweep[0] = bp;
   set_batch_blocks(bb, bc);
-  launch_line_scan_bwd<float>(G, bb, bc, nullptr);
+  sweep_bwd_launch<Cell, float>(bb, bc, nullptr);
   const char* names[3] = {"dgx", "dgh", "dgh_first"};
   const std::vector<float>* got[3] = {&dgx, &dgh, &first};
   const std::vector<double>* exp[3] = {&ref.dgx, &ref.dgh, &ref.first};
   for (int k = 0; k < 3; ++k) {
     e = worst(*got[k], *exp[k], 1e-5, 1e-3);
-    CHECK(e <= 1, "backward %s %s G=%d hid=%d axis=%d: %g x tolerance", names[k], dev.name, G, hid, axis, e);
+    CHECK(e <= 1, "backward %s %s %s hid=%d axis=%d: %g x tolerance", names[k], dev.name, Cell::kName, hid, axis, e);
   }
   if (out) {
     out->clear();
@@ -198,15 +183,15 @@ static void run_case(const DeviceSpec& dev, int64_t N, int64_t H, int64_t W, int
 }
 
 // Small odd sizes: every weight path gives bit-identical results, each against the reference.
-template <int G>
+template <typename Cell>
 static void paths_agree(int64_t N, int64_t H, int64_t W, int hid, int axis) {
   std::vector<float> r[3];
-  run_case<G>(kH100, N, H, W, hid, axis, Weights::kPlanned, &r[0]);
-  run_case<G>(kH100, N, H, W, hid, axis, Weights::kL2, &r[1]);
-  run_case<G>(kH100, N, H, W, hid, axis, Weights::kOneGateInSmem, &r[2]);
+  run_case<Cell>(kH100, N, H, W, hid, axis, Weights::kPlanned, &r[0]);
+  run_case<Cell>(kH100, N, H, W, hid, axis, Weights::kL2, &r[1]);
+  run_case<Cell>(kH100, N, H, W, hid, axis, Weights::kOneGateInSmem, &r[2]);
   for (int k = 1; k < 3; ++k)
     CHECK(std::memcmp(r[0].data(), r[k].data(), r[0].size() * sizeof(float)) == 0,
-          "G=%d hid=%d axis=%d: weight path %d differs from shared memory", G, hid, axis, k);
+          "%s hid=%d axis=%d: weight path %d differs from shared memory", Cell::kName, hid, axis, k);
 }
 
 // ---- planted faults: each must be reported by the simulator -----------------------------------------
@@ -289,10 +274,10 @@ int main() {
   planted_faults();
   // Small odd sizes: several lines per CTA, partial tiles, T = 1, hidden just over a warp.
   for (int axis : {2, 3}) {
-    paths_agree<3>(2, 5, 3, 3, axis);
-    paths_agree<4>(1, 4, 6, 5, axis);
-    paths_agree<3>(1, 1, 7, 2, axis);
-    paths_agree<4>(1, 3, 2, 33, axis);
+    paths_agree<GruCell>(2, 5, 3, 3, axis);
+    paths_agree<LstmCell>(1, 4, 6, 5, axis);
+    paths_agree<GruCell>(1, 1, 7, 2, axis);
+    paths_agree<LstmCell>(1, 3, 2, 33, axis);
   }
   // The GPU benchmark shapes' hidden sizes with the configuration the planner picks on each GPU
   // (tile = 16/8/4 lines at hidden 64/128/256): 2 full CTAs + a partial one, T = 3 (rows) or 2 (cols).
@@ -305,9 +290,9 @@ int main() {
   const Real real[] = {{&kH100, 64, "smem", "smem"},  {&kH100, 128, "smem", "split"}, {&kH100, 256, "l2", "l2"},
                        {&kA100, 64, "smem", "smem"},  {&kA100, 128, "split", "split"}, {&kA100, 256, "l2", "l2"}};
   for (const Real& r : real) {
-    const int tile = line_scan_config<float>(false, 3, r.hid, 1, 1 << 30, true).tile;
-    run_case<3>(*r.dev, 1, 2 * tile + 1, 3, r.hid, 3, Weights::kPlanned, nullptr, r.gru_where);
-    run_case<4>(*r.dev, 1, 2, 2 * tile + 1, r.hid, 2, Weights::kPlanned, nullptr, r.lstm_where);
+    const int tile = sweep_launch_config<float>(false, 3, r.hid, 1, 1 << 30, true).tile;
+    run_case<GruCell>(*r.dev, 1, 2 * tile + 1, 3, r.hid, 3, Weights::kPlanned, nullptr, r.gru_where);
+    run_case<LstmCell>(*r.dev, 1, 2, 2 * tile + 1, r.hid, 2, Weights::kPlanned, nullptr, r.lstm_where);
   }
   if (failures) {
     std::printf("%d failures\n", failures);

@@ -3,6 +3,8 @@
 #pragma once
 #include <torch/types.h>
 
+#include <vector>
+
 namespace brnnseg {
 
 inline void check_sweep_inputs(const char* op, const at::Tensor& x, const at::Tensor& w_ih,
@@ -35,6 +37,30 @@ inline void check_sweep_inputs(const char* op, const at::Tensor& x, const at::Te
                 " must match x in dtype and device (", x.scalar_type(), ", ", x.device(), "), got ",
                 b.scalar_type(), ", ", b.device());
   }
+}
+
+// The saved state a sweep's backward reads, and the forward's output: one rule for the CPU and the
+// device kernels. grad_y is converted to the dtype of x by the caller (autograd may hand back
+// another floating dtype); the workspace holds ws_dtype (x's dtype on the CPU, float32 on a GPU).
+inline void check_sweep_backward_inputs(const char* op, int64_t saved, const at::Tensor& grad_y, const at::Tensor& x,
+                                        const at::Tensor& w_hh, const at::Tensor& y, const at::Tensor& ws,
+                                        int64_t axis, at::ScalarType ws_dtype) {
+  const int64_t hid = w_hh.size(2);
+  const std::vector<int64_t> y_shape{x.size(0), 2 * hid, x.size(2), x.size(3)};
+  TORCH_CHECK(y.sizes() == y_shape, op, ": y must have shape ", y_shape, ", got ", y.sizes());
+  TORCH_CHECK(grad_y.sizes() == y_shape, op, ": grad_y must have shape ", y_shape, ", got ", grad_y.sizes());
+  const int64_t steps = axis == 3 ? x.size(3) : x.size(2);
+  const int64_t lines = x.size(0) * (axis == 3 ? x.size(2) : x.size(3));
+  const std::vector<int64_t> ws_shape{2, steps, lines, saved * hid};
+  TORCH_CHECK(ws.sizes() == ws_shape && ws.is_contiguous() && ws.scalar_type() == ws_dtype, op,
+              ": workspace must be a contiguous ", ws_dtype, " tensor of shape ", ws_shape,
+              " (run the forward with training=True), got ", ws.scalar_type(), " of shape ", ws.sizes());
+  TORCH_CHECK(y.scalar_type() == x.scalar_type() && grad_y.scalar_type() == x.scalar_type(), op,
+              ": y and grad_y must have the dtype of x (", x.scalar_type(), "), got ", y.scalar_type(), " and ",
+              grad_y.scalar_type());
+  for (const auto* t : {&grad_y, &y, &ws})
+    TORCH_CHECK(t->device() == x.device(), op, ": grad_y, y and workspace must be on the device of x (", x.device(),
+                "), got ", t->device());
 }
 
 }  // namespace brnnseg

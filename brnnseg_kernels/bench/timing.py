@@ -1,0 +1,140 @@
+"""Timing and measurement: wall-clock medians with device synchronisation, peak memory (CPU: live
+tensor bytes from the profiler's allocation events; CUDA: the caching allocator's peak), the GEMM and
+FMA rates the roofs are drawn from, and the machine's description."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, List
+
+import torch
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_ms(fn: Callable[[], object], device="cpu", repeat=7, warmup=2) -> float:
+    """Median wall time of fn in ms (CUDA: events around each call)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        if torch.device(device).type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def sgemm_gflops(device="cpu", n=2048) -> float:
+    """float32 GEMM rate of torch.matmul (MKL on x86 CPUs, cuBLAS on GPUs)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    ms = time_ms(lambda: torch.matmul(a, b), device, repeat=5)
+    return 2 * n ** 3 / ms / 1e6
+
+
+def kernel_gemm_gflops(m=256, k=256, n=512, calls=50) -> float:
+    """float32 rate of the GEMM our CPU kernels call per step (ops.kernel_gemm) on a step-sized
+    product: every thread multiplies 128 rows by a 256 x 512 matrix (a tile of lines times W^T)."""
+    from ..ops import kernel_gemm
+
+    a, b = torch.randn(m, k), torch.randn(k, n)
+
+    def many():
+        for _ in range(calls):
+            kernel_gemm(a, b)
+    ms = time_ms(many, "cpu", repeat=5)
+    return 2 * m * k * n * calls / ms / 1e6
+
+
+def fma_peak_gflops(seconds: float = 0.3) -> float:
+    """float32 FMA rate of all intra-op threads at once (AVX-512 or AVX2 FMA chains, no memory
+    traffic): the roof no kernel's GEMMs can pass. NaN on CPUs without either."""
+    from .. import _C
+
+    return _C.cpu_fma_peak_gflops(seconds) or float("nan")
+
+
+def cpu_peak_mib(fn: Callable[[], object]) -> float:
+    """Peak of live tensor memory allocated by fn (CPU), from the profiler's allocation events:
+    the running sum of allocations minus frees, in MiB. Counts every tensor either side allocates
+    (outputs, saved activations, workspaces, gradients), not library-internal scratch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm-up outside the profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for e in events:
+        live += e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def peak_mib(device: str, fn: Callable[[], object]) -> float:
+    """Peak memory of one call of fn: live tensor bytes on the CPU, the caching allocator's peak
+    above what was allocated before on CUDA."""
+    if device == "cpu":
+        return cpu_peak_mib(fn)
+    torch.cuda.reset_peak_memory_stats()
+    base_mem = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base_mem) / 2**20
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def machine(device: str = "cpu") -> dict:
+    """The machine and software a benchmark ran on, for --json: CPU model and cores, GPU and driver,
+    torch, CUDA, cuDNN, the git commit and this package's build info."""
+    import subprocess
+
+    from .. import build_info
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(), python=platform.python_version(),
+                torch=torch.__version__, cuda=torch.version.cuda, cudnn=None, gpu=None, driver=None,
+                build=build_info(), date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        info["commit"] = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                        timeout=10).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        info["commit"] = None
+    if device == "cuda" and torch.cuda.is_available():
+        info.update(gpu=torch.cuda.get_device_name(), cudnn=torch.backends.cudnn.version(),
+                    tf32=dict(matmul=torch.backends.cuda.matmul.allow_tf32, cudnn=torch.backends.cudnn.allow_tf32))
+        try:
+            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                            capture_output=True, text=True, timeout=20).stdout.strip() or None
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return info

@@ -1,0 +1,241 @@
+"""What is benchmarked: the shapes (../shared/README.md), the layers and models on both sides (ours and
+the plain-PyTorch / cuDNN baseline, same weights), FLOP counts, and the runs that time them into rows.
+Cells come from the cell table (brnnseg_kernels.cells): ``cells=`` takes family names."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, List
+
+import torch
+
+from .. import cells as cell_table
+from .timing import _sync, peak_mib, time_ms
+
+
+# name: (N, C, H, W, hidden) -- ../shared/README.md
+CPU_SHAPES = {
+    "cpu-med": (4, 64, 64, 64, 64),
+    "cpu-hires": (2, 32, 128, 128, 32),
+    "cpu-wide": (1, 128, 32, 32, 128),
+}
+GPU_SHAPES = {
+    "lanes-64": (8, 128, 36, 100, 64), "lanes-128": (8, 128, 36, 100, 128),
+    "cityscapes-s8-64": (8, 512, 64, 128, 64), "cityscapes-s8-128": (8, 512, 64, 128, 128),
+    "cityscapes-s8-256": (8, 512, 64, 128, 256),
+    "ade-s16-128": (16, 512, 32, 32, 128), "ade-s16-256": (16, 512, 32, 32, 256),
+    "ade-s8-64": (16, 256, 64, 64, 64), "ade-s8-128": (16, 256, 64, 64, 128),
+    "hires-64": (2, 64, 256, 256, 64), "latency-128": (1, 256, 64, 64, 128),
+}
+# Loss shapes (logits N, C, H, W): ../shared/README.md
+LOSS_SHAPES = {"cpu": [(8, 1, 256, 256), (4, 3, 128, 128)], "cuda": [(16, 1, 512, 512), (8, 4, 512, 1024)]}
+
+
+def gates(cell: str) -> int:
+    """G of a cell family's (default) kernel cell."""
+    return cell_table.spec(cell_table.family(cell).kernel()).gates
+
+
+def loss_bytes(shape, target_bytes: int = 1, logit_bytes: int = 4) -> dict:
+    """Compulsory DRAM traffic of the fused loss: forward reads logits + target; backward reads them
+    again and writes the gradient (halo re-reads of the target hit the cache)."""
+    px = 1
+    for s in shape:
+        px *= s
+    fwd = px * (logit_bytes + target_bytes)
+    return {"fwd": fwd, "fwd+bwd": fwd + px * (logit_bytes + target_bytes + logit_bytes)}
+
+
+def renet_flops(shape, cell: str) -> float:
+    """Forward FLOPs of a ReNet block (GEMMs only): per sweep and direction, 2*P*G*hid*(C_in + hid)."""
+    n, c, h, w, hid = shape
+    p, g = n * h * w, gates(cell) * hid
+    return sum(2 * 2 * p * g * (cin + hid) for cin in (c, 2 * hid))
+
+
+def make_layers(cell: str, shape, device, dtype=torch.float32):
+    from .. import nn
+    from ..reference import ReNetBaseline
+
+    n, c, h, w, hid = shape
+    fam = cell_table.family(cell)
+    base = ReNetBaseline(c, hid, fam.kernel()).to(device=device, dtype=dtype)
+    ours = getattr(nn, fam.layer2d)(c, hid).to(device=device, dtype=dtype)
+    ours.load_state_dict(base.state_dict())
+    return {"torch": base, "brnnseg": ours}
+
+
+@dataclass
+class Row:
+    shape: str
+    cell: str
+    provider: str
+    mode: str
+    ms: float
+    gflops: float
+    peak_mib: float
+
+
+def time_module(module, x, flops: float, key, device: str, repeat: int, memory: bool) -> List[Row]:
+    """Two rows for one provider: forward+backward (with its peak memory) and forward under no_grad.
+    ``flops`` is the forward's; forward+backward counts 3x. ``key`` = (shape, cell, provider)."""
+    def fwd_bwd():
+        module(x).sum().backward()
+
+    def fwd_nograd():
+        with torch.no_grad():
+            module(x)
+
+    peak = peak_mib(device, fwd_bwd) if memory else float("nan")
+    ms = time_ms(fwd_bwd, device, repeat)
+    rows = [Row(*key, "fwd+bwd", ms, 3 * flops / ms / 1e6, peak)]
+    ms = time_ms(fwd_nograd, device, repeat)
+    return rows + [Row(*key, "fwd no_grad", ms, flops / ms / 1e6, float("nan"))]
+
+
+def run(device="cpu", shapes=None, cells=("gru", "lstm"), repeat=7, threads=2, memory=True,
+        dtype=torch.float32) -> List[Row]:
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    table = CPU_SHAPES if device == "cpu" else GPU_SHAPES
+    names = shapes or list(table)
+    rows: List[Row] = []
+    for name in names:
+        shape = table[name]
+        for cell in cells:
+            torch.manual_seed(0)
+            layers = make_layers(cell, shape, device, dtype)
+            x = torch.randn(*shape[:4], device=device, dtype=dtype, requires_grad=True)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            flops = renet_flops(shape, cell)
+            for provider, layer in layers.items():
+                rows += time_module(layer, x, flops, (name, cell, provider), device, repeat, memory)
+    return rows
+
+
+@dataclass
+class LossRow:
+    shape: str
+    provider: str
+    ms: float
+    peak_mib: float
+    floor_ms: float
+
+
+def run_loss(device="cpu", repeat=9, threads=2, memory=True, bandwidth_gbs: float = 3000.0) -> List[LossRow]:
+    """Fused loss (forward+backward) vs the unfused PyTorch composition, same settings: pos_weight 10,
+    boundary weight 2, radius 1, Dice weight 1; uint8 targets. ``floor_ms``: the compulsory bytes
+    at ``bandwidth_gbs`` (GPU only)."""
+    from ..losses import BCEDiceLoss
+    from ..reference import unfused_bce_dice
+
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    fused = BCEDiceLoss(pos_weight=10.0, boundary_weight=2.0, boundary_radius=1, dice_weight=1.0)
+    rows: List[LossRow] = []
+    for shape in LOSS_SHAPES[device]:
+        torch.manual_seed(0)
+        logits = torch.randn(*shape, device=device, requires_grad=True)
+        target = (torch.rand(*shape, device=device) > 0.7).to(torch.uint8)
+        floor = loss_bytes(shape)["fwd+bwd"] / (bandwidth_gbs * 1e9) * 1e3 if device == "cuda" else float("nan")
+        for provider, fn in (("torch", lambda: unfused_bce_dice(logits, target)), ("brnnseg", lambda: fused(logits, target))):
+            def step():
+                logits.grad = None
+                fn().backward()
+            peak = peak_mib(device, step) if memory else float("nan")
+            rows.append(LossRow("x".join(map(str, shape)), provider, time_ms(step, device, repeat), peak, floor))
+    return rows
+
+
+# Drop-in sequence RNNs: (batch, length, input, hidden, layers) -- issue: batch 64, length 128, in 64, hid 128.
+RNN_SHAPES = {"seq-b64-t128": (64, 128, 64, 128, 1), "seq-b64-t128-2layer": (64, 128, 64, 128, 2)}
+
+
+class _SeqModel(torch.nn.Module):
+    """What replace_rnns is for: a model holding a bidirectional torch RNN (batch_first) and a head."""
+
+    def __init__(self, cell: str, c: int, hid: int, layers: int):
+        super().__init__()
+        rnn = cell_table.family(cell).torch_module
+        self.rnn = rnn(c, hid, num_layers=layers, batch_first=True, bidirectional=True)
+        self.head = torch.nn.Linear(2 * hid, 1)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+def rnn_flops(shape, cell: str) -> float:
+    """Forward GEMM FLOPs of the bidirectional stack."""
+    b, t, c, hid, layers = shape
+    g = gates(cell) * hid
+    return sum(2 * 2 * b * t * g * ((c if i == 0 else 2 * hid) + hid) for i in range(layers))
+
+
+def run_rnn(shapes=None, cells=("gru", "lstm"), repeat=7, threads=2, memory=True) -> List[Row]:
+    """torch.nn.GRU/LSTM model vs the same model after ``replace_rnns`` (same weights), CPU."""
+    import copy
+
+    from ..nn import replace_rnns
+
+    torch.set_num_threads(threads)
+    rows: List[Row] = []
+    for name in shapes or list(RNN_SHAPES):
+        shape = RNN_SHAPES[name]
+        b, t, c, hid, layers = shape
+        for cell in cells:
+            torch.manual_seed(0)
+            base = _SeqModel(cell, c, hid, layers)
+            models = {"torch": base, "brnnseg": replace_rnns(copy.deepcopy(base))}
+            x = torch.randn(b, t, c, requires_grad=True)
+            flops = rnn_flops(shape, cell)
+            for provider, model in models.items():
+                rows += time_module(model, x, flops, (name, cell, provider), "cpu", repeat, memory)
+    return rows
+
+
+# Models: (N, C, H, W) input for the segmentation models; classes 2.
+MODEL_INPUT = (2, 3, 128, 128)
+
+
+def model_variants():
+    """The U-Net variants compared by ``bench --op models`` (name -> constructor)."""
+    from ..models import BRNNUNet, EncoderBiLSTMDecoder
+
+    return {
+        "unet (plain CNN)": lambda: BRNNUNet(3, 2, rnn_in_skips=False, rnn_at_bottleneck=False),
+        "brnn-unet gru": lambda: BRNNUNet(3, 2, rnn="gru"),
+        "brnn-unet gru light (r=4)": lambda: BRNNUNet(3, 2, rnn="gru", rnn_reduction=4),
+        "brnn-unet lstm": lambda: BRNNUNet(3, 2, rnn="lstm"),
+        "brnn-unet lstm light (r=4)": lambda: BRNNUNet(3, 2, rnn="lstm", rnn_reduction=4),
+        "encoder-bilstm-decoder": lambda: EncoderBiLSTMDecoder(3, 2),
+    }
+
+
+def run_models(repeat=5, threads=2):
+    """Parameter count and CPU time (forward+backward, eval-mode forward) of each model variant."""
+    torch.set_num_threads(threads)
+    x = torch.randn(*MODEL_INPUT)
+    rows = []
+    for name, make in model_variants().items():
+        torch.manual_seed(0)
+        model = make()
+        params = sum(p.numel() for p in model.parameters())
+
+        def train_step():
+            model.train()
+            model(x).mean().backward()
+
+        def infer():
+            model.eval()
+            with torch.no_grad():
+                model(x)
+
+        rows.append((name, params, time_ms(train_step, "cpu", repeat, 1), time_ms(infer, "cpu", repeat, 1)))
+    return rows

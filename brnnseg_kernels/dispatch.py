@@ -1,0 +1,81 @@
+"""Which kernel an input takes, and in which dtype: the one place that decides.
+
+* Sweeps (``functional.sweep`` / ``renet``): the fused CPU kernel in float32/float64 (float16/bfloat16
+  inputs computed in float32 and cast back); the fused CUDA kernel in float32/float16/bfloat16 when the
+  build has CUDA and the hidden size fits it (``torch.ops.brnnseg.sweep_limits``, from the C++ planner);
+  under CUDA autocast, the autocast dtype (like cuDNN's nn.GRU); the plain-PyTorch reference anywhere
+  else (other devices, larger hidden sizes on CUDA, a build without CUDA kernels).
+* Sequences (the drop-in ``nn.GRU/LSTM/RNN``): the fused CPU kernel for float32/float64 CPU input with
+  weights of the same dtype, no CPU autocast, not under TorchScript, no LSTM projections; torch's own
+  forward otherwise.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["CPU_DTYPES", "CUDA_DTYPES", "cuda_max_hidden", "has_kernel", "sweep_path", "pair_kernel_applies",
+           "sequence_kernel_applies"]
+
+CPU_DTYPES = (torch.float32, torch.float64)
+CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_max_hidden() -> int:
+    """Largest hidden size of the fused CUDA sweep kernel (one thread per hidden unit), from C++."""
+    return int(torch.ops.brnnseg.sweep_limits()[0])
+
+
+def has_kernel(device: torch.device) -> bool:
+    """Whether this build has fused sweep kernels for the device."""
+    if device.type in ("cpu", "meta"):
+        return True
+    if device.type == "cuda":
+        from . import build_info
+
+        return bool(build_info().get("with_cuda"))
+    return False
+
+
+def sweep_path(x: Tensor, hidden: int) -> str:
+    """"kernel", "kernel-float32" (CPU kernel on a float32 copy), or "reference", for a sweep of x
+    (after any autocast cast)."""
+    if not has_kernel(x.device):
+        return "reference"
+    if x.device.type == "cuda":
+        return "kernel" if hidden <= cuda_max_hidden() and x.dtype in CUDA_DTYPES else "reference"
+    return "kernel" if x.dtype in CPU_DTYPES else "kernel-float32"
+
+
+def autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The dtype a sweep runs in under CUDA autocast (weights cast like nn.GRU's under cuDNN), or None."""
+    if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return None
+
+
+def pair_kernel_applies(x: Tensor, weights: Sequence[Optional[Tensor]], hidden: int) -> bool:
+    """The pair op (mode="parallel") takes the inputs as they are: no autocast casts, kernel dtypes,
+    fused-kernel sizes."""
+    same_dtype = all(t is None or t.dtype == x.dtype for t in weights)
+    if x.device.type == "cpu":
+        return same_dtype and x.dtype in CPU_DTYPES
+    if x.device.type == "cuda":
+        return (same_dtype and has_kernel(x.device) and x.dtype in CUDA_DTYPES and hidden <= cuda_max_hidden()
+                and autocast_dtype(x) is None)
+    return False
+
+
+def sequence_kernel_applies(data, flat_weights: Sequence[Tensor], proj_size: int = 0) -> bool:
+    """Whether a drop-in RNN's forward runs on the fused sequence kernel (else on torch's)."""
+    if not isinstance(data, Tensor) or data.device.type != "cpu":
+        return False
+    if data.dtype not in CPU_DTYPES or proj_size > 0:
+        return False
+    if torch.jit.is_scripting() or torch.is_autocast_enabled("cpu"):
+        return False
+    return all(w.dtype == data.dtype and w.device == data.device for w in flat_weights)

@@ -1,0 +1,93 @@
+// FMA peak probe (fma_peak.h). Each thread runs 16 independent FMA chains -- enough to cover the
+// FMA latency on the pipes of current x86 cores -- so the loop runs at the issue rate, the ceiling
+// no GEMM can beat. The GEMM and the kernels' GFLOP/s are reported against it by the benchmarks.
+#include "cpu/gemm/fma_peak.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <chrono>
+
+namespace brnnseg::cpu {
+namespace {
+
+constexpr int kChains = 16;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+typedef float F32x16 __attribute__((vector_size(64)));
+typedef float F32x8 __attribute__((vector_size(32)));
+
+// The loop, once for both widths; inlined into a caller compiled for the ISA, where GCC contracts
+// acc * a + b into one FMA. Returns a value that depends on every chain, which start from a
+// run-time seed (g_sink below).
+template <typename V, int kLanes>
+__attribute__((always_inline)) inline float chains(int64_t iters, float seed) {
+  V acc[kChains];
+  for (int i = 0; i < kChains; ++i)
+    for (int j = 0; j < kLanes; ++j) acc[i][j] = seed + 1e-3f * i;
+  V a, b;
+  for (int j = 0; j < kLanes; ++j) a[j] = 0.999999f, b[j] = 1e-6f;
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kChains; ++i) acc[i] = acc[i] * a + b;
+  }
+  float s = 0;
+  for (int i = 0; i < kChains; ++i)
+    for (int j = 0; j < kLanes; ++j) s += acc[i][j];
+  return s;
+}
+
+__attribute__((target("avx512f"))) float chains_avx512(int64_t iters, float seed) {
+  return chains<F32x16, 16>(iters, seed);
+}
+__attribute__((target("avx2,fma"))) float chains_avx2(int64_t iters, float seed) {
+  return chains<F32x8, 8>(iters, seed);
+}
+
+// Vector width in floats, and the loop for it; 0 when the CPU has neither.
+int lanes() {
+  if (__builtin_cpu_supports("avx512f")) return 16;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 8;
+  return 0;
+}
+float run_chains(int width, int64_t iters, float seed) {
+  return width == 16 ? chains_avx512(iters, seed) : chains_avx2(iters, seed);
+}
+#else
+int lanes() { return 0; }
+float run_chains(int, int64_t, float) { return 0; }
+#endif
+
+// The chains' results land here and their seeds come from here: a volatile the compiler can
+// neither predict nor skip, so no chain is folded or dropped.
+volatile float g_sink = 0.0f;
+
+// Seconds for `iters` iterations on every thread at once (the slowest thread counts).
+double timed_run(int width, int64_t iters) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const auto t0 = std::chrono::steady_clock::now();
+  at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) g_sink = run_chains(width, iters, 1.0f + g_sink * 1e-30f);
+  });
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+double fma_peak_gflops(double seconds) {
+  const int width = lanes();
+  if (width == 0 || seconds <= 0) return 0.0;
+  // Calibrate the iteration count to about `seconds`, then keep the best of three runs.
+  int64_t iters = 1 << 16;
+  double t = timed_run(width, iters);
+  iters = std::max<int64_t>(iters, static_cast<int64_t>(iters * (seconds / 3) / std::max(t, 1e-6)));
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    t = timed_run(width, iters);
+    const double flops = 2.0 * width * kChains * static_cast<double>(iters) * std::max(1, at::get_num_threads());
+    best = std::max(best, flops / t / 1e9);
+  }
+  return best;
+}
+
+}  // namespace brnnseg::cpu

@@ -1,0 +1,149 @@
+// The CPU recurrence tile engine, shared by the sweep kernels (sweep_cpu.cpp: lines of a feature map)
+// and the sequence kernels (sequence_cpu.cpp: the drop-in nn.GRU/LSTM/RNN). A tile is up to 128 lines
+// (sequences) of one direction, run on one thread for all its time steps: per step a GEMM projects the
+// tile's inputs, a GEMM applies W_hh to h_prev, and the cell's vectorised step (cell_steps.h) does the
+// rest. Backward walks time in reverse and batches the weight-gradient GEMMs over kChunk steps.
+//
+// What differs between the ops -- where a tile's rows live in x, y and dx, which rows still run at a
+// time step (sequence lengths), initial states -- is the caller's IO object:
+//
+//   forward IO                                     backward IO
+//   int64_t active(t)    rows running at t,        int64_t active(t)
+//                        a prefix of the tile      void before_step(t, Lt)   e.g. zero dx rows past the end
+//   const T* x_rows(t, Lt, int64_t& ld)            void add_grad_y(t, Lt, T* dh)
+//   T* ws(t)             saved slots or nullptr    void load_prev(t, Lt, T* h_prev, T* c_prev)   (L x hid)
+//   void store(t, Lt, const T* h)                  const T* ws(t)
+//   void idle(t, Lt)     rows [Lt, L) at t         T* dx_rows(t, Lt, int64_t& ld), void dx_done(t, Lt, const T* rows)
+//                                                  void copy_x(t, Lt, T* dst)   x rows for dW_ih (Lt x C)
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "brnnseg/sweep_geometry.h"
+#include "cpu/gemm/blas.h"
+#include "cpu/recurrence/cell_steps.h"
+
+namespace brnnseg::cpu {
+
+// Lines per tile: the per-step products are GEMMs with this many rows, not matrix-vector products;
+// 128 measured best on the benchmark shapes (fewer, larger BLAS calls; states still fit in L2).
+constexpr int64_t kMaxTile = 128;
+// Backward: time steps whose weight-gradient GEMMs are batched into one.
+constexpr int64_t kChunk = 8;
+
+// One layer's weights for all directions. Forward reads the transposed ones (C x Gh, hid x Gh per
+// direction: B row-major for the GEMMs, blas.h); backward the plain ones (Gh x C, Gh x hid).
+template <typename T>
+struct TileWeights {
+  int64_t C, hid, Gh;
+  const T* w_ih;    // forward: (D, C, Gh); backward: (D, Gh, C)
+  const T* w_hh;    // forward: (D, hid, Gh); backward: (D, Gh, hid)
+  const T* b_ih;    // forward only: (D, Gh), zeros when the layer has none
+  const T* b_hh;
+};
+
+// Per-thread buffers of the forward engine. The caller puts the initial state in h0() / c().
+template <typename T>
+struct ForwardScratch {
+  std::vector<T> h_a, h_b, c, gx, gh;
+  ForwardScratch(int64_t tile, int64_t hid, int64_t Gh, bool cell_state)
+      : h_a(tile * hid), h_b(tile * hid), c(cell_state ? tile * hid : 0), gx(tile * Gh), gh(tile * Gh) {}
+  T* h0() { return h_a.data(); }
+};
+
+// Runs one tile of direction d over T_len steps; returns the final hidden state (L x hid, inside s).
+// h0_zero: the initial state is zero (the first recurrent product is skipped).
+template <typename Cell, typename T, typename IO>
+T* forward_tile(const TileWeights<T>& w, int d, int64_t L, int64_t T_len, bool h0_zero, ForwardScratch<T>& s,
+                IO& io) {
+  const int64_t C = w.C, hid = w.hid, Gh = w.Gh;
+  T* h_prev = s.h_a.data();
+  T* h_cur = s.h_b.data();
+  const T* wih_d = w.w_ih + d * Gh * C;
+  const T* whh_d = w.w_hh + d * Gh * hid;
+  StepArgs<T> a{0, hid, s.gx.data(), s.gh.data(), w.b_ih + d * Gh, w.b_hh + d * Gh, nullptr};
+  for (int64_t step = 0; step < T_len; ++step) {
+    const int64_t t = step_time(d, step, T_len);
+    const int64_t Lt = io.active(t);
+    if (Lt > 0) {
+      int64_t lda = 0;
+      const T* xa = io.x_rows(t, Lt, lda);
+      if (C > 0) gemm(false, false, Lt, Gh, C, T(1), xa, lda, wih_d, Gh, T(0), s.gx.data(), Gh);
+      else std::fill(s.gx.begin(), s.gx.end(), T(0));
+      if (step == 0 && h0_zero) std::fill(s.gh.begin(), s.gh.end(), T(0));
+      else gemm(false, false, Lt, Gh, hid, T(1), h_prev, hid, whh_d, Gh, T(0), s.gh.data(), Gh);
+      a.L = Lt;
+      a.ws = io.ws(t);
+      step_forward(Cell{}, a, h_cur, h_prev, s.c.data());
+      io.store(t, Lt, h_cur);
+    }
+    if (Lt < L) {  // finished (or not yet started) rows keep their state
+      std::memcpy(h_cur + Lt * hid, h_prev + Lt * hid, (L - Lt) * hid * sizeof(T));
+      io.idle(t, Lt);
+    }
+    std::swap(h_prev, h_cur);
+  }
+  return h_prev;
+}
+
+// Per-thread buffers of the backward engine. The caller puts the gradients reaching the final
+// state in dh / dc (zeros for the sweeps) and finds those of the initial state there at the end.
+template <typename T>
+struct BackwardScratch {
+  std::vector<T> dh, dc, cp, hp, dgx, dgh, xs;
+  BackwardScratch(int64_t tile, int64_t hid, int64_t Gh, int64_t C, bool cell_state, bool split)
+      : dh(tile * hid), dc(cell_state ? tile * hid : 0), cp(cell_state ? tile * hid : 0),
+        hp(kChunk * tile * hid), dgx(kChunk * tile * Gh), dgh(split ? kChunk * tile * Gh : 0),
+        xs(kChunk * tile * C) {}
+};
+
+// Weight-gradient accumulators of one work item (weight_grad_parts.h).
+template <typename T>
+struct GradSlots {
+  T *w_ih, *w_hh, *b_ih, *b_hh;
+};
+
+template <typename Cell, typename T, typename IO>
+void backward_tile(const TileWeights<T>& w, int d, int64_t T_len, BackwardScratch<T>& s, const GradSlots<T>& g,
+                   IO& io) {
+  constexpr bool kSplit = Cell::kSplitRecurrentGrad;
+  const int64_t C = w.C, hid = w.hid, Gh = w.Gh;
+  const T* wih_d = w.w_ih + d * Gh * C;
+  const T* whh_d = w.w_hh + d * Gh * hid;
+  int64_t buffered = 0, steps = 0;  // rows and steps since the last weight-gradient GEMMs
+  auto flush = [&] {
+    if (buffered == 0) return;
+    if (C > 0) gemm(true, false, Gh, C, buffered, T(1), s.dgx.data(), Gh, s.xs.data(), C, T(1), g.w_ih, C);
+    gemm(true, false, Gh, hid, buffered, T(1), kSplit ? s.dgh.data() : s.dgx.data(), Gh, s.hp.data(), hid, T(1),
+         g.w_hh, hid);
+    buffered = steps = 0;
+  };
+  for (int64_t step = T_len - 1; step >= 0; --step) {
+    const int64_t t = step_time(d, step, T_len);
+    const int64_t Lt = io.active(t);
+    io.before_step(t, Lt);
+    if (Lt == 0) continue;
+    T* hp_j = s.hp.data() + buffered * hid;
+    T* dgx_j = s.dgx.data() + buffered * Gh;
+    T* dgh_j = kSplit ? s.dgh.data() + buffered * Gh : dgx_j;  // else the recurrent side = the input side
+    io.add_grad_y(t, Lt, s.dh.data());
+    io.load_prev(t, Lt, hp_j, s.cp.data());
+    const StepBackwardArgs<T> a{Lt, hid, io.ws(t), dgx_j, dgh_j, g.b_ih, g.b_hh};
+    step_backward(Cell{}, a, s.dh.data(), s.dc.data(), hp_j, Cell::kHasCellState ? s.cp.data() : nullptr, hid);
+    if (C > 0) {
+      int64_t ld = 0;
+      T* dst = io.dx_rows(t, Lt, ld);
+      gemm(false, false, Lt, C, Gh, T(1), dgx_j, Gh, wih_d, C, T(0), dst, ld);
+      io.dx_done(t, Lt, dst);
+      io.copy_x(t, Lt, s.xs.data() + buffered * C);
+    }
+    gemm(false, false, Lt, hid, Gh, T(1), dgh_j, Gh, whh_d, hid, T(1), s.dh.data(), hid);
+    buffered += Lt;
+    if (++steps == kChunk) flush();
+  }
+  flush();
+}
+
+}  // namespace brnnseg::cpu

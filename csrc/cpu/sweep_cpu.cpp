@@ -1,0 +1,357 @@
+// CPU kernels of the bidirectional line sweeps: brnnseg::sweep, sweep_backward, sweep_pair and
+// sweep_pair_backward, for every cell (CELL_SWITCH). Layout and shape letters:
+// include/brnnseg/conventions.h.
+//
+// Every (direction, tile of lines) runs its whole sequence on one thread through the CPU tile engine
+// (recurrence/tile_engine.h): per step a GEMM projects the tile's inputs (read from NCHW or
+// channels_last x), a GEMM applies W_hh, and the cell's vectorised step does the rest. Backward walks
+// the tiles in reverse and accumulates the weight gradients per work item.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "brnnseg/checks.h"
+#include "brnnseg/static_switch.h"
+#include "brnnseg/sweep_geometry.h"
+#include "cpu/gemm/weight_transpose.h"
+#include "cpu/recurrence/tile_engine.h"
+#include "cpu/recurrence/weight_grad_parts.h"
+#include "cpu/runtime/cpu_tensors.h"
+
+namespace brnnseg::cpu {
+namespace {
+
+using at::Tensor;
+
+// Work items are (direction, image, tile of that image's lines): lines of a tile never cross an
+// image, so their positions are equally spaced and a tile's input rows form one strided matrix.
+struct Tiling {
+  int64_t tile, tiles_per_image, items;
+  int64_t lines_per_image;
+  struct Item {
+    int d;
+    int64_t line0, L;
+  };
+  Item item(int64_t i) const {
+    const int d = static_cast<int>(i % 2);
+    const int64_t k = i / 2, n = k / tiles_per_image, j0 = (k - n * tiles_per_image) * tile;
+    return {d, n * lines_per_image + j0, std::min(tile, lines_per_image - j0)};
+  }
+};
+
+Tiling choose_tiling(const SweepGeometry& geo) {
+  const int64_t per_image = std::max<int64_t>(1, geo.lines_per_image());
+  // Enough tiles that both directions together give every thread work.
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t want_per_dir = (threads + 1) / 2;
+  const int64_t n = std::max<int64_t>(1, geo.N);
+  int64_t tiles = std::max((per_image + kMaxTile - 1) / kMaxTile, (want_per_dir + n - 1) / n);
+  tiles = std::min(tiles, per_image);
+  const int64_t tile = (per_image + tiles - 1) / tiles;
+  const int64_t tiles_per_image = (per_image + tile - 1) / tile;
+  return {tile, tiles_per_image, 2 * n * tiles_per_image, per_image};
+}
+
+bool is_channels_last(const Tensor& t) {
+  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// Element offset of (line, t) in a strided NCHW tensor, channel 0.
+struct StridedMap {
+  SweepGeometry geo;
+  int64_t sN, sC, sH, sW;
+  StridedMap(const SweepGeometry& g, const Tensor& t)
+      : geo(g), sN(t.stride(0)), sC(t.stride(1)), sH(t.stride(2)), sW(t.stride(3)) {}
+  int64_t offset(int64_t line, int64_t t) const { return geo.strided_offset(line, t, sN, sH, sW); }
+};
+
+// Writes a tile's hidden states (L x hid, row-major) into the strided output. The tile's lines are
+// equally spaced (one image), so for NCHW output the write runs along the lines of each channel.
+template <typename T>
+void scatter_tile(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t c0, int64_t hid, const T* src,
+                  T* dst) {
+  T* base = dst + m.offset(l0, t) + c0 * m.sC;
+  if (m.sC == 1) {
+    const int64_t ls = m.geo.axis == 3 ? m.sH : m.sW;
+    for (int64_t l = 0; l < L; ++l) std::memcpy(base + l * ls, src + l * hid, hid * sizeof(T));
+    return;
+  }
+  const int64_t ls = L > 1 ? m.offset(l0 + 1, t) - m.offset(l0, t) : 0;
+  for (int64_t u = 0; u < hid; ++u) {
+    T* out = base + u * m.sC;
+    for (int64_t l = 0; l < L; ++l) out[l * ls] = src[l * hid + u];
+  }
+}
+
+// Reads a tile's rows (L x hid, row-major) from the strided tensor: dst = (or +=) src rows. For
+// NCHW tensors swept along H, a channel's values for the tile's lines are adjacent in memory, so the
+// loop runs along the lines of each channel (the mirror of scatter_tile) instead of across channels.
+template <typename T, bool kAdd>
+void gather_rows(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t c0, int64_t hid, const T* src,
+                 T* dst) {
+  const int64_t ls = L > 1 ? m.offset(l0 + 1, t) - m.offset(l0, t) : 0;
+  if (ls == 1 && m.sC != 1) {
+    const T* base = src + m.offset(l0, t) + c0 * m.sC;
+    for (int64_t u = 0; u < hid; ++u) {
+      const T* in = base + u * m.sC;
+      for (int64_t l = 0; l < L; ++l) {
+        if (kAdd) dst[l * hid + u] += in[l]; else dst[l * hid + u] = in[l];
+      }
+    }
+    return;
+  }
+  for (int64_t l = 0; l < L; ++l) {
+    const T* in = src + m.offset(l0 + l, t) + c0 * m.sC;
+    T* out = dst + l * hid;
+    for (int64_t u = 0; u < hid; ++u) {
+      if (kAdd) out[u] += in[u * m.sC]; else out[u] = in[u * m.sC];
+    }
+  }
+}
+
+// Workspace layout: (2, T, lines, S*hid), time-major per direction, so the rows a tile saves (forward)
+// and reads back (backward) at one step are one contiguous block, whatever the sweep axis.
+template <typename T>
+T* ws_block(T* ws, int d, int64_t t, int64_t line0, int64_t T_len, int64_t lines, int64_t row) {
+  return ws + ((d * T_len + t) * lines + line0) * row;
+}
+
+// The tile engine's forward IO for a sweep: every line of the tile runs every step; its input rows are
+// one strided matrix of the position-major x; outputs go to the strided y.
+template <typename T>
+struct SweepForwardIO {
+  const SweepGeometry& geo;
+  const StridedMap& ymap;
+  const T* x;      // position-major (N, H, W, C)
+  T* y;
+  T* ws_base;      // nullptr when not training
+  int64_t C, hid, S, T_len, lines, l0, L;
+  int d;
+  int64_t active(int64_t) const { return L; }
+  const T* x_rows(int64_t t, int64_t, int64_t& ld) const {
+    ld = geo.line_stride() * C;
+    return x + geo.pos(l0, t) * C;
+  }
+  T* ws(int64_t t) const { return ws_base ? ws_block(ws_base, d, t, l0, T_len, lines, S * hid) : nullptr; }
+  void store(int64_t t, int64_t, const T* h) const { scatter_tile(ymap, l0, L, t, d * hid, hid, h, y); }
+  void idle(int64_t, int64_t) const {}
+};
+
+template <typename Cell, typename T>
+std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+                                         const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
+                                         int64_t axis, bool channels_last, bool training) {
+  constexpr int64_t G = Cell::kGates, S = Cell::kSaved;
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), hid = w_hh.size(2), Gh = G * hid;
+  const SweepGeometry geo{N, H, W, static_cast<int>(axis)};
+  const int64_t T_len = geo.steps(), lines = geo.lines();
+
+  auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  Tensor y = empty_large({N, 2 * hid, H, W}, x.options(), fmt);
+  Tensor ws = training ? empty_large({2, T_len, lines, S * hid}, x.options()) : at::empty({0}, x.options());
+  if (geo.positions() == 0) return {y, ws};
+
+  // Transposed weights (C x Gh, hid x Gh per direction): the per-step products are then A . B with
+  // B row-major, the layout the AVX-512 GEMM streams (blas.h).
+  const Tensor wih = transposed_weights(w_ih);
+  const Tensor whh = transposed_weights(w_hh);
+  // Position-major input (a no-op for channels_last x): the rows a tile needs at one step are then
+  // one strided matrix, projected right before use instead of through a full-size gx buffer.
+  const Tensor xcl = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::zeros({2, Gh}, x.options());
+  const Tensor bh = b_hh.has_value() ? b_hh->contiguous() : at::zeros({2, Gh}, x.options());
+
+  const StridedMap ymap(geo, y);
+  const TileWeights<T> wts{C, hid, Gh, wih.data_ptr<T>(), whh.data_ptr<T>(), bi.data_ptr<T>(), bh.data_ptr<T>()};
+  const T* x_p = xcl.data_ptr<T>();
+  T* y_p = y.data_ptr<T>();
+  T* ws_p = training ? ws.data_ptr<T>() : nullptr;
+  const Tiling tiling = choose_tiling(geo);
+
+  at::parallel_for(0, tiling.items, 1, [&](int64_t begin, int64_t end) {
+    ForwardScratch<T> scratch(tiling.tile, hid, Gh, Cell::kHasCellState);
+    for (int64_t i = begin; i < end; ++i) {
+      const auto [d, l0, L] = tiling.item(i);
+      std::fill(scratch.h_a.begin(), scratch.h_a.end(), T(0));
+      std::fill(scratch.c.begin(), scratch.c.end(), T(0));
+      SweepForwardIO<T> io{geo, ymap, x_p, y_p, ws_p, C, hid, S, T_len, lines, l0, L, d};
+      forward_tile<Cell>(wts, d, L, T_len, /*h0_zero=*/true, scratch, io);
+    }
+  });
+  return {y, ws};
+}
+
+// The tile engine's backward IO for a sweep: grad_y and h_prev come from the strided grad_y and y,
+// c_prev from the workspace, dx rows go to this direction's position-major dx.
+template <typename Cell, typename T>
+struct SweepBackwardIO {
+  const SweepGeometry& geo;
+  const StridedMap &ymap, &gmap;
+  const T *x, *y, *grad_y, *ws_base;
+  T* dx;  // position-major (N, H, W, C) of this direction
+  int64_t C, hid, S, T_len, lines, l0, L;
+  int d;
+  int64_t active(int64_t) const { return L; }
+  void before_step(int64_t, int64_t) const {}
+  bool first(int64_t t) const { return t == step_time(d, 0, T_len); }  // h_prev = c_prev = 0
+  int64_t prev(int64_t t) const { return d == 0 ? t - 1 : t + 1; }
+  void add_grad_y(int64_t t, int64_t, T* dh) const { gather_rows<T, true>(gmap, l0, L, t, d * hid, hid, grad_y, dh); }
+  void load_prev(int64_t t, int64_t, T* hp, T* cp) const {
+    if (first(t)) {
+      std::fill(hp, hp + L * hid, T(0));
+      if (Cell::kHasCellState) std::fill(cp, cp + L * hid, T(0));
+      return;
+    }
+    gather_rows<T, false>(ymap, l0, L, prev(t), d * hid, hid, y, hp);
+    if constexpr (Cell::kHasCellState) {
+      const T* src = ws_block(ws_base, d, prev(t), l0, T_len, lines, S * hid) + Cell::kCellSlot * hid;
+      for (int64_t l = 0; l < L; ++l) std::memcpy(cp + l * hid, src + l * S * hid, hid * sizeof(T));
+    }
+  }
+  const T* ws(int64_t t) const { return ws_block(ws_base, d, t, l0, T_len, lines, S * hid); }
+  T* dx_rows(int64_t t, int64_t, int64_t& ld) const {
+    ld = geo.line_stride() * C;
+    return dx + geo.pos(l0, t) * C;  // each position is visited once per direction: the GEMM's beta = 0
+  }
+  void dx_done(int64_t, int64_t, const T*) const {}
+  void copy_x(int64_t t, int64_t, T* dst) const {
+    const int64_t p0 = geo.pos(l0, t), ls = geo.line_stride();
+    for (int64_t l = 0; l < L; ++l) std::memcpy(dst + l * C, x + (p0 + l * ls) * C, C * sizeof(T));
+  }
+};
+
+// Backward of one sweep: each (direction, tile) walks time in reverse through the tile engine, which
+// writes the tile's rows of dx and accumulates its dW_ih, dW_hh and biases per work item. Nothing
+// position-sized is materialised besides one dx buffer per direction (the two directions run on
+// different threads and both write every position).
+template <typename Cell, typename T>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& grad_y, const Tensor& x,
+                                                                  const Tensor& w_ih, const Tensor& w_hh,
+                                                                  const Tensor& y, const Tensor& ws,
+                                                                  int64_t axis) {
+  constexpr int64_t G = Cell::kGates, S = Cell::kSaved;
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), hid = w_hh.size(2), Gh = G * hid;
+  const SweepGeometry geo{N, H, W, static_cast<int>(axis)};
+  const int64_t T_len = geo.steps(), lines = geo.lines();
+
+  const Tensor wih = w_ih.contiguous();
+  const Tensor whh = w_hh.contiguous();
+  const Tensor xcl = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tiling tiling = choose_tiling(geo);
+  // dx of each direction, position-major (N, H, W, C).
+  Tensor dx_dir = empty_large({2, N, H, W, C}, x.options());
+  const WeightGradParts wgrad{2, Gh, C, hid};
+  Tensor parts = wgrad.zeros(tiling.items, x.options());
+
+  if (geo.positions() > 0) {
+    const StridedMap ymap(geo, y), gmap(geo, grad_y);
+    const TileWeights<T> wts{C, hid, Gh, wih.data_ptr<T>(), whh.data_ptr<T>(), nullptr, nullptr};
+    const T* gy_p = grad_y.data_ptr<T>();
+    const T* y_p = y.data_ptr<T>();
+    const T* ws_p = ws.data_ptr<T>();
+    const T* x_p = xcl.data_ptr<T>();
+    T* dx_p = dx_dir.data_ptr<T>();
+    T* parts_p = parts.data_ptr<T>();
+    const int64_t P = geo.positions();
+
+    at::parallel_for(0, tiling.items, 1, [&](int64_t begin, int64_t end) {
+      BackwardScratch<T> scratch(tiling.tile, hid, Gh, C, Cell::kHasCellState, Cell::kSplitRecurrentGrad);
+      for (int64_t item = begin; item < end; ++item) {
+        const auto [d, l0, L] = tiling.item(item);
+        std::fill(scratch.dh.begin(), scratch.dh.end(), T(0));
+        std::fill(scratch.dc.begin(), scratch.dc.end(), T(0));
+        const auto [dwih, dwhh, dbih, dbhh] = wgrad.slots(parts_p, item);
+        SweepBackwardIO<Cell, T> io{geo, ymap, gmap, x_p, y_p, gy_p, ws_p, dx_p + d * P * C,
+                                    C, hid, S, T_len, lines, l0, L, d};
+        backward_tile<Cell>(wts, d, T_len, scratch, GradSlots<T>{dwih, dwhh, dbih, dbhh}, io);
+      }
+    });
+  }
+
+  auto [dw_ih, dw_hh, db_ih, db_hh] = wgrad.sum(parts, Cell::kSplitRecurrentGrad);
+  // dx = both directions' parts, in the memory format of x.
+  Tensor dx = empty_large(x.sizes(), x.options(),
+                          is_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  at::add_out(dx, dx_dir[0].permute({0, 3, 1, 2}), dx_dir[1].permute({0, 3, 1, 2}));
+  return {dx, dw_ih, dw_hh, db_ih, db_hh};
+}
+
+// ---- the ops: checks, then CELL_SWITCH / DTYPE_SWITCH to the templates above ----
+
+std::tuple<Tensor, Tensor> sweep_cpu(c10::string_view cell, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+                                     const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
+                                     int64_t axis, bool channels_last, bool training) {
+  constexpr const char* op = "brnnseg::sweep";
+  return CELL_SWITCH(op, cell, Cell, [&] {
+    check_sweep_inputs(op, x, w_ih, w_hh, b_ih, b_hh, Cell::kGates, axis);
+    TORCH_CHECK(x.device().is_cpu(), op, ": CPU kernel called with x on ", x.device());
+    return DTYPE_SWITCH(op, x.scalar_type(), T, CpuDtypes, [&] {
+      return sweep_forward<Cell, T>(x, w_ih, w_hh, b_ih, b_hh, axis, channels_last, training);
+    });
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward_cpu(c10::string_view cell, const Tensor& grad_y,
+                                                                      const Tensor& x, const Tensor& w_ih,
+                                                                      const Tensor& w_hh, const Tensor& y,
+                                                                      const Tensor& ws, int64_t axis) {
+  constexpr const char* op = "brnnseg::sweep_backward";
+  return CELL_SWITCH(op, cell, Cell, [&] {
+    check_sweep_inputs(op, x, w_ih, w_hh, std::nullopt, std::nullopt, Cell::kGates, axis);
+    const Tensor gy = grad_y.to(x.scalar_type());
+    check_sweep_backward_inputs(op, Cell::kSaved, gy, x, w_hh, y, ws, axis, x.scalar_type());
+    return DTYPE_SWITCH(op, x.scalar_type(), T, CpuDtypes,
+                        [&] { return sweep_backward<Cell, T>(gy, x, w_ih, w_hh, y, ws, axis); });
+  });
+}
+
+// mode="parallel" on the CPU: the two sweeps one after the other (each already uses every thread),
+// written into the two channel halves of one output.
+std::tuple<Tensor, Tensor, Tensor> sweep_pair_cpu(c10::string_view cell, const Tensor& x, const Tensor& w_ih_r,
+                                                  const Tensor& w_hh_r, const std::optional<Tensor>& b_ih_r,
+                                                  const std::optional<Tensor>& b_hh_r, const Tensor& w_ih_c,
+                                                  const Tensor& w_hh_c, const std::optional<Tensor>& b_ih_c,
+                                                  const std::optional<Tensor>& b_hh_c, bool channels_last,
+                                                  bool training) {
+  TORCH_CHECK(w_hh_r.dim() == 3 && w_hh_c.dim() == 3 && w_hh_r.size(2) == w_hh_c.size(2),
+              "brnnseg::sweep_pair: both sweeps must have the same hidden size, got w_hh_rows ", w_hh_r.sizes(),
+              " and w_hh_cols ", w_hh_c.sizes());
+  auto [y_r, ws_r] = sweep_cpu(cell, x, w_ih_r, w_hh_r, b_ih_r, b_hh_r, 3, channels_last, training);
+  auto [y_c, ws_c] = sweep_cpu(cell, x, w_ih_c, w_hh_c, b_ih_c, b_hh_c, 2, channels_last, training);
+  const auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  Tensor y = at::empty({x.size(0), 2 * y_r.size(1), x.size(2), x.size(3)}, x.options().memory_format(fmt));
+  y.narrow(1, 0, y_r.size(1)).copy_(y_r);
+  y.narrow(1, y_r.size(1), y_c.size(1)).copy_(y_c);
+  return {y, ws_r, ws_c};
+}
+
+std::vector<Tensor> sweep_pair_backward_cpu(c10::string_view cell, const Tensor& grad_y, const Tensor& x,
+                                            const Tensor& w_ih_r, const Tensor& w_hh_r, const Tensor& w_ih_c,
+                                            const Tensor& w_hh_c, const Tensor& y, const Tensor& ws_r,
+                                            const Tensor& ws_c) {
+  TORCH_CHECK(w_hh_r.dim() == 3, "brnnseg::sweep_pair_backward: w_hh_rows must be 3-D, got ", w_hh_r.sizes());
+  const int64_t h2 = 2 * w_hh_r.size(2);
+  TORCH_CHECK(y.dim() == 4 && y.size(1) == 2 * h2 && grad_y.sizes() == y.sizes(),
+              "brnnseg::sweep_pair_backward: y and grad_y must have shape (N, ", 2 * h2, ", H, W), got ", y.sizes(),
+              " and ", grad_y.sizes());
+  auto [dx_r, dwi_r, dwh_r, dbi_r, dbh_r] =
+      sweep_backward_cpu(cell, grad_y.narrow(1, 0, h2), x, w_ih_r, w_hh_r, y.narrow(1, 0, h2), ws_r, 3);
+  auto [dx_c, dwi_c, dwh_c, dbi_c, dbh_c] =
+      sweep_backward_cpu(cell, grad_y.narrow(1, h2, h2), x, w_ih_c, w_hh_c, y.narrow(1, h2, h2), ws_c, 2);
+  return {dx_r.add_(dx_c), dwi_r, dwh_r, dbi_r, dbh_r, dwi_c, dwh_c, dbi_c, dbh_c};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(brnnseg, CPU, m) {
+  m.impl("sweep", &sweep_cpu);
+  m.impl("sweep_backward", &sweep_backward_cpu);
+  m.impl("sweep_pair", &sweep_pair_cpu);
+  m.impl("sweep_pair_backward", &sweep_pair_backward_cpu);
+}
+
+}  // namespace brnnseg::cpu

@@ -1,0 +1,27 @@
+// The sweep kernels' launchers, declared for every (cell, storage type): raw pointers in, no torch
+// types. Defined in sweep_launch_impl.cuh and instantiated per dtype by sweep_{fwd,bwd}_{fp32,fp16,
+// bf16}.cu (CUDA) or implicitly by the simulator build (csrc/sim/sweep_sim.cpp), so the host code that
+// includes this header compiles without the kernels.
+#pragma once
+#include "brnnseg/params.h"
+#include "cuda/sweep_plan.h"
+
+namespace brnnseg {
+
+// Grid (tiles, 2 directions, sweeps of the batch); the config is the same for every sweep of a batch.
+template <typename Cell, typename T>
+void sweep_fwd_launch(const SweepBatch<SweepFwdParams<T>>& batch, const LaunchConfig& config, void* stream);
+template <typename Cell, typename T>
+void sweep_bwd_launch(const SweepBatch<SweepBwdParams<T>>& batch, const LaunchConfig& config, void* stream);
+
+// Applies the config to every sweep of a batch: tile, shared-memory gates, blocks (tiles) per sweep.
+template <typename Params>
+void set_batch_blocks(SweepBatch<Params>& b, const LaunchConfig& c) {
+  for (int i = 0; i < b.count; ++i) {
+    b.sweep[i].tile = c.tile;
+    b.sweep[i].smem_gates = c.smem_gates;
+    b.blocks[i] = static_cast<int>((b.sweep[i].geo.lines() + c.tile - 1) / c.tile);
+  }
+}
+
+}  // namespace brnnseg
