@@ -27,11 +27,11 @@ std::vector<int64_t> sweep_launch_plan(c10::string_view cell, at::ScalarType dty
   LaunchConfig c;
   switch (dtype) {
     case at::kFloat:
-      c = sweep_launch_config<float>(backward, G, int(hidden), lines, dev.smem_per_block_optin);
+      c = sweep_launch_config<float>(backward, G, int(hidden), lines, dynamic_smem_budget(dev.smem_per_block_optin));
       break;
     case at::kHalf:
     case at::kBFloat16:
-      c = sweep_launch_config<c10::Half>(backward, G, int(hidden), lines, dev.smem_per_block_optin);
+      c = sweep_launch_config<c10::Half>(backward, G, int(hidden), lines, dynamic_smem_budget(dev.smem_per_block_optin));
       break;
     default:
       TORCH_CHECK_VALUE(false, "sweep_launch_plan: dtype must be float32, float16 or bfloat16, got ", dtype);

@@ -8,7 +8,7 @@
 namespace brnnseg {
 
 template <typename T, typename Cell, int kLPT>
-__global__ void __launch_bounds__(kMaxThreadsPerCta) sweep_bwd_kernel(SweepBatch<SweepBwdParams<T>> batch) {
+__global__ void __launch_bounds__(kMaxThreadsPerCta, 1) sweep_bwd_kernel(SweepBatch<SweepBwdParams<T>> batch) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
   if (int(blockIdx.x) >= batch.blocks[blockIdx.z]) return;  // uniform per CTA: before any barrier
   const SweepBwdParams<T>& p = batch.sweep[blockIdx.z];

@@ -20,7 +20,7 @@ struct CudaBackend {
     bool global_weights = false;
     explicit Scope(const at::Tensor& x)
         : guard(x.device()),
-          smem_limit(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin),
+          smem_limit(dynamic_smem_budget(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin)),
           stream(at::cuda::getCurrentCUDAStream().stream()) {}
   };
 };

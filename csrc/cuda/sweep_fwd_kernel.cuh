@@ -12,7 +12,9 @@
 namespace brnnseg {
 
 template <typename T, typename Cell, int kLPT>
-__global__ void __launch_bounds__(kMaxThreadsPerCta) sweep_fwd_kernel(SweepBatch<SweepFwdParams<T>> batch) {
+// __launch_bounds__(max threads, min 1 CTA per SM): stated explicitly, ptxas no longer squeezes small
+// cells (the Elman cell) into 64 registers with a spill.
+__global__ void __launch_bounds__(kMaxThreadsPerCta, 1) sweep_fwd_kernel(SweepBatch<SweepFwdParams<T>> batch) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
   if (int(blockIdx.x) >= batch.blocks[blockIdx.z]) return;  // uniform per CTA: before any barrier
   const SweepFwdParams<T>& p = batch.sweep[blockIdx.z];

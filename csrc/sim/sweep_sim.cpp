@@ -49,7 +49,7 @@ struct SimBackend {
     Scope(const Tensor&, c10::string_view gpu, int64_t smem_limit_override, bool force_global_weights)
         : scope(device_spec(std::string(gpu))),
           smem_limit(smem_limit_override > 0 ? size_t(smem_limit_override)
-                                             : device_spec(std::string(gpu)).smem_per_block_optin),
+                                             : dynamic_smem_budget(device_spec(std::string(gpu)).smem_per_block_optin)),
           global_weights(force_global_weights) {}
   };
 };

@@ -138,7 +138,7 @@ static void run_case(const DeviceSpec& dev, int64_t N, int64_t H, int64_t W, int
   const Reference<Cell> ref(geo, hid, gx, w_hh, b_ih, b_hh, gy);
 
   auto limit = [&](bool bwd) {
-    if (weights != Weights::kOneGateInSmem) return dev.smem_per_block_optin;
+    if (weights != Weights::kOneGateInSmem) return dynamic_smem_budget(dev.smem_per_block_optin);
     const int tile = sweep_launch_config<float>(bwd, G, hid, lines, 1 << 30, true).tile;
     return bwd ? bwd_smem_bytes<float>(G, hid, tile, 1) : fwd_smem_bytes<float>(G, hid, tile, 1);
   };
