@@ -83,13 +83,13 @@ TORCH_LIBRARY(brnnseg, m) {
   //   logits (N, C, *S), S = (H, W) or (D, H, W); target same shape (bool, uint8, int64 or float);
   //   weight: optional per-pixel weight, shape of logits; pos_weight (C,)
   //   returns sums (N, C, 5): [sum of weighted BCE, counted pixels, sum p*y, sum p (or p^2),
-  //   sum y (or y^2)] over pixels whose target != ignore_value. A pixel whose clipped
+  //   sum y (or y^2)] over pixels whose target != ignore_index. A pixel whose clipped
   //   (2r+1)^d neighbourhood holds foreground (target > 0.5) and background has its BCE
   //   multiplied by 1 + boundary_weight.
   m.def("seg_loss_sums(Tensor logits, Tensor target, Tensor? weight, Tensor pos_weight, "
-        "float boundary_weight, int boundary_radius, float? ignore_value, bool squared) -> Tensor");
+        "float boundary_weight, int boundary_radius, float? ignore_index, bool squared) -> Tensor");
   // Gradient of sum(grad_sums * sums) with respect to the logits, in one pass.
   m.def("seg_loss_sums_backward(Tensor grad_sums, Tensor logits, Tensor target, Tensor? weight, "
-        "Tensor pos_weight, float boundary_weight, int boundary_radius, float? ignore_value, "
+        "Tensor pos_weight, float boundary_weight, int boundary_radius, float? ignore_index, "
         "bool squared) -> Tensor");
 }

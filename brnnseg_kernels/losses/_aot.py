@@ -1,7 +1,7 @@
 """Ahead-of-time compilation of the Triton loss kernels for a GPU target, without a GPU.
 
 Every variant the op can launch along the axes that change the generated code's shape -- forward and
-backward, 2-D and 3-D (RZ), each logits dtype (float16/bfloat16/float32, and float64 which also
+backward, 2-D and 3-D (BOUNDARY_RADIUS_Z), each logits dtype (float16/bfloat16/float32, and float64 which also
 accumulates in float64), each tile shape in ``_kernels.BLOCKS`` -- is compiled with every optional
 term switched on (per-pixel weight, ignore value, boundary weighting at radius 1, squared Dice): the
 other flag settings compile a subset of that code. ``python -m brnnseg_kernels.losses._aot`` compiles
@@ -50,8 +50,8 @@ def compile_variant(v: Variant) -> Dict:
 
     acc = "fp64" if v.dtype == "fp64" else "fp32"
     ints = {n: "i32" for n in ("C", "D", "H", "W", "tiles_w", "n_tiles")}
-    floats = {"boundary_weight": "fp32", "ignore_value": "fp32"}
-    flags = dict(HAS_WEIGHT=True, HAS_IGNORE=True, USE_BOUNDARY=True, SQUARED=True, R=1, RZ=1 if v.dims == 3 else 0,
+    floats = {"boundary_weight": "fp32", "ignore_index": "fp32"}
+    flags = dict(HAS_WEIGHT=True, HAS_IGNORE=True, USE_BOUNDARY=True, SQUARED=True, BOUNDARY_RADIUS=1, BOUNDARY_RADIUS_Z=1 if v.dims == 3 else 0,
                  ACC=tl.float64 if acc == "fp64" else tl.float32, BLOCK_H=v.block[0], BLOCK_W=v.block[1])
     if v.kernel == "fwd":
         fn = K._seg_loss_fwd_kernel

@@ -44,14 +44,14 @@ def _tile_coords(pw_ptr, C, D, H, W, tiles_w, n_tiles, ACC: tl.constexpr, BLOCK_
 
 
 @triton.jit
-def _pixel_terms(x_ptr, y_ptr, w_ptr, off, inb, vol, d, h2, w2, D, H, W, pw, boundary_weight, ignore_value,
+def _pixel_terms(x_ptr, y_ptr, w_ptr, off, inb, vol, d, h2, w2, D, H, W, pw, boundary_weight, ignore_index,
                  HAS_WEIGHT: tl.constexpr, HAS_IGNORE: tl.constexpr, USE_BOUNDARY: tl.constexpr,
-                 R: tl.constexpr, RZ: tl.constexpr, ACC: tl.constexpr):
+                 BOUNDARY_RADIUS: tl.constexpr, BOUNDARY_RADIUS_Z: tl.constexpr, ACC: tl.constexpr):
     x = tl.load(x_ptr + off, mask=inb, other=0.0).to(ACC)
     y = tl.load(y_ptr + off, mask=inb, other=0).to(ACC)
     valid = inb
     if HAS_IGNORE:
-        valid = valid & (y != ignore_value)
+        valid = valid & (y != ignore_index)
     yv = tl.where(valid, y, 0.0)
     ax = tl.abs(x)
     e = tl.exp(-ax)
@@ -64,16 +64,16 @@ def _pixel_terms(x_ptr, y_ptr, w_ptr, off, inb, vol, d, h2, w2, D, H, W, pw, bou
     if USE_BOUNDARY:
         any_fg = tl.zeros(x.shape, tl.int32)
         any_bg = tl.zeros(x.shape, tl.int32)
-        for kz in tl.static_range(2 * RZ + 1):
-            dd = d + kz - RZ
-            for ky in tl.static_range(2 * R + 1):
-                hh = h2 + ky - R
-                for kx in tl.static_range(2 * R + 1):
-                    ww = w2 + kx - R
+        for kz in tl.static_range(2 * BOUNDARY_RADIUS_Z + 1):
+            dd = d + kz - BOUNDARY_RADIUS_Z
+            for ky in tl.static_range(2 * BOUNDARY_RADIUS + 1):
+                hh = h2 + ky - BOUNDARY_RADIUS
+                for kx in tl.static_range(2 * BOUNDARY_RADIUS + 1):
+                    ww = w2 + kx - BOUNDARY_RADIUS
                     ok = (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W) & (dd >= 0) & (dd < D)
                     v = tl.load(y_ptr + vol + (dd * H + hh) * W + ww, mask=ok, other=0).to(ACC)
                     if HAS_IGNORE:
-                        ok = ok & (v != ignore_value)
+                        ok = ok & (v != ignore_index)
                     any_fg = any_fg | (ok & (v > 0.5)).to(tl.int32)
                     any_bg = any_bg | (ok & (v <= 0.5)).to(tl.int32)
         m = 1.0 + boundary_weight * (any_fg & any_bg).to(ACC)
@@ -84,14 +84,14 @@ def _pixel_terms(x_ptr, y_ptr, w_ptr, off, inb, vol, d, h2, w2, D, H, W, pw, bou
 
 @triton.jit
 def _seg_loss_fwd_kernel(x_ptr, y_ptr, w_ptr, pw_ptr, part_ptr, C, D, H, W, tiles_w, n_tiles, boundary_weight,
-                         ignore_value, HAS_WEIGHT: tl.constexpr, HAS_IGNORE: tl.constexpr,
-                         USE_BOUNDARY: tl.constexpr, SQUARED: tl.constexpr, R: tl.constexpr, RZ: tl.constexpr,
+                         ignore_index, HAS_WEIGHT: tl.constexpr, HAS_IGNORE: tl.constexpr,
+                         USE_BOUNDARY: tl.constexpr, SQUARED: tl.constexpr, BOUNDARY_RADIUS: tl.constexpr, BOUNDARY_RADIUS_Z: tl.constexpr,
                          ACC: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     tile, slice_id, d, nc, h2, w2, inb, vol, off, pw = _tile_coords(pw_ptr, C, D, H, W, tiles_w, n_tiles, ACC,
                                                                     BLOCK_H, BLOCK_W)
     x, yv, vf, p, sp_pos, sp_neg, m = _pixel_terms(x_ptr, y_ptr, w_ptr, off, inb, vol, d, h2, w2, D, H, W, pw,
-                                                   boundary_weight, ignore_value, HAS_WEIGHT, HAS_IGNORE,
-                                                   USE_BOUNDARY, R, RZ, ACC)
+                                                   boundary_weight, ignore_index, HAS_WEIGHT, HAS_IGNORE,
+                                                   USE_BOUNDARY, BOUNDARY_RADIUS, BOUNDARY_RADIUS_Z, ACC)
     bce = pw * yv * sp_neg + (1.0 - yv) * sp_pos
     pv = p * vf
     if SQUARED:
@@ -110,14 +110,14 @@ def _seg_loss_fwd_kernel(x_ptr, y_ptr, w_ptr, pw_ptr, part_ptr, C, D, H, W, tile
 
 @triton.jit
 def _seg_loss_bwd_kernel(g_ptr, x_ptr, y_ptr, w_ptr, pw_ptr, dx_ptr, C, D, H, W, tiles_w, n_tiles, boundary_weight,
-                         ignore_value, HAS_WEIGHT: tl.constexpr, HAS_IGNORE: tl.constexpr,
-                         USE_BOUNDARY: tl.constexpr, SQUARED: tl.constexpr, R: tl.constexpr, RZ: tl.constexpr,
+                         ignore_index, HAS_WEIGHT: tl.constexpr, HAS_IGNORE: tl.constexpr,
+                         USE_BOUNDARY: tl.constexpr, SQUARED: tl.constexpr, BOUNDARY_RADIUS: tl.constexpr, BOUNDARY_RADIUS_Z: tl.constexpr,
                          ACC: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     tile, slice_id, d, nc, h2, w2, inb, vol, off, pw = _tile_coords(pw_ptr, C, D, H, W, tiles_w, n_tiles, ACC,
                                                                     BLOCK_H, BLOCK_W)
     x, yv, vf, p, sp_pos, sp_neg, m = _pixel_terms(x_ptr, y_ptr, w_ptr, off, inb, vol, d, h2, w2, D, H, W, pw,
-                                                   boundary_weight, ignore_value, HAS_WEIGHT, HAS_IGNORE,
-                                                   USE_BOUNDARY, R, RZ, ACC)
+                                                   boundary_weight, ignore_index, HAS_WEIGHT, HAS_IGNORE,
+                                                   USE_BOUNDARY, BOUNDARY_RADIUS, BOUNDARY_RADIUS_Z, ACC)
     g = g_ptr + nc.to(tl.int64) * 5
     g_bce = tl.load(g + 0).to(ACC)
     g_inter = tl.load(g + 2).to(ACC)
@@ -179,21 +179,21 @@ def _prepare(logits, target, weight, pos_weight):
     return x, y, w, pw
 
 
-def _ignore(ignore_value):
-    return float(ignore_value) if ignore_value is not None else 0.0
+def _ignore(ignore_index):
+    return float(ignore_index) if ignore_index is not None else 0.0
 
 
-def _flags(logits, weight, boundary_weight, boundary_radius, ignore_value, squared, block_h, block_w):
+def _flags(logits, weight, boundary_weight, boundary_radius, ignore_index, squared, block_h, block_w):
     """Compile-time switches of both kernels."""
     acc = tl.float64 if acc_dtype(logits.dtype) == torch.float64 else tl.float32
-    return dict(HAS_WEIGHT=weight is not None, HAS_IGNORE=ignore_value is not None, USE_BOUNDARY=boundary_weight != 0,
-                SQUARED=bool(squared), R=int(boundary_radius), RZ=int(boundary_radius) if logits.dim() == 5 else 0,
+    return dict(HAS_WEIGHT=weight is not None, HAS_IGNORE=ignore_index is not None, USE_BOUNDARY=boundary_weight != 0,
+                SQUARED=bool(squared), BOUNDARY_RADIUS=int(boundary_radius), BOUNDARY_RADIUS_Z=int(boundary_radius) if logits.dim() == 5 else 0,
                 ACC=acc, BLOCK_H=block_h, BLOCK_W=block_w)
 
 
 def seg_loss_sums_triton(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor],
                          pos_weight: torch.Tensor, boundary_weight: float, boundary_radius: int,
-                         ignore_value: Optional[float], squared: bool) -> torch.Tensor:
+                         ignore_index: Optional[float], squared: bool) -> torch.Tensor:
     """Forward launcher: (N, C, 5) sums (see module docstring), float64 for float64 logits, else float32."""
     x, y, w, pw = _prepare(logits, target, weight, pos_weight)
     n, c, d, h, wd, bh, bw, tiles_w, n_tiles = _layout(x)
@@ -201,7 +201,7 @@ def seg_loss_sums_triton(logits: torch.Tensor, target: torch.Tensor, weight: Opt
     if partial.numel():
         _seg_loss_fwd_kernel[launch_grid(n_tiles, n * c * d)](
             x, y, w, pw, partial, c, d, h, wd, tiles_w, n_tiles, float(boundary_weight),
-            _ignore(ignore_value), **_flags(logits, weight, boundary_weight, boundary_radius, ignore_value, squared,
+            _ignore(ignore_index), **_flags(logits, weight, boundary_weight, boundary_radius, ignore_index, squared,
                                             bh, bw), num_warps=NUM_WARPS)
     # Second stage in a fixed order: deterministic.
     return partial.view(n, c, d * n_tiles, NUM_SUMS).sum(2)
@@ -209,7 +209,7 @@ def seg_loss_sums_triton(logits: torch.Tensor, target: torch.Tensor, weight: Opt
 
 def seg_loss_sums_backward_triton(grad_sums: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
                                   weight: Optional[torch.Tensor], pos_weight: torch.Tensor, boundary_weight: float,
-                                  boundary_radius: int, ignore_value: Optional[float], squared: bool) -> torch.Tensor:
+                                  boundary_radius: int, ignore_index: Optional[float], squared: bool) -> torch.Tensor:
     """Backward launcher: the gradient of sum(grad_sums * sums) w.r.t. the logits, a new tensor."""
     x, y, w, pw = _prepare(logits, target, weight, pos_weight)
     n, c, d, h, wd, bh, bw, tiles_w, n_tiles = _layout(x)
@@ -218,6 +218,6 @@ def seg_loss_sums_backward_triton(grad_sums: torch.Tensor, logits: torch.Tensor,
     if dx.numel():
         _seg_loss_bwd_kernel[launch_grid(n_tiles, n * c * d)](
             g, x, y, w, pw, dx, c, d, h, wd, tiles_w, n_tiles, float(boundary_weight),
-            _ignore(ignore_value), **_flags(logits, weight, boundary_weight, boundary_radius, ignore_value, squared,
+            _ignore(ignore_index), **_flags(logits, weight, boundary_weight, boundary_radius, ignore_index, squared,
                                             bh, bw), num_warps=NUM_WARPS)
     return dx

@@ -48,20 +48,20 @@ def _sums_dtype(logits: Tensor) -> torch.dtype:
 
 
 @torch.library.register_fake("brnnseg::seg_loss_sums")
-def _seg_loss_sums_fake(logits, target, weight, pos_weight, boundary_weight, boundary_radius, ignore_value, squared):
+def _seg_loss_sums_fake(logits, target, weight, pos_weight, boundary_weight, boundary_radius, ignore_index, squared):
     return logits.new_empty((logits.shape[0], logits.shape[1], 5), dtype=_sums_dtype(logits))
 
 
 @torch.library.register_fake("brnnseg::seg_loss_sums_backward")
 def _seg_loss_sums_backward_fake(grad_sums, logits, target, weight, pos_weight, boundary_weight, boundary_radius,
-                                 ignore_value, squared):
+                                 ignore_index, squared):
     return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
 
 
 def _setup_context(ctx, inputs, output):
-    logits, target, weight, pos_weight, boundary_weight, boundary_radius, ignore_value, squared = inputs
+    logits, target, weight, pos_weight, boundary_weight, boundary_radius, ignore_index, squared = inputs
     ctx.save_for_backward(logits, target, weight, pos_weight)
-    ctx.params = (boundary_weight, boundary_radius, ignore_value, squared)
+    ctx.params = (boundary_weight, boundary_radius, ignore_index, squared)
 
 
 def _backward(ctx, grad_sums):
@@ -90,13 +90,13 @@ _register_cuda_kernels()
 
 
 def seg_loss_sums(logits: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: Tensor,
-                  boundary_weight: float, boundary_radius: int, ignore_value: Optional[float],
+                  boundary_weight: float, boundary_radius: int, ignore_index: Optional[float],
                   squared: bool) -> Tensor:
     """(N, C, 5) sums [sum m*bce, count, sum p*y, sum p (p^2), sum y (y^2)] over counted pixels."""
     if logits.device.type == "cpu" and logits.dtype in _REDUCED:
         logits = logits.float()  # the CPU kernel computes in float32/float64
     return torch.ops.brnnseg.seg_loss_sums(logits, target, weight, pos_weight, float(boundary_weight),
-                                          int(boundary_radius), ignore_value, bool(squared))
+                                          int(boundary_radius), ignore_index, bool(squared))
 
 
 def _combine(sums: Tensor, n: int, c: int, *, bce_weight, dice_weight, smooth_nr, smooth_dr, batch_dice, squared,

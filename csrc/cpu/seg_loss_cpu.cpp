@@ -36,9 +36,9 @@ struct LossArgs {
   LossShape s;
   const T* pos_weight;
   T boundary_weight;
-  int64_t radius;
+  int64_t boundary_radius;
   bool has_ignore;
-  double ignore_value;
+  double ignore_index;
   bool squared;
 };
 
@@ -50,7 +50,7 @@ LossShape loss_shape(const char* op, const Tensor& logits) {
 }
 
 void check_loss_inputs(const char* op, const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
-                       const Tensor& pos_weight, int64_t radius) {
+                       const Tensor& pos_weight, int64_t boundary_radius) {
   loss_shape(op, logits);
   TORCH_CHECK(at::isFloatingType(logits.scalar_type()), op, ": logits must be floating point, got ",
               logits.scalar_type());
@@ -66,7 +66,7 @@ void check_loss_inputs(const char* op, const Tensor& logits, const Tensor& targe
   TORCH_CHECK(pos_weight.dim() == 1 && pos_weight.size(0) == logits.size(1), op,
               ": pos_weight must have shape (C,) = (", logits.size(1), ",), got ", pos_weight.sizes());
   TORCH_CHECK(pos_weight.device() == logits.device(), op, ": pos_weight must be on the device of logits");
-  TORCH_CHECK(radius >= 0, op, ": boundary_radius must be >= 0, got ", radius);
+  TORCH_CHECK(boundary_radius >= 0, op, ": boundary_radius must be >= 0, got ", boundary_radius);
 }
 
 // Boundary flags of rows [h0, h1) of depth slice d of one (n, c) volume: flag = the clipped
@@ -163,16 +163,16 @@ BRNNSEG_LOSS_INLINE void process_unit(const UnitArgs<T, Y>& u, int64_t n, int64_
   thread_local std::vector<uint8_t> scratch, flags;
   thread_local std::vector<T> ones;
   if (use_boundary) {
-    scratch.resize(4 * (rows + 2 * a.radius) * W);
+    scratch.resize(4 * (rows + 2 * a.boundary_radius) * W);
     flags.resize(2 * rows * W);
-    boundary_rows(u.y + base, s, d, h0, h1, a.radius, a.has_ignore, static_cast<float>(a.ignore_value),
+    boundary_rows(u.y + base, s, d, h0, h1, a.boundary_radius, a.has_ignore, static_cast<float>(a.ignore_index),
                   scratch.data(), flags.data());
   } else if (flags.size() < static_cast<size_t>(W)) {
     flags.assign(W, 0);
   }
   if (ones.size() < static_cast<size_t>(W)) ones.assign(W, T(1));
   const T pw = a.pos_weight[c], bw = a.boundary_weight;
-  const T ign = static_cast<T>(a.ignore_value);
+  const T ign = static_cast<T>(a.ignore_index);
   const T ig = a.has_ignore ? T(1) : T(0);
   const T sq = a.squared ? T(1) : T(0);
   T g_bce = 0, g_inter = 0, g_pred = 0;
@@ -314,10 +314,10 @@ void dispatch_loss(const char* op, const Tensor& logits, const Tensor& target, F
 }
 
 template <typename T>
-LossArgs<T> make_args(const LossShape& s, const Tensor& pos_weight, double boundary_weight, int64_t radius,
-                      std::optional<double> ignore_value, bool squared) {
-  return {s, pos_weight.data_ptr<T>(), static_cast<T>(boundary_weight), radius, ignore_value.has_value(),
-          ignore_value.value_or(0.0), squared};
+LossArgs<T> make_args(const LossShape& s, const Tensor& pos_weight, double boundary_weight, int64_t boundary_radius,
+                      std::optional<double> ignore_index, bool squared) {
+  return {s, pos_weight.data_ptr<T>(), static_cast<T>(boundary_weight), boundary_radius, ignore_index.has_value(),
+          ignore_index.value_or(0.0), squared};
 }
 
 // Contiguous inputs, pos_weight and weight in the logits' dtype, for both entry points.
@@ -334,10 +334,10 @@ LossInputs prepare_loss_inputs(const Tensor& logits, const Tensor& target, const
 }
 
 Tensor seg_loss_sums_cpu(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
-                         const Tensor& pos_weight, double boundary_weight, int64_t radius,
-                         std::optional<double> ignore_value, bool squared) {
+                         const Tensor& pos_weight, double boundary_weight, int64_t boundary_radius,
+                         std::optional<double> ignore_index, bool squared) {
   const char* op = "seg_loss_sums";
-  check_loss_inputs(op, logits, target, weight, pos_weight, radius);
+  check_loss_inputs(op, logits, target, weight, pos_weight, boundary_radius);
   const LossShape s = loss_shape(op, logits);
   const LossInputs in = prepare_loss_inputs(logits, target, weight, pos_weight);
   Tensor out;
@@ -345,16 +345,16 @@ Tensor seg_loss_sums_cpu(const Tensor& logits, const Tensor& target, const std::
     using T = decltype(tv);
     using Y = decltype(yv);
     out = seg_loss_sums_impl<T, Y>(in.x, in.y, in.w,
-                                   make_args<T>(s, in.pw, boundary_weight, radius, ignore_value, squared));
+                                   make_args<T>(s, in.pw, boundary_weight, boundary_radius, ignore_index, squared));
   });
   return out;
 }
 
 Tensor seg_loss_sums_backward_cpu(const Tensor& grad_sums, const Tensor& logits, const Tensor& target,
                                   const std::optional<Tensor>& weight, const Tensor& pos_weight, double boundary_weight,
-                                  int64_t radius, std::optional<double> ignore_value, bool squared) {
+                                  int64_t boundary_radius, std::optional<double> ignore_index, bool squared) {
   const char* op = "seg_loss_sums_backward";
-  check_loss_inputs(op, logits, target, weight, pos_weight, radius);
+  check_loss_inputs(op, logits, target, weight, pos_weight, boundary_radius);
   const LossShape s = loss_shape(op, logits);
   TORCH_CHECK(grad_sums.dim() == 3 && grad_sums.size(0) == s.N && grad_sums.size(1) == s.C &&
                   grad_sums.size(2) == kNumSums,
@@ -365,7 +365,7 @@ Tensor seg_loss_sums_backward_cpu(const Tensor& grad_sums, const Tensor& logits,
     using T = decltype(tv);
     using Y = decltype(yv);
     out = seg_loss_backward_impl<T, Y>(grad_sums, in.x, in.y, in.w,
-                                       make_args<T>(s, in.pw, boundary_weight, radius, ignore_value, squared));
+                                       make_args<T>(s, in.pw, boundary_weight, boundary_radius, ignore_index, squared));
   });
   return out;
 }
