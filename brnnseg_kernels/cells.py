@@ -50,6 +50,7 @@ class Family:
 FAMILIES: Tuple[Family, ...] = (
     Family("gru", nn.GRU, {None: "gru"}, "BiGRU2d", "BiGRU3d", "GRU"),
     Family("lstm", nn.LSTM, {None: "lstm"}, "BiLSTM2d", "BiLSTM3d", "LSTM"),
+    Family("rnn", nn.RNN, {"tanh": "rnn_tanh", "relu": "rnn_relu"}, "BiRNN2d", "BiRNN3d", "RNN"),
 )
 
 

@@ -53,8 +53,16 @@ def _lstm_step(gx: Tensor, gh: Tensor, h: Tensor, c: Optional[Tensor]):
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
+def _rnn_tanh_step(gx: Tensor, gh: Tensor, h: Tensor, c: Optional[Tensor]):
+    return torch.tanh(gx + gh), None
+
+
+def _rnn_relu_step(gx: Tensor, gh: Tensor, h: Tensor, c: Optional[Tensor]):
+    return torch.relu(gx + gh), None
+
+
 # One entry per kernel cell (brnnseg_kernels.cells): the reference the tests hold the kernels to.
-STEPS = {"gru": _gru_step, "lstm": _lstm_step}
+STEPS = {"gru": _gru_step, "lstm": _lstm_step, "rnn_tanh": _rnn_tanh_step, "rnn_relu": _rnn_relu_step}
 
 
 def _has_cell_state(cell: str) -> bool:

@@ -1,5 +1,6 @@
-"""Volume layers (BiGRU3d/BiLSTM3d) against nn.GRU/nn.LSTM run along each axis, and the models:
+"""Volume layers (BiGRU3d/BiLSTM3d/BiRNN3d) against nn.GRU/nn.LSTM/nn.RNN run along each axis, and the models:
 odd sizes, parameter counts, state_dict round trips, compile, autocast, DDP, a short training run."""
+import functools
 import os
 
 import pytest
@@ -10,8 +11,18 @@ import brnnseg_kernels as bk
 from brnnseg_kernels.models import BRNNUNet, BRNNUNet3d, EncoderBiLSTMDecoder, ReNetBlock
 from utils import assert_verbose_allclose
 
-TORCH_RNN = {"gru": nn.GRU, "lstm": nn.LSTM}
-LAYER3D = {"gru": bk.nn.BiGRU3d, "lstm": bk.nn.BiLSTM3d}
+CELLS = list(bk.cells.kernel_cells())
+
+
+def _nonlinearity(cell):
+    fam = bk.cells.family_of_cell(cell)
+    nl = next((k for k, v in fam.kernels.items() if v == cell and k is not None), None)
+    return {"nonlinearity": nl} if nl else {}
+
+
+TORCH_RNN = {c: functools.partial(bk.cells.family_of_cell(c).torch_module, **_nonlinearity(c)) for c in CELLS}
+LAYER3D = {c: functools.partial(getattr(bk.nn, bk.cells.family_of_cell(c).layer3d), **_nonlinearity(c))
+           for c in CELLS}
 TIME_DIM = {"depth": 2, "height": 3, "width": 4}
 
 
@@ -27,7 +38,7 @@ def _torch_sweep3d(x, weights_module, cell, axis):
     return y.movedim(-2, TIME_DIM[axis] - 1).movedim(-1, 1)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5, 6), (1, 2, 1, 7, 3), (1, 1, 5, 1, 1)])
 @pytest.mark.parametrize("order", [("width", "height", "depth"), ("depth", "width", "height")])
 def test_volume_layer_matches_torch_rnns(cell, shape, order):
@@ -45,7 +56,7 @@ def test_volume_layer_matches_torch_rnns(cell, shape, order):
     assert_verbose_allclose(gx, gx_ref, rtol=1e-8, atol=1e-10, name="grad x")
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_volume_layer_gradcheck_and_errors(cell):
     layer = LAYER3D[cell](2, 2).double()
     x = torch.randn(1, 2, 2, 3, 2, dtype=torch.float64, requires_grad=True)
@@ -64,12 +75,12 @@ def _count(m):
 
 def _renet_params(cell, c, hid, c_first):
     """Parameters of a sequential ReNet block with two sweeps (GRU 3 gates, LSTM 4), both directions."""
-    g = bk.cells.spec(cell).gates * hid
+    g = bk.cells.spec(bk.cells.family(cell).kernel()).gates * hid
     one = lambda cin: 2 * (g * cin + g * hid + 2 * g)  # noqa: E731
     return one(c_first) + one(2 * hid)
 
 
-@pytest.mark.parametrize("rnn", ["gru", "lstm"])
+@pytest.mark.parametrize("rnn", list(bk.cells.names()))
 def test_unet_parameter_counts(rnn):
     plain = BRNNUNet(3, 2, base_channels=8, depth=3, rnn_in_skips=False, rnn_at_bottleneck=False)
     full = BRNNUNet(3, 2, base_channels=8, depth=3, rnn=rnn)
@@ -92,6 +103,8 @@ def test_unet_parameter_counts(rnn):
     (lambda: BRNNUNet(1, 3, base_channels=4, depth=3, rnn="lstm", rnn_reduction=2), (1, 1, 8, 24)),
     (lambda: BRNNUNet(2, 1, base_channels=4, depth=0), (1, 2, 37, 29)),
     (lambda: BRNNUNet3d(1, 2, base_channels=4, depth=2, rnn="lstm"), (1, 1, 4, 8, 12)),
+    (lambda: BRNNUNet(1, 2, base_channels=4, depth=2, rnn="rnn"), (1, 1, 12, 20)),
+    (lambda: BRNNUNet3d(1, 2, base_channels=4, depth=1, rnn="rnn"), (1, 1, 4, 6, 8)),
     (lambda: EncoderBiLSTMDecoder(3, 2, base_channels=4, depth=2), (2, 3, 12, 20)),
 ])
 def test_models_forward_backward_and_state_dict(model_fn, shape):
@@ -120,8 +133,8 @@ def test_models_reject_bad_sizes():
         BRNNUNet(3, 2, base_channels=4, depth=3)(torch.randn(1, 3, 20, 16))
     with pytest.raises(ValueError, match="expected 3 input channels"):
         BRNNUNet(3, 2, base_channels=4, depth=1)(torch.randn(1, 2, 8, 8))
-    with pytest.raises(ValueError, match="rnn must be 'gru' or 'lstm'"):
-        BRNNUNet(3, 2, rnn="rnn")
+    with pytest.raises(ValueError, match="rnn must be 'gru', 'lstm' or 'rnn', got 'transformer'"):
+        BRNNUNet(3, 2, rnn="transformer")
     with pytest.raises(ValueError, match="5-D"):
         BRNNUNet3d(1, 2, depth=1)(torch.randn(1, 1, 8, 8))
     with pytest.raises(ValueError, match="reduction must be an integer"):

@@ -1,5 +1,7 @@
-"""BiGRU2d / BiLSTM2d: parity with the nn.GRU/nn.LSTM ReNet block, the reference, layouts,
-gradcheck, torch.compile and bad input."""
+"""The ReNet layers of every cell (BiGRU2d, BiLSTM2d, BiRNN2d with tanh and relu): parity with the
+nn.GRU/nn.LSTM/nn.RNN ReNet block, the reference, layouts, gradcheck, torch.compile and bad input."""
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -9,8 +11,27 @@ from brnnseg_kernels import functional as F
 from brnnseg_kernels import reference
 from tests.utils import assert_verbose_allclose
 
-LAYERS = {"gru": bk.BiGRU2d, "lstm": bk.BiLSTM2d}
-TORCH_RNN = {"gru": nn.GRU, "lstm": nn.LSTM}
+CELLS = list(bk.cells.kernel_cells())
+
+
+def _nonlinearity(cell):
+    fam = bk.cells.family_of_cell(cell)
+    return next((k for k, v in fam.kernels.items() if v == cell and k is not None), None)
+
+
+def _layer_class(cell):
+    """The layer class of a kernel cell, with its nonlinearity bound where the cell has one."""
+    cls = getattr(bk, bk.cells.family_of_cell(cell).layer2d)
+    nl = _nonlinearity(cell)
+    return functools.partial(cls, nonlinearity=nl) if nl else cls
+
+
+def _torch_rnn(cell, *args, **kwargs):
+    nl = _nonlinearity(cell)
+    return bk.cells.family_of_cell(cell).torch_module(*args, **kwargs, **({"nonlinearity": nl} if nl else {}))
+
+
+LAYERS = {cell: _layer_class(cell) for cell in CELLS}
 
 
 def _pair(cell, c, hid, bias=True, dtype=torch.float32):
@@ -20,7 +41,7 @@ def _pair(cell, c, hid, bias=True, dtype=torch.float32):
     return base, ours
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape", [(2, 5, 7, 6, 4), (1, 3, 1, 9, 3), (2, 4, 8, 1, 1), (1, 6, 37, 29, 40),
                                    (3, 2, 5, 4, 3)], ids=lambda s: "x".join(map(str, s)))
 def test_layer_matches_torch_rnn_block(cell, shape):
@@ -39,7 +60,7 @@ def test_layer_matches_torch_rnn_block(cell, shape):
         assert_verbose_allclose(p_ours.grad, p_base.grad, rtol=1e-4, atol=1e-4, name=f"grad {name}")
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_layer_without_bias_matches_torch(cell):
     base, ours = _pair(cell, 3, 5, bias=False)
     assert not any("bias" in k for k in ours.state_dict())
@@ -47,20 +68,20 @@ def test_layer_without_bias_matches_torch(cell):
     assert_verbose_allclose(ours(x), base(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_submodules_load_torch_rnn_state_dict(cell):
-    rows = TORCH_RNN[cell](4, 6, bidirectional=True)
+    rows = _torch_rnn(cell, 4, 6, bidirectional=True)
     layer = LAYERS[cell](4, 6)
     layer.rows.load_state_dict(rows.state_dict())
     assert set(layer.rows.state_dict()) == set(rows.state_dict())
     for k, v in rows.state_dict().items():
         assert layer.rows.state_dict()[k].shape == v.shape
     # ...and back into a torch module.
-    cols = TORCH_RNN[cell](12, 6, bidirectional=True)
+    cols = _torch_rnn(cell, 12, 6, bidirectional=True)
     cols.load_state_dict(layer.cols.state_dict())
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("order", [("rows", "cols"), ("cols", "rows")])
 @pytest.mark.parametrize("mode", ["sequential", "parallel"])
 def test_layer_order_and_mode_match_reference(cell, order, mode):
@@ -79,7 +100,7 @@ def test_layer_order_and_mode_match_reference(cell, order, mode):
         assert_verbose_allclose(a, b, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_layer_gradcheck(cell):
     layer = LAYERS[cell](2, 3, dtype=torch.float64)
     x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
@@ -88,7 +109,7 @@ def test_layer_gradcheck(cell):
     def f(x, *ps):
         rows = (torch.stack(ps[0:2]), torch.stack(ps[2:4]), torch.stack(ps[4:6]), torch.stack(ps[6:8]))
         cols = (torch.stack(ps[8:10]), torch.stack(ps[10:12]), torch.stack(ps[12:14]), torch.stack(ps[14:16]))
-        return F.bigru2d(x, rows, cols) if cell == "gru" else F.bilstm2d(x, rows, cols)
+        return F.renet(x, {"rows": rows, "cols": cols}, cell)
 
     names = [n for n, _ in layer.named_parameters()]
     order = [f"{a}.{k}{s}" for a in ("rows", "cols") for k in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0",
@@ -97,7 +118,7 @@ def test_layer_gradcheck(cell):
     assert torch.autograd.gradcheck(f, [x] + ps, eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_layer_layouts(cell):
     layer = LAYERS[cell](4, 5)
     x = torch.randn(2, 4, 7, 9)
@@ -121,7 +142,7 @@ def test_layer_reduced_precision_inputs(dtype):
     assert_verbose_allclose(y.float(), expected, rtol=5e-2, atol=5e-2)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_layer_torch_compile_fullgraph(cell):
     layer = LAYERS[cell](3, 4)
     x = torch.randn(2, 3, 5, 6, requires_grad=True)
@@ -135,7 +156,7 @@ def test_layer_torch_compile_fullgraph(cell):
     assert_verbose_allclose(gx, ex, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_layer_bad_input(cell):
     cls = LAYERS[cell]
     layer = cls(3, 4)
@@ -164,6 +185,24 @@ def test_layer_on_meta_device_gives_shapes():
     layer = bk.BiLSTM2d(3, 4, device="meta")
     y = layer(torch.empty(2, 3, 5, 6, device="meta"))
     assert y.shape == (2, 8, 5, 6) and y.device.type == "meta"
+
+
+def test_birnn2d_nonlinearity_argument():
+    assert bk.BiRNN2d(3, 4).cell == "rnn_tanh" and bk.BiRNN2d(3, 4, nonlinearity="relu").cell == "rnn_relu"
+    assert "nonlinearity='relu'" in repr(bk.BiRNN2d(3, 4, nonlinearity="relu"))
+    with pytest.raises(ValueError, match="nonlinearity must be one of"):
+        bk.BiRNN2d(3, 4, nonlinearity="gelu")
+    with pytest.raises(ValueError, match="has no nonlinearity"):
+        bk.BiGRU2d(3, 4, nonlinearity="tanh")
+
+
+def test_layer_classes_pickle():
+    import pickle
+
+    layer = pickle.loads(pickle.dumps(bk.BiRNN2d(3, 4, nonlinearity="relu")))
+    assert type(layer) is bk.BiRNN2d and layer.cell == "rnn_relu"
+    vol = pickle.loads(pickle.dumps(bk.nn.BiRNN3d(2, 3, nonlinearity="relu")))
+    assert type(vol) is bk.nn.BiRNN3d and vol.cell == "rnn_relu"
 
 
 def test_functional_and_module_agree():

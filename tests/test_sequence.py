@@ -1,4 +1,5 @@
-"""Drop-in nn.GRU / nn.LSTM (brnnseg_kernels.nn.GRU/LSTM) and the sequence ops behind them:
+"""Drop-in nn.GRU / nn.LSTM / nn.RNN (brnnseg_kernels.nn.GRU/LSTM/RNN, both nonlinearities) and the
+sequence ops behind them, for every kernel cell:
 PyTorch's own module samples and error inputs, parity with torch (outputs and gradients), packed
 sequences, dropout, gradcheck, opcheck, compile, replace_rnns / to_torch, bad input."""
 import pytest
@@ -12,17 +13,30 @@ from utils import assert_verbose_allclose
 
 common_modules = pytest.importorskip("torch.testing._internal.common_modules")
 
-PAIRS = {"gru": (nn.GRU, bk.nn.GRU), "lstm": (nn.LSTM, bk.nn.LSTM)}
 SEQ = torch.ops.brnnseg.sequence
+CELLS = list(bk.cells.kernel_cells())         # kernel cells: gru, lstm, rnn_tanh, rnn_relu, ...
+FAMILIES = list(bk.cells.names())             # torch modules: gru, lstm, rnn, ...
+
+
+def _classes(cell):
+    """(torch class, our class, constructor kwargs) of a kernel cell (or a family: its default cell)."""
+    fam = bk.cells.family(cell) if cell in FAMILIES else bk.cells.family_of_cell(cell)
+    nl = next((k for k, v in fam.kernels.items() if v == cell and k is not None), None)
+    return fam.torch_module, getattr(bk.nn, fam.dropin), ({"nonlinearity": nl} if nl else {})
 
 
 def _twins(cell, *args, **kwargs):
     """A torch module and ours holding the same weights."""
-    torch_cls, our_cls = PAIRS[cell]
-    ref = torch_cls(*args, **kwargs)
-    ours = our_cls(*args, **kwargs)
+    torch_cls, our_cls, kw = _classes(cell)
+    ref = torch_cls(*args, **kwargs, **kw)
+    ours = our_cls(*args, **kwargs, **kw)
     ours.load_state_dict(ref.state_dict())
     return ref, ours
+
+
+def _hx(cell, h, c):
+    """The hidden-state argument: (h, c) for cells with a cell state, else h."""
+    return (h, c) if bk.cells.spec(bk.cells.family(cell).kernel() if cell in FAMILIES else cell).has_cell_state else h
 
 
 def _flatten(out):
@@ -71,10 +85,10 @@ def _module_info(cls):
     return next(mi for mi in common_modules.module_db if mi.module_cls is cls)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", FAMILIES)
 @pytest.mark.parametrize("training", [True, False])
 def test_torch_module_samples(cell, training):
-    torch_cls, our_cls = PAIRS[cell]
+    torch_cls, our_cls, _ = _classes(cell)
     info = _module_info(torch_cls)
     samples = info.module_inputs_func(info, device="cpu", dtype=torch.float64, requires_grad=True,
                                       training=training)
@@ -91,9 +105,9 @@ def test_torch_module_samples(cell, training):
     assert fused == (len(samples) // 2 if cell == "lstm" else len(samples))
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", FAMILIES)
 def test_torch_module_error_inputs(cell):
-    torch_cls, our_cls = PAIRS[cell]
+    torch_cls, our_cls, _ = _classes(cell)
     info = _module_info(torch_cls)
     errors = list(info.module_error_inputs_func(info, device="cpu", dtype=torch.float32, requires_grad=False,
                                                 training=True))
@@ -112,7 +126,7 @@ def test_torch_module_error_inputs(cell):
 
 # ---- our own cases ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("batch_first", [False, True])
@@ -124,12 +138,12 @@ def test_matches_torch_fp32(cell, num_layers, bidirectional, batch_first, with_h
     args = (x,)
     if with_h0:
         h = torch.randn(num_layers * (2 if bidirectional else 1), b, 13, requires_grad=True)
-        args = (x, h if cell == "gru" else (h, torch.randn_like(h).requires_grad_()))
+        args = (x, _hx(cell, h, torch.randn_like(h).requires_grad_()))
     assert ours.fused_kernel_applies(x)
     _compare(ref, ours, args, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_packed_unsorted_lengths(cell, bidirectional, batch_first):
@@ -142,11 +156,11 @@ def test_packed_unsorted_lengths(cell, bidirectional, batch_first):
                                          packed.unsorted_indices)
     h = torch.randn(2 * (2 if bidirectional else 1), 6, 7, dtype=torch.float64, requires_grad=True)
     _compare(ref, ours, (packed,), rtol=1e-7, atol=1e-9)
-    _compare(ref, ours, (packed, h if cell == "gru" else (h, torch.randn_like(h).requires_grad_())),
+    _compare(ref, ours, (packed, _hx(cell, h, torch.randn_like(h).requires_grad_())),
              rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_pack_sequence_list_input(cell):
     ref, ours = _twins(cell, 4, 5, bidirectional=True)
     seqs = [torch.randn(n, 4) for n in (1, 7, 4)]
@@ -154,7 +168,7 @@ def test_pack_sequence_list_input(cell):
     _compare(ref, ours, (packed,), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_dropout_between_layers(cell):
     """Training-mode dropout: the same masks as the layer-by-layer composition with F.dropout in
     the same RNG order (the kernel draws no random numbers); eval mode is dropout-free."""
@@ -163,7 +177,8 @@ def test_dropout_between_layers(cell):
     x = torch.randn(8, 3, 5, dtype=torch.float64)
     singles = []
     for layer in range(3):
-        m = PAIRS[cell][0](5 if layer == 0 else 12, 6, bidirectional=True).double()
+        torch_cls, _, kw = _classes(cell)
+        m = torch_cls(5 if layer == 0 else 12, 6, bidirectional=True, **kw).double()
         m.load_state_dict({k.replace(f"_l{layer}", "_l0"): v for k, v in ours.state_dict().items()
                            if f"_l{layer}" in k})
         singles.append(m)
@@ -188,9 +203,10 @@ def test_dropout_between_layers(cell):
     assert_verbose_allclose(ours(x)[0], ref.double().eval()(x)[0], rtol=1e-10, atol=1e-12, name="eval output")
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_gradcheck_module_packed(cell):
-    m = PAIRS[cell][1](3, 2, num_layers=2, bidirectional=True).double()
+    _, our_cls, kw = _classes(cell)
+    m = our_cls(3, 2, num_layers=2, bidirectional=True, **kw).double()
     lengths = torch.tensor([2, 4, 1])
     x = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
     h = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
@@ -199,7 +215,7 @@ def test_gradcheck_module_packed(cell):
     def f(x, h, c, *params):
         state = dict(zip([n for n, _ in m.named_parameters()], params))
         packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
-        hx = h if cell == "gru" else (h, c)
+        hx = _hx(cell, h, c)
         out = torch.func.functional_call(m, state, (packed, hx))
         return _flatten(out)
 
@@ -207,7 +223,7 @@ def test_gradcheck_module_packed(cell):
     assert torch.autograd.gradcheck(f, (x, h, c, *params))
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("directions", [1, 2])
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_sequence_op_matches_reference_and_gradcheck(cell, directions, batch_first):
@@ -236,7 +252,7 @@ def test_sequence_op_matches_reference_and_gradcheck(cell, directions, batch_fir
         assert torch.autograd.gradcheck(f, inputs)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_sequence_opcheck(cell):
     t, b, c, hid = 5, 3, 4, 3
     g = bk.cells.spec(cell).gates * hid
@@ -244,7 +260,7 @@ def test_sequence_opcheck(cell):
     w = [torch.randn(2, g, c, requires_grad=True), torch.randn(2, g, hid, requires_grad=True),
          torch.randn(2, g, requires_grad=True), torch.randn(2, g, requires_grad=True)]
     h0 = torch.randn(2, b, hid, requires_grad=True)
-    states = (h0, None) if cell == "gru" else (h0, torch.randn(2, b, hid, requires_grad=True))
+    states = (h0, torch.randn(2, b, hid, requires_grad=True)) if cell == "lstm" else (h0, None)
     for lengths, batch_first in ((None, False), (torch.tensor([5, 2, 4]), False), (None, True)):
         xx = x.detach().transpose(0, 1).contiguous().requires_grad_() if batch_first else x
         torch.library.opcheck(SEQ, (cell, xx, *w, *states, lengths, batch_first, True))
@@ -253,7 +269,7 @@ def test_sequence_opcheck(cell):
                                     False))
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_compile(cell):
     """Dynamo graph-breaks on every nn.RNN/GRU/LSTM subclass unless allow_rnn is set (as for torch's
     own modules); with it, the whole forward and backward compile through the ops' fake kernels."""
@@ -321,7 +337,7 @@ def test_replace_rnns_and_back():
     assert type(bk.nn.replace_rnns(nn.GRU(3, 3))) is bk.nn.GRU
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_bad_input_errors(cell):
     _, ours = _twins(cell, 4, 5)
     with pytest.raises(ValueError, match="Expected input to be 2D or 3D"):
@@ -330,10 +346,10 @@ def test_bad_input_errors(cell):
         ours(torch.randn(3, 2, 7))
     with pytest.raises(RuntimeError, match="hidden"):
         h = torch.randn(1, 3, 5)
-        ours(torch.randn(4, 2, 4), h if cell == "gru" else (h, h))
+        ours(torch.randn(4, 2, 4), _hx(cell, h, h))
     with pytest.raises(RuntimeError, match="3-D"):
         h = torch.randn(3, 5)
-        ours(torch.randn(4, 2, 4), h if cell == "gru" else (h, h))
+        ours(torch.randn(4, 2, 4), _hx(cell, h, h))
     with pytest.raises(RuntimeError, match="sequence length to be larger than 0"):
         ours(torch.randn(0, 2, 4))
     y, _ = ours(torch.randn(3, 0, 4))  # an empty batch is fine, as for torch
@@ -370,7 +386,7 @@ def test_double_backward_is_refused_not_silently_wrong():
         torch.autograd.grad(bk.losses.BCEDiceLoss()(logits, torch.rand(1, 1, 4, 4) > 0.5), logits, create_graph=True)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_gradient_through_final_state_only(cell):
     """Loss on h_n (or c_n) alone: the backward op gets no output gradient, only the state's."""
     ref, ours = _twins(cell, 3, 4, num_layers=2, bidirectional=True)
@@ -378,9 +394,37 @@ def test_gradient_through_final_state_only(cell):
     x_r = torch.randn(6, 5, 3, dtype=torch.float64, requires_grad=True)
     x_o = x_r.detach().clone().requires_grad_()
     state_r, state_o = ref(x_r)[1], ours(x_o)[1]
-    pick = (lambda s: s) if cell == "gru" else (lambda s: s[1])  # LSTM: c_n only
+    pick = (lambda s: s[1]) if isinstance(state_r, tuple) else (lambda s: s)  # LSTM: c_n only
     pick(state_r).square().sum().backward()
     pick(state_o).square().sum().backward()
     assert_verbose_allclose(x_o.grad, x_r.grad, rtol=1e-9, atol=1e-11, name="grad x")
     for (name, p_o), p_r in zip(ours.named_parameters(), ref.parameters()):
         assert_verbose_allclose(p_o.grad, p_r.grad, rtol=1e-9, atol=1e-11, name=name)
+
+
+# ---- nn.RNN (the Elman cell): both nonlinearities through the drop-in ------------------------------
+
+def test_rnn_nonlinearity_selects_the_kernel_cell():
+    assert bk.nn.RNN(3, 4)._cell == "rnn_tanh"
+    assert bk.nn.RNN(3, 4, nonlinearity="relu")._cell == "rnn_relu"
+    assert isinstance(bk.nn.RNN(3, 4), nn.RNN)
+    assert type(bk.nn.replace_rnns(nn.RNN(3, 3, nonlinearity="relu"))) is bk.nn.RNN
+    assert type(bk.nn.to_torch(bk.nn.RNN(3, 3))) is nn.RNN
+    with pytest.raises(ValueError, match="Unknown nonlinearity"):  # torch's own constructor check
+        bk.nn.RNN(3, 4, nonlinearity="gelu")
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_relu_and_tanh_match_torch_with_h0_layers_packed(nonlinearity):
+    """Values and gradients against torch.nn.RNN: h0, 2 layers, bidirectional, packed unsorted lengths."""
+    ref = nn.RNN(5, 7, num_layers=2, bidirectional=True, nonlinearity=nonlinearity).double()
+    ours = bk.nn.RNN(5, 7, num_layers=2, bidirectional=True, nonlinearity=nonlinearity).double()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(9, 4, 5, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(4, 4, 7, dtype=torch.float64, requires_grad=True)
+    assert ours.fused_kernel_applies(x)
+    _compare(ref, ours, (x, h), rtol=1e-9, atol=1e-11)
+    packed = pack_padded_sequence(x.detach(), torch.tensor([2, 9, 1, 5]), enforce_sorted=False)
+    packed = nn.utils.rnn.PackedSequence(packed.data.requires_grad_(), packed.batch_sizes, packed.sorted_indices,
+                                         packed.unsorted_indices)
+    _compare(ref, ours, (packed, h), rtol=1e-9, atol=1e-11)

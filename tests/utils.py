@@ -22,9 +22,39 @@ def stacked_weights(cell, in_channels, hidden, dtype=torch.float64, bias=True, s
     from brnnseg_kernels.cells import spec
 
     g = spec(cell).gates * hidden
-    ws = [torch.randn(2, g, in_channels, dtype=dtype) * scale, torch.randn(2, g, hidden, dtype=dtype) * scale]
+    # Gate-less cells (nn.RNN's Elman cell): W_hh scaled to spectral radius ~0.5. An expanding Elman
+    # recurrence (radius > 1; ReLU without bound) multiplies every rounding error at each step, so no
+    # float32 implementation -- ours, torch's, cuDNN's -- can be compared with float64 there. Gated
+    # cells keep `scale` (their gates contract the state).
+    hh_scale = min(scale, 0.5 * hidden ** -0.5) if spec(cell).gates == 1 else scale
+    ws = [torch.randn(2, g, in_channels, dtype=dtype) * scale, torch.randn(2, g, hidden, dtype=dtype) * hh_scale]
     if bias:
         ws += [torch.randn(2, g, dtype=dtype) * scale, torch.randn(2, g, dtype=dtype) * scale]
     else:
         ws += [None, None]
     return [None if w is None else w.requires_grad_(requires_grad) for w in ws]
+
+
+def sweep_reference(cell, x, w_ih, w_hh, b_ih, b_hh, axis, workspace=None):
+    """reference.sweep, except for rnn_relu given the kernel's workspace (2, T, lines, hid): then the
+    ReLU's on/off pattern is the kernel's own (its saved h > 0). Where a pre-activation lies within
+    rounding of 0 the derivative of a ReLU is not defined by the math, and a float32 or float16 kernel
+    may take the other side than a float64 reference; with the kernel's pattern the reference is the
+    exact function the kernel computed, so its values and gradients can be held to tight tolerances."""
+    from brnnseg_kernels import reference
+
+    if cell != "rnn_relu" or workspace is None:
+        return reference.sweep(cell, x, w_ih, w_hh, b_ih, b_hh, axis)
+    seq = reference._lines(x, axis)  # (lines, T, C), line order as the kernels' geometry
+    steps, hid = seq.shape[1], w_hh.shape[2]
+    outs = []
+    for d in range(2):
+        gx = seq @ w_ih[d].t() + (b_ih[d] if b_ih is not None else 0)
+        h = seq.new_zeros(seq.shape[0], hid)
+        out = [None] * steps
+        for t in (range(steps - 1, -1, -1) if d else range(steps)):
+            a = gx[:, t] + h @ w_hh[d].t() + (b_hh[d] if b_hh is not None else 0)
+            h = a * (workspace[d, t] > 0).to(a.dtype)
+            out[t] = h
+        outs.append(torch.stack(out, dim=1))
+    return reference._unlines(torch.cat(outs, dim=-1), x.shape, axis)

@@ -8,10 +8,12 @@
 
 #include "brnnseg/cell/gru.h"
 #include "brnnseg/cell/lstm.h"
+#include "brnnseg/cell/rnn.h"
 
 #define BRNNSEG_FOR_EACH_CELL(X) \
   X(GruCell)                     \
-  X(LstmCell)
+  X(LstmCell)                    \
+  X(RnnTanhCell) X(RnnReluCell)
 
 namespace brnnseg {
 
