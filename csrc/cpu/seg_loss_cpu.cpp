@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "brnnseg/loss/seg_loss_math.h"
+#include "cpu/runtime/isa.h"
 
 namespace brnnseg::cpu {
 namespace {
@@ -237,12 +238,7 @@ __attribute__((target("avx2,fma"))) void unit_avx2(const UnitArgs<T, Y>& u, int6
                                                     int64_t h0, int64_t h1, int64_t unit) {
   process_unit<T, Y, kB>(u, n, c, d, h0, h1, unit);
 }
-int cpu_isa() {
-  static const int isa = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") ? 2
-                         : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")       ? 1
-                                                                                                  : 0;
-  return isa;
-}
+int loss_isa() { return static_cast<int>(cpu_isa()); }  // cpu/runtime/isa.h: 2 AVX-512, 1 AVX2, 0 baseline
 #endif
 
 template <typename T, typename Y, bool kB>
@@ -256,7 +252,7 @@ void run_units(const UnitArgs<T, Y>& u) {
       const int64_t h0 = blk * kRowBlock, h1 = std::min(s.H, h0 + kRowBlock);
       const int64_t n = nc / s.C, c = nc % s.C;
 #ifdef BRNNSEG_LOSS_ISAS
-      switch (cpu_isa()) {
+      switch (loss_isa()) {
         case 2: unit_avx512<T, Y, kB>(u, n, c, d, h0, h1, unit); continue;
         case 1: unit_avx2<T, Y, kB>(u, n, c, d, h0, h1, unit); continue;
         default: break;

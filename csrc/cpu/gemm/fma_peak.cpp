@@ -2,6 +2,7 @@
 // FMA latency on the pipes of current x86 cores -- so the loop runs at the issue rate, the ceiling
 // no GEMM can beat. The GEMM and the kernels' GFLOP/s are reported against it by the benchmarks.
 #include "cpu/gemm/fma_peak.h"
+#include "cpu/runtime/isa.h"
 
 #include <ATen/Parallel.h>
 
@@ -46,9 +47,11 @@ __attribute__((target("avx2,fma"))) float chains_avx2(int64_t iters, float seed)
 
 // Vector width in floats, and the loop for it; 0 when the CPU has neither.
 int lanes() {
-  if (__builtin_cpu_supports("avx512f")) return 16;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 8;
-  return 0;
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return 16;
+    case Isa::kAvx2: return 8;
+    default: return 0;
+  }
 }
 float run_chains(int width, int64_t iters, float seed) {
   return width == 16 ? chains_avx512(iters, seed) : chains_avx2(iters, seed);

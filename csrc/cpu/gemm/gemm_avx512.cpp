@@ -6,6 +6,7 @@
 // The loop runs each 256 x 32 panel of B (L1 resident) against every 12-row block of A.
 // Column tails use masked loads/stores, row tails a kernel instantiated for fewer rows.
 #include "cpu/gemm/blas.h"
+#include "cpu/runtime/isa.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -61,8 +62,7 @@ __mmask16 lane_mask(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16(
 }  // namespace
 
 bool avx512_gemm_supported() {
-  static const bool ok = __builtin_cpu_supports("avx512f");
-  return ok;
+  return cpu_isa() == Isa::kAvx512;
 }
 
 void sgemm_avx512(int64_t M, int64_t N, int64_t K, const float* A, int64_t sam, int64_t sak, const float* B,

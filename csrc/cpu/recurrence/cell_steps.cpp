@@ -5,8 +5,8 @@
 
 // Float steps are built for AVX-512, AVX2 and baseline x86-64 and dispatched at load time (by CPU
 // features, so AMD and Intel both get their widest clone); the rest of the extension is compiled
-// for the baseline so the wheel runs anywhere. This is the extension's one ISA-dispatch scheme (the
-// GEMM in cpu/gemm/ asks the same question of the CPU through __builtin_cpu_supports).
+// for the baseline so the wheel runs anywhere. The ISA levels are those of cpu/runtime/isa.h, which
+// the rest of the CPU code asks (target_clones resolves them itself, from the same CPUID bits).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(BRNNSEG_NO_CLONES)
 #define BRNNSEG_ISA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
