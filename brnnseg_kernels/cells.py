@@ -19,7 +19,7 @@ from torch import nn
 
 from . import _C  # noqa: F401  (registers torch.ops.brnnseg.cells / cell_spec)
 
-__all__ = ["Family", "CellSpec", "FAMILIES", "family", "family_of_cell", "spec", "names", "kernel_cells"]
+__all__ = ["Family", "CellSpec", "family_class", "FAMILIES", "family", "family_of_cell", "spec", "names", "kernel_cells"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,14 @@ FAMILIES: Tuple[Family, ...] = (
     Family("lstm", nn.LSTM, {None: "lstm"}, "BiLSTM2d", "BiLSTM3d", "LSTM"),
     Family("rnn", nn.RNN, {"tanh": "rnn_tanh", "relu": "rnn_relu"}, "BiRNN2d", "BiRNN3d", "RNN"),
 )
+
+
+def family_class(name: str, bases: tuple, fam: Family, module: str, doc: str) -> type:
+    """A class built from a cell-table row (a ReNet layer or a drop-in): named ``name`` at module level
+    of ``module`` (so it pickles and reprs like a written-out class), with ``family = fam``."""
+    cls = type(name, bases, {"family": fam, "__module__": module, "__doc__": doc})
+    cls.__qualname__ = name
+    return cls
 
 
 @dataclass(frozen=True)
@@ -88,9 +96,13 @@ def family(name: str, who: str = "brnnseg_kernels") -> Family:
     for f in FAMILIES:
         if f.name == name:
             return f
-    from .checks import one_of
-
     raise ValueError(f"{who}: rnn must be {one_of(names())}, got {name!r}")
+
+
+def one_of(choices) -> str:
+    """"'a', 'b' or 'c'" for error messages."""
+    quoted = [repr(c) for c in choices]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
 def family_of_cell(cell: str) -> Family:

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 from torch import Tensor
 
 from . import cells
+from .cells import one_of
 
 __all__ = ["check_positive_ints", "check_feature_map", "check_divisible", "check_spatial_dims", "check_rnn",
            "check_seg_loss_inputs"]
@@ -67,11 +68,6 @@ def check_rnn(who: str, rnn) -> None:
     if rnn not in cells.names():
         raise ValueError(f"{who}: rnn must be {one_of(cells.names())}, got {rnn!r}")
 
-
-def one_of(choices) -> str:
-    """"'a', 'b' or 'c'" for error messages."""
-    quoted = [repr(c) for c in choices]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
 def check_seg_loss_inputs(who: str, logits, target, weight, reduction, boundary_radius) -> None:

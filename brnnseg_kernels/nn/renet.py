@@ -123,10 +123,8 @@ def nonlinearity_doc(fam: cells.Family) -> str:
 
 def renet2d_class(fam: cells.Family) -> type:
     """The ReNet layer class of a cell-table row (module-level, picklable, named ``fam.layer2d``)."""
-    cls = type(fam.layer2d, (_ReNet2d,), {"family": fam, "__module__": __name__, "__doc__": _DOC.format(
-        torch=fam.torch_module.__name__, nonlinearity=nonlinearity_doc(fam))})
-    cls.__qualname__ = fam.layer2d
-    return cls
+    return cells.family_class(fam.layer2d, (_ReNet2d,), fam, __name__,
+                              _DOC.format(torch=fam.torch_module.__name__, nonlinearity=nonlinearity_doc(fam)))
 
 
 for _fam in cells.FAMILIES:

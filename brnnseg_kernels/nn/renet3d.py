@@ -82,10 +82,8 @@ _DOC = """Bidirectional {torch} sweeps along width, height and depth of a volume
 
 def renet3d_class(fam: cells.Family) -> type:
     """The volumetric ReNet layer class of a cell-table row (module-level, named ``fam.layer3d``)."""
-    cls = type(fam.layer3d, (_ReNet3d,), {"family": fam, "__module__": __name__, "__doc__": _DOC.format(
-        torch=fam.torch_module.__name__, nonlinearity=nonlinearity_doc(fam))})
-    cls.__qualname__ = fam.layer3d
-    return cls
+    return cells.family_class(fam.layer3d, (_ReNet3d,), fam, __name__,
+                              _DOC.format(torch=fam.torch_module.__name__, nonlinearity=nonlinearity_doc(fam)))
 
 
 for _fam in cells.FAMILIES:

@@ -126,11 +126,9 @@ class _FusedRNNMixin:
 def dropin_class(fam: cells.Family) -> type:
     """The drop-in class of a cell-table row: ``fam.torch_module`` with the fused kernel."""
     torch_name = fam.torch_module.__name__
-    cls = type(fam.dropin, (_FusedRNNMixin, fam.torch_module), {
-        "family": fam, "__module__": __name__,
-        "__doc__": f"``torch.nn.{torch_name}`` with the fused CPU kernel; same arguments, parameters and outputs."})
-    cls.__qualname__ = fam.dropin
-    return cls
+    return cells.family_class(fam.dropin, (_FusedRNNMixin, fam.torch_module), fam, __name__,
+                              f"``torch.nn.{torch_name}`` with the fused CPU kernel; same arguments, parameters "
+                              "and outputs.")
 
 
 for _fam in cells.FAMILIES:
