@@ -22,24 +22,22 @@ def _sync(device):
 
 
 def time_ms(fn: Callable[[], object], device="cpu", repeat=7, warmup=2) -> float:
-    """Median wall time of fn in ms (CUDA: events around each call)."""
+    """Median time of one call of fn in ms, measured by ``torch.utils.benchmark.Timer``
+    (``blocked_autorange``: it synchronises CUDA around every block and keeps the thread count). After
+    ``warmup`` calls, blocks of calls are timed until about ``repeat`` calls' worth of time has passed
+    (at least ``repeat`` blocks for fast functions); the median over blocks is returned."""
+    from torch.utils import benchmark
+
     for _ in range(warmup):
         fn()
     _sync(device)
-    times = []
-    for _ in range(repeat):
-        if torch.device(device).type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    one = time.perf_counter() - t0
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    measurement = timer.blocked_autorange(min_run_time=max(repeat * one, 0.05))
+    return measurement.median * 1e3
 
 
 def sgemm_gflops(device="cpu", n=2048) -> float:
