@@ -1,13 +1,14 @@
 # make demo   -- build, then train a BRNN-U-Net and a plain U-Net on two built-in tasks and compare them (runs/)
 # make test   -- create .venv, install torch 2.14.1 and the test tools, build, run the C++ and Python tests
 # make bench  -- CPU benchmark against the plain-PyTorch ReNet block
+# make wheel  -- CPU and CUDA wheels for the torch installed in .venv (dist/, with dist/index.html)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 TORCH  := torch==2.14.1
 STAMP  := $(VENV)/.deps-installed
 
-.PHONY: all venv build test test-cpp test-py test-sim-asan demo bench triton-aot clean
+.PHONY: all venv build test test-cpp test-py test-sim-asan demo bench triton-aot wheel wheel-check clean
 
 all: build
 
@@ -54,5 +55,18 @@ bench: build
 triton-aot: build
 	PYTHONPATH=$(CURDIR) $(PY) -m brnnseg_kernels.losses._aot
 
+# Wheels for the torch and CUDA of .venv: the CPU wheel and the CUDA wheel (archs 8.0;9.0+PTX), with
+# local versions (+cputorch2.14, +cu130torch2.14), and dist/index.html for pip --find-links.
+wheel: $(STAMP)
+	$(PY) python/build_wheels.py
+
+# Each wheel installed into a fresh virtual environment and smoke-tested outside the source tree.
+WHEEL_ENV := build/wheel-check
+wheel-check: wheel
+	set -e; for whl in dist/brnnseg_kernels-*+cpu*.whl dist/brnnseg_kernels-*+cu*.whl; do \
+	  [ -f "$$whl" ] || continue; rm -rf $(WHEEL_ENV); $(PYTHON) -m venv $(WHEEL_ENV); \
+	  $(WHEEL_ENV)/bin/python -m pip install -q $(TORCH) numpy "$$whl"; \
+	  (cd /tmp && $(CURDIR)/$(WHEEL_ENV)/bin/python $(CURDIR)/python/wheel_smoke.py); done
+
 clean:
-	rm -rf build brnnseg_kernels/*.so brnnseg_kernels/_build_info.py
+	rm -rf build dist brnnseg_kernels/*.so brnnseg_kernels/_build_info.py

@@ -10,6 +10,8 @@ Build switches (environment variables), read once here:
   BRNNSEG_BUILD_SIM=0      skip the test-only simulator extension (_sim)
   BRNNSEG_SIM_ASAN=1       build only the simulator extension under AddressSanitizer + UBSan (_sim_asan,
                            for make test-sim-asan)
+  BRNNSEG_WHEEL=1          a wheel for distribution (python/build_wheels.py): local version
+                           +cu<XYZ>torch<M.m> / +cputorch<M.m>, requires torch==<M.m>.*, no simulator
 """
 import glob
 import os
@@ -149,7 +151,8 @@ sim_ext = cpp_extension.CppExtension(
     py_limited_api=True,
 )
 
-BUILD_SIM = os.environ.get("BRNNSEG_BUILD_SIM", "1") != "0"
+WHEEL = os.environ.get("BRNNSEG_WHEEL") == "1"
+BUILD_SIM = os.environ.get("BRNNSEG_BUILD_SIM", "1") != "0" and not WHEEL  # wheels hold what users run
 ext_modules = [ext, sim_ext] if BUILD_SIM else [ext]
 if os.environ.get("BRNNSEG_SIM_ASAN") == "1":
     # Only the simulator extension under AddressSanitizer + UBSan, as brnnseg_kernels._sim_asan (loaded
@@ -180,9 +183,22 @@ class BuildExtension(cpp_extension.BuildExtension):
             self.build_temp = base
 
 
+VERSION = "0.1.0"
+TORCH_MINOR = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+# The oldest torch a source build is tested with (CI builds and tests 2.14); a wheel pins the minor it
+# was built against (its C++ ABI is that torch's).
+TORCH_FLOOR = "2.14"
+if WHEEL:
+    cuda_tag = "cu" + torch.version.cuda.replace(".", "") if BUILD_CUDA else "cpu"
+    VERSION += f"+{cuda_tag}torch{TORCH_MINOR}"
+    INSTALL_REQUIRES = [f"torch=={TORCH_MINOR}.*"]
+else:
+    INSTALL_REQUIRES = [f"torch>={TORCH_FLOOR}"]
+
 setup(
     name="brnnseg_kernels",
-    version="0.1.0",
+    version=VERSION,
+    install_requires=INSTALL_REQUIRES,
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExtension},
