@@ -254,7 +254,8 @@ def test_bench_cli_processes_smoke(tmp_path):
                          env=dict(os.environ, PYTHONPATH=root))
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("cpu-wide")]
-    assert [line.split()[2] for line in lines] == ["fwd+bwd", "fwd"], out.stdout
+    assert [line.split()[2] for line in lines] == ["fwd+bwd", "fwd", "fwd"], out.stdout
+    assert [line.split()[3] for line in lines[1:]] == ["grad", "no_grad"], out.stdout
     assert "2 processes" in out.stdout
     data = json.loads((tmp_path / "r.json").read_text())
     assert len(data["runs"]) == 2 and {r["provider"] for r in data["runs"][0]} == {"torch", "brnnseg"}

@@ -119,7 +119,7 @@ def plot_speedups(runs: List[List[Row]], path: str, title: str) -> None:
     med = [statistics.median(sp[k]) for k in keys]
     lo = [m - min(sp[k]) for m, k in zip(med, keys)]
     hi = [max(sp[k]) - m for m, k in zip(med, keys)]
-    colors = {"fwd+bwd": "tab:blue", "fwd no_grad": "tab:orange"}
+    colors = {"fwd+bwd": "tab:blue", "fwd grad": "tab:green", "fwd no_grad": "tab:orange"}
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(keys) + 2), 4))
     ax.bar(range(len(keys)), med, yerr=[lo, hi], capsize=3, color=[colors.get(k[2], "tab:gray") for k in keys])
     ax.axhline(1.0, color="black", linewidth=1, linestyle="--")

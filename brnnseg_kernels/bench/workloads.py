@@ -83,10 +83,14 @@ class Row:
 
 
 def time_module(module, x, flops: float, key, device: str, repeat: int, memory: bool) -> List[Row]:
-    """Two rows for one provider: forward+backward (with its peak memory) and forward under no_grad.
-    ``flops`` is the forward's; forward+backward counts 3x. ``key`` = (shape, cell, provider)."""
+    """Three rows for one provider: forward+backward (with its peak memory), forward with grad (the graph
+    and what backward needs are built and saved, no backward) and forward under no_grad. ``flops`` is
+    the forward's; forward+backward counts 3x. ``key`` = (shape, cell, provider)."""
     def fwd_bwd():
         module(x).sum().backward()
+
+    def fwd_grad():
+        module(x)
 
     def fwd_nograd():
         with torch.no_grad():
@@ -95,6 +99,8 @@ def time_module(module, x, flops: float, key, device: str, repeat: int, memory: 
     peak = peak_mib(device, fwd_bwd) if memory else float("nan")
     ms = time_ms(fwd_bwd, device, repeat)
     rows = [Row(*key, "fwd+bwd", ms, 3 * flops / ms / 1e6, peak)]
+    ms = time_ms(fwd_grad, device, repeat)
+    rows.append(Row(*key, "fwd grad", ms, flops / ms / 1e6, float("nan")))
     ms = time_ms(fwd_nograd, device, repeat)
     return rows + [Row(*key, "fwd no_grad", ms, flops / ms / 1e6, float("nan"))]
 
