@@ -31,14 +31,50 @@ def cuda_max_hidden() -> int:
 
 
 def has_kernel(device: torch.device) -> bool:
-    """Whether this build has fused sweep kernels for the device."""
+    """Whether this build has fused sweep kernels for the device (on a GPU whose arch the build cannot
+    run, a RuntimeError that says so: :func:`check_cuda_arch`)."""
     if device.type in ("cpu", "meta"):
         return True
     if device.type == "cuda":
         from . import build_info
 
-        return bool(build_info().get("with_cuda"))
+        info = build_info()
+        if not info.get("with_cuda"):
+            return False
+        check_cuda_arch(info.get("cuda_archs", ""), torch.cuda.get_device_capability(device))
+        return True
     return False
+
+
+def arch_runs(archs: str, capability) -> bool:
+    """Whether code built for ``archs`` (TORCH_CUDA_ARCH_LIST form, "8.0;9.0+PTX") runs on a GPU of
+    ``capability`` (major, minor): a cubin runs on its own major at an equal or higher minor; PTX is
+    compiled by the driver for any GPU at or above its arch."""
+    major, minor = capability
+    for entry in archs.replace(" ", ";").split(";"):
+        entry = entry.strip()
+        if not entry:
+            continue
+        ptx = entry.endswith("+PTX")
+        a_major, _, a_minor = entry.replace("+PTX", "").partition(".")
+        try:
+            a = (int(a_major), int(a_minor or 0))
+        except ValueError:
+            continue
+        if (a[0] == major and a[1] <= minor) or (ptx and a <= (major, minor)):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def check_cuda_arch(archs: str, capability) -> None:
+    """RuntimeError naming the GPU's arch and the build's when the CUDA kernels cannot run there."""
+    if archs and not arch_runs(archs, tuple(capability)):
+        raise RuntimeError(
+            f"brnnseg_kernels: this GPU is sm_{capability[0]}{capability[1]}, but the CUDA kernels were built for "
+            f"{archs} (no code that runs there, and no PTX at or below it). Rebuild with "
+            f"TORCH_CUDA_ARCH_LIST=\"{capability[0]}.{capability[1]}\" (pip install --no-build-isolation .) or "
+            "install a wheel built for it.")
 
 
 def sweep_path(x: Tensor, hidden: int) -> str:

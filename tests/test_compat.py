@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import brnnseg_kernels as bk
@@ -44,3 +45,16 @@ def test_import_refuses_a_build_for_another_torch():
     assert last.startswith("ImportError: brnnseg_kernels was built for torch 2.6.0+cu124 (running "), last
     assert _import_with(fake, {"BRNNSEG_SKIP_VERSION_CHECK": "1"}).returncode == 0
     assert _import_with(bk.build_info()).returncode == 0
+
+
+def test_cuda_arch_rule_and_message():
+    """The first CUDA call on a GPU the build cannot run raises, naming both archs (tested on the rule,
+    no GPU needed)."""
+    from brnnseg_kernels import dispatch
+
+    assert dispatch.arch_runs("8.0;9.0+PTX", (8, 0)) and dispatch.arch_runs("8.0;9.0+PTX", (8, 6))  # same major
+    assert dispatch.arch_runs("8.0;9.0+PTX", (9, 0)) and dispatch.arch_runs("8.0;9.0+PTX", (12, 0))  # PTX forward
+    assert not dispatch.arch_runs("8.0;9.0", (7, 5)) and not dispatch.arch_runs("8.0;9.0", (12, 0))
+    assert not dispatch.arch_runs("9.0+PTX", (8, 9))
+    with pytest.raises(RuntimeError, match=r"sm_75, but the CUDA kernels were built for 8.0;9.0\+PTX"):
+        dispatch.check_cuda_arch("8.0;9.0+PTX", (7, 5))
