@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.14.1
 STAMP  := $(VENV)/.deps-installed
 
-.PHONY: all venv build test test-cpp test-py test-sim-asan demo bench triton-aot wheel wheel-check clean
+.PHONY: all venv build test test-cpp test-py test-sim-asan demo bench bench-pytest triton-aot wheel wheel-check clean
 
 all: build
 
@@ -50,6 +50,10 @@ demo: build
 bench: build
 	PYTHONPATH=$(CURDIR) $(PY) -m brnnseg_kernels bench --device cpu --csv benchmarks/results/cpu_renet.csv \
 	  --json benchmarks/results/cpu_renet.json --plot benchmarks/results/cpu_renet.png
+
+# The same comparisons as pytest-benchmark suites (benchmarks/bench_<op>.py), kept out of `make test`.
+bench-pytest: build
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-group-by=param:shape
 
 # Every Triton loss-kernel variant compiled for sm_80 and sm_90 (no GPU needed): registers and spills.
 triton-aot: build
