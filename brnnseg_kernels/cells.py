@@ -35,6 +35,10 @@ class Family:
     def default_nonlinearity(self) -> Optional[str]:
         return next(iter(self.kernels))
 
+    def nonlinearity_of(self, cell: str) -> Optional[str]:
+        """The nonlinearity that selects kernel cell ``cell`` (None for a family without one)."""
+        return next((k for k, v in self.kernels.items() if v == cell and k is not None), None)
+
     def kernel(self, nonlinearity: Optional[str] = None) -> str:
         """The kernel cell for a nonlinearity (None: the family's default)."""
         if nonlinearity is None:

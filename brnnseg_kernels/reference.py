@@ -166,7 +166,7 @@ class ReNetBaseline(nn.Module):
         fam = family_of_cell(cell)
         rnn = fam.torch_module
         kw = dict(batch_first=True, bidirectional=True, bias=bias, device=device, dtype=dtype)
-        nl = next((k for k, v in fam.kernels.items() if v == cell and k is not None), None)
+        nl = fam.nonlinearity_of(cell)
         if nl is not None:
             kw["nonlinearity"] = nl
         self.rows = rnn(in_channels, hidden_size, **kw)

@@ -16,7 +16,7 @@ CELLS = list(bk.cells.kernel_cells())
 
 def _nonlinearity(cell):
     fam = bk.cells.family_of_cell(cell)
-    nl = next((k for k, v in fam.kernels.items() if v == cell and k is not None), None)
+    nl = fam.nonlinearity_of(cell)
     return {"nonlinearity": nl} if nl else {}
 
 

@@ -21,7 +21,7 @@ FAMILIES = list(bk.cells.names())             # torch modules: gru, lstm, rnn, .
 def _classes(cell):
     """(torch class, our class, constructor kwargs) of a kernel cell (or a family: its default cell)."""
     fam = bk.cells.family(cell) if cell in FAMILIES else bk.cells.family_of_cell(cell)
-    nl = next((k for k, v in fam.kernels.items() if v == cell and k is not None), None)
+    nl = fam.nonlinearity_of(cell)
     return fam.torch_module, getattr(bk.nn, fam.dropin), ({"nonlinearity": nl} if nl else {})
 
 

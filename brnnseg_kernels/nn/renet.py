@@ -52,7 +52,7 @@ class BidirectionalRNNWeights(nn.Module):
 
     def extra_repr(self) -> str:
         fam = cells.family_of_cell(self.cell)
-        nl = next((k for k, v in fam.kernels.items() if v == self.cell and k is not None), None)
+        nl = fam.nonlinearity_of(self.cell)
         extra = f", nonlinearity={nl!r}" if nl else ""
         return (f"{fam.dropin}({self.input_size}, {self.hidden_size}, bidirectional=True, bias={self.bias}"
                 f"{extra})")
