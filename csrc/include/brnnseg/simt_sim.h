@@ -15,9 +15,13 @@
 //     std::runtime_error after it, so a faulty kernel never hangs or corrupts the host.
 // Build the simulator with -fsanitize=thread and a missing __syncthreads() shows up as a data race;
 // with -fsanitize=address,undefined, out-of-bounds global accesses and UB in the kernel source.
-// Not modelled: warp-synchronous execution (kernels must not rely on it), tensor-core mma, async
-// copies, atomics ordering beyond std::atomic_ref, registers per SM (ptxas reports those; see
-// tests/test_cuda_build.py). Kernels keep those behind switches.
+//   * cp.async copies complete at the thread's wait (async_copy_wait_all), not before;
+//   * warp-collective operations (nvcuda::wmma fragments, __syncwarp) are emulated exactly, as a
+//     per-warp barrier after which each lane takes its part: simt_sim_wmma.h. A collective that not
+//     every lane of the warp reaches, or that lanes reach with different arguments, is a fault.
+// Not modelled: warp-synchronous execution outside those collectives (kernels must not rely on it),
+// atomics ordering beyond std::atomic_ref, registers per SM (ptxas reports those; see
+// tests/test_cuda_build.py).
 #pragma once
 #if defined(__CUDACC__)
 #error "simt_sim.h is for host builds of the kernels; nvcc builds use the real CUDA runtime"
@@ -28,6 +32,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -118,10 +123,21 @@ class SharedArena {
   std::string error_;
 };
 
+// One warp of a simulated block: its barrier (the lanes the warp has: 32, fewer in a partial last
+// warp) and a scratch area the lanes of a collective exchange their parts through.
+struct WarpState {
+  explicit WarpState(int lanes) : lanes(lanes), barrier(lanes) {}
+  int lanes;
+  std::barrier<> barrier;
+  alignas(64) double scratch[3 * 16 * 16 + 64];  // three 16x16 matrices + each lane's arguments
+};
+
 struct ThreadState {
   dim3 thread_idx, block_idx, block_dim, grid_dim;
   std::barrier<>* barrier = nullptr;
   SharedArena* arena = nullptr;
+  WarpState* warp = nullptr;
+  int lane = 0;
 };
 
 inline ThreadState& state() {
@@ -180,6 +196,34 @@ class SharedPtr {
 template <typename T>
 SharedPtr<T> smem_at(const SharedPtr<unsigned char>& base, size_t byte_offset) {
   return {reinterpret_cast<T*>(base.raw() + byte_offset), base.arena()};
+}
+
+// ---- asynchronous copies (cp.async) ------------------------------------------------------------------
+// cp.async.cg.shared.global of 16 bytes, emulated as a copy completed at the wait: recorded per thread
+// and performed (through the arena's checks) by async_copy_wait_all(). A kernel that reads the
+// destination before waiting reads what was there before (or an unwritten-read fault).
+struct PendingCopy {
+  unsigned char* dst;
+  const unsigned char* src;
+  SharedArena* arena;
+};
+inline std::vector<PendingCopy>& pending_copies() {
+  thread_local std::vector<PendingCopy> p;
+  return p;
+}
+template <typename T>
+void async_copy16(const SharedPtr<T>& dst, const T* src) {
+  if (reinterpret_cast<uintptr_t>(dst.raw()) % 16 || reinterpret_cast<uintptr_t>(src) % 16) {
+    dst.arena()->fault("cp.async of 16 bytes from/to an address that is not 16-byte aligned");
+    return;
+  }
+  pending_copies().push_back({reinterpret_cast<unsigned char*>(dst.raw()), reinterpret_cast<const unsigned char*>(src),
+                              dst.arena()});
+}
+inline void async_copy_wait_all() {
+  for (const PendingCopy& c : pending_copies())
+    if (c.arena->access(c.dst, 16, true)) std::memcpy(c.dst, c.src, 16);
+  pending_copies().clear();
 }
 
 // ---- the device a launch is checked against, and per-kernel attributes ----------------------------
@@ -303,6 +347,9 @@ void launch(const char* name, unsigned launch_bounds, dim3 grid, dim3 block, siz
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         arena.reset();
         std::barrier<> bar(nthreads);
+        std::vector<std::unique_ptr<WarpState>> warps;
+        for (unsigned w = 0; w * 32 < nthreads; ++w)
+          warps.push_back(std::make_unique<WarpState>(int(std::min(32u, nthreads - w * 32))));
         std::vector<std::thread> threads;
         threads.reserve(nthreads);
         for (unsigned tz = 0; tz < block.z; ++tz)
@@ -316,7 +363,14 @@ void launch(const char* name, unsigned launch_bounds, dim3 grid, dim3 block, siz
                 s.grid_dim = grid;
                 s.barrier = &bar;
                 s.arena = &arena;
+                const unsigned linear = tx + block.x * (ty + block.y * tz);
+                s.warp = warps[linear / 32].get();
+                s.lane = int(linear % 32);
                 kernel(args...);
+                if (!pending_copies().empty()) {
+                  arena.fault("a thread exited with cp.async copies it never waited for");
+                  pending_copies().clear();
+                }
               });
         for (auto& t : threads) t.join();
         const std::string err = arena.check();
@@ -346,6 +400,8 @@ using ::brnnseg::sim::smem_at;
 #define gridDim (::brnnseg::sim::state().grid_dim)
 #define __syncthreads() (::brnnseg::sim::state().barrier->arrive_and_wait())
 #define __ldg(p) (*(p))
+// __syncwarp(): the warp's barrier (every lane of the warp must reach it, as with a full mask).
+#define __syncwarp(...) (::brnnseg::sim::state().warp->barrier.arrive_and_wait())
 #define BRNNSEG_DYNAMIC_SMEM(type, name)                                                                    \
   ::brnnseg::sim::SharedPtr<type> name(reinterpret_cast<type*>(::brnnseg::sim::state().arena->data()), \
                                        ::brnnseg::sim::state().arena)
@@ -355,3 +411,5 @@ using ::brnnseg::sim::smem_at;
 // launch is checked against.
 #define BRNNSEG_LAUNCH(kernel, name, bounds, grid, block, smem, stream, ...) \
   ::brnnseg::sim::launch(name, bounds, grid, block, smem, kernel, __VA_ARGS__)
+
+#include "brnnseg/simt_sim_wmma.h"
