@@ -40,7 +40,7 @@ test-sim-asan: build
 	BRNNSEG_SIM_ASAN=1 $(PY) setup.py -q build_ext --inplace
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
 	  ASAN_OPTIONS=detect_leaks=0 BRNNSEG_SIM_MODULE=brnnseg_kernels._sim_asan PYTHONPATH=$(CURDIR) \
-	  $(PY) -m pytest -q -p no:cacheprovider --capture=sys tests/test_sweep_sim.py
+	  $(PY) -m pytest -q -p no:cacheprovider --capture=sys tests/test_sweep_sim.py tests/test_sweep_sim_mma.py
 
 test: test-cpp test-py test-sim-asan
 

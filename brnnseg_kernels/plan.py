@@ -53,17 +53,32 @@ class Launch:
     ctas: int            # per direction
     smem_gates: int
     smem_bytes: int
+    mma: bool = False    # the tensor-core recurrence (sweep_{fwd,bwd}_mma_kernel.cuh)
+    kt: int = 0          # tensor cores: hid_pad / 16
+    nt: int = 0          # tensor cores: column tiles of 16 a warp owns
+    kpw: int = 0         # tensor cores: k tiles a warp owns (16 wide, 8 for TF32)
+    ksplit: int = 0      # tensor cores: warps sharing one column tile
+
+    @property
+    def recurrence(self) -> str:
+        return "mma" if self.mma else "fma"
 
     @property
     def weights(self) -> str:
+        if self.mma:
+            return "regs"
         g = cell_spec(self.cell).gates
         return "smem" if self.smem_gates == g else "L2" if self.smem_gates == 0 else f"split {self.smem_gates}/{g}"
 
 
-def launch_plan(cell: str, dtype: str, hidden: int, lines: int, backward: bool, gpu: str) -> Launch:
-    threads, tile, ctas, gates, smem = torch.ops.brnnseg.sweep_launch_plan(cell, DTYPES[dtype], hidden, lines,
-                                                                           backward, gpu)
-    return Launch(cell, dtype, "bwd" if backward else "fwd", hidden, threads, tile, ctas, gates, smem)
+def launch_plan(cell: str, dtype: str, hidden: int, lines: int, backward: bool, gpu: str,
+                recurrence: str = "auto", tf32: bool = False) -> Launch:
+    """What the CUDA op launches: `recurrence` as BRNNSEG_CUDA_RECURRENCE (auto / fma / mma), `tf32` as
+    torch.backends.cuda.matmul.allow_tf32."""
+    threads, tile, ctas, gates, smem, mma, kt, nt, kpw, ksplit = torch.ops.brnnseg.sweep_launch_plan(
+        cell, DTYPES[dtype], hidden, lines, backward, gpu, recurrence, tf32)
+    return Launch(cell, dtype, "bwd" if backward else "fwd", hidden, threads, tile, ctas, gates, smem, bool(mma), kt,
+                  nt, kpw, ksplit)
 
 
 def kernel_constants() -> Dict[str, int]:

@@ -19,10 +19,29 @@ ENV = dict(os.environ, PYTHONPATH=ROOT)
     ("h100", "gru", "float32", 256, "L2"), ("h100", "gru", "bfloat16", 256, "split 1/3"),
     ("a100", "gru", "float32", 128, "split 2/3"), ("a100", "lstm", "float32", 64, "smem")])
 def test_launch_plan_places_w_hh(gpu, cell, dtype, hid, where):
-    lp = plan.launch_plan(cell, dtype, hid, 1000, False, gpu)
-    assert lp.weights == where
+    """The FP32-core kernels (BRNNSEG_CUDA_RECURRENCE=fma): where W_hh lives."""
+    lp = plan.launch_plan(cell, dtype, hid, 1000, False, gpu, recurrence="fma")
+    assert lp.weights == where and not lp.mma
     assert lp.smem_bytes <= plan.gpu_spec(gpu)["smem_per_block_optin"]
     assert lp.threads == 256 and lp.tile == {64: 16, 128: 8, 256: 4}[hid] and lp.ctas == -(-1000 // lp.tile)
+
+
+@pytest.mark.parametrize("cell,dtype,hid,tf32,kt,threads,mma", [
+    ("gru", "bfloat16", 128, False, 8, 384, True), ("lstm", "float16", 100, False, 8, 352, True),
+    ("gru", "bfloat16", 40, False, 4, 384, True), ("gru", "float32", 64, False, 0, 256, False),
+    ("gru", "float32", 64, True, 4, 384, True), ("gru", "float32", 128, True, 0, 256, False),
+    ("lstm", "bfloat16", 256, False, 0, 256, False)])
+def test_launch_plan_picks_the_recurrence(cell, dtype, hid, tf32, kt, threads, mma):
+    """auto: tensor cores for half precision up to hidden 128, for float32 only with TF32 allowed and up
+    to hidden 64 (W_hh's TF32 fragments fill the registers); FP32 cores otherwise. 16 lines a CTA."""
+    lp = plan.launch_plan(cell, dtype, hid, 1000, False, "h100", tf32=tf32)
+    assert (lp.mma, lp.kt, lp.threads) == (mma, kt, threads)
+    if mma:
+        assert lp.tile == 16 and lp.ctas == -(-1000 // 16) and lp.weights == "regs"
+        assert lp.smem_bytes <= plan.gpu_spec("h100")["smem_per_block_optin"]
+        assert 4 * lp.nt * lp.kpw <= 96  # B fragments: at most 96 registers a thread
+    with pytest.raises(ValueError, match="must be 'auto', 'fma' or 'mma'"):
+        plan.launch_plan(cell, dtype, hid, 1000, False, "h100", recurrence="tensor")
 
 
 def test_launch_plan_rejects_bad_arguments():

@@ -24,7 +24,14 @@ from tests.utils import assert_verbose_allclose, stacked_weights, sweep_referenc
 # build of the simulator (make test-sim-asan).
 sim = pytest.importorskip(os.environ.get("BRNNSEG_SIM_MODULE", "brnnseg_kernels._sim"))
 CELLS = list(bk.cells.kernel_cells())
-H100 = ("h100", 0)  # the GPU to simulate, and the planner's smem budget (0: its opt-in limit)
+H100 = ("h100", 0)
+
+
+@pytest.fixture(autouse=True)
+def fp32_core_recurrence(monkeypatch):
+    """These tests are the FP32-core kernels' (sweep_{fwd,bwd}_kernel.cuh): half precision would take the
+    tensor-core ones by default (tests/test_sweep_sim_mma.py covers those)."""
+    monkeypatch.setenv("BRNNSEG_CUDA_RECURRENCE", "fma")  # the GPU to simulate, and the planner's smem budget (0: its opt-in limit)
 
 # (N, C, H, W, hidden): several CTAs (tile = 32 lines for hidden <= 32, 16 for 33..64), partial
 # last tiles, T = 1 both ways, hidden not a multiple of 32.

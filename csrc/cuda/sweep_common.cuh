@@ -12,7 +12,7 @@
 // Shared memory is reached through smem_ptr<T> / smem_at<T>(base, byte offset): plain pointers under
 // nvcc, checked pointers under the simulator (simt_sim.h: bounds, unwritten reads).
 #define BRNNSEG_DYNAMIC_SMEM(type, name) \
-  extern __shared__ __align__(16) unsigned char brnnseg_smem_raw[]; \
+  extern __shared__ __align__(128) unsigned char brnnseg_smem_raw[]; \
   type* name = reinterpret_cast<type*>(brnnseg_smem_raw)
 template <typename T>
 using smem_ptr = T*;

@@ -13,6 +13,12 @@ template <typename Cell, typename T>
 void sweep_fwd_launch(const SweepBatch<SweepFwdParams<T>>& batch, const LaunchConfig& config, void* stream);
 template <typename Cell, typename T>
 void sweep_bwd_launch(const SweepBatch<SweepBwdParams<T>>& batch, const LaunchConfig& config, void* stream);
+// The tensor-core kernels (config.recurrence == Recurrence::kMma, from mma_launch_config): defined in
+// sweep_mma_launch_impl.cuh, instantiated by sweep_{fwd,bwd}_mma_{fp32,fp16,bf16}.cu.
+template <typename Cell, typename T>
+void sweep_fwd_mma_launch(const SweepBatch<SweepFwdParams<T>>& batch, const LaunchConfig& config, void* stream);
+template <typename Cell, typename T>
+void sweep_bwd_mma_launch(const SweepBatch<SweepBwdParams<T>>& batch, const LaunchConfig& config, void* stream);
 
 // Applies the config to every sweep of a batch: tile, shared-memory gates, blocks (tiles) per sweep.
 template <typename Params>

@@ -12,14 +12,14 @@ namespace brnnseg {
 
 // BRNNSEG_SET_MAX_DYNAMIC_SMEM is cudaFuncSetAttribute under nvcc and its emulation (checked against
 // the simulated GPU) under simt_sim.h; the launch is refused above 48 KiB without it.
+// bounds: the kernel's __launch_bounds__ (the simulator checks the block against it).
 template <typename Kernel, typename Params>
 void launch_sweep_kernel(Kernel kernel, const std::string& name, const SweepBatch<Params>& b, const LaunchConfig& c,
-                         void* stream) {
+                         void* stream, int bounds = kMaxThreadsPerCta) {
   if (c.smem_bytes > 48 * 1024) BRNNSEG_SET_MAX_DYNAMIC_SMEM(kernel, c.smem_bytes);
   (void)stream;
   const int blocks = b.count == 2 && b.blocks[1] > b.blocks[0] ? b.blocks[1] : b.blocks[0];
-  BRNNSEG_LAUNCH(kernel, name.c_str(), kMaxThreadsPerCta, dim3(blocks, 2, b.count), dim3(c.threads), c.smem_bytes,
-                 stream, b);
+  BRNNSEG_LAUNCH(kernel, name.c_str(), bounds, dim3(blocks, 2, b.count), dim3(c.threads), c.smem_bytes, stream, b);
 }
 
 template <typename Cell, typename T>

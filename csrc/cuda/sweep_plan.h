@@ -51,10 +51,93 @@ inline size_t dynamic_smem_budget(size_t optin_limit) {
   return optin_limit > kStaticSmemAllowance ? optin_limit - kStaticSmemAllowance : 0;
 }
 
+// ---- the tensor-core recurrence (sweep_{fwd,bwd}_mma_kernel.cuh) ---------------------------------
+// The per-step product of a CTA of kMmaLines lines, [16 lines x K] . [K x N], on tensor cores through
+// wmma: forward h_prev . W_hh^T (K = hid_pad, N = G*hid_pad), backward dgates . W_hh (K = G*hid_pad,
+// N = hid_pad), hid_pad = 16 * kt. W_hh stays in registers as B fragments for the whole launch: warp w
+// owns `nt` column tiles of 16 and `kpw` row tiles (k tiles of 16, 8 for TF32) of them; when K is split
+// over `ksplit` warps their partial products are summed in the gate math. At most kMmaMaxFrags B
+// fragments a warp (4 registers each: 96 registers a thread) and kMmaMaxWarps warps a CTA (384
+// threads: up to 168 registers a thread under __launch_bounds__(384, 1), so nothing spills).
+constexpr int kMmaLines = 16;
+constexpr int kMmaMaxFrags = 24;
+constexpr int kMmaMaxWarps = 12;
+constexpr int kMmaMaxKt = 8;  // hidden <= 128 (kt = 1, 2, 4, 8); larger hidden sizes take the FMA kernel
+
+struct MmaTiling {
+  int ntiles = 0, ktiles = 0;  // column tiles of 16 and row tiles of the MMA's k of the product
+  int nt = 0, kpw = 0;         // column tiles and k tiles a warp owns
+  int ksplit = 0;              // warps that share one column tile (K split between them)
+  int warps = 0;               // 0: W_hh does not fit the registers of kMmaMaxWarps warps
+  BRNNSEG_HD constexpr int groups() const { return warps / (ksplit ? ksplit : 1); }  // column groups
+};
+
+// The split with the fewest registers a thread spends on the product (4 per B fragment, 8 per
+// accumulator tile), ties to the fewest k splits (fewest partial products): at most kMmaMaxWarps warps
+// with at most kMmaMaxFrags fragments each.
+BRNNSEG_HD constexpr MmaTiling mma_tiling(int ntiles, int ktiles) {
+  MmaTiling best{ntiles, ktiles, 0, 0, 0, 0};
+  for (int ksplit = 1; ksplit <= ktiles; ++ksplit) {
+    if (ktiles % ksplit) continue;
+    const int kpw = ktiles / ksplit;
+    for (int nt = 1; nt * kpw <= kMmaMaxFrags; ++nt) {
+      const int warps = (ntiles + nt - 1) / nt * ksplit;
+      if (warps > kMmaMaxWarps) continue;
+      if (best.warps == 0 || nt * (4 * kpw + 8) < best.nt * (4 * best.kpw + 8))
+        best = MmaTiling{ntiles, ktiles, nt, kpw, ksplit, warps};
+      break;  // a larger nt only adds fragments
+    }
+  }
+  return best;
+}
+
+// k of one MMA: 16 for half/bfloat16 operands, 8 for TF32 (float storage).
+template <typename T>
+BRNNSEG_HD constexpr int mma_k() { return sizeof(T) == 4 ? 8 : 16; }
+// Row padding of the A operand in shared memory (16 bytes: rows start in different banks).
+template <typename T>
+BRNNSEG_HD constexpr int mma_a_pad() { return 16 / int(sizeof(T)); }
+
+template <typename T>
+BRNNSEG_HD constexpr MmaTiling mma_fwd_tiling(int G, int kt) { return mma_tiling(G * kt, 16 * kt / mma_k<T>()); }
+template <typename T>
+BRNNSEG_HD constexpr MmaTiling mma_bwd_tiling(int G, int kt) { return mma_tiling(kt, G * 16 * kt / mma_k<T>()); }
+
+// Shared memory of the tensor-core kernels, in this order (each part 32-byte aligned):
+//   A operand [16][K + pad] (T) | partial products [ksplit][16][N + 4] (float) |
+//   state [16][hid_pad] (float: forward h, backward dh_direct) | cell state [16][hid_pad] (float, cells
+//   with one) | forward only: biases [2][N] (float) | input projections [2 steps][16][G*hid_pad] (T),
+//   the double buffer the next step's are copied into asynchronously.
+struct MmaSmem {
+  size_t a, p, state, cell, bias, gx, total;
+};
+BRNNSEG_HD constexpr size_t align32(size_t b) { return (b + 31) & ~size_t(31); }
+template <typename T>
+BRNNSEG_HD constexpr MmaSmem mma_smem(bool backward, int G, int kt, bool cell_state) {
+  const int hp = 16 * kt, K = backward ? G * hp : hp, N = backward ? hp : G * hp;
+  const MmaTiling t = backward ? mma_bwd_tiling<T>(G, kt) : mma_fwd_tiling<T>(G, kt);
+  MmaSmem s{};
+  s.a = 0;
+  s.p = s.a + align32(size_t(kMmaLines) * (K + mma_a_pad<T>()) * sizeof(T));
+  s.state = s.p + align32(size_t(t.ksplit) * kMmaLines * (N + 4) * sizeof(float));
+  s.cell = s.state + align32(size_t(kMmaLines) * hp * sizeof(float));
+  s.bias = s.cell + (cell_state ? align32(size_t(kMmaLines) * hp * sizeof(float)) : 0);
+  s.gx = s.bias + (backward ? 0 : align32(size_t(2) * N * sizeof(float)));
+  s.total = s.gx + (backward ? 0 : align32(size_t(2) * kMmaLines * G * hp * sizeof(T)));
+  return s;
+}
+
+// Which recurrence a launch runs: the FP32-core kernels (sweep_{fwd,bwd}_kernel.cuh) or the
+// tensor-core ones.
+enum class Recurrence { kFma = 0, kMma = 1 };
+
 struct LaunchConfig {
   int threads = 0, tile = 0, blocks = 0;
-  int smem_gates = 0;       // gates of W_hh in shared memory (all of them when they fit)
+  int smem_gates = 0;       // gates of W_hh in shared memory (all of them when they fit); FMA kernels
   size_t smem_bytes = 0;
+  Recurrence recurrence = Recurrence::kFma;
+  int kt = 0;               // tensor-core kernels: hid_pad / 16
+  MmaTiling tiling;         // tensor-core kernels: how the warps share W_hh
 };
 
 // smem_limit: the most dynamic shared memory a CTA may use (the device's opt-in limit on a GPU,
@@ -90,4 +173,65 @@ LaunchConfig sweep_launch_config(bool backward, int G, int hid, int64_t lines, s
                                 std::to_string(smem_limit));
   return c;
 }
+
+// The tensor-core plan for (cell, hidden, storage type), or why there is none (`why` non-empty).
+// T = float plans the TF32 kernel.
+template <typename T>
+LaunchConfig mma_launch_config(bool backward, int G, bool cell_state, int hid, int64_t lines, size_t smem_limit,
+                               std::string& why) {
+  LaunchConfig c;
+  int kt = 1;
+  while (16 * kt < hid) kt *= 2;
+  if (kt > kMmaMaxKt) {
+    why = "hidden " + std::to_string(hid) + " is over " + std::to_string(16 * kMmaMaxKt) +
+          " (W_hh no longer fits the registers of one CTA)";
+    return c;
+  }
+  const MmaTiling t = backward ? mma_bwd_tiling<T>(G, kt) : mma_fwd_tiling<T>(G, kt);
+  if (t.warps == 0) {
+    why = "W_hh of hidden " + std::to_string(hid) + (sizeof(T) == 4 ? " in TF32" : "") + " needs more than " +
+          std::to_string(kMmaMaxWarps) + " warps x " + std::to_string(kMmaMaxFrags) + " fragments of registers";
+    return c;
+  }
+  const MmaSmem sm = mma_smem<T>(backward, G, kt, cell_state);
+  if (sm.total > smem_limit) {
+    why = "the tensor-core kernel needs " + std::to_string(sm.total) + " bytes of shared memory, limit " +
+          std::to_string(smem_limit);
+    return c;
+  }
+  c.recurrence = Recurrence::kMma;
+  c.kt = kt;
+  c.tiling = t;
+  c.threads = 32 * t.warps;
+  c.tile = kMmaLines;
+  c.blocks = static_cast<int>((lines + kMmaLines - 1) / kMmaLines);
+  c.smem_gates = G;  // W_hh is on chip (registers)
+  c.smem_bytes = sm.total;
+  return c;
+}
+}  // namespace brnnseg
+
+namespace brnnseg {
+
+// The launch the op makes: the tensor-core recurrence when `request` ("auto", "fma" or "mma", from
+// BRNNSEG_CUDA_RECURRENCE) and the dtype allow it and it has a plan, else the FP32-core one.
+//   auto: tensor cores for half/bfloat16; for float32 only when TF32 is allowed (allow_tf32).
+//   mma:  tensor cores (float32 as TF32); std::invalid_argument where there is no plan.
+//   fma:  the FP32-core kernels.
+template <typename T>
+LaunchConfig plan_recurrence(const std::string& request, bool tf32_allowed, bool backward, int G, bool cell_state,
+                             int hid, int64_t lines, size_t smem_limit, bool force_global_weights = false) {
+  if (request != "auto" && request != "fma" && request != "mma")
+    throw std::invalid_argument("BRNNSEG_CUDA_RECURRENCE must be 'auto', 'fma' or 'mma', got '" + request + "'");
+  const bool want = !force_global_weights &&
+                    (request == "mma" || (request == "auto" && (sizeof(T) == 2 || tf32_allowed)));
+  if (want) {
+    std::string why;
+    const LaunchConfig c = mma_launch_config<T>(backward, G, cell_state, hid, lines, smem_limit, why);
+    if (c.recurrence == Recurrence::kMma) return c;
+    if (request == "mma") throw std::invalid_argument("BRNNSEG_CUDA_RECURRENCE=mma: no tensor-core kernel: " + why);
+  }
+  return sweep_launch_config<T>(backward, G, hid, lines, smem_limit, force_global_weights);
+}
+
 }  // namespace brnnseg

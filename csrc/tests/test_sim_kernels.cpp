@@ -143,7 +143,7 @@ static void run_case(const DeviceSpec& dev, int64_t N, int64_t H, int64_t W, int
     return bwd ? bwd_smem_bytes<float>(G, hid, tile, 1) : fwd_smem_bytes<float>(G, hid, tile, 1);
   };
   std::vector<float> y(ref.y.size(), kNaN), ws(2 * T * lines * S * hid, kNaN);
-  SweepFwdParams<float> fp{geo, hid, 0, 0, gx.data(), w_t.data(), b_ih.data(), b_hh.data(), y.data(), sN, sC, sH, sW,
+  SweepFwdParams<float> fp{geo, hid, 0, 0, gx.data(), w_t.data(), nullptr, b_ih.data(), b_hh.data(), y.data(), sN, sC, sH, sW,
                            ws.data()};
   const LaunchConfig fc = sweep_launch_config<float>(false, G, hid, lines, limit(false), weights == Weights::kL2);
   const LaunchConfig bc = sweep_launch_config<float>(true, G, hid, lines, limit(true), weights == Weights::kL2);
@@ -162,7 +162,7 @@ static void run_case(const DeviceSpec& dev, int64_t N, int64_t H, int64_t W, int
   CHECK(e <= 1, "forward %s %s hid=%d axis=%d: %g x tolerance", dev.name, Cell::kName, hid, axis, e);
 
   std::vector<float> dgx(P * 2 * Gh, kNaN), dgh(P * 2 * Gh, kNaN), first(2 * lines * Gh, kNaN);
-  SweepBwdParams<float> bp{geo, hid, 0, 0, w_hh.data(), gy.data(), sN, sC, sH, sW, y.data(), sN, sC, sH, sW,
+  SweepBwdParams<float> bp{geo, hid, 0, 0, w_hh.data(), nullptr, gy.data(), sN, sC, sH, sW, y.data(), sN, sC, sH, sW,
                            ws.data(), dgx.data(), dgh.data(), first.data()};
   SweepBatch<SweepBwdParams<float>> bb;
   bb.sweep[0] = bp;

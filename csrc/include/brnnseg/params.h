@@ -17,6 +17,8 @@ struct SweepFwdParams {
   const T* gx;              // (P, 2, G*hid) input projections W_ih x, no bias
   const T* w_hh_t;          // (2, hid, G*hid): W_hh transposed, so threads of consecutive units read
                             // consecutive addresses
+  const T* w_mma;           // tensor-core kernels: (2, hid_pad, G*hid_pad), W_hh^T zero-padded per gate
+                            // (column g*hid_pad + u), the B operand; nullptr for the FMA kernels
   const float* b_ih;        // (2, G*hid), zeros when the layer has no bias
   const float* b_hh;
   T* y;                     // (N, 2*hid, H, W), strided
@@ -31,6 +33,8 @@ struct SweepBwdParams {
   int tile;
   int smem_gates;
   const T* w_hh;            // (2, G*hid, hid)
+  const T* w_mma;           // tensor-core kernels: (2, G*hid_pad, hid_pad), W_hh zero-padded per gate
+                            // (row g*hid_pad + j), the B operand; nullptr for the FMA kernels
   const T* grad_y;          // strided like y
   int64_t g_sN, g_sC, g_sH, g_sW;
   const T* y;

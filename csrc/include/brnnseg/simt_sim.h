@@ -57,16 +57,18 @@ inline std::string str(dim3 d) {
   return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")";
 }
 
-// One block's dynamic shared memory: exactly `bytes`, 16-byte aligned, between two guard zones, with
+// One block's dynamic shared memory: exactly `bytes`, 128-byte aligned, between two guard zones, with
 // a shadow byte per byte (1 = written by some thread of this block).
 class SharedArena {
  public:
   static constexpr size_t kGuard = 64;
   static constexpr unsigned char kGuardByte = 0xA5;
+  static constexpr size_t kAlign = 128;  // as the kernels declare their dynamic shared memory
 
   explicit SharedArena(size_t bytes)
-      : bytes_(bytes), raw_(new unsigned char[bytes + 2 * kGuard + 16]), shadow_(new unsigned char[bytes + 1]) {
-    base_ = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(raw_.get()) + kGuard + 15) & ~uintptr_t(15));
+      : bytes_(bytes), raw_(new unsigned char[bytes + 2 * kGuard + kAlign]), shadow_(new unsigned char[bytes + 1]) {
+    base_ = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(raw_.get()) + kGuard + kAlign - 1) &
+                                             ~uintptr_t(kAlign - 1));
   }
   unsigned char* data() const { return base_; }
   size_t size() const { return bytes_; }

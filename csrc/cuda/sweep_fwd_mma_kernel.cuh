@@ -1,0 +1,131 @@
+// The tensor-core forward kernel of the line sweeps, templated on the storage type, the cell and
+// kt = hid_pad / 16 (hidden <= 128). CTA (tile, direction) owns kMmaLines = 16 lines for all time
+// steps. W_hh^T is loaded once into registers as wmma B fragments split over the warps
+// (ResidentProduct, sweep_mma.cuh); each step:
+//   1. product: every warp multiplies h_prev (16 x hid_pad, the operand-type copy in shared memory)
+//      by its fragments on tensor cores and stores its partial product to shared memory;
+//   2. barrier; gate math: each thread takes (line, unit) pairs, units fastest, sums the partial
+//      products, adds the biases and the input projections (already in shared memory), runs the
+//      cell's forward (the header the CPU uses) and writes h (float state and operand copy), the
+//      saved slots and, unless y is stored in step 3, y;
+//   3. wait for this thread's asynchronous copies, barrier; NCHW column sweeps: y of this step is
+//      stored from the float state with lines fastest (consecutive addresses) before the next product.
+// The next step's input projections are copied global -> shared with cp.async at the start of each
+// step (the host lays them out padded, (P, 2, G, hid_pad), so a line's are whole 16-byte chunks): the
+// copies run under the product and the gate math.
+// Half/bfloat16: operands in that type, float accumulation. Float: TF32 operands (rounded), float
+// accumulation. The cell state and all gate math stay float.
+#pragma once
+#include "cuda/sweep_mma.cuh"
+
+namespace brnnseg {
+
+template <typename T, typename Cell, int kKt>
+__global__ void __launch_bounds__(MmaShape<T, Cell, kKt, false>::kThreads, 1)
+    sweep_fwd_mma_kernel(SweepBatch<SweepFwdParams<T>> batch) {
+  using Sh = MmaShape<T, Cell, kKt, false>;
+  using Op = MmaOperand<T>;
+  using E = typename Op::elem;
+  constexpr int G = Cell::kGates, S = Cell::kSaved, HP = Sh::kHidPad, N = Sh::kN;
+  constexpr int LDA = Sh::kLda, LDP = Sh::kLdp, KS = Sh::kKsplit, kPairs = Sh::kPairs;
+  constexpr size_t SM_A = Sh::kSmem.a, SM_P = Sh::kSmem.p, SM_STATE = Sh::kSmem.state, SM_CELL = Sh::kSmem.cell,
+                   SM_BIAS = Sh::kSmem.bias, SM_GX = Sh::kSmem.gx;
+  if (int(blockIdx.x) >= batch.blocks[blockIdx.z]) return;  // uniform per CTA: before any barrier
+  const SweepFwdParams<T>& p = batch.sweep[blockIdx.z];
+  const SweepGeometry& geo = p.geo;
+  const int hid = p.hid, Gh = G * hid, d = blockIdx.y, threads = blockDim.x;
+  const int64_t lines = geo.lines(), T_len = geo.steps();
+  const int64_t l0 = int64_t(blockIdx.x) * kMmaLines;
+  const int L = static_cast<int>(lines - l0 < kMmaLines ? lines - l0 : kMmaLines);
+
+  BRNNSEG_DYNAMIC_SMEM(unsigned char, smem);
+  const smem_ptr<E> a_s = smem_at<E>(smem, SM_A);              // [16][LDA] h_prev, operand type
+  const smem_ptr<float> p_s = smem_at<float>(smem, SM_P);      // [KS][16][LDP] partial products
+  const smem_ptr<float> h_s = smem_at<float>(smem, SM_STATE);  // [16][HP] h, float
+  const smem_ptr<float> c_s = smem_at<float>(smem, SM_CELL);   // [16][HP] c (cells with a state)
+  const smem_ptr<float> b_s = smem_at<float>(smem, SM_BIAS);   // [2][N]: b_ih, b_hh per padded column
+  const smem_ptr<T> gx_s = smem_at<T>(smem, SM_GX);             // [2][16][N] input projections
+
+  typename Sh::Product prod;
+  prod.load(reinterpret_cast<const E*>(p.w_mma) + int64_t(d) * HP * N, N);
+  for (int i = threadIdx.x; i < kMmaLines * LDA; i += threads) a_s[i] = Op::from_float(0.f);
+  for (int i = threadIdx.x; i < KS * kMmaLines * LDP; i += threads) p_s[i] = 0.f;
+  for (int i = threadIdx.x; i < kMmaLines * HP; i += threads) {
+    h_s[i] = 0.f;
+    if constexpr (Cell::kHasCellState) c_s[i] = 0.f;
+  }
+  for (int i = threadIdx.x; i < N; i += threads) {
+    const int g = i / HP, u = i - g * HP;
+    b_s[i] = u < hid ? p.b_ih[d * Gh + g * hid + u] : 0.f;
+    b_s[N + i] = u < hid ? p.b_hh[d * Gh + g * hid + u] : 0.f;
+  }
+
+  // y is stored from shared memory with lines fastest when neighbouring lines are neighbours in memory
+  // (NCHW column sweeps); otherwise by the gate math, units fastest (channels_last: contiguous).
+  const int64_t y_line_stride = geo.axis == 3 ? p.y_sH : p.y_sW;
+  const bool y_lines_fastest = y_line_stride == 1 && p.y_sC != 1;
+
+  // The input projections of the CTA's lines at step t into buffer `buf`: (P, 2, N) padded rows of N
+  // elements, 16-byte chunks, asynchronously.
+  constexpr int kChunks = N * int(sizeof(T)) / 16;  // per line
+  auto copy_gx = [&](int64_t t, int buf) {
+    for (int i = threadIdx.x; i < L * kChunks; i += threads) {
+      const int l = i / kChunks, c = i - l * kChunks;
+      const T* src = p.gx + (geo.pos(l0 + l, t) * 2 + d) * N + c * (16 / int(sizeof(T)));
+      async_copy16(gx_s + (buf * kMmaLines + l) * N + c * (16 / int(sizeof(T))), src);
+    }
+  };
+  copy_gx(step_time(d, 0, T_len), 0);
+  async_copy_wait_all();
+  __syncthreads();
+
+  for (int64_t s = 0; s < T_len; ++s) {
+    const int64_t t = step_time(d, s, T_len);
+    const int buf = int(s & 1);
+    if (s + 1 < T_len) copy_gx(step_time(d, s + 1, T_len), buf ^ 1);  // lands during this step
+    if (s > 0) prod.run(a_s, LDA, p_s, LDP);  // s = 0: h_prev = 0, p_s holds zeros
+    __syncthreads();  // partial products complete
+#pragma unroll 1
+    for (int i = 0; i < kPairs; ++i) {
+      const MmaPair q(i, threads, HP, hid, L);
+      if (!q.ok) continue;
+      const int64_t line = l0 + q.l;
+      float ax[G], ah[G], saved[S];
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const int col = g * HP + q.u;
+        float acc = 0.f;
+#pragma unroll
+        for (int k = 0; k < KS; ++k) acc += p_s[(k * kMmaLines + q.l) * LDP + col];
+        ax[g] = to_float(T(gx_s[(buf * kMmaLines + q.l) * N + col])) + b_s[col];
+        ah[g] = acc + b_s[N + col];
+      }
+      const int si = q.l * HP + q.u;
+      float c = 0.f;
+      if constexpr (Cell::kHasCellState) c = c_s[si];
+      const float h = Cell::forward(ax, ah, float(h_s[si]), c, saved);
+      if constexpr (Cell::kHasCellState) c_s[si] = c;
+      h_s[si] = h;
+      a_s[q.l * LDA + q.u] = Op::from_float(h);
+      if (p.ws) {
+        float* ws = p.ws + ((int64_t(d) * T_len + t) * lines + line) * (S * hid) + q.u;
+#pragma unroll
+        for (int k = 0; k < S; ++k) ws[k * hid] = saved[k];
+      }
+      if (!y_lines_fastest)
+        p.y[geo.strided_offset(line, t, p.y_sN, p.y_sH, p.y_sW) + (int64_t(d) * hid + q.u) * p.y_sC] =
+            static_cast<T>(h);
+    }
+    async_copy_wait_all();  // this thread's copies of the next step's input projections
+    __syncthreads();        // h and the next input projections complete before anyone reads them
+    if (y_lines_fastest)
+      for (int i = threadIdx.x; i < kMmaLines * HP; i += threads) {
+        const int u = i / kMmaLines, l = i - u * kMmaLines;
+        if (l < L && u < hid)
+          p.y[geo.strided_offset(l0 + l, t, p.y_sN, p.y_sH, p.y_sW) + (int64_t(d) * hid + u) * p.y_sC] =
+              static_cast<T>(float(h_s[l * HP + u]));
+      }
+  }
+}
+
+}  // namespace brnnseg

@@ -1,0 +1,176 @@
+// What the tensor-core sweep kernels (sweep_fwd_mma_kernel.cuh, sweep_bwd_mma_kernel.cuh) share: the
+// wmma operand type of each storage type, and the per-step product [16 lines x K] . [K x N] with the B
+// operand (W_hh) resident in registers. Under nvcc this is <mma.h>; under the simulator the same
+// source runs on the exact emulation of simt_sim_wmma.h.
+#pragma once
+#include "cuda/sweep_common.cuh"
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+#endif
+
+namespace brnnseg {
+
+namespace wmma = nvcuda::wmma;
+
+// 16-byte asynchronous copies global -> shared (cp.async.cg: bypasses L1), and the wait for all of a
+// thread's outstanding ones; emulated in the simulator as copies completed at the wait.
+#if defined(__CUDACC__)
+__device__ __forceinline__ void async_copy16(void* dst_smem, const void* src) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(dst_smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void async_copy_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_all;\n" ::: "memory");
+}
+// A hint that brings a global address towards L2 for a later load (no register, no wait).
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+#else
+using ::brnnseg::sim::async_copy16;
+using ::brnnseg::sim::async_copy_wait_all;
+inline void prefetch_l2(const void*) {}
+#endif
+
+// The wmma element type of a storage type T (c10::Half / c10::BFloat16 have the bits of __half /
+// __nv_bfloat16; float runs TF32), the MMA's k, and float -> operand conversion.
+template <typename T>
+struct MmaOperand;
+
+template <>
+struct MmaOperand<float> {
+  using elem = float;
+  using frag = wmma::precision::tf32;
+  static constexpr int kK = 8;
+  __device__ __forceinline__ static elem from_float(float v) { return v; }
+  template <typename F>
+  __device__ __forceinline__ static void round(F& f) {  // TF32 operands: rounded, not truncated
+    for (int i = 0; i < f.num_elements; ++i) f.x[i] = wmma::__float_to_tf32(f.x[i]);
+  }
+};
+
+#if defined(__CUDACC__)
+template <>
+struct MmaOperand<c10::Half> {
+  using elem = __half;
+  using frag = __half;
+  static constexpr int kK = 16;
+  __device__ __forceinline__ static elem from_float(float v) { return __float2half_rn(v); }
+  template <typename F>
+  __device__ __forceinline__ static void round(F&) {}
+};
+template <>
+struct MmaOperand<c10::BFloat16> {
+  using elem = __nv_bfloat16;
+  using frag = __nv_bfloat16;
+  static constexpr int kK = 16;
+  __device__ __forceinline__ static elem from_float(float v) { return __float2bfloat16_rn(v); }
+  template <typename F>
+  __device__ __forceinline__ static void round(F&) {}
+};
+#elif defined(BRNNSEG_SIM_HALF_TYPES)
+// The simulator build with torch's headers: c10's types themselves are the operands.
+template <typename T>
+struct MmaOperandHalfSim {
+  using elem = T;
+  using frag = T;
+  static constexpr int kK = 16;
+  static elem from_float(float v) { return elem(v); }
+  template <typename F>
+  static void round(F&) {}
+};
+template <>
+struct MmaOperand<c10::Half> : MmaOperandHalfSim<c10::Half> {};
+template <>
+struct MmaOperand<c10::BFloat16> : MmaOperandHalfSim<c10::BFloat16> {};
+#endif
+
+// The recurrent product of one CTA and step. Warp w owns column tiles [n0, n0 + nt) (those < ntiles)
+// and k tiles [k0, k0 + kpw) of B, held in registers from load() on; run() multiplies the A operand
+// in shared memory ([16][lda], the element type of Op) by them and stores each warp's partial
+// product to its k-split slice of P ([ksplit][16][ldp] floats).
+template <typename T, int kNt, int kKpw, int kGroups, int kNtiles>
+struct ResidentProduct {
+  using Op = MmaOperand<T>;
+  using E = typename Op::elem;
+  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, Op::kK, typename Op::frag, wmma::row_major>;
+  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, Op::kK, typename Op::frag, wmma::row_major>;
+  using Acc = wmma::fragment<wmma::accumulator, 16, 16, Op::kK, float>;
+
+  FragB w[kNt][kKpw];
+  int n0, k0, kslice;
+  static constexpr int ntiles = kNtiles;
+
+  __device__ __forceinline__ ResidentProduct() {
+    const int warp = threadIdx.x / 32;
+    n0 = (warp % kGroups) * kNt;
+    kslice = warp / kGroups;
+    k0 = kslice * kKpw;
+  }
+
+  // B: row-major [K][ldb] in global memory (one direction's padded W_hh).
+  __device__ __forceinline__ void load(const E* b, int ldb) {
+#pragma unroll
+    for (int i = 0; i < kNt; ++i)
+#pragma unroll
+      for (int k = 0; k < kKpw; ++k)
+        if (n0 + i < ntiles) {  // warp-uniform
+          wmma::load_matrix_sync(w[i][k], b + int64_t(k0 + k) * Op::kK * ldb + (n0 + i) * 16, ldb);
+          Op::round(w[i][k]);
+        }
+  }
+
+  template <typename APtr, typename PPtr>
+  __device__ __forceinline__ void run(const APtr& a, int lda, const PPtr& p, int ldp) const {
+    Acc acc[kNt];
+#pragma unroll
+    for (int i = 0; i < kNt; ++i) wmma::fill_fragment(acc[i], 0.f);
+#pragma unroll
+    for (int k = 0; k < kKpw; ++k) {
+      FragA fa;
+      wmma::load_matrix_sync(fa, a + (k0 + k) * Op::kK, lda);
+      Op::round(fa);
+#pragma unroll
+      for (int i = 0; i < kNt; ++i)
+        if (n0 + i < ntiles) wmma::mma_sync(acc[i], fa, w[i][k], acc[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < kNt; ++i)
+      if (n0 + i < ntiles) wmma::store_matrix_sync(p + kslice * 16 * ldp + (n0 + i) * 16, acc[i], ldp, wmma::mem_row_major);
+  }
+};
+
+// Compile-time shape of a tensor-core kernel instantiation.
+template <typename T, typename Cell, int kKt, bool kBackward>
+struct MmaShape {
+  static constexpr int G = Cell::kGates;
+  static constexpr int kHidPad = 16 * kKt;
+  static constexpr int kK = kBackward ? G * kHidPad : kHidPad;
+  static constexpr int kN = kBackward ? kHidPad : G * kHidPad;
+  static constexpr MmaTiling kTiling = kBackward ? mma_bwd_tiling<T>(G, kKt) : mma_fwd_tiling<T>(G, kKt);
+  static constexpr bool kFits = kTiling.warps > 0;
+  static constexpr int kThreads = kFits ? 32 * kTiling.warps : 32;
+  static constexpr int kNt = kFits ? kTiling.nt : 1, kKpw = kFits ? kTiling.kpw : 1;
+  static constexpr int kGroups = kFits ? kTiling.groups() : 1, kNtiles = kTiling.ntiles, kKsplit = kTiling.ksplit;
+  using Product = ResidentProduct<T, kNt, kKpw, kGroups, kNtiles>;
+  static constexpr int kLda = kK + mma_a_pad<T>(), kLdp = kN + 4;
+  // (line, unit) pairs of the gate math per thread.
+  static constexpr int kPairs = (kMmaLines * kHidPad + kThreads - 1) / kThreads;
+  static constexpr MmaSmem kSmem = mma_smem<T>(kBackward, G, kKt, Cell::kHasCellState);
+};
+
+// The gate math's (line, unit) pair i of this thread: units fastest (coalesced gx, workspace and
+// channels_last outputs).
+struct MmaPair {
+  int l, u;
+  bool ok;
+  __device__ __forceinline__ MmaPair(int i, int threads, int hid_pad, int hid, int L) {
+    const int q = threadIdx.x + i * threads;
+    l = q / hid_pad;
+    u = q - l * hid_pad;
+    ok = l < L && u < hid;
+  }
+};
+
+}  // namespace brnnseg
