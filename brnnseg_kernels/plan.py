@@ -109,10 +109,18 @@ def find_cuobjdump() -> Optional[str]:
     return next((c for c in cands if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
 
 
-# sweep_{fwd,bwd}_kernel<T, Cell, kLPT>, mangled: the storage type, then the cell's struct
-# (NS_<len><Name>CellE; a cell named "rnn_tanh" is the struct RnnTanhCell).
-_KERNEL_RE = re.compile(r"sweep_(fwd|bwd)_kernelI(f|N3c104HalfE|N3c108BFloat16E)NS_\d+(\w+?)CellELi\d+E")
+# sweep_{fwd,bwd}_kernel<T, Cell, kLPT> and sweep_{fwd,bwd}_mma_kernel<T, Cell, kt>, mangled: the storage
+# type, then the cell's struct (NS_<len><Name>CellE; a cell named "rnn_tanh" is the struct RnnTanhCell), then
+# the integer parameter.
+_KERNEL_RE = re.compile(r"sweep_(fwd|bwd)(_mma)?_kernelI(f|N3c104HalfE|N3c108BFloat16E)NS_\d+(\w+?)CellELi(\d+)E")
 _DT = {"f": "float32", "N3c104HalfE": "float16", "N3c108BFloat16E": "bfloat16"}
+
+
+def _kernel_key(arch: str, m) -> Tuple[str, str, str, str]:
+    """(arch, kernel, cell, dtype); kernel is "fwd"/"bwd" for the FP32-core kernels, "fwd_mma<kt>" /
+    "bwd_mma<kt>" for the tensor-core ones."""
+    kernel = m.group(1) + (f"_mma{m.group(5)}" if m.group(2) else "")
+    return (arch, kernel, _cell_name(m.group(4)), _DT[m.group(3)])
 
 
 def _cell_name(struct: str) -> str:
@@ -122,6 +130,7 @@ def _cell_name(struct: str) -> str:
 
 def kernel_resources(library: Optional[str] = None) -> Dict[Tuple[str, str, str, str], Dict[str, int]]:
     """{(arch, kernel, cell, dtype): {REG, STACK, SHARED, LOCAL, MAX_THREADS}} of every recurrence kernel
+    (kernel: "fwd"/"bwd", or "fwd_mma<kt>"/"bwd_mma<kt>" for the tensor-core ones)
     in the shipped extension (``brnnseg_kernels/_C*.so``): ``cuobjdump -res-usage`` for registers, stack,
     static shared and local memory, ``cuobjdump -elf`` for the __launch_bounds__ ptxas recorded
     (EIATTR_MAX_THREADS). Empty without CUDA kernels or cuobjdump."""
@@ -144,13 +153,13 @@ def kernel_resources(library: Optional[str] = None) -> Dict[Tuple[str, str, str,
         m = _KERNEL_RE.search(line) if line.strip().startswith("Function") else None
         if m and i + 1 < len(lines):
             usage = dict((k, int(v)) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", lines[i + 1]))
-            res[(arch, m.group(1), _cell_name(m.group(3)), _DT[m.group(2)])] = usage
+            res[_kernel_key(arch, m)] = usage
     for arch in sorted({k[0] for k in res}):
         elf = subprocess.run([tool, "-elf", "-arch", arch, library], capture_output=True, text=True).stdout
         for section in elf.split("\n.nv.info.")[1:]:
             m = _KERNEL_RE.search(section.split("\n", 1)[0])
             bounds = re.search(r"EIATTR_MAX_THREADS\s*\n\s*Format:.*\n\s*Value:\s*(0x[0-9a-f]+)", section)
-            key = m and (arch, m.group(1), _cell_name(m.group(3)), _DT[m.group(2)])
+            key = m and _kernel_key(arch, m)
             if key in res and bounds:
                 res[key]["MAX_THREADS"] = int(bounds.group(1), 16)
     return res

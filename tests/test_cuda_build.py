@@ -2,7 +2,9 @@
 cuobjdump): the CUDA kernels were compiled when torch has CUDA and nvcc is present; for sm_80 and
 sm_90, every recurrence-kernel instantiation the launcher can pick is in the library, with no
 register spills or stack frame, with the __launch_bounds__ the planner assumes, and with static
-shared memory that leaves room for the largest dynamic amount the planner asks for on that GPU."""
+shared memory that leaves room for the largest dynamic amount the planner asks for on that GPU. The
+tensor-core kernels likewise, one per (kt, cell, dtype) the planner can pick, with __launch_bounds__
+equal to the threads the planner launches and registers that hold the resident W_hh fragments."""
 import os
 import shutil
 
@@ -14,7 +16,21 @@ from brnnseg_kernels import plan
 
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
 GPU_OF_ARCH = {"sm_80": "a100", "sm_90": "h100"}
-VARIANTS = [(k, c, d) for k in ("fwd", "bwd") for c in bk.cells.kernel_cells() for d in ("float32", "float16", "bfloat16")]
+DTYPES = ("float32", "float16", "bfloat16")
+VARIANTS = [(k, c, d) for k in ("fwd", "bwd") for c in bk.cells.kernel_cells() for d in DTYPES]
+
+
+def mma_variants(gpu):
+    """The tensor-core instantiations the planner can pick: (kernel key, cell, dtype, plan)."""
+    out = []
+    for k in ("fwd", "bwd"):
+        for c in bk.cells.kernel_cells():
+            for d in DTYPES:
+                for kt in (1, 2, 4, 8):
+                    lp = plan.launch_plan(c, d, 16 * kt, 1, k == "bwd", gpu, tf32=True)
+                    if lp.mma:
+                        out.append((f"{k}_mma{kt}", c, d, lp))
+    return out
 
 
 def test_cuda_kernels_built_when_possible():
@@ -52,6 +68,24 @@ def resource_problems(resources, archs=("sm_80", "sm_90")):
             if r["SHARED"] + worst > spec["smem_per_block_optin"]:
                 problems.append(f"{name}: {r['SHARED']} bytes static + {worst} dynamic shared memory exceed the "
                                 f"{spec['smem_per_block_optin']} bytes a CTA may have")
+        for kernel, cell, dtype, lp in mma_variants(GPU_OF_ARCH[arch]):
+            r = resources.get((arch, kernel, cell, dtype))
+            name = f"{arch} {kernel} {cell} {dtype}"
+            if r is None:
+                problems.append(f"{name}: not in the library")
+                continue
+            if r["STACK"] or r["LOCAL"]:
+                problems.append(f"{name}: {r['STACK']} bytes stack frame, {r['LOCAL']} bytes local memory (spills)")
+            if r.get("MAX_THREADS") != lp.threads:
+                problems.append(f"{name}: __launch_bounds__ {r.get('MAX_THREADS')} in the binary, the planner "
+                                f"launches {lp.threads}")
+            resident = 4 * lp.nt * lp.kpw + 8 * lp.nt  # B fragments + accumulators, registers a thread
+            if r["REG"] < resident:
+                problems.append(f"{name}: {r['REG']} registers cannot hold {resident} of resident W_hh "
+                                f"fragments and accumulators")
+            if r["SHARED"] + lp.smem_bytes > spec["smem_per_block_optin"]:
+                problems.append(f"{name}: {r['SHARED']} bytes static + {lp.smem_bytes} dynamic shared memory "
+                                f"exceed the {spec['smem_per_block_optin']} bytes a CTA may have")
     return problems
 
 
@@ -83,3 +117,13 @@ def test_resource_check_fails_on_planted_faults(shipped):
     planted = dict(shipped)
     del planted[("sm_80", "bwd", "gru", "bfloat16")]
     assert resource_problems(planted) == ["sm_80 bwd gru bfloat16: not in the library"]
+    key = ("sm_90", "bwd_mma8", "gru", "bfloat16")
+    for change, expect in [({"LOCAL": 8}, "local memory"), ({"MAX_THREADS": 512}, "__launch_bounds__"),
+                           ({"REG": 40}, "cannot hold")]:
+        planted = {k: dict(v) for k, v in shipped.items()}
+        planted[key].update(change)
+        found = resource_problems(planted)
+        assert len(found) == 1 and expect in found[0], (change, found)
+    planted = dict(shipped)
+    del planted[("sm_80", "fwd_mma2", "lstm", "float32")]
+    assert resource_problems(planted) == ["sm_80 fwd_mma2 lstm float32: not in the library"]
