@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, true>::kThreads, 1)
     const bool first = s == 0;
     const int64_t t_prev = first ? t : step_time(d, s - 1, T_len);
     const int64_t prev_offset = d == 0 ? -ts : ts;
-#pragma unroll 1
+BRNNSEG_NO_UNROLL
     for (int i = 0; i < kPairs; ++i) {
       const MmaPair q(i, threads, HP, hid, L);
       if (!q.ok) continue;
@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, true>::kThreads, 1)
       const int si = q.l * HP + q.u;
       float dh_in = to_float(p.grad_y[geo.strided_offset(line, t, p.g_sN, p.g_sH, p.g_sW) + (int64_t(d) * hid + q.u) * p.g_sC]) +
                     float(dd_s[si]);
-#pragma unroll
+BRNNSEG_UNROLL
       for (int k = 0; k < KS; ++k) dh_in += float(p_s[(k * kMmaLines + q.l) * LDP + q.u]);
       float h_prev = 0.f, c_prev = 0.f;
       if constexpr (Cell::kBackwardReadsHPrev)
@@ -87,7 +87,7 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, true>::kThreads, 1)
           c_prev = p.ws[((int64_t(d) * T_len + t_prev) * lines + line) * (S * hid) + Cell::kCellSlot * hid + q.u];
       const float* ws = p.ws + ((int64_t(d) * T_len + t) * lines + line) * (S * hid) + q.u;
       float saved[S], dax[G], dah[G], dh_direct;
-#pragma unroll
+BRNNSEG_UNROLL
       for (int k = 0; k < S; ++k) saved[k] = ws[k * hid];
       float dcv = 0.f;
       if constexpr (Cell::kHasCellState) dcv = dc_s[si];
@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, true>::kThreads, 1)
       dd_s[si] = dh_direct;
       float* dgx = p.dgx + (pos * 2 + d) * Gh + q.u;
       float* slot = (first ? p.dgh_first + (int64_t(d) * lines + line) * Gh : p.dgh + ((pos + prev_offset) * 2 + d) * Gh) + q.u;
-#pragma unroll
+BRNNSEG_UNROLL
       for (int g = 0; g < G; ++g) {
         dgx[g * hid] = dax[g];
         slot[g * hid] = dah[g];
@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, true>::kThreads, 1)
       }
       if (s == T_len - 1) {  // h at the last step feeds no later step: its slot holds zeros
         float* last = p.dgh + (pos * 2 + d) * Gh + q.u;
-#pragma unroll
+BRNNSEG_UNROLL
         for (int g = 0; g < G; ++g) last[g * hid] = 0.f;
       }
     }

@@ -85,17 +85,17 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, false>::kThreads, 1)
     if (s + 1 < T_len) copy_gx(step_time(d, s + 1, T_len), buf ^ 1);  // lands during this step
     if (s > 0) prod.run(a_s, LDA, p_s, LDP);  // s = 0: h_prev = 0, p_s holds zeros
     __syncthreads();  // partial products complete
-#pragma unroll 1
+BRNNSEG_NO_UNROLL
     for (int i = 0; i < kPairs; ++i) {
       const MmaPair q(i, threads, HP, hid, L);
       if (!q.ok) continue;
       const int64_t line = l0 + q.l;
       float ax[G], ah[G], saved[S];
-#pragma unroll
+BRNNSEG_UNROLL
       for (int g = 0; g < G; ++g) {
         const int col = g * HP + q.u;
         float acc = 0.f;
-#pragma unroll
+BRNNSEG_UNROLL
         for (int k = 0; k < KS; ++k) acc += p_s[(k * kMmaLines + q.l) * LDP + col];
         ax[g] = to_float(T(gx_s[(buf * kMmaLines + q.l) * N + col])) + b_s[col];
         ah[g] = acc + b_s[N + col];
@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, false>::kThreads, 1)
       a_s[q.l * LDA + q.u] = Op::from_float(h);
       if (p.ws) {
         float* ws = p.ws + ((int64_t(d) * T_len + t) * lines + line) * (S * hid) + q.u;
-#pragma unroll
+BRNNSEG_UNROLL
         for (int k = 0; k < S; ++k) ws[k * hid] = saved[k];
       }
       if (!y_lines_fastest)

@@ -111,9 +111,9 @@ struct ResidentProduct {
 
   // B: row-major [K][ldb] in global memory (one direction's padded W_hh).
   __device__ __forceinline__ void load(const E* b, int ldb) {
-#pragma unroll
+BRNNSEG_UNROLL
     for (int i = 0; i < kNt; ++i)
-#pragma unroll
+BRNNSEG_UNROLL
       for (int k = 0; k < kKpw; ++k)
         if (n0 + i < ntiles) {  // warp-uniform
           wmma::load_matrix_sync(w[i][k], b + int64_t(k0 + k) * Op::kK * ldb + (n0 + i) * 16, ldb);
@@ -124,18 +124,18 @@ struct ResidentProduct {
   template <typename APtr, typename PPtr>
   __device__ __forceinline__ void run(const APtr& a, int lda, const PPtr& p, int ldp) const {
     Acc acc[kNt];
-#pragma unroll
+BRNNSEG_UNROLL
     for (int i = 0; i < kNt; ++i) wmma::fill_fragment(acc[i], 0.f);
-#pragma unroll
+BRNNSEG_UNROLL
     for (int k = 0; k < kKpw; ++k) {
       FragA fa;
       wmma::load_matrix_sync(fa, a + (k0 + k) * Op::kK, lda);
       Op::round(fa);
-#pragma unroll
+BRNNSEG_UNROLL
       for (int i = 0; i < kNt; ++i)
         if (n0 + i < ntiles) wmma::mma_sync(acc[i], fa, w[i][k], acc[i]);
     }
-#pragma unroll
+BRNNSEG_UNROLL
     for (int i = 0; i < kNt; ++i)
       if (n0 + i < ntiles) wmma::store_matrix_sync(p + kslice * 16 * ldp + (n0 + i) * 16, acc[i], ldp, wmma::mem_row_major);
   }

@@ -6,11 +6,14 @@
 //     the launch configuration the planner picks on an H100 and an A100 (W_hh wholly in shared
 //     memory, split between shared memory and L2, through L2), several CTAs and a partial last tile;
 //   * that all weight paths give bit-identical results;
+//   * the tensor-core kernels (cuda/sweep_{fwd,bwd}_mma_kernel.cuh) in TF32 against the same reference,
+//     with the host's padded layouts, so they run under ThreadSanitizer and ASan too;
 //   * that the simulator refuses what a GPU refuses, and reports shared-memory faults, on planted
 //     faults (out-of-bounds write, unwritten read, guard zone, missing opt-in, opt-in over the
 //     limit, grid y over 65535, block over __launch_bounds__). The planted race (a removed
 //     barrier) is csrc/tests/test_sim_race.cpp, which must fail under ThreadSanitizer.
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <limits>
 #include <random>
@@ -18,6 +21,7 @@
 
 #include "brnnseg/simt_sim.h"
 #include "cuda/sweep_launch_impl.cuh"
+#include "cuda/sweep_mma_launch_impl.cuh"
 
 using namespace brnnseg;
 
@@ -194,6 +198,88 @@ static void paths_agree(int64_t N, int64_t H, int64_t W, int hid, int axis) {
           "%s hid=%d axis=%d: weight path %d differs from shared memory", Cell::kName, hid, axis, k);
 }
 
+// ---- the tensor-core kernels (TF32: float storage), so TSan and ASan see their source too ------------
+
+template <typename T>
+struct AlignedBuf {  // 64-byte aligned (wmma pointers: 32, cp.async: 16)
+  explicit AlignedBuf(size_t n, T v) : n(n), p(static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64))) {
+    for (size_t i = 0; i < n; ++i) p[i] = v;
+  }
+  ~AlignedBuf() { std::free(p); }
+  std::vector<float> vec() const { return std::vector<float>(p, p + n); }
+  size_t n;
+  T* p;
+};
+
+template <typename Cell>
+static void run_mma_case(int64_t N, int64_t H, int64_t W, int hid, int axis) {
+  const sim::DeviceScope scope(kH100);
+  const SweepGeometry geo{N, H, W, axis};
+  const int64_t P = geo.positions(), lines = geo.lines(), T = geo.steps();
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  const int Gh = G * hid;
+  std::mt19937 rng(G * 1000 + hid * 10 + axis + 7);
+  const float scale = 1.f / std::sqrt(float(hid));
+  std::uniform_real_distribution<float> wd(-scale, scale);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> gx(P * 2 * Gh), w_hh(2 * Gh * hid), b_ih(2 * Gh), b_hh(2 * Gh), gy(N * 2 * hid * H * W);
+  for (float& f : gx) f = nd(rng);
+  for (auto* v : {&w_hh, &b_ih, &b_hh})
+    for (float& f : *v) f = wd(rng);
+  for (float& f : gy) f = nd(rng);
+  const Reference<Cell> ref(geo, hid, gx, w_hh, b_ih, b_hh, gy);
+  std::string why;
+  const size_t limit = dynamic_smem_budget(kH100.smem_per_block_optin);
+  const LaunchConfig fc = mma_launch_config<float>(false, G, Cell::kHasCellState, hid, lines, limit, why);
+  const LaunchConfig bc = mma_launch_config<float>(true, G, Cell::kHasCellState, hid, lines, limit, why);
+  CHECK(fc.recurrence == Recurrence::kMma && bc.recurrence == Recurrence::kMma, "no TF32 plan at hidden %d: %s", hid,
+        why.c_str());
+  if (fc.recurrence != Recurrence::kMma || bc.recurrence != Recurrence::kMma) return;
+  const int hp = 16 * fc.kt, N_ = G * hp;
+  // The host's layouts (cuda/sweep_host.h): padded input projections and W_hh per gate.
+  AlignedBuf<float> gxp(P * 2 * N_, 0.f), wf(2 * hp * N_, 0.f), wb(2 * N_ * hp, 0.f);
+  for (int64_t q = 0; q < P * 2; ++q)
+    for (int g = 0; g < G; ++g)
+      for (int u = 0; u < hid; ++u) gxp.p[q * N_ + g * hp + u] = gx[q * Gh + g * hid + u];
+  for (int d = 0; d < 2; ++d)
+    for (int g = 0; g < G; ++g)
+      for (int j = 0; j < hid; ++j)
+        for (int k = 0; k < hid; ++k) {
+          const float v = w_hh[(d * Gh + g * hid + j) * hid + k];
+          wf.p[(int64_t(d) * hp + k) * N_ + g * hp + j] = v;
+          wb.p[(int64_t(d) * N_ + g * hp + j) * hp + k] = v;
+        }
+  const int64_t sN = 2 * hid * H * W, sC = H * W, sH = W, sW = 1;
+  AlignedBuf<float> y(ref.y.size(), kNaN), ws(2 * T * lines * S * hid, kNaN);
+  SweepFwdParams<float> fp{geo, hid, 0, 0, gxp.p, nullptr, wf.p, b_ih.data(), b_hh.data(), y.p, sN, sC, sH, sW, ws.p};
+  SweepBatch<SweepFwdParams<float>> fb;
+  fb.sweep[0] = fp;
+  set_batch_blocks(fb, fc);
+  sweep_fwd_mma_launch<Cell, float>(fb, fc, nullptr);
+  const double u = std::ldexp(1.0, -11), tol = 2 * u * std::sqrt(double(hid));
+  double e = worst(y.vec(), ref.y, tol, 1e-4);
+  CHECK(e <= 1, "tensor-core forward %s hid=%d axis=%d: %g x the TF32 tolerance", Cell::kName, hid, axis, e);
+  AlignedBuf<float> dgx(P * 2 * Gh, kNaN), dgh(P * 2 * Gh, kNaN), first(2 * lines * Gh, kNaN);
+  SweepBwdParams<float> bp{geo, hid, 0, 0, w_hh.data(), wb.p, gy.data(), sN, sC, sH, sW, y.p, sN, sC, sH, sW,
+                           ws.p, dgx.p, dgh.p, first.p};
+  SweepBatch<SweepBwdParams<float>> bb;
+  bb.sweep[0] = bp;
+  set_batch_blocks(bb, bc);
+  sweep_bwd_mma_launch<Cell, float>(bb, bc, nullptr);
+  const char* names[3] = {"dgx", "dgh", "dgh_first"};
+  const AlignedBuf<float>* got[3] = {&dgx, &dgh, &first};
+  const std::vector<double>* exp[3] = {&ref.dgx, &ref.dgh, &ref.first};
+  for (int k = 0; k < 3; ++k) {
+    double mx = 0;
+    for (double v : *exp[k]) mx = std::max(mx, std::fabs(v));
+    e = worst(got[k]->vec(), *exp[k], 4 * tol * mx, 1e-4);
+    CHECK(e <= 1, "tensor-core backward %s %s hid=%d axis=%d: %g x the TF32 tolerance", names[k], Cell::kName, hid,
+          axis, e);
+  }
+  std::printf("h100  %-4s hid=%3d axis=%d lines=%3lld T=%lld: tensor cores (TF32), kt=%d, fwd %d threads, bwd %d\n",
+              Cell::kName, hid, axis, (long long)lines, (long long)T, fc.kt, fc.threads, bc.threads);
+}
+
 // ---- planted faults: each must be reported by the simulator -----------------------------------------
 
 __global__ void fault_oob_write(int n) {
@@ -294,6 +380,10 @@ int main() {
     run_case<GruCell>(*r.dev, 1, 2 * tile + 1, 3, r.hid, 3, Weights::kPlanned, nullptr, r.gru_where);
     run_case<LstmCell>(*r.dev, 1, 2, 2 * tile + 1, r.hid, 2, Weights::kPlanned, nullptr, r.lstm_where);
   }
+  // The tensor-core kernels in TF32: several CTAs and a partial one, hidden not a multiple of 16, both axes.
+  run_mma_case<GruCell>(1, 17, 3, 5, 3);
+  run_mma_case<LstmCell>(2, 4, 9, 20, 2);
+  run_mma_case<GruCell>(1, 2, 17, 40, 2);
   if (failures) {
     std::printf("%d failures\n", failures);
     return 1;

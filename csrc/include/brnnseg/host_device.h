@@ -11,3 +11,13 @@
 #else
 #define BRNNSEG_HD inline
 #endif
+
+// Loop unrolling hints, spelled for the compiler at hand (nvcc: #pragma unroll; g++ compiling the
+// kernels for the simulator: GCC unroll).
+#if defined(__CUDACC__)
+#define BRNNSEG_UNROLL _Pragma("unroll")
+#define BRNNSEG_NO_UNROLL _Pragma("unroll 1")
+#else
+#define BRNNSEG_UNROLL _Pragma("GCC unroll 16")
+#define BRNNSEG_NO_UNROLL _Pragma("GCC unroll 1")
+#endif
