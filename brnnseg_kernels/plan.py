@@ -17,8 +17,23 @@ The latency model (today's FP32-core kernels, ``csrc/cuda/sweep_fwd_kernel.cuh, 
     memory after the product (one L2/DRAM round trip), gate math: ``FIXED_CYCLES``.
   The step takes max(bound x co-resident CTAs, bound + fixed) cycles, where bound is the largest of
   the three throughput terms and co-resident CTAs share one SM. A sweep takes T steps per wave.
+
+The tensor-core kernels (``sweep_{fwd,bwd}_mma_kernel.cuh``; ``estimate_mma``), per CTA of 16 lines and
+step, three phases separated by barriers:
+  * product: each warp runs 2 kpw dependent mma.sync per accumulator chain (a wmma 16x16x16, or
+    16x16x8 in TF32, is two m16n8k* instructions) at ``MMA_LATENCY`` cycles each, its nt chains
+    interleaved; the SM's tensor cores issue one m16n8k* every ``MMA_ISSUE_CYCLES`` (mma.sync reaches
+    about 2/3 of the wgmma peak on a Hopper SM); plus the A-fragment loads and the accumulator stores
+    through shared memory (``SMEM_LATENCY`` each);
+  * gate math: 16 x hidden (line, unit) pairs, ``PAIR_INSTRUCTIONS`` instructions each (shared-memory
+    reads of the partial products, biases and input projections, the cell, the stores), issued at 4
+    warp-instructions per SM per cycle, and ``PAIR_MUFU`` special-function operations (exp, rcp,
+    tanh) at 16 per SM per cycle -- the larger of the two, plus one load latency: shared memory
+    forward (the input projections arrived by cp.async), L2 backward (prefetched saved gates);
+  * two barriers (``BARRIER_CYCLES`` each).
+Co-resident CTAs (registers, shared memory) share the SM's issue and tensor cores.
 These are paper figures until a GPU run confirms them: ``python/gpu_selfcheck.py`` times microseconds
-per step over T = 16..512 for the same configurations.
+per step over T = 16..512 for the same configurations, both recurrences.
 """
 from __future__ import annotations
 
@@ -40,6 +55,14 @@ ARCH = {"a100": "sm_80", "h100": "sm_90", "h200": "sm_90"}
 CLOCK_GHZ = {"a100": 1.41, "h100": 1.755, "h200": 1.755}
 L2_BYTES_PER_CLK = {"a100": 32.0, "h100": 24.0, "h200": 24.0}  # L2 bandwidth / SMs / clock, all SMs loading
 FIXED_CYCLES = {"fwd": 700, "bwd": 900}
+# The tensor-core kernels' model (see the module doc): paper figures for an H100 / A100 SM.
+MMA_LATENCY = 33          # cycles from one dependent mma.sync m16n8k16 to the next
+MMA_ISSUE_CYCLES = 1.5    # cycles per m16n8k* per SM, all warps together
+SMEM_LATENCY = 30
+L2_LATENCY = 270
+BARRIER_CYCLES = 40
+PAIR_INSTRUCTIONS = {("fwd", 1): 45, ("fwd", 3): 70, ("fwd", 4): 80, ("bwd", 1): 60, ("bwd", 3): 100, ("bwd", 4): 110}
+PAIR_MUFU = {("fwd", 1): 1, ("fwd", 3): 5, ("fwd", 4): 7, ("bwd", 1): 0, ("bwd", 3): 0, ("bwd", 4): 0}
 
 
 @dataclass
@@ -178,8 +201,37 @@ class Estimate:
     us_per_step: float
 
 
+def estimate_mma(launch: Launch, gpu: str, sweeps: int = 1, registers: Optional[int] = None) -> Estimate:
+    """Per-step time of one tensor-core launch (see the module doc). bound: "mma" or "gates", the
+    larger phase."""
+    spec = gpu_spec(gpu)
+    g, hid = cell_spec(launch.cell).gates, launch.hidden
+    hp = 16 * launch.kt
+    kk = 8 if launch.dtype == "float32" else 16
+    kernel = launch.kernel
+    ntiles, ktiles = (g * hp // 16, hp // kk) if kernel == "fwd" else (hp // 16, g * hp // kk)
+    regs = registers or 168
+    per_sm = min(spec["smem_per_sm"] // (launch.smem_bytes + 1024), spec["max_threads_per_sm"] // launch.threads,
+                 spec["regs_per_sm"] // (regs * launch.threads))
+    per_sm = max(1, per_sm)
+    total = launch.ctas * 2 * sweeps
+    concurrent = min(per_sm, math.ceil(total / spec["sm_count"]))
+    waves = math.ceil(total / (spec["sm_count"] * per_sm))
+    chain = 2 * launch.kpw * MMA_LATENCY + max(0, launch.nt - 1) * 2 * launch.kpw + 2 * SMEM_LATENCY
+    product = max(chain, ntiles * ktiles * 2 * MMA_ISSUE_CYCLES * concurrent)
+    pairs = 16 * hid * concurrent
+    key = (kernel, g)
+    gates = max(pairs * PAIR_INSTRUCTIONS[key] / 32 / 4, pairs * PAIR_MUFU[key] / 16)
+    gates += SMEM_LATENCY if kernel == "fwd" else L2_LATENCY
+    cycles = product + gates + 2 * BARRIER_CYCLES
+    bound = "mma" if product >= gates else "gates"
+    return Estimate(launch, total, per_sm, waves, registers, bound, cycles / (CLOCK_GHZ[gpu] * 1e3))
+
+
 def estimate(launch: Launch, gpu: str, sweeps: int = 1, registers: Optional[int] = None) -> Estimate:
     """Per-step time of one launch of `sweeps` sweeps (2 directions each) on `gpu` (see module doc)."""
+    if launch.mma:
+        return estimate_mma(launch, gpu, sweeps, registers)
     spec = gpu_spec(gpu)
     g, hid = cell_spec(launch.cell).gates, launch.hidden
     elem = 4 if launch.dtype == "float32" else 2
@@ -218,7 +270,8 @@ def renet_plan(gpu: str, shape, cell: str, dtype: str, resources=None) -> List[T
     for kernel in ("fwd", "bwd"):
         for sweep, lines, steps in (("rows", n * h, w), ("cols", n * w, h)):
             launch = launch_plan(cell, dtype, hid, lines, kernel == "bwd", gpu)
-            regs = (resources or {}).get((arch, kernel, cell, dtype), {}).get("REG")
+            key = f"{kernel}_mma{launch.kt}" if launch.mma else kernel
+            regs = (resources or {}).get((arch, key, cell, dtype), {}).get("REG")
             out.append((sweep, estimate(launch, gpu, registers=regs), steps))
     return out
 

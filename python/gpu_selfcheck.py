@@ -13,7 +13,8 @@ Steps (each timeboxed; a failing step is recorded and the next one runs):
      side; a missing tool or a refused device is one line in the report;
   4. microseconds per step of each recurrence kernel (forward, backward) over T = 16..512 on 512 lines,
      the slope of a least-squares fit, beside the latency model's figure (brnnseg_kernels/plan.py) and
-     cuDNN's nn.GRU/nn.LSTM on the same sequences;
+     cuDNN's nn.GRU/nn.LSTM on the same sequences: the FP32-core kernels (BRNNSEG_CUDA_RECURRENCE=fma)
+     and the tensor-core ones (mma; bfloat16, and float32 as TF32 up to hidden 64);
   5. the ReNet benchmark against the permute + cuDNN block and the loss benchmark against the unfused
      composition (`python -m brnnseg_kernels bench --device cuda`).
 Writes DIR/selfcheck.json (every figure, the GPU, driver, torch, CUDA, cuDNN versions) and
@@ -47,9 +48,13 @@ def workload_small() -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     failures = 0
+    cases = [(r, d) for r in ("fma", "mma") for d in (torch.float32, torch.bfloat16)]
     for cell, layer in (("gru", bk.BiGRU2d), ("lstm", bk.BiLSTM2d)):
-        for dtype in (torch.float32, torch.bfloat16):
+        for recurrence, dtype in cases:
+            os.environ["BRNNSEG_CUDA_RECURRENCE"] = recurrence  # read at every call
             for mode, hid in (("sequential", 40), ("parallel", 24), ("sequential", 160)):
+                if recurrence == "mma" and hid > (64 if dtype == torch.float32 else 128):
+                    continue  # no tensor-core plan: the same FP32-core launch as above
                 m = layer(5, hid, mode=mode).cuda().to(dtype)
                 x = torch.randn(2, 5, 7, 9, device="cuda", dtype=dtype, requires_grad=True)
                 y = m(x)
@@ -59,10 +64,11 @@ def workload_small() -> int:
                 xr = x.detach().double().cpu().requires_grad_()
                 yr = ref(xr)
                 err = (y.double().cpu() - yr).abs().max().item()
-                tol = 1e-4 if dtype == torch.float32 else 5e-2
+                tol = (1e-4 if recurrence == "fma" else 2 * 2.0 ** -11 * hid ** 0.5) if dtype == torch.float32 else 5e-2
                 if not err <= tol:
-                    print(f"FAIL {cell} {dtype} {mode} hid {hid}: max error {err}")
+                    print(f"FAIL {cell} {dtype} {recurrence} {mode} hid {hid}: max error {err}")
                     failures += 1
+    os.environ.pop("BRNNSEG_CUDA_RECURRENCE", None)
     x = torch.randn(2, 3, 37, 29, device="cuda", requires_grad=True)
     t = torch.rand(2, 3, 37, 29, device="cuda") > 0.6
     bk.functional.bce_dice_loss(x, t, pos_weight=10.0, boundary_weight=2.0, boundary_radius=1).backward()
@@ -106,27 +112,42 @@ def workload_steps(out_path: str) -> int:
                 w = [torch.randn(2, g * hid, C, device="cuda", dtype=dtype) * 0.1,
                      torch.randn(2, g * hid, hid, device="cuda", dtype=dtype) * hid ** -0.5,
                      torch.zeros(2, g * hid, device="cuda", dtype=dtype), torch.zeros(2, g * hid, device="cuda", dtype=dtype)]
-                fwd, bwd, ref = [], [], []
                 rnn = getattr(torch.nn, cell.upper())(C, hid, batch_first=True, bidirectional=True).cuda().to(dtype)
+                ref = []
                 for T in STEP_T:
-                    x = torch.randn(1, C, STEP_LINES, T, device="cuda", dtype=dtype)
-                    y, ws = op(x, *w, 3, False, True)
-                    gy = torch.randn_like(y)
-                    fwd.append(time_ms(lambda: op(x, *w, 3, False, True)))
-                    bwd.append(time_ms(lambda: bop(gy, x, w[0], w[1], y, ws, 3)))
                     seq = torch.randn(STEP_LINES, T, C, device="cuda", dtype=dtype)
                     with torch.no_grad():
                         ref.append(time_ms(lambda: rnn(seq)))
-                for kernel, ms in (("fwd", fwd), ("bwd", bwd)):
-                    launch = plan.launch_plan(cell, dtype_name, hid, STEP_LINES, kernel == "bwd", gpu)
-                    est = plan.estimate(launch, gpu)
-                    rows.append(dict(cell=cell, dtype=dtype_name, hidden=hid, kernel=kernel, lines=STEP_LINES,
-                                     T=list(STEP_T), ms=ms, us_per_step=slope(STEP_T, ms),
-                                     model_us_per_step=est.us_per_step, weights=launch.weights,
-                                     cudnn_fwd_us_per_step=slope(STEP_T, ref) if kernel == "fwd" else None))
-                print(f"{cell} {dtype_name} hid {hid}: fwd {rows[-2]['us_per_step']:.2f} us/step "
-                      f"(model {rows[-2]['model_us_per_step']:.2f}, cuDNN {rows[-2]['cudnn_fwd_us_per_step']:.2f}), "
-                      f"bwd {rows[-1]['us_per_step']:.2f} (model {rows[-1]['model_us_per_step']:.2f})", flush=True)
+                tf32 = dtype == torch.float32
+                for recurrence in ("fma", "mma"):
+                    launch = {k: plan.launch_plan(cell, dtype_name, hid, STEP_LINES, k == "bwd", gpu, recurrence="auto",
+                                                  tf32=tf32) for k in ("fwd", "bwd")}
+                    if recurrence == "mma" and not launch["fwd"].mma:
+                        continue  # no tensor-core plan at this size
+                    if recurrence == "fma":
+                        launch = {k: plan.launch_plan(cell, dtype_name, hid, STEP_LINES, k == "bwd", gpu,
+                                                      recurrence="fma") for k in ("fwd", "bwd")}
+                    os.environ["BRNNSEG_CUDA_RECURRENCE"] = recurrence
+                    torch.backends.cuda.matmul.allow_tf32 = tf32 and recurrence == "mma"
+                    fwd, bwd = [], []
+                    for T in STEP_T:
+                        x = torch.randn(1, C, STEP_LINES, T, device="cuda", dtype=dtype)
+                        y, ws = op(x, *w, 3, False, True)
+                        gy = torch.randn_like(y)
+                        fwd.append(time_ms(lambda: op(x, *w, 3, False, True)))
+                        bwd.append(time_ms(lambda: bop(gy, x, w[0], w[1], y, ws, 3)))
+                    torch.backends.cuda.matmul.allow_tf32 = False
+                    for kernel, ms in (("fwd", fwd), ("bwd", bwd)):
+                        est = plan.estimate(launch[kernel], gpu)
+                        rows.append(dict(cell=cell, dtype=dtype_name, hidden=hid, kernel=kernel, lines=STEP_LINES,
+                                         recurrence=recurrence + ("(tf32)" if tf32 and recurrence == "mma" else ""),
+                                         T=list(STEP_T), ms=ms, us_per_step=slope(STEP_T, ms),
+                                         model_us_per_step=est.us_per_step, weights=launch[kernel].weights,
+                                         cudnn_fwd_us_per_step=slope(STEP_T, ref) if kernel == "fwd" else None))
+                    print(f"{cell} {dtype_name} hid {hid} {recurrence}: fwd {rows[-2]['us_per_step']:.2f} us/step "
+                          f"(model {rows[-2]['model_us_per_step']:.2f}, cuDNN {rows[-2]['cudnn_fwd_us_per_step']:.2f}), "
+                          f"bwd {rows[-1]['us_per_step']:.2f} (model {rows[-1]['model_us_per_step']:.2f})", flush=True)
+    os.environ.pop("BRNNSEG_CUDA_RECURRENCE", None)
     with open(out_path, "w") as f:
         json.dump(rows, f, indent=1)
     return 0
@@ -240,11 +261,12 @@ def write_report(out: str, env: dict, steps: list, step_rows: list):
     md += [f"| {s['name']} | {s['status']} | {s.get('seconds', '')} |" for s in steps]
     if step_rows:
         md += ["", f"Microseconds per step ({STEP_LINES} lines, slope over T = {STEP_T[0]}..{STEP_T[-1]}):", "",
-               "| cell | dtype | hidden | kernel | W_hh | measured us/step | model us/step | cuDNN fwd us/step |",
-               "|---|---|---|---|---|---|---|---|"]
+               "| cell | dtype | hidden | recurrence | kernel | W_hh | measured us/step | model us/step | cuDNN fwd us/step |",
+               "|---|---|---|---|---|---|---|---|---|"]
         for r in step_rows:
             cud = "" if r["cudnn_fwd_us_per_step"] is None else f"{r['cudnn_fwd_us_per_step']:.2f}"
-            md.append(f"| {r['cell']} | {r['dtype']} | {r['hidden']} | {r['kernel']} | {r['weights']} | "
+            md.append(f"| {r['cell']} | {r['dtype']} | {r['hidden']} | {r.get('recurrence', 'fma')} | {r['kernel']} | "
+                      f"{r['weights']} | "
                       f"{r['us_per_step']:.2f} | {r['model_us_per_step']:.2f} | {cud} |")
     for s in steps:
         if s["status"] not in ("pass",):

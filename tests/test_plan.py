@@ -92,3 +92,22 @@ def test_gpu_selfcheck_without_gpu_exits_2_with_one_line(tmp_path):
     assert out.returncode == 2
     assert len((out.stdout + out.stderr).strip().splitlines()) == 1 and "no GPU" in out.stdout
     assert not any(tmp_path.iterdir())
+
+
+def test_latency_model_of_the_tensor_core_kernel():
+    """hidden 128 bfloat16 GRU forward, 16 lines, one CTA per SM (64 CTAs x 2 directions <= 132 SMs):
+    product = max(2 x 8 dependent mma.sync x 33 + 1 x 2 x 8 interleave + 2 x 30 smem,
+                  24 x 8 tiles x 2 instructions x 1.5 cycles) = max(604, 576) cycles;
+    gates = max(16 x 128 pairs x 70 instructions / 128 per cycle, 16 x 128 x 5 MUFU / 16) + 30 = 1150;
+    + 2 barriers x 40, at 1.755 GHz."""
+    lp = plan.Launch("gru", "bfloat16", "fwd", 128, threads=384, tile=16, ctas=64, smem_gates=3, smem_bytes=65024,
+                     mma=True, kt=8, nt=2, kpw=8, ksplit=1)
+    e = plan.estimate(lp, "h100", registers=140)
+    assert e.ctas_per_sm == 1 and e.waves == 1 and e.bound == "gates"
+    assert e.us_per_step == pytest.approx((604 + 1150 + 80) / 1755)
+    # Backward at hidden 64 (kt 4): 4 x 12 tiles (K split 3 ways), gate math waits on L2.
+    lp = plan.Launch("gru", "bfloat16", "bwd", 64, 384, 16, 64, 3, 23552, True, 4, 1, 4, 3)
+    e = plan.estimate(lp, "h100", registers=90)
+    product = max(2 * 4 * 33 + 2 * 30, 4 * 12 * 2 * 1.5)
+    gates = 16 * 64 * 100 / 128 + 270
+    assert e.us_per_step == pytest.approx((product + gates + 80) / 1755)

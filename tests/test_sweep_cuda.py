@@ -183,3 +183,51 @@ def test_cuda_second_device():
     y1 = layer.to("cuda:1")(x.to("cuda:1"))
     assert y1.device == torch.device("cuda:1")
     assert_verbose_allclose(y1.cpu(), y0.cpu(), rtol=0, atol=0)
+
+
+# ---- the tensor-core recurrence (sweep_{fwd,bwd}_mma_kernel.cuh) on the GPU ----------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("hid", [3, 20, 40, 100, 128])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_cuda_tensor_core_recurrence_matches_reference(cell, hid, dtype, monkeypatch):
+    """BRNNSEG_CUDA_RECURRENCE=mma against the float64 reference, tolerances as in the simulator's tests
+    (tests/test_sweep_sim_mma.py): TF32 2 u sqrt(hid) on y; half precision within 3e-2 / 5e-2."""
+    if dtype == torch.float32 and hid > 64:
+        pytest.skip("no TF32 register-resident plan above hidden 64 (the FP32-core kernel runs)")
+    monkeypatch.setenv("BRNNSEG_CUDA_RECURRENCE", "mma")
+    n, c, h, w = 2, 8, 37, 29
+    x = torch.randn(n, c, h, w, dtype=torch.float64)
+    weights = stacked_weights(cell, c, hid, scale=hid ** -0.5, requires_grad=False)
+    for axis in (2, 3):
+        xd = x.clone().requires_grad_()
+        wd = [t.clone().requires_grad_() for t in weights]
+        expected = reference.sweep(cell, xd, *wd, axis=axis)
+        g = torch.randn_like(expected)
+        exp_grads = torch.autograd.grad(expected, [xd] + wd, g)
+        xc = x.to("cuda", dtype).requires_grad_()
+        wc = [t.to("cuda", dtype).requires_grad_() for t in weights]
+        y = bk.ops.sweep(cell, xc, *wc, axis=axis)
+        grads = torch.autograd.grad(y, [xc] + wc, g.to("cuda", dtype))
+        err = (y.double().cpu() - expected).abs().max().item()
+        tol = 2 * 2.0 ** -11 * hid ** 0.5 if dtype == torch.float32 else 3e-2
+        assert err <= tol, (axis, err, tol)
+        for got, exp in zip(grads, exp_grads):
+            gerr = (got.double().cpu() - exp).abs().max().item()
+            assert gerr <= (4 * tol if dtype == torch.float32 else 5e-2) * (exp.abs().max().item() + 1e-6), gerr
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_cuda_tensor_core_and_fp32_core_blocks_agree(cell, monkeypatch):
+    """A bfloat16 ReNet block (pair mode, channels_last) through both recurrences."""
+    layer = LAYERS[cell](16, 64, mode="parallel").cuda().to(torch.bfloat16)
+    x = torch.randn(2, 16, 33, 40, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    outs = []
+    for kind in ("fma", "mma"):
+        monkeypatch.setenv("BRNNSEG_CUDA_RECURRENCE", kind)
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        y.float().square().mean().backward()
+        outs.append((y.float(), xi.grad.float()))
+    assert (outs[0][0] - outs[1][0]).abs().max().item() <= 3e-2
+    assert (outs[0][1] - outs[1][1]).abs().max().item() <= 5e-2 * (outs[0][1].abs().max().item() + 1e-6)

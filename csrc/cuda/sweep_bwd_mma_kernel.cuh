@@ -24,7 +24,8 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, true>::kThreads, 1)
   using E = typename Op::elem;
   constexpr int G = Cell::kGates, S = Cell::kSaved, HP = Sh::kHidPad, K = Sh::kK;
   constexpr int LDA = Sh::kLda, LDP = Sh::kLdp, KS = Sh::kKsplit, kPairs = Sh::kPairs;
-  constexpr size_t SM_A = Sh::kSmem.a, SM_P = Sh::kSmem.p, SM_STATE = Sh::kSmem.state, SM_CELL = Sh::kSmem.cell;
+  constexpr size_t SM_A = Sh::kSmem.a, SM_P = Sh::kSmem.p, SM_STATE = Sh::kSmem.state, SM_CELL = Sh::kSmem.cell,
+                   SM_LINE = Sh::kSmem.line;
   if (int(blockIdx.x) >= batch.blocks[blockIdx.z]) return;  // uniform per CTA: before any barrier
   const SweepBwdParams<T>& p = batch.sweep[blockIdx.z];
   const SweepGeometry& geo = p.geo;
@@ -38,6 +39,10 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, true>::kThreads, 1)
   const smem_ptr<float> p_s = smem_at<float>(smem, SM_P);      // [KS][16][LDP] dgates . W_hh partials
   const smem_ptr<float> dd_s = smem_at<float>(smem, SM_STATE); // [16][HP] dh_direct
   const smem_ptr<float> dc_s = smem_at<float>(smem, SM_CELL);  // [16][HP] dc (cells with a state)
+  const smem_ptr<int64_t> pos0 = smem_at<int64_t>(smem, SM_LINE);  // [16] position of t = 0
+  const smem_ptr<int64_t> y0 = pos0 + kMmaLines, g0 = pos0 + 2 * kMmaLines;  // y, grad_y offsets of t = 0
+  LineOffsets::fill(pos0, geo, l0, L, p.y_sN, p.y_sH, p.y_sW, p.g_sN, p.g_sH, p.g_sW);
+  const int64_t y_ts = geo.axis == 3 ? p.y_sW : p.y_sH, g_ts = geo.axis == 3 ? p.g_sW : p.g_sH;
 
   typename Sh::Product prod;
   prod.load(reinterpret_cast<const E*>(p.w_mma) + int64_t(d) * K * HP, HP);
@@ -56,7 +61,7 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, true>::kThreads, 1)
     for (int i = 0; i < kPairs; ++i) {
       const MmaPair q(i, threads, HP, hid, L);
       if (q.ok)
-        prefetch_l2(p.grad_y + geo.strided_offset(l0 + q.l, t, p.g_sN, p.g_sH, p.g_sW) + (int64_t(d) * hid + q.u) * p.g_sC);
+        prefetch_l2(p.grad_y + g0[q.l] + t * g_ts + (int64_t(d) * hid + q.u) * p.g_sC);
     }
   };
   __syncthreads();
@@ -71,17 +76,15 @@ BRNNSEG_NO_UNROLL
     for (int i = 0; i < kPairs; ++i) {
       const MmaPair q(i, threads, HP, hid, L);
       if (!q.ok) continue;
-      const int64_t line = l0 + q.l, pos = geo.pos(line, t);
+      const int64_t line = l0 + q.l, pos = pos0[q.l] + t * ts;
       const int si = q.l * HP + q.u;
-      float dh_in = to_float(p.grad_y[geo.strided_offset(line, t, p.g_sN, p.g_sH, p.g_sW) + (int64_t(d) * hid + q.u) * p.g_sC]) +
-                    float(dd_s[si]);
+      float dh_in = to_float(p.grad_y[g0[q.l] + t * g_ts + (int64_t(d) * hid + q.u) * p.g_sC]) + float(dd_s[si]);
 BRNNSEG_UNROLL
       for (int k = 0; k < KS; ++k) dh_in += float(p_s[(k * kMmaLines + q.l) * LDP + q.u]);
       float h_prev = 0.f, c_prev = 0.f;
       if constexpr (Cell::kBackwardReadsHPrev)
         if (!first)
-          h_prev = to_float(p.y[geo.strided_offset(line, t_prev, p.y_sN, p.y_sH, p.y_sW) +
-                                (int64_t(d) * hid + q.u) * p.y_sC]);
+          h_prev = to_float(p.y[y0[q.l] + t_prev * y_ts + (int64_t(d) * hid + q.u) * p.y_sC]);
       if constexpr (Cell::kHasCellState)
         if (!first)
           c_prev = p.ws[((int64_t(d) * T_len + t_prev) * lines + line) * (S * hid) + Cell::kCellSlot * hid + q.u];

@@ -29,7 +29,7 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, false>::kThreads, 1)
   constexpr int G = Cell::kGates, S = Cell::kSaved, HP = Sh::kHidPad, N = Sh::kN;
   constexpr int LDA = Sh::kLda, LDP = Sh::kLdp, KS = Sh::kKsplit, kPairs = Sh::kPairs;
   constexpr size_t SM_A = Sh::kSmem.a, SM_P = Sh::kSmem.p, SM_STATE = Sh::kSmem.state, SM_CELL = Sh::kSmem.cell,
-                   SM_BIAS = Sh::kSmem.bias, SM_GX = Sh::kSmem.gx;
+                   SM_BIAS = Sh::kSmem.bias, SM_GX = Sh::kSmem.gx, SM_LINE = Sh::kSmem.line;
   if (int(blockIdx.x) >= batch.blocks[blockIdx.z]) return;  // uniform per CTA: before any barrier
   const SweepFwdParams<T>& p = batch.sweep[blockIdx.z];
   const SweepGeometry& geo = p.geo;
@@ -45,6 +45,8 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, false>::kThreads, 1)
   const smem_ptr<float> c_s = smem_at<float>(smem, SM_CELL);   // [16][HP] c (cells with a state)
   const smem_ptr<float> b_s = smem_at<float>(smem, SM_BIAS);   // [2][N]: b_ih, b_hh per padded column
   const smem_ptr<T> gx_s = smem_at<T>(smem, SM_GX);             // [2][16][N] input projections
+  const smem_ptr<int64_t> pos0 = smem_at<int64_t>(smem, SM_LINE);  // [16] position of t = 0
+  const smem_ptr<int64_t> y0 = pos0 + kMmaLines;                     // [16] y offset of t = 0
 
   typename Sh::Product prod;
   prod.load(reinterpret_cast<const E*>(p.w_mma) + int64_t(d) * HP * N, N);
@@ -60,6 +62,10 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, false>::kThreads, 1)
     b_s[N + i] = u < hid ? p.b_hh[d * Gh + g * hid + u] : 0.f;
   }
 
+  LineOffsets::fill(pos0, geo, l0, L, p.y_sN, p.y_sH, p.y_sW, p.y_sN, p.y_sH, p.y_sW);
+  const int64_t ts = geo.time_stride(), y_ts = geo.axis == 3 ? p.y_sW : p.y_sH;
+  __syncthreads();  // line offsets complete
+
   // y is stored from shared memory with lines fastest when neighbouring lines are neighbours in memory
   // (NCHW column sweeps); otherwise by the gate math, units fastest (channels_last: contiguous).
   const int64_t y_line_stride = geo.axis == 3 ? p.y_sH : p.y_sW;
@@ -71,7 +77,7 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, false>::kThreads, 1)
   auto copy_gx = [&](int64_t t, int buf) {
     for (int i = threadIdx.x; i < L * kChunks; i += threads) {
       const int l = i / kChunks, c = i - l * kChunks;
-      const T* src = p.gx + (geo.pos(l0 + l, t) * 2 + d) * N + c * (16 / int(sizeof(T)));
+      const T* src = p.gx + ((pos0[l] + t * ts) * 2 + d) * N + c * (16 / int(sizeof(T)));
       async_copy16(gx_s + (buf * kMmaLines + l) * N + c * (16 / int(sizeof(T))), src);
     }
   };
@@ -112,9 +118,7 @@ BRNNSEG_UNROLL
 BRNNSEG_UNROLL
         for (int k = 0; k < S; ++k) ws[k * hid] = saved[k];
       }
-      if (!y_lines_fastest)
-        p.y[geo.strided_offset(line, t, p.y_sN, p.y_sH, p.y_sW) + (int64_t(d) * hid + q.u) * p.y_sC] =
-            static_cast<T>(h);
+      if (!y_lines_fastest) p.y[y0[q.l] + t * y_ts + (int64_t(d) * hid + q.u) * p.y_sC] = static_cast<T>(h);
     }
     async_copy_wait_all();  // this thread's copies of the next step's input projections
     __syncthreads();        // h and the next input projections complete before anyone reads them
@@ -122,8 +126,7 @@ BRNNSEG_UNROLL
       for (int i = threadIdx.x; i < kMmaLines * HP; i += threads) {
         const int u = i / kMmaLines, l = i - u * kMmaLines;
         if (l < L && u < hid)
-          p.y[geo.strided_offset(l0 + l, t, p.y_sN, p.y_sH, p.y_sW) + (int64_t(d) * hid + u) * p.y_sC] =
-              static_cast<T>(float(h_s[l * HP + u]));
+          p.y[y0[l] + t * y_ts + (int64_t(d) * hid + u) * p.y_sC] = static_cast<T>(float(h_s[l * HP + u]));
       }
   }
 }

@@ -141,6 +141,20 @@ BRNNSEG_UNROLL
   }
 };
 
+// Per-line offsets of the CTA's lines at time 0 (shared memory, [3][16]): position, y and grad_y
+// element offsets; time t adds t times the time stride of each.
+struct LineOffsets {
+  template <typename Ptr>
+  __device__ __forceinline__ static void fill(const Ptr& s, const SweepGeometry& geo, int64_t l0, int L, int64_t y_sN,
+                                              int64_t y_sH, int64_t y_sW, int64_t g_sN, int64_t g_sH, int64_t g_sW) {
+    for (int l = threadIdx.x; l < L; l += blockDim.x) {
+      s[l] = geo.pos(l0 + l, 0);
+      s[kMmaLines + l] = geo.strided_offset(l0 + l, 0, y_sN, y_sH, y_sW);
+      s[2 * kMmaLines + l] = geo.strided_offset(l0 + l, 0, g_sN, g_sH, g_sW);
+    }
+  }
+};
+
 // Compile-time shape of a tensor-core kernel instantiation.
 template <typename T, typename Cell, int kKt, bool kBackward>
 struct MmaShape {

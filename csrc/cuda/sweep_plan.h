@@ -107,9 +107,11 @@ BRNNSEG_HD constexpr MmaTiling mma_bwd_tiling(int G, int kt) { return mma_tiling
 //   A operand [16][K + pad] (T) | partial products [ksplit][16][N + 4] (float) |
 //   state [16][hid_pad] (float: forward h, backward dh_direct) | cell state [16][hid_pad] (float, cells
 //   with one) | forward only: biases [2][N] (float) | input projections [2 steps][16][G*hid_pad] (T),
-//   the double buffer the next step's are copied into asynchronously.
+//   the double buffer the next step's are copied into asynchronously | per line: the position of its
+//   time 0 and the offsets of its time 0 in y and grad_y ([3][16] int64: the step loop then needs no
+//   64-bit division).
 struct MmaSmem {
-  size_t a, p, state, cell, bias, gx, total;
+  size_t a, p, state, cell, bias, gx, line, total;
 };
 BRNNSEG_HD constexpr size_t align32(size_t b) { return (b + 31) & ~size_t(31); }
 template <typename T>
@@ -123,7 +125,8 @@ BRNNSEG_HD constexpr MmaSmem mma_smem(bool backward, int G, int kt, bool cell_st
   s.cell = s.state + align32(size_t(kMmaLines) * hp * sizeof(float));
   s.bias = s.cell + (cell_state ? align32(size_t(kMmaLines) * hp * sizeof(float)) : 0);
   s.gx = s.bias + (backward ? 0 : align32(size_t(2) * N * sizeof(float)));
-  s.total = s.gx + (backward ? 0 : align32(size_t(2) * kMmaLines * G * hp * sizeof(T)));
+  s.line = s.gx + (backward ? 0 : align32(size_t(2) * kMmaLines * G * hp * sizeof(T)));
+  s.total = s.line + align32(size_t(3) * kMmaLines * sizeof(int64_t));
   return s;
 }
 
