@@ -152,7 +152,8 @@ def _plan(args) -> int:
     from . import bench, plan
 
     shapes = {k: v for k, v in bench.GPU_SHAPES.items() if not args.shapes or k in args.shapes}
-    print(plan.plan_table(args.gpu, shapes, cells=args.cells, dtypes=args.dtype))
+    print(plan.plan_table(args.gpu, shapes, cells=args.cells, dtypes=args.dtype, recurrence=args.recurrence,
+                          tf32=args.tf32))
     return 0
 
 
@@ -198,6 +199,10 @@ def main(argv=None) -> int:
     pl.add_argument("--shapes", nargs="*", help="GPU shape names (default: all)")
     pl.add_argument("--cells", nargs="*", default=["gru", "lstm"], choices=list(cells.names()))
     pl.add_argument("--dtype", nargs="*", default=["float32", "bfloat16"], choices=["float32", "float16", "bfloat16"])
+    pl.add_argument("--recurrence", choices=["auto", "fma", "mma"], default="auto",
+                    help="as BRNNSEG_CUDA_RECURRENCE: the planner's choice, the FP32-core or the tensor-core kernels")
+    pl.add_argument("--tf32", action="store_true", help="as torch.backends.cuda.matmul.allow_tf32 (float32 on "
+                                                         "tensor cores where a plan exists)")
     sub.add_parser("demo", help="train a BRNN-U-Net and a plain U-Net on built-in tasks and compare them "
                                 "(python -m brnnseg_kernels demo --help)")
     sub.add_parser("train", help="train on your own images: --data DIR with images/ and masks/ "

@@ -199,6 +199,7 @@ class Estimate:
     registers: Optional[int]
     bound: str
     us_per_step: float
+    cycles: Optional[Dict[str, float]] = None  # tensor-core kernels: product, gates, barriers (cycles)
 
 
 def estimate_mma(launch: Launch, gpu: str, sweeps: int = 1, registers: Optional[int] = None) -> Estimate:
@@ -225,7 +226,8 @@ def estimate_mma(launch: Launch, gpu: str, sweeps: int = 1, registers: Optional[
     gates += SMEM_LATENCY if kernel == "fwd" else L2_LATENCY
     cycles = product + gates + 2 * BARRIER_CYCLES
     bound = "mma" if product >= gates else "gates"
-    return Estimate(launch, total, per_sm, waves, registers, bound, cycles / (CLOCK_GHZ[gpu] * 1e3))
+    parts = dict(product=product, gates=gates, barriers=2 * BARRIER_CYCLES)
+    return Estimate(launch, total, per_sm, waves, registers, bound, cycles / (CLOCK_GHZ[gpu] * 1e3), parts)
 
 
 def estimate(launch: Launch, gpu: str, sweeps: int = 1, registers: Optional[int] = None) -> Estimate:
@@ -261,15 +263,17 @@ def estimate(launch: Launch, gpu: str, sweeps: int = 1, registers: Optional[int]
     return Estimate(launch, total, per_sm, waves, registers, bound_name, cycles / (CLOCK_GHZ[gpu] * 1e3))
 
 
-def renet_plan(gpu: str, shape, cell: str, dtype: str, resources=None) -> List[Tuple[str, Estimate, int]]:
+def renet_plan(gpu: str, shape, cell: str, dtype: str, resources=None, recurrence: str = "auto",
+               tf32: bool = False) -> List[Tuple[str, Estimate, int]]:
     """The four launches of a ReNet block (rows then columns, forward and backward) with their step
-    counts: [(sweep, estimate, steps)]."""
+    counts: [(sweep, estimate, steps)]. recurrence / tf32: as BRNNSEG_CUDA_RECURRENCE and
+    torch.backends.cuda.matmul.allow_tf32."""
     n, c, h, w, hid = shape
     arch = ARCH[gpu]
     out = []
     for kernel in ("fwd", "bwd"):
         for sweep, lines, steps in (("rows", n * h, w), ("cols", n * w, h)):
-            launch = launch_plan(cell, dtype, hid, lines, kernel == "bwd", gpu)
+            launch = launch_plan(cell, dtype, hid, lines, kernel == "bwd", gpu, recurrence, tf32)
             key = f"{kernel}_mma{launch.kt}" if launch.mma else kernel
             regs = (resources or {}).get((arch, key, cell, dtype), {}).get("REG")
             out.append((sweep, estimate(launch, gpu, registers=regs), steps))
@@ -277,22 +281,23 @@ def renet_plan(gpu: str, shape, cell: str, dtype: str, resources=None) -> List[T
 
 
 def plan_table(gpu: str, shapes: Dict[str, tuple], cells=("gru", "lstm"), dtypes=("float32", "bfloat16"),
-               resources=None) -> str:
+               resources=None, recurrence: str = "auto", tf32: bool = False) -> str:
     resources = kernel_resources() if resources is None else resources
-    head = (f"{'shape':<20} {'cell':<4} {'dtype':<8} {'pass':<4} {'threads':>7} {'lines/CTA':>9} {'CTAs r/c':>10} "
+    head = (f"{'shape':<20} {'cell':<4} {'dtype':<8} {'pass':<4} {'rec':<3} {'threads':>7} {'lines/CTA':>9} {'CTAs r/c':>10} "
             f"{'smem B':>7} {'W_hh':<9} {'CTA/SM':>6} {'waves r/c':>9} {'regs':>4} {'bound':<5} {'us/step':>7} "
             f"{'ms':>7}")
-    rows = [f"launch plan on {gpu} ({ARCH[gpu]}, {gpu_spec(gpu)['sm_count']} SMs); registers from "
+    rows = [f"launch plan on {gpu} ({ARCH[gpu]}, {gpu_spec(gpu)['sm_count']} SMs); recurrence {recurrence}, TF32 "
+            + ("allowed" if tf32 else "not allowed") + "; registers from "
             + ("the shipped build" if resources else "- (no CUDA build or no cuobjdump)"), head, "-" * len(head)]
     for name, shape in shapes.items():
         for cell in cells:
             for dtype in dtypes:
-                plan = renet_plan(gpu, shape, cell, dtype, resources)
+                plan = renet_plan(gpu, shape, cell, dtype, resources, recurrence, tf32)
                 for kernel, (r, cst) in (("fwd", plan[0:2]), ("bwd", plan[2:4])):
                     e, ec = r[1], cst[1]
                     ms = (r[2] * e.us_per_step * e.waves + cst[2] * ec.us_per_step * ec.waves) / 1e3
                     regs = "-" if e.registers is None else str(e.registers)
-                    rows.append(f"{name:<20} {cell:<4} {dtype:<8} {kernel:<4} {e.launch.threads:>7} "
+                    rows.append(f"{name:<20} {cell:<4} {dtype:<8} {kernel:<4} {e.launch.recurrence:<3} {e.launch.threads:>7} "
                                 f"{e.launch.tile:>9} {f'{e.total_ctas}/{ec.total_ctas}':>10} "
                                 f"{e.launch.smem_bytes:>7} {e.launch.weights:<9} {e.ctas_per_sm:>6} "
                                 f"{f'{e.waves}/{ec.waves}':>9} {regs:>4} {e.bound:<5} {e.us_per_step:>7.2f} "
