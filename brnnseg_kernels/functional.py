@@ -11,8 +11,9 @@ from torch import Tensor
 from . import dispatch, ops, reference
 from .checks import check_feature_map  # noqa: F401  (re-exported: older import path)
 from .losses.seg_loss import bce_dice_loss  # noqa: F401  (fused BCE + boundary + Dice loss)
+from .losses.ce_dice import ce_dice_loss  # noqa: F401  (fused cross-entropy + boundary + Dice loss)
 
-__all__ = ["sweep", "renet", "bigru2d", "bilstm2d", "check_feature_map", "bce_dice_loss"]
+__all__ = ["sweep", "renet", "bigru2d", "bilstm2d", "check_feature_map", "bce_dice_loss", "ce_dice_loss"]
 
 AXES = {"rows": 3, "cols": 2}
 

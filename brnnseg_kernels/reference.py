@@ -267,3 +267,120 @@ def unfused_bce_dice(logits: Tensor, target: Tensor, pos_weight: float = 10.0, b
     inter = (p * y).sum((2, 3))
     dice = 1 - (2 * inter + smooth) / (p.sum((2, 3)) + y.sum((2, 3)) + smooth)
     return bce + dice.mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-class loss (softmax cross-entropy + boundary weighting + softmax Dice), the exact formula of
+# brnnseg_kernels.losses.ce_dice, written with plain PyTorch ops.
+
+def label_boundary_map(labels: Tensor, radius: int) -> Tensor:
+    """1.0 where the clipped (2r+1)^d neighbourhood of a pixel holds more than one label, else 0.0.
+    labels: (N, H, W) or (N, D, H, W) integers, -1 for ignored pixels (which count as no label)."""
+    import torch.nn.functional as F
+
+    lab = labels.double().unsqueeze(1)
+    pool = F.max_pool2d if lab.dim() == 4 else F.max_pool3d
+    k = 2 * radius + 1
+    big = float(2 ** 31)
+    hi = pool(lab, k, 1, radius)                                         # ignored are -1: never the max
+    lo = -pool(-torch.where(lab < 0, torch.full_like(lab, big), lab), k, 1, radius)
+    return ((hi >= 0) & (hi != lo)).double().squeeze(1)
+
+
+def ce_dice_targets(logits: Tensor, target: Tensor, ignore_index: int = -100):
+    """(y one-hot or soft (N, C, ...) float64 with ignored pixels zeroed, labels (N, ...) long with -1
+    where ignored, valid (N, ...) bool, is_index)."""
+    import torch.nn.functional as F
+
+    c = logits.shape[1]
+    if target.dim() == logits.dim() and target.shape[1] == 1 and not target.is_floating_point():
+        target = target[:, 0]
+    if target.dim() == logits.dim() - 1:
+        valid = target != ignore_index
+        lab = torch.where(valid, target.long(), torch.zeros_like(target, dtype=torch.long))
+        y = F.one_hot(lab, c).movedim(-1, 1).double() * valid.unsqueeze(1)
+        return y, torch.where(valid, lab, torch.full_like(lab, -1)), valid, True
+    y = target.double()
+    return y, y.argmax(1), torch.ones_like(y[:, 0], dtype=torch.bool), False
+
+
+def ce_dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, class_weights=None,
+                 ignore_index: int = -100, label_smoothing: float = 0.0, boundary_weight: float = 0.0,
+                 boundary_radius: int = 1, lambda_ce: float = 1.0, lambda_dice: float = 1.0, smooth_nr: float = 1e-5,
+                 smooth_dr: float = 1e-5, batch: bool = False, squared: bool = False, log_dice: bool = False,
+                 include_background: bool = True, average: str = "present", reduction: str = "mean") -> Tensor:
+    """Reference of :func:`brnnseg_kernels.functional.ce_dice_loss` (see its docstring for the math)."""
+    x = logits.double()
+    n, c = x.shape[:2]
+    y, lab, valid, is_index = ce_dice_targets(x, target, ignore_index)
+    logp = torch.log_softmax(x, 1)
+    p = logp.exp()
+    view = (1, c) + (1,) * (x.dim() - 2)
+    w = (torch.ones(c, dtype=torch.float64, device=x.device) if class_weights is None
+         else torch.as_tensor(class_weights, dtype=torch.float64, device=x.device))
+    eps = float(label_smoothing)
+    if is_index:
+        lab0 = lab.clamp_min(0)
+        wy = w[lab0]
+        nll = -logp.gather(1, lab0.unsqueeze(1)).squeeze(1)
+        smooth = -(logp * w.view(view)).sum(1)
+        ce = (1 - eps) * wy * nll + eps / c * smooth
+        norm = wy
+    else:
+        t = y * (1 - eps) + eps / c
+        ce = -(w.view(view) * t * logp).sum(1)
+        norm = torch.ones_like(ce)
+    m = torch.ones_like(ce)
+    if boundary_weight:
+        m = m + boundary_weight * label_boundary_map(lab, boundary_radius)
+    if weight is not None:
+        m = m * weight.double()
+    vf = valid.double()
+    sp = tuple(range(1, ce.dim()))
+    ce_num = (ce * m * vf).sum(sp)
+    ce_den = (norm * vf).sum(sp)
+    dims = tuple(range(2, x.dim()))
+    pv = p * vf.unsqueeze(1)
+    inter = (pv * y).sum(dims)
+    psum = (pv * pv if squared else pv).sum(dims)
+    ysum = (y * y if squared else y).sum(dims)
+    if batch:
+        inter, psum, ysum = inter.sum(0, keepdim=True), psum.sum(0, keepdim=True), ysum.sum(0, keepdim=True)
+    den = psum + ysum + smooth_dr
+    score = torch.where(den > 0, (2 * inter + smooth_nr) / torch.where(den > 0, den, torch.ones_like(den)),
+                        torch.ones_like(den))
+    dice = -torch.log(score.clamp_min(1e-7)) if log_dice else 1 - score
+    sel = torch.ones_like(dice)
+    if not include_background and c > 1:
+        sel[:, 0] = 0
+    if average == "present":
+        sel = sel * ((y.sum(dims).sum(0, keepdim=True) if batch else y.sum(dims)) > 0)
+    if reduction == "none":
+        per = (dice * sel).sum(1) / sel.sum(1).clamp_min(1)
+        return (lambda_ce * ce_num / ce_den.clamp_min(1e-12) + lambda_dice * per.expand(n)).to(logits.dtype)
+    if reduction == "sum":
+        return (lambda_ce * ce_num.sum() + lambda_dice * (dice * sel).sum()).to(logits.dtype)
+    total = lambda_ce * ce_num.sum() / ce_den.sum().clamp_min(1e-12) + \
+        lambda_dice * (dice * sel).sum() / sel.sum().clamp_min(1)
+    return total.to(logits.dtype)
+
+
+def unfused_ce_dice(logits: Tensor, target: Tensor, boundary_weight: float = 2.0, radius: int = 1,
+                    smooth: float = 1e-5) -> Tensor:
+    """The unfused composition users write today for an integer label map (the multi-class loss
+    benchmark's baseline): a boundary map from max-pooled labels, ``cross_entropy(reduction="none")``
+    weighted by it, plus softmax Dice from one_hot and sums."""
+    import torch.nn.functional as F
+
+    c = logits.shape[1]
+    k = 2 * radius + 1
+    lab = target.unsqueeze(1).to(logits.dtype)
+    hi = F.max_pool2d(lab, k, 1, radius)
+    lo = -F.max_pool2d(-lab, k, 1, radius)
+    bmap = 1 + boundary_weight * (hi != lo).squeeze(1).to(logits.dtype)
+    ce = (F.cross_entropy(logits, target, reduction="none") * bmap).mean()
+    p = torch.softmax(logits, 1)
+    y = F.one_hot(target, c).movedim(-1, 1).to(logits.dtype)
+    inter = (p * y).sum((2, 3))
+    dice = 1 - (2 * inter + smooth) / (p.sum((2, 3)) + y.sum((2, 3)) + smooth)
+    return ce + dice.mean()

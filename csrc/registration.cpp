@@ -92,4 +92,19 @@ TORCH_LIBRARY(brnnseg, m) {
   m.def("seg_loss_sums_backward(Tensor grad_sums, Tensor logits, Tensor target, Tensor? weight, "
         "Tensor pos_weight, float boundary_weight, int boundary_radius, float? ignore_index, "
         "bool squared) -> Tensor");
+
+  // Fused multi-class loss sums (softmax cross-entropy + boundary weighting + softmax Dice), one pass.
+  //   logits (N, C, *S); target (N, *S) integer labels in [0, C) or ignore_index, or (N, C, *S)
+  //   one-hot / soft (floating point); weight: optional per-pixel weight (N, *S); class_weights (C,)
+  //   returns dice_sums (N, C, 3): [sum p_c*y_c, sum p_c (or p_c^2), sum y_c (or y_c^2)] and
+  //   ce_sums (N, 2): [sum of m * cross-entropy, sum of the normaliser (the label's class weight;
+  //   1 for soft targets)] over pixels whose label != ignore_index. m = weight * (1 + boundary_weight
+  //   where the clipped (2r+1)^d neighbourhood holds more than one label).
+  m.def("ce_dice_sums(Tensor logits, Tensor target, Tensor? weight, Tensor? class_weights, "
+        "float boundary_weight, int boundary_radius, int? ignore_index, float label_smoothing, bool squared) "
+        "-> (Tensor dice_sums, Tensor ce_sums)");
+  // Gradient of sum(grad_dice * dice_sums) + sum(grad_ce * ce_sums) with respect to the logits.
+  m.def("ce_dice_sums_backward(Tensor grad_dice, Tensor grad_ce, Tensor logits, Tensor target, Tensor? weight, "
+        "Tensor? class_weights, float boundary_weight, int boundary_radius, int? ignore_index, "
+        "float label_smoothing, bool squared) -> Tensor");
 }

@@ -26,9 +26,9 @@ struct DeviceSpec {
 
 // Datasheet figures (CUDA programming guide, compute capabilities 8.0 and 9.0). The H200 has the
 // H100's SM and limits.
-constexpr DeviceSpec kA100{"a100", 108, 48 * 1024, 163 * 1024, 164 * 1024, 65536, 1024, 2048, 0x7fffffffu, 65535u,
+inline constexpr DeviceSpec kA100{"a100", 108, 48 * 1024, 163 * 1024, 164 * 1024, 65536, 1024, 2048, 0x7fffffffu, 65535u,
                            1.41};
-constexpr DeviceSpec kH100{"h100", 132, 48 * 1024, 227 * 1024, 228 * 1024, 65536, 1024, 2048, 0x7fffffffu, 65535u,
+inline constexpr DeviceSpec kH100{"h100", 132, 48 * 1024, 227 * 1024, 228 * 1024, 65536, 1024, 2048, 0x7fffffffu, 65535u,
                            1.755};
 
 inline const DeviceSpec& device_spec(const std::string& name) {

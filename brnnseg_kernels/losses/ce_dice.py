@@ -1,0 +1,262 @@
+"""Fused multi-class segmentation loss: softmax cross-entropy + boundary weighting + softmax Dice, from
+one pass over the logits.
+
+Per pixel, with p = softmax(x) over the C classes, y the one-hot of the integer label (or the soft
+target), w the ``class_weights`` and eps the ``label_smoothing``:
+
+    ce = sum_c w_c * ((1 - eps) * y_c + eps / C) * (-log p_c)
+
+which is exactly ``torch.nn.functional.cross_entropy`` per pixel (with ``weight=w``,
+``label_smoothing=eps``; soft targets as its class-probability targets). A pixel is a *boundary* pixel
+when its (2r+1)^d neighbourhood, clipped at the border, holds more than one label (ignored pixels count
+as no label; soft targets use their argmax); its CE term is multiplied by ``1 + boundary_weight``, and an
+optional per-pixel ``weight`` multiplies on top. Pixels labelled ``ignore_index`` count nowhere.
+
+* CE: ``reduction="mean"`` divides the sum by the sum of the labels' class weights over counted
+  pixels (the number of pixels for soft targets) -- ``cross_entropy``'s own mean; 0 when none counts.
+* Dice per (sample, class): ``1 - (2*sum(p*y) + smooth_nr) / (sum(p) + sum(y) + smooth_dr)``;
+  ``squared`` uses p^2 and y^2, ``log_dice`` uses ``-log(max(score, 1e-7))``, ``batch`` sums over the
+  batch first; ``include_background=False`` leaves class 0 out. ``average="present"`` (default) averages
+  over the (sample, class) pairs whose class occurs in the target (over the batch with ``batch=True``),
+  so absent classes do not dilute the score; ``average="all"`` over every pair, as MONAI's ``DiceLoss``.
+* Total = ``lambda_ce * CE + lambda_dice * Dice``. ``reduction="sum"``: CE summed over pixels (not
+  normalised) + Dice summed over the averaged pairs; ``"none"``: per sample (N,).
+
+Why a sibling of :class:`BCEDiceLoss` rather than a ``mode=`` switch: the target is a different thing
+(an integer label map with no class dimension, or a distribution over classes, against a per-channel
+binary mask), the activation couples the channels (softmax, not sigmoid), and the options differ
+(``class_weights``, ``label_smoothing`` versus ``pos_weight``) -- as MONAI keeps ``DiceCELoss`` apart.
+
+The pass over pixels is one custom op, ``brnnseg::ce_dice_sums`` (C++ on the CPU, Triton on CUDA),
+returning per-(sample, class) Dice sums and per-sample CE sums; the formula above is applied to those
+with ordinary tensor ops, and the op's backward writes the logits' gradient in one more pass.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .. import _C  # noqa: F401  (registers the op schemas and CPU kernels)
+from .. import ops
+
+__all__ = ["ce_dice_loss", "ce_dice_sums", "CEDiceLoss"]
+
+_REDUCED = (torch.float16, torch.bfloat16)
+
+
+def _sums_dtype(logits: Tensor) -> torch.dtype:
+    return torch.float32 if logits.dtype in _REDUCED else logits.dtype
+
+
+@torch.library.register_fake("brnnseg::ce_dice_sums")
+def _ce_dice_sums_fake(logits, target, weight, class_weights, boundary_weight, boundary_radius, ignore_index,
+                       label_smoothing, squared):
+    n, c = logits.shape[0], logits.shape[1]
+    dt = _sums_dtype(logits)
+    return logits.new_empty((n, c, 3), dtype=dt), logits.new_empty((n, 2), dtype=dt)
+
+
+@torch.library.register_fake("brnnseg::ce_dice_sums_backward")
+def _ce_dice_sums_backward_fake(grad_dice, grad_ce, logits, target, weight, class_weights, boundary_weight,
+                                boundary_radius, ignore_index, label_smoothing, squared):
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+def _setup_context(ctx, inputs, output):
+    logits, target, weight, class_weights, boundary_weight, boundary_radius, ignore_index, label_smoothing, squared = \
+        inputs
+    ctx.save_for_backward(logits, target, weight, class_weights)
+    ctx.params = (boundary_weight, boundary_radius, ignore_index, label_smoothing, squared)
+
+
+def _backward(ctx, grad_dice, grad_ce):
+    ops.no_double_backward("brnnseg::ce_dice_sums")
+    logits, target, weight, class_weights = ctx.saved_tensors
+    if grad_dice is None:
+        grad_dice = logits.new_zeros((logits.shape[0], logits.shape[1], 3), dtype=_sums_dtype(logits))
+    if grad_ce is None:
+        grad_ce = logits.new_zeros((logits.shape[0], 2), dtype=_sums_dtype(logits))
+    grad = torch.ops.brnnseg.ce_dice_sums_backward(grad_dice, grad_ce, logits, target, weight, class_weights,
+                                                   *ctx.params)
+    return grad, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("brnnseg::ce_dice_sums", _backward, setup_context=_setup_context)
+
+
+def _register_cuda_kernels() -> None:
+    """The CUDA kernels of the op are the Triton launchers in ce_dice_kernels.py."""
+    try:
+        from . import ce_dice_kernels
+    except ImportError:  # no triton: CUDA tensors then get the dispatcher's "no kernel" error
+        return
+    torch.library.register_kernel("brnnseg::ce_dice_sums", "cuda")(ce_dice_kernels.ce_dice_sums_triton)
+    torch.library.register_kernel("brnnseg::ce_dice_sums_backward", "cuda")(
+        ce_dice_kernels.ce_dice_sums_backward_triton)
+
+
+_register_cuda_kernels()
+
+
+def _labels_or_soft(logits: Tensor, target: Tensor, op: str) -> Tensor:
+    """(N, *S) integer labels or (N, C, *S) soft targets; (N, 1, *S) integer labels (MONAI's layout) are
+    squeezed. Raises a ValueError naming what was expected."""
+    if logits.dim() not in (4, 5):
+        raise ValueError(f"{op}: logits must be (N, C, H, W) or (N, C, D, H, W), got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise ValueError(f"{op}: logits must be floating point, got {logits.dtype}")
+    if not isinstance(target, Tensor):
+        raise ValueError(f"{op}: target must be a tensor, got {type(target).__name__}")
+    spatial = tuple(logits.shape[2:])
+    if target.dim() == logits.dim() and target.shape[1] == 1 and not target.is_floating_point() \
+            and logits.shape[1] != 1:
+        target = target[:, 0]
+    if target.dim() == logits.dim() - 1:
+        if target.is_floating_point() or target.is_complex():
+            raise ValueError(f"{op}: a target of shape (N, *spatial) must hold integer labels, got {target.dtype}")
+        if tuple(target.shape) != (logits.shape[0],) + spatial:
+            raise ValueError(f"{op}: target labels must have shape {(logits.shape[0],) + spatial}, got "
+                             f"{tuple(target.shape)}")
+        return target
+    if tuple(target.shape) != tuple(logits.shape):
+        raise ValueError(f"{op}: target must be integer labels of shape {(logits.shape[0],) + spatial} or one-hot/"
+                         f"soft of shape {tuple(logits.shape)}, got {tuple(target.shape)}")
+    if not target.is_floating_point():
+        raise ValueError(f"{op}: a target with the class dimension must be one-hot or soft (floating point), got "
+                         f"{target.dtype}")
+    return target
+
+
+def ce_dice_sums(logits: Tensor, target: Tensor, weight: Optional[Tensor], class_weights: Optional[Tensor],
+                 boundary_weight: float, boundary_radius: int, ignore_index: Optional[int], label_smoothing: float,
+                 squared: bool):
+    """(dice_sums (N, C, 3), ce_sums (N, 2)) over counted pixels (module docstring)."""
+    if logits.device.type == "cpu" and logits.dtype in _REDUCED:
+        logits = logits.float()  # the CPU kernel computes in float32/float64
+    if target.is_floating_point() and target.dtype != logits.dtype and logits.device.type == "cpu":
+        target = target.to(logits.dtype)
+    return torch.ops.brnnseg.ce_dice_sums(logits, target, weight, class_weights, float(boundary_weight),
+                                         int(boundary_radius), ignore_index, float(label_smoothing), bool(squared))
+
+
+def _combine(dice_sums: Tensor, ce_sums: Tensor, present: Tensor, *, lambda_ce, lambda_dice, smooth_nr, smooth_dr,
+             batch, log_dice, include_background, average, reduction) -> Tensor:
+    inter, psum, ysum = dice_sums.unbind(-1)
+    if batch:
+        inter, psum, ysum = inter.sum(0, keepdim=True), psum.sum(0, keepdim=True), ysum.sum(0, keepdim=True)
+        present = present.sum(0, keepdim=True) > 0
+    den = psum + ysum + smooth_dr
+    ok = den > 0
+    score = torch.where(ok, (2 * inter + smooth_nr) / torch.where(ok, den, torch.ones_like(den)),
+                        torch.ones_like(den))
+    dice = -torch.log(score.clamp_min(1e-7)) if log_dice else 1 - score
+    sel = torch.ones_like(dice)
+    if not include_background and dice.shape[1] > 1:
+        sel[:, 0] = 0
+    if average == "present":
+        sel = sel * present.to(sel.dtype)
+    ce_num, ce_den = ce_sums.unbind(-1)
+    if reduction == "none":
+        per = (dice * sel).sum(1) / sel.sum(1).clamp_min(1)
+        return lambda_ce * ce_num / ce_den.clamp_min(1e-12) + lambda_dice * per.expand(ce_num.shape[0])
+    if reduction == "sum":
+        return lambda_ce * ce_num.sum() + lambda_dice * (dice * sel).sum()
+    return lambda_ce * ce_num.sum() / ce_den.sum().clamp_min(1e-12) + \
+        lambda_dice * (dice * sel).sum() / sel.sum().clamp_min(1)
+
+
+def ce_dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                 class_weights: Optional[Union[Sequence[float], Tensor]] = None, ignore_index: int = -100,
+                 label_smoothing: float = 0.0, boundary_weight: float = 0.0, boundary_radius: int = 1,
+                 lambda_ce: float = 1.0, lambda_dice: float = 1.0, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
+                 batch: bool = False, squared: bool = False, log_dice: bool = False, include_background: bool = True,
+                 average: str = "present", reduction: str = "mean") -> Tensor:
+    """Softmax cross-entropy (+ boundary weighting) + softmax Dice in one fused pass; the math is in this
+    module's docstring. logits (N, C, H, W) or (N, C, D, H, W); target integer labels (N, *spatial) (or
+    (N, 1, *spatial)) of any integer dtype, or one-hot/soft (N, C, *spatial); weight (N, *spatial)."""
+    op = "ce_dice_loss"
+    target = _labels_or_soft(logits, target, op)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if average not in ("present", "all"):
+        raise ValueError(f"{op}: average must be 'present' or 'all', got {average!r}")
+    if isinstance(boundary_radius, bool) or not isinstance(boundary_radius, int) or boundary_radius < 0:
+        raise ValueError(f"{op}: boundary_radius must be an integer >= 0, got {boundary_radius!r}")
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if target.device != logits.device:
+        raise ValueError(f"{op}: target must be on the device of logits ({logits.device}), got {target.device}")
+    n, c = logits.shape[:2]
+    cw = None
+    if class_weights is not None:
+        cw = torch.as_tensor(class_weights, device=logits.device)
+        if cw.dim() != 1 or cw.numel() != c:
+            raise ValueError(f"{op}: class_weights must have shape (C,) = ({c},), got {tuple(cw.shape)}")
+        cw = cw.to(_sums_dtype(logits))
+    if weight is not None:
+        want = (n,) + tuple(logits.shape[2:])
+        if tuple(weight.shape) != want:
+            raise ValueError(f"{op}: weight must have shape {want}, got {tuple(weight.shape)}")
+        weight = weight.to(_sums_dtype(logits))
+    index = target.dim() == logits.dim() - 1
+    if index and target.dtype == torch.bool:
+        target = target.to(torch.uint8)
+    # Labels outside [0, C) that are not ignore_index: the op raises a ValueError naming the value.
+    dice_sums, ce_sums = ce_dice_sums(logits, target, weight, cw, boundary_weight, boundary_radius,
+                                      int(ignore_index) if index else None, label_smoothing, squared)
+    present = dice_sums[..., 2].detach() > 0  # sum of y_c over counted pixels: the class occurs
+    out = _combine(dice_sums.float() if dice_sums.dtype != torch.float64 else dice_sums,
+                   ce_sums.float() if ce_sums.dtype != torch.float64 else ce_sums, present,
+                   lambda_ce=lambda_ce, lambda_dice=lambda_dice, smooth_nr=smooth_nr, smooth_dr=smooth_dr, batch=batch,
+                   log_dice=log_dice, include_background=include_background, average=average, reduction=reduction)
+    return out.to(logits.dtype)
+
+
+class CEDiceLoss(nn.Module):
+    """``lambda_ce * cross-entropy (class weights, label smoothing, boundary weighting) + lambda_dice *
+    softmax Dice``, fused; the multi-class sibling of :class:`BCEDiceLoss`. Arguments: see
+    :func:`ce_dice_loss` (MONAI's ``DiceCELoss`` names: ``lambda_ce``, ``lambda_dice``, ``batch``,
+    ``include_background``, ``smooth_nr``, ``smooth_dr``, ``squared_pred`` as ``squared``).
+    ``ce_weight``/``dice_weight`` are accepted as aliases of ``lambda_ce``/``lambda_dice``, ``weight``
+    (MONAI's and torch's name for class weights) as an alias of ``class_weights``.
+
+    Shapes: logits (N, C, H, W) or (N, C, D, H, W); target (N, H, W) / (N, D, H, W) integer labels (or
+    with a channel of 1), or (N, C, ...) one-hot/soft; optional per-pixel ``weight`` in ``forward``."""
+
+    def __init__(self, class_weights: Optional[Union[Sequence[float], Tensor]] = None, ignore_index: int = -100,
+                 label_smoothing: float = 0.0, boundary_weight: float = 0.0, boundary_radius: int = 1,
+                 lambda_ce: float = 1.0, lambda_dice: float = 1.0, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
+                 batch: bool = False, squared: bool = False, log_dice: bool = False, include_background: bool = True,
+                 average: str = "present", reduction: str = "mean", *, ce_weight: Optional[float] = None,
+                 dice_weight: Optional[float] = None, weight: Optional[Union[Sequence[float], Tensor]] = None):
+        super().__init__()
+        if weight is not None:
+            if class_weights is not None:
+                raise ValueError("CEDiceLoss: give class_weights or its alias weight, not both")
+            class_weights = weight
+        lambda_ce = lambda_ce if ce_weight is None else ce_weight
+        lambda_dice = lambda_dice if dice_weight is None else dice_weight
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"CEDiceLoss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        if average not in ("present", "all"):
+            raise ValueError(f"CEDiceLoss: average must be 'present' or 'all', got {average!r}")
+        if isinstance(boundary_radius, bool) or not isinstance(boundary_radius, int) or boundary_radius < 0:
+            raise ValueError(f"CEDiceLoss: boundary_radius must be an integer >= 0, got {boundary_radius!r}")
+        if class_weights is not None:
+            self.register_buffer("class_weights", torch.as_tensor(class_weights, dtype=torch.float32).clone())
+        else:
+            self.class_weights = None
+        self.kwargs = dict(ignore_index=int(ignore_index), label_smoothing=float(label_smoothing),
+                           boundary_weight=float(boundary_weight), boundary_radius=boundary_radius,
+                           lambda_ce=float(lambda_ce), lambda_dice=float(lambda_dice), smooth_nr=float(smooth_nr),
+                           smooth_dr=float(smooth_dr), batch=bool(batch), squared=bool(squared),
+                           log_dice=bool(log_dice), include_background=bool(include_background), average=average,
+                           reduction=reduction)
+
+    def forward(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        return ce_dice_loss(logits, target, weight, class_weights=self.class_weights, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.kwargs.items())

@@ -1,0 +1,434 @@
+// CPU kernels of the fused multi-class loss (brnnseg::ce_dice_sums and its backward): softmax
+// cross-entropy (class weights, label smoothing, ignore_index) with boundary weighting, and the softmax
+// Dice sums, from one pass over the logits.
+//
+// Per pixel (p = softmax(x) over the C classes, y the one-hot of an integer label or a soft target,
+// w the class weights, eps the label smoothing, v = 0 for ignored pixels):
+//   coef_c  = w_c * ((1 - eps) * y_c + eps / C)          (integer labels: torch's cross_entropy terms)
+//   ce      = sum_c coef_c * (-log p_c),   norm = w_label (integer labels) or 1 (soft targets)
+//   m       = (1 + boundary_weight * [the (2r+1)^d neighbourhood holds more than one label]) * weight
+// Sums: ce_sums (N, 2) = [sum v*m*ce, sum v*norm]; dice_sums (N, C, 3) = [sum v*p_c*y_c,
+// sum v*p_c (p_c^2), sum v*y_c (y_c^2)]. Backward, per pixel and class j:
+//   dx_j = v * (g_ce * m * (p_j * sum_c coef_c - coef_j) + p_j * (a_j - sum_c a_c p_c)),
+//   a_c  = g_inter_c * y_c + g_psum_c * (2 p_c if squared else 1).
+// Work units are (sample, depth slice, block of rows); their partial sums are added in a fixed order,
+// so results do not depend on the thread count. Labels for the boundary test (the integer target, or
+// the argmax of a soft one; -1 where ignored) are computed for a block plus its halo in per-thread
+// scratch; the test is separable (min and max label over depth, then W, then H).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "brnnseg/cell/activations.h"
+
+namespace brnnseg::cpu {
+namespace {
+
+using at::Tensor;
+
+constexpr int64_t kCeRowBlock = 16;
+
+struct CeShape {
+  int64_t N, C, D, H, W;
+  bool index;  // integer label map (N, *spatial), else soft targets (N, C, *spatial)
+  int64_t blocks() const { return (H + kCeRowBlock - 1) / kCeRowBlock; }
+  int64_t units() const { return N * D * blocks(); }
+  int64_t plane() const { return D * H * W; }
+};
+
+template <typename T>
+struct CeArgs {
+  CeShape s;
+  const T* class_weights;  // (C,)
+  T boundary_weight;
+  int64_t boundary_radius;
+  int64_t ignore_index;
+  bool has_ignore;
+  T label_smoothing;
+  bool squared;
+};
+
+CeShape ce_shape(const char* op, const Tensor& logits, const Tensor& target) {
+  TORCH_CHECK(logits.dim() == 4 || logits.dim() == 5, op,
+              ": logits must be (N, C, H, W) or (N, C, D, H, W), got shape ", logits.sizes());
+  TORCH_CHECK(at::isFloatingType(logits.scalar_type()), op, ": logits must be floating point, got ",
+              logits.scalar_type());
+  TORCH_CHECK(logits.size(1) >= 1, op, ": logits need at least one class");
+  CeShape s;
+  s.N = logits.size(0);
+  s.C = logits.size(1);
+  s.D = logits.dim() == 5 ? logits.size(2) : 1;
+  s.H = logits.size(-2);
+  s.W = logits.size(-1);
+  if (target.dim() == logits.dim() - 1) {
+    std::vector<int64_t> want{logits.size(0)};
+    for (int64_t i = 2; i < logits.dim(); ++i) want.push_back(logits.size(i));
+    TORCH_CHECK(target.sizes() == at::IntArrayRef(want), op, ": an integer target must have shape ", want, ", got ",
+                target.sizes());
+    TORCH_CHECK(!at::isFloatingType(target.scalar_type()), op,
+                ": a target without the class dimension must be an integer label map, got ", target.scalar_type());
+    s.index = true;
+  } else {
+    TORCH_CHECK(target.sizes() == logits.sizes(), op, ": target must be (N, *spatial) labels or have the shape of ",
+                "logits ", logits.sizes(), ", got ", target.sizes());
+    TORCH_CHECK(at::isFloatingType(target.scalar_type()), op,
+                ": a target with the class dimension must be one-hot or soft (floating point), got ",
+                target.scalar_type());
+    s.index = false;
+  }
+  TORCH_CHECK(target.device() == logits.device(), op, ": target must be on the device of logits");
+  return s;
+}
+
+// Labels of rows [hlo, hhi) of depth slice dd: -1 where ignored; soft targets: argmax over classes.
+template <typename T, typename Y>
+void label_rows(const Y* y, const CeShape& s, const CeArgs<T>& a, int64_t n, int64_t dd, int64_t hlo, int64_t hhi,
+                int32_t* out) {
+  const int64_t W = s.W, plane = s.plane();
+  for (int64_t h = hlo; h < hhi; ++h) {
+    int32_t* o = out + (h - hlo) * W;
+    if (s.index) {
+      const Y* r = y + n * plane + (dd * s.H + h) * W;
+      for (int64_t w = 0; w < W; ++w) {
+        const int64_t v = static_cast<int64_t>(r[w]);
+        o[w] = (a.has_ignore && v == a.ignore_index) ? -1 : static_cast<int32_t>(v);
+      }
+    } else {
+      for (int64_t w = 0; w < W; ++w) {
+        int32_t best = 0;
+        double bv = -INFINITY;
+        for (int64_t c = 0; c < s.C; ++c) {
+          const double v = static_cast<double>(y[(n * s.C + c) * plane + (dd * s.H + h) * W + w]);
+          if (v > bv) bv = v, best = static_cast<int32_t>(c);
+        }
+        o[w] = best;
+      }
+    }
+  }
+}
+
+// Boundary flags of rows [h0, h1) of slice d of sample n (see the file comment).
+template <typename T, typename Y>
+void boundary_flags(const Y* y, const CeShape& s, const CeArgs<T>& a, int64_t n, int64_t d, int64_t h0, int64_t h1,
+                    std::vector<int32_t>& lab, std::vector<int32_t>& lo, std::vector<int32_t>& hi,
+                    std::vector<uint8_t>& flags) {
+  const int64_t r = a.boundary_radius, W = s.W;
+  const int64_t hlo = std::max<int64_t>(0, h0 - r), hhi = std::min(s.H, h1 + r), rows = hhi - hlo;
+  lab.resize(rows * W);
+  lo.assign(rows * W, INT_MAX);
+  hi.assign(rows * W, -1);
+  for (int64_t dd = std::max<int64_t>(0, d - r); dd < std::min(s.D, d + r + 1); ++dd) {
+    label_rows(y, s, a, n, dd, hlo, hhi, lab.data());
+    for (int64_t i = 0; i < rows * W; ++i) {
+      const int32_t v = lab[i];
+      hi[i] = std::max(hi[i], v);
+      lo[i] = std::min(lo[i], v < 0 ? INT_MAX : v);
+    }
+  }
+  // Along W (into lab / a second buffer), then along H for the output rows.
+  std::vector<int32_t> lo2(rows * W, INT_MAX), hi2(rows * W, -1);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t sh = -r; sh <= r; ++sh) {
+      const int64_t wlo = std::max<int64_t>(0, -sh), whi = std::min(W, W - sh);
+      for (int64_t w = wlo; w < whi; ++w) {
+        hi2[i * W + w] = std::max(hi2[i * W + w], hi[i * W + w + sh]);
+        lo2[i * W + w] = std::min(lo2[i * W + w], lo[i * W + w + sh]);
+      }
+    }
+  flags.assign((h1 - h0) * W, 0);
+  for (int64_t h = h0; h < h1; ++h) {
+    uint8_t* f = flags.data() + (h - h0) * W;
+    for (int64_t w = 0; w < W; ++w) {
+      int32_t mx = -1, mn = INT_MAX;
+      for (int64_t hh = std::max(hlo, h - r); hh < std::min(hhi, h + r + 1); ++hh) {
+        mx = std::max(mx, hi2[(hh - hlo) * W + w]);
+        mn = std::min(mn, lo2[(hh - hlo) * W + w]);
+      }
+      f[w] = mx >= 0 && mn != mx;
+    }
+  }
+}
+
+template <typename T, typename Y>
+struct CeUnit {
+  const CeArgs<T>* a;
+  const T* x;
+  const Y* y;
+  const T* weight;       // (N, *spatial) or nullptr
+  const T* g_dice;       // backward: (N, C, 3)
+  const T* g_ce;         // backward: (N, 2)
+  T* out;                // forward: (units, 3C + 2) partial sums; backward: dx
+};
+
+// y_c of one pixel: one-hot of the label (0 when ignored), or the soft target.
+template <typename T, typename Y>
+inline T target_of(const CeShape& s, const Y* y, int64_t n, int64_t c, int64_t pix, int32_t label) {
+  if (s.index) return T(label == c);
+  return static_cast<T>(y[(n * s.C + c) * s.plane() + pix]);
+}
+
+template <typename T, typename Y, bool kBackward>
+void ce_unit(const CeUnit<T, Y>& u, int64_t unit) {
+  const CeArgs<T>& a = *u.a;
+  const CeShape& s = a.s;
+  const int64_t bps = s.blocks(), blk = unit % bps, nd = unit / bps, d = nd % s.D, n = nd / s.D;
+  const int64_t h0 = blk * kCeRowBlock, h1 = std::min(s.H, h0 + kCeRowBlock), W = s.W, C = s.C, plane = s.plane();
+  thread_local std::vector<int32_t> lab, lo, hi, labels;
+  thread_local std::vector<uint8_t> flags;
+  thread_local std::vector<T> mx, lse, coef_sum, ap_sum, m, norm;
+  const bool use_boundary = a.boundary_weight != T(0);
+  if (use_boundary) boundary_flags(u.y, s, a, n, d, h0, h1, lab, lo, hi, flags);
+  labels.resize(W);
+  mx.resize(W), lse.resize(W), coef_sum.resize(W), ap_sum.resize(W), m.resize(W), norm.resize(W);
+  const T eps = a.label_smoothing, eps_c = eps / T(C), keep = T(1) - eps;
+  const T sq = a.squared ? T(1) : T(0);
+  std::vector<T> acc(kBackward ? 0 : 3 * C + 2, T(0));
+  T g_ce = 0;
+  if (kBackward) g_ce = u.g_ce[n * 2];
+  for (int64_t h = h0; h < h1; ++h) {
+    const int64_t pix0 = (d * s.H + h) * W;
+    const T* xn = u.x + n * C * plane + pix0;  // class c of pixel w: xn[c * plane + w]
+    // Labels (-1: ignored) and the per-pixel multiplier and normaliser.
+    if (s.index) {
+      const Y* yr = u.y + n * plane + pix0;
+      for (int64_t w = 0; w < W; ++w) {
+        const int64_t v = static_cast<int64_t>(yr[w]);
+        labels[w] = (a.has_ignore && v == a.ignore_index) ? -1 : static_cast<int32_t>(v);
+      }
+    } else {
+      std::fill(labels.begin(), labels.end(), 0);
+    }
+    const uint8_t* fr = use_boundary ? flags.data() + (h - h0) * W : nullptr;
+    for (int64_t w = 0; w < W; ++w) {
+      const T valid = T(labels[w] >= 0);
+      T mm = valid * (T(1) + (fr ? a.boundary_weight * T(fr[w]) : T(0)));
+      if (u.weight) mm *= u.weight[n * plane + pix0 + w];
+      m[w] = mm;
+      norm[w] = s.index ? (labels[w] >= 0 ? a.class_weights[labels[w]] : T(0)) : T(1);
+    }
+    // Log-sum-exp over classes, vectorised along the row.
+    std::fill(mx.begin(), mx.end(), T(-INFINITY));
+    for (int64_t c = 0; c < C; ++c) {
+      const T* xc = xn + c * plane;
+#pragma omp simd
+      for (int64_t w = 0; w < W; ++w) mx[w] = std::max(mx[w], xc[w]);
+    }
+    std::fill(lse.begin(), lse.end(), T(0));
+    for (int64_t c = 0; c < C; ++c) {
+      const T* xc = xn + c * plane;
+#pragma omp simd
+      for (int64_t w = 0; w < W; ++w) lse[w] += std::exp(xc[w] - mx[w]);
+    }
+    for (int64_t w = 0; w < W; ++w) lse[w] = mx[w] + std::log(lse[w]);
+    if (!kBackward) {
+      T ce = 0, nsum = 0;
+      for (int64_t w = 0; w < W; ++w) nsum += (labels[w] >= 0 ? T(1) : T(0)) * norm[w];
+      for (int64_t c = 0; c < C; ++c) {
+        const T* xc = xn + c * plane;
+        const T wc = a.class_weights[c];
+        T si = 0, sp = 0, sy = 0, sc = 0;
+        for (int64_t w = 0; w < W; ++w) {
+          const T valid = T(labels[w] >= 0);
+          const T logp = xc[w] - lse[w], p = std::exp(logp);
+          const T y = valid * target_of<T, Y>(s, u.y, n, c, pix0 + w, labels[w]);
+          const T pv = valid * p;
+          si += pv * y;
+          sp += pv * (sq * p + (T(1) - sq));
+          sy += y * (sq * y + (T(1) - sq));
+          sc += m[w] * wc * (keep * y + eps_c) * (-logp);
+        }
+        acc[3 * c] += si;
+        acc[3 * c + 1] += sp;
+        acc[3 * c + 2] += sy;
+        ce += sc;
+      }
+      acc[3 * C] += ce;
+      acc[3 * C + 1] += nsum;
+    } else {
+      // First pass over classes: sum_c coef_c and sum_c a_c p_c per pixel; second: dx.
+      std::fill(coef_sum.begin(), coef_sum.end(), T(0));
+      std::fill(ap_sum.begin(), ap_sum.end(), T(0));
+      for (int64_t c = 0; c < C; ++c) {
+        const T* xc = xn + c * plane;
+        const T wc = a.class_weights[c];
+        const T* gd = u.g_dice + (n * C + c) * 3;
+        for (int64_t w = 0; w < W; ++w) {
+          const T valid = T(labels[w] >= 0);
+          const T p = std::exp(xc[w] - lse[w]);
+          const T y = valid * target_of<T, Y>(s, u.y, n, c, pix0 + w, labels[w]);
+          coef_sum[w] += wc * (keep * y + eps_c);
+          ap_sum[w] += (gd[0] * y + gd[1] * (sq * T(2) * p + (T(1) - sq))) * p;
+        }
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        const T* xc = xn + c * plane;
+        T* dc = u.out + n * C * plane + c * plane + pix0;
+        const T wc = a.class_weights[c];
+        const T* gd = u.g_dice + (n * C + c) * 3;
+        for (int64_t w = 0; w < W; ++w) {
+          const T valid = T(labels[w] >= 0);
+          const T p = std::exp(xc[w] - lse[w]);
+          const T y = valid * target_of<T, Y>(s, u.y, n, c, pix0 + w, labels[w]);
+          const T coef = wc * (keep * y + eps_c);
+          const T ac = gd[0] * y + gd[1] * (sq * T(2) * p + (T(1) - sq));
+          dc[w] = valid * (g_ce * m[w] * (p * coef_sum[w] - coef) + p * (ac - ap_sum[w]));
+        }
+      }
+    }
+  }
+  if (!kBackward)
+    for (int64_t k = 0; k < 3 * C + 2; ++k) u.out[unit * (3 * C + 2) + k] = acc[k];
+}
+
+template <typename T, typename Y, bool kB>
+void run_ce_units(const CeUnit<T, Y>& u) {
+  at::parallel_for(0, u.a->s.units(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t unit = begin; unit < end; ++unit) ce_unit<T, Y, kB>(u, unit);
+  });
+}
+
+template <typename F>
+void dispatch_ce(const char* op, const Tensor& logits, const Tensor& target, F&& f) {
+  auto with_target = [&](auto tv) {
+    switch (target.scalar_type()) {
+      case at::kBool: return f(tv, bool{});
+      case at::kByte: return f(tv, uint8_t{});
+      case at::kChar: return f(tv, int8_t{});
+      case at::kShort: return f(tv, int16_t{});
+      case at::kInt: return f(tv, int32_t{});
+      case at::kLong: return f(tv, int64_t{});
+      case at::kFloat: return f(tv, float{});
+      case at::kDouble: return f(tv, double{});
+      default:
+        TORCH_CHECK(false, op, ": target dtype ", target.scalar_type(),
+                    " is not supported (integer labels, or float32/float64 soft targets)");
+    }
+  };
+  switch (logits.scalar_type()) {
+    case at::kFloat: return with_target(float{});
+    case at::kDouble: return with_target(double{});
+    default:
+      TORCH_CHECK(false, op, ": the CPU kernel supports float32 and float64 logits, got ", logits.scalar_type());
+  }
+}
+
+struct CeInputs {
+  Tensor x, y, cw;
+  std::optional<Tensor> w;
+};
+
+CeInputs prepare_ce(const char* op, const CeShape& s, const Tensor& logits, const Tensor& target,
+                    const std::optional<Tensor>& weight, const std::optional<Tensor>& class_weights,
+                    int64_t boundary_radius, double label_smoothing) {
+  TORCH_CHECK(boundary_radius >= 0, op, ": boundary_radius must be >= 0, got ", boundary_radius);
+  TORCH_CHECK(label_smoothing >= 0 && label_smoothing <= 1, op, ": label_smoothing must be in [0, 1], got ",
+              label_smoothing);
+  CeInputs in{logits.contiguous(), target.contiguous(), {}, {}};
+  if (class_weights.has_value()) {
+    TORCH_CHECK(class_weights->dim() == 1 && class_weights->size(0) == s.C, op,
+                ": class_weights must have shape (C,) = (", s.C, ",), got ", class_weights->sizes());
+    in.cw = class_weights->to(logits.scalar_type()).contiguous();
+  } else {
+    in.cw = at::ones({s.C}, logits.options());
+  }
+  if (weight.has_value()) {
+    std::vector<int64_t> want{s.N};
+    for (int64_t i = 2; i < logits.dim(); ++i) want.push_back(logits.size(i));
+    TORCH_CHECK(weight->sizes() == at::IntArrayRef(want), op, ": weight must have shape ", want, ", got ",
+                weight->sizes());
+    in.w = weight->to(logits.scalar_type()).contiguous();
+  }
+  return in;
+}
+
+// Integer labels must lie in [0, C) unless they are ignore_index: a clear error naming the value, and
+// the kernels never index the class weights out of bounds.
+void check_labels(const char* op, const CeShape& s, const Tensor& target, std::optional<int64_t> ignore_index) {
+  if (!s.index || target.numel() == 0) return;
+  const Tensor t = target.to(at::kLong);
+  Tensor bad = (t < 0) | (t >= s.C);
+  if (ignore_index.has_value()) bad &= t != *ignore_index;
+  if (bad.any().item<bool>())
+    TORCH_CHECK_VALUE(false, op, ": target holds the label ", t.masked_select(bad)[0].item<int64_t>(),
+                      ", outside [0, ", s.C, ") and not ignore_index (", ignore_index.has_value()
+                          ? std::to_string(*ignore_index) : std::string("None"), ")");
+}
+
+template <typename T>
+CeArgs<T> ce_args(const CeShape& s, const Tensor& cw, double boundary_weight, int64_t boundary_radius,
+                  std::optional<int64_t> ignore_index, double label_smoothing, bool squared) {
+  return {s,           cw.data_ptr<T>(),          static_cast<T>(boundary_weight), boundary_radius,
+          ignore_index.value_or(0), ignore_index.has_value(), static_cast<T>(label_smoothing), squared};
+}
+
+std::tuple<Tensor, Tensor> ce_dice_sums_cpu(const Tensor& logits, const Tensor& target,
+                                            const std::optional<Tensor>& weight,
+                                            const std::optional<Tensor>& class_weights, double boundary_weight,
+                                            int64_t boundary_radius, std::optional<int64_t> ignore_index,
+                                            double label_smoothing, bool squared) {
+  const char* op = "ce_dice_sums";
+  const CeShape s = ce_shape(op, logits, target);
+  check_labels(op, s, target, ignore_index);
+  const CeInputs in = prepare_ce(op, s, logits, target, weight, class_weights, boundary_radius, label_smoothing);
+  Tensor dice, ce;
+  dispatch_ce(op, in.x, in.y, [&](auto tv, auto yv) {
+    using T = decltype(tv);
+    using Y = decltype(yv);
+    const CeArgs<T> a = ce_args<T>(s, in.cw, boundary_weight, boundary_radius, s.index ? ignore_index : std::nullopt,
+                                   label_smoothing, squared);
+    const int64_t k = 3 * s.C + 2;
+    Tensor partial = at::zeros({std::max<int64_t>(s.units(), 1), k}, in.x.options());
+    CeUnit<T, Y> u{&a, in.x.data_ptr<T>(), in.y.data_ptr<Y>(), in.w ? in.w->data_ptr<T>() : nullptr, nullptr,
+                   nullptr, partial.data_ptr<T>()};
+    run_ce_units<T, Y, false>(u);
+    // Second stage in a fixed order (a sample's units are consecutive), in double.
+    const Tensor per_n = s.units() == 0 ? at::zeros({s.N, k}, in.x.options().dtype(at::kDouble))
+                                        : partial.narrow(0, 0, s.units()).to(at::kDouble).view({s.N, -1, k}).sum(1);
+    dice = per_n.narrow(1, 0, 3 * s.C).reshape({s.N, s.C, 3}).contiguous().to(in.x.scalar_type());
+    ce = per_n.narrow(1, 3 * s.C, 2).contiguous().to(in.x.scalar_type());
+  });
+  return {dice, ce};
+}
+
+Tensor ce_dice_sums_backward_cpu(const Tensor& grad_dice, const Tensor& grad_ce, const Tensor& logits,
+                                 const Tensor& target, const std::optional<Tensor>& weight,
+                                 const std::optional<Tensor>& class_weights, double boundary_weight,
+                                 int64_t boundary_radius, std::optional<int64_t> ignore_index, double label_smoothing,
+                                 bool squared) {
+  const char* op = "ce_dice_sums_backward";
+  const CeShape s = ce_shape(op, logits, target);
+  TORCH_CHECK(grad_dice.dim() == 3 && grad_dice.size(0) == s.N && grad_dice.size(1) == s.C && grad_dice.size(2) == 3,
+              op, ": grad_dice must have shape (N, C, 3), got ", grad_dice.sizes());
+  TORCH_CHECK(grad_ce.dim() == 2 && grad_ce.size(0) == s.N && grad_ce.size(1) == 2, op,
+              ": grad_ce must have shape (N, 2), got ", grad_ce.sizes());
+  check_labels(op, s, target, ignore_index);
+  const CeInputs in = prepare_ce(op, s, logits, target, weight, class_weights, boundary_radius, label_smoothing);
+  Tensor dx = at::empty_like(in.x);
+  dispatch_ce(op, in.x, in.y, [&](auto tv, auto yv) {
+    using T = decltype(tv);
+    using Y = decltype(yv);
+    const CeArgs<T> a = ce_args<T>(s, in.cw, boundary_weight, boundary_radius, s.index ? ignore_index : std::nullopt,
+                                   label_smoothing, squared);
+    const Tensor gd = grad_dice.to(in.x.scalar_type()).contiguous();
+    const Tensor gc = grad_ce.to(in.x.scalar_type()).contiguous();
+    CeUnit<T, Y> u{&a, in.x.data_ptr<T>(), in.y.data_ptr<Y>(), in.w ? in.w->data_ptr<T>() : nullptr,
+                   gd.data_ptr<T>(), gc.data_ptr<T>(), dx.data_ptr<T>()};
+    run_ce_units<T, Y, true>(u);
+  });
+  return dx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(brnnseg, CPU, m) {
+  m.impl("ce_dice_sums", &ce_dice_sums_cpu);
+  m.impl("ce_dice_sums_backward", &ce_dice_sums_backward_cpu);
+}
+
+}  // namespace brnnseg::cpu

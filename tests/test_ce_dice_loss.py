@@ -1,0 +1,274 @@
+"""The fused multi-class loss (brnnseg_kernels.losses.ce_dice, op brnnseg::ce_dice_sums): against the
+plain-PyTorch reference (brnnseg_kernels.reference.ce_dice_loss), torch's cross_entropy and MONAI's
+DiceCELoss; float64 gradcheck, opcheck, torch.compile; the Triton kernels (under TRITON_INTERPRET=1 on CPU
+tensors without a GPU, compiled with one) against the C++ op; bad input gives clear errors."""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import brnnseg_kernels as bk
+from brnnseg_kernels import reference
+from brnnseg_kernels.losses import ce_dice as cd
+
+triton_kernels = pytest.importorskip("brnnseg_kernels.losses.ce_dice_kernels")
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+TRITON_DEVICE = "cpu" if INTERPRETED else "cuda"
+
+
+def _labels(n, c, spatial, ignore=None, dtype=torch.int64):
+    t = torch.randint(0, c, (n,) + tuple(spatial))
+    if ignore is not None:
+        t[torch.rand(t.shape) < 0.15] = ignore
+    return t.to(dtype)
+
+
+def _soft(n, c, spatial, dtype=torch.float64):
+    return torch.softmax(3 * torch.randn((n, c) + tuple(spatial), dtype=torch.float64), 1).to(dtype)
+
+
+OPTIONS = [
+    dict(),
+    dict(class_weights=[0.5, 2.0, 1.0, 0.25, 3.0], ignore_index=255, label_smoothing=0.1),
+    dict(boundary_weight=2.0, boundary_radius=1, squared=True, include_background=False),
+    dict(boundary_weight=1.5, boundary_radius=2, log_dice=True, batch=True, ignore_index=-1),
+    dict(average="all", lambda_ce=0.3, lambda_dice=2.0, smooth_nr=0.0, smooth_dr=1e-3, reduction="sum"),
+    dict(reduction="none", boundary_weight=1.0, class_weights=[1.0, 1.0, 2.0, 2.0, 0.5]),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("spatial", [(37, 29), (1, 9), (4, 5, 6)], ids=["37x29", "1x9", "4x5x6"])
+@pytest.mark.parametrize("opts", OPTIONS, ids=range(len(OPTIONS)))
+def test_ce_dice_loss_matches_reference(opts, spatial, dtype):
+    n, c = 2, 5
+    x = torch.randn((n, c) + spatial, dtype=dtype, requires_grad=True)
+    t = _labels(n, c, spatial, ignore=opts.get("ignore_index"))
+    weight = torch.rand((n,) + spatial, dtype=dtype) if opts.get("boundary_weight") else None
+    got = bk.functional.ce_dice_loss(x, t, weight, **opts)
+    xd = x.detach().double().requires_grad_()
+    exp = reference.ce_dice_loss(xd, t, None if weight is None else weight.double(), **opts)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got.double(), exp.double(), **tol)
+    g = torch.randn_like(got)
+    (gx,) = torch.autograd.grad(got, x, g)
+    (ex,) = torch.autograd.grad(exp, xd, g.double())
+    torch.testing.assert_close(gx.double(), ex, **tol)
+
+
+@pytest.mark.parametrize("spatial", [(6, 7), (3, 4, 5)], ids=["2d", "3d"])
+def test_soft_and_one_hot_targets(spatial):
+    n, c = 3, 4
+    x = torch.randn((n, c) + spatial, dtype=torch.float64, requires_grad=True)
+    soft = _soft(n, c, spatial)
+    opts = dict(label_smoothing=0.05, class_weights=[1.0, 2.0, 0.5, 1.0], boundary_weight=1.0, squared=True)
+    got = bk.functional.ce_dice_loss(x, soft, **opts)
+    exp = reference.ce_dice_loss(x, soft, **opts)
+    torch.testing.assert_close(got, exp)
+    torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(exp, x)[0])
+    # One-hot targets give what the integer labels give (no ignored pixels).
+    lab = _labels(n, c, spatial)
+    onehot = F.one_hot(lab, c).movedim(-1, 1).double()
+    torch.testing.assert_close(bk.functional.ce_dice_loss(x, onehot), bk.functional.ce_dice_loss(x, lab))
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(weight=torch.tensor([0.2, 1.0, 3.0, 0.7])), dict(ignore_index=2),
+                                  dict(label_smoothing=0.2, weight=torch.tensor([1.0, 0.5, 2.0, 1.0])),
+                                  dict(ignore_index=-100, label_smoothing=0.1)], ids=range(5))
+def test_cross_entropy_part_equals_torch(opts):
+    """lambda_dice = 0: exactly torch.nn.functional.cross_entropy (its mean with class weights)."""
+    x = torch.randn(3, 4, 11, 13, dtype=torch.float64)
+    t = _labels(3, 4, (11, 13), ignore=-100 if opts.get("ignore_index") == -100 else None)
+    cw = opts.get("weight")
+    got = bk.functional.ce_dice_loss(x, t, class_weights=cw, ignore_index=opts.get("ignore_index", -100),
+                                     label_smoothing=opts.get("label_smoothing", 0.0), lambda_dice=0.0)
+    exp = F.cross_entropy(x, t, **{k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in opts.items()})
+    torch.testing.assert_close(got, exp)
+    soft = _soft(3, 4, (11, 13))
+    got = bk.functional.ce_dice_loss(x, soft, class_weights=cw, label_smoothing=opts.get("label_smoothing", 0.0),
+                                     lambda_dice=0.0)
+    exp = F.cross_entropy(x, soft, weight=None if cw is None else cw.double(),
+                          label_smoothing=opts.get("label_smoothing", 0.0))
+    torch.testing.assert_close(got, exp)
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(include_background=False), dict(batch=True, squared=True),
+                                  dict(lambda_ce=0.5, lambda_dice=2.0, smooth_nr=0.0, smooth_dr=1e-4),
+                                  dict(label_smoothing=0.1)], ids=range(5))
+def test_matches_monai_dice_ce(opts):
+    monai = pytest.importorskip("monai")
+    x = torch.randn(2, 4, 16, 12, dtype=torch.float64)
+    t = _labels(2, 4, (16, 12))
+    t[1][t[1] == 3] = 1  # class 3 absent from sample 1
+    squared = opts.pop("squared", False)
+    ref = monai.losses.DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=squared, **opts)
+    ours = bk.losses.CEDiceLoss(average="all", squared=squared, **opts)
+    torch.testing.assert_close(ours(x, t), ref(x, t[:, None]))
+    torch.testing.assert_close(ours(x, t[:, None]), ref(x, t[:, None]))  # MONAI's (N, 1, H, W) labels
+
+
+def test_present_average_ignores_absent_classes():
+    """average="present" (default): a class absent from a sample's target does not enter its Dice; "all"
+    counts it (MONAI)."""
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    t = torch.zeros(1, 8, 8, dtype=torch.long)
+    t[:, :4] = 1  # class 2 absent
+    d_present = bk.functional.ce_dice_loss(x, t, lambda_ce=0.0)
+    d_all = bk.functional.ce_dice_loss(x, t, lambda_ce=0.0, average="all")
+    xd = x.clone().requires_grad_()
+    ref_present = reference.ce_dice_loss(xd, t, lambda_ce=0.0)
+    torch.testing.assert_close(d_present, ref_present)
+    assert d_all > d_present
+
+
+def test_gradcheck_float64():
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    t = _labels(2, 3, (5, 4), ignore=-100)
+    w = torch.rand(2, 5, 4, dtype=torch.float64)
+    opts = dict(class_weights=[1.0, 2.0, 0.5], label_smoothing=0.1, boundary_weight=1.5, squared=True)
+    assert torch.autograd.gradcheck(lambda v: bk.functional.ce_dice_loss(v, t, w, **opts), (x,))
+    soft = _soft(2, 3, (5, 4))
+    assert torch.autograd.gradcheck(lambda v: bk.functional.ce_dice_loss(v, soft, log_dice=True, batch=True), (x,))
+    x3 = torch.randn(1, 3, 3, 4, 2, dtype=torch.float64, requires_grad=True)
+    t3 = _labels(1, 3, (3, 4, 2))
+    assert torch.autograd.gradcheck(lambda v: bk.functional.ce_dice_loss(v, t3, boundary_weight=1.0), (x3,))
+
+
+def test_opcheck():
+    x = torch.randn(2, 4, 6, 5)
+    t = _labels(2, 4, (6, 5), ignore=-100)
+    cw = torch.rand(4)
+    for args in [(x, t, None, None, 0.0, 1, -100, 0.0, False), (x, t, torch.rand(2, 6, 5), cw, 2.0, 1, -100, 0.1, True),
+                 (x.double(), _soft(2, 4, (6, 5)), None, cw.double(), 1.0, 2, None, 0.05, False)]:
+        torch.library.opcheck(torch.ops.brnnseg.ce_dice_sums.default, args)
+
+
+def test_integer_target_dtypes_and_reduced_precision_logits():
+    x = torch.randn(2, 4, 7, 9)
+    t = _labels(2, 4, (7, 9))
+    base = bk.functional.ce_dice_loss(x, t, boundary_weight=1.0)
+    for dt in (torch.uint8, torch.int8, torch.int16, torch.int32):
+        torch.testing.assert_close(bk.functional.ce_dice_loss(x, t.to(dt), boundary_weight=1.0), base)
+    for dt in (torch.float16, torch.bfloat16):
+        xl = x.to(dt).requires_grad_()
+        out = bk.functional.ce_dice_loss(xl, t, boundary_weight=1.0)
+        assert out.dtype == dt
+        out.backward()
+        assert xl.grad.dtype == dt
+        torch.testing.assert_close(out.float(), reference.ce_dice_loss(xl.detach().float(), t, boundary_weight=1.0),
+                                   rtol=2e-2, atol=2e-2)
+
+
+def test_non_contiguous_and_channels_last_logits():
+    x = torch.randn(2, 5, 9, 8, dtype=torch.float64)
+    t = _labels(2, 5, (9, 8))
+    base = bk.functional.ce_dice_loss(x, t, boundary_weight=1.0)
+    torch.testing.assert_close(bk.functional.ce_dice_loss(x.to(memory_format=torch.channels_last), t,
+                                                          boundary_weight=1.0), base)
+    wide = torch.randn(2, 5, 9, 16, dtype=torch.float64)[..., ::2]
+    torch.testing.assert_close(bk.functional.ce_dice_loss(wide, t), reference.ce_dice_loss(wide, t))
+    torch.testing.assert_close(bk.functional.ce_dice_loss(x, t.transpose(1, 2).contiguous().transpose(1, 2)),
+                               bk.functional.ce_dice_loss(x, t))
+
+
+def test_bad_input_errors():
+    x = torch.randn(2, 3, 4, 5)
+    t = _labels(2, 3, (4, 5))
+    t_bad = t.clone()
+    t_bad[1, 2, 3] = 7
+    with pytest.raises(ValueError, match="label 7, outside \\[0, 3\\)"):
+        bk.functional.ce_dice_loss(x, t_bad)
+    t_bad[1, 2, 3] = -5
+    with pytest.raises(ValueError, match="label -5"):
+        bk.functional.ce_dice_loss(x, t_bad, ignore_index=255)
+    with pytest.raises(ValueError, match="target labels must have shape"):
+        bk.functional.ce_dice_loss(x, t[:, :3])
+    with pytest.raises(ValueError, match="must hold integer labels"):
+        bk.functional.ce_dice_loss(x, t.float())
+    with pytest.raises(ValueError, match="one-hot or soft"):
+        bk.functional.ce_dice_loss(x, torch.zeros(2, 3, 4, 5, dtype=torch.long) + 5)
+    with pytest.raises(ValueError, match="class_weights must have shape"):
+        bk.functional.ce_dice_loss(x, t, class_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="weight must have shape"):
+        bk.functional.ce_dice_loss(x, t, torch.ones(2, 3, 4, 5))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        bk.functional.ce_dice_loss(x, t, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="logits must be"):
+        bk.functional.ce_dice_loss(x[0], t)
+    with pytest.raises(ValueError, match="average"):
+        bk.losses.CEDiceLoss(average="mean")
+    with pytest.raises(ValueError, match="label 9"):  # the op itself checks (direct calls never read out of bounds)
+        torch.ops.brnnseg.ce_dice_sums(x, t_bad.clamp(0, 9) + 9 * (t_bad < 0), None, None, 0.0, 1, None, 0.0, False)
+
+
+def test_all_ignored_and_empty_batch_are_finite():
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    t = torch.full((2, 4, 4), -100, dtype=torch.long)
+    out = bk.functional.ce_dice_loss(x, t)
+    assert torch.isfinite(out) and out.item() == 0.0
+    out.backward()
+    assert torch.all(x.grad == 0)
+    e = torch.randn(0, 3, 4, 4, requires_grad=True)
+    assert torch.isfinite(bk.functional.ce_dice_loss(e, torch.zeros(0, 4, 4, dtype=torch.long)))
+
+
+def test_module_aliases_and_state():
+    loss = bk.losses.CEDiceLoss(weight=[1.0, 2.0, 3.0], ce_weight=0.5, dice_weight=2.0, batch=True)
+    assert loss.kwargs["lambda_ce"] == 0.5 and loss.kwargs["lambda_dice"] == 2.0
+    assert "class_weights" in loss.state_dict()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    t = _labels(2, 3, (6, 6))
+    torch.testing.assert_close(loss(x, t), reference.ce_dice_loss(x, t, class_weights=[1.0, 2.0, 3.0], lambda_ce=0.5,
+                                                                   lambda_dice=2.0, batch=True))
+
+
+def test_compile_fullgraph():
+    loss = bk.losses.CEDiceLoss(boundary_weight=1.0, label_smoothing=0.1)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    t = _labels(2, 4, (8, 8))
+    eager = loss(x, t)
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    out = compiled(x, t)
+    torch.testing.assert_close(out, eager)
+    (g1,) = torch.autograd.grad(eager, x)
+    (g2,) = torch.autograd.grad(compiled(x, t), x)
+    torch.testing.assert_close(g1, g2)
+
+
+# ---- the Triton kernels (CUDA implementation) against the C++ op --------------------------------------
+
+TRITON_CASES = [(True, (2, 5, 9, 7), dict(boundary_weight=1.5, boundary_radius=1, ignore=-100, ls=0.1, sq=True)),
+                (True, (1, 3, 4, 5, 6), dict(boundary_weight=2.0, boundary_radius=1, ignore=None, ls=0.0, sq=False)),
+                (True, (2, 19, 6, 33), dict(boundary_weight=1.0, boundary_radius=2, ignore=255, ls=0.0, sq=False)),
+                (False, (2, 4, 9, 7), dict(boundary_weight=1.0, boundary_radius=1, ignore=None, ls=0.2, sq=True)),
+                (False, (1, 2, 3, 4, 5), dict(boundary_weight=0.0, boundary_radius=1, ignore=None, ls=0.0, sq=False))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("index,shape,o", TRITON_CASES, ids=range(len(TRITON_CASES)))
+def test_triton_kernels_match_cpu_op(index, shape, o, dtype):
+    n, c = shape[:2]
+    x = torch.randn(*shape, dtype=dtype)
+    t = _labels(n, c, shape[2:], ignore=o["ignore"]) if index else _soft(n, c, shape[2:], dtype)
+    w = torch.rand((n,) + shape[2:], dtype=dtype)
+    cw = torch.rand(c, dtype=dtype)
+    args = (w, cw, o["boundary_weight"], o["boundary_radius"], o["ignore"] if index else None, o["ls"], o["sq"])
+    exp = torch.ops.brnnseg.ce_dice_sums(x, t, *args)
+    dev = lambda v: v.to(TRITON_DEVICE) if isinstance(v, torch.Tensor) else v  # noqa: E731
+    got = triton_kernels.ce_dice_sums_triton(dev(x), dev(t), *[dev(a) for a in args])
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    for g_, e_ in zip(got, exp):
+        torch.testing.assert_close(g_.cpu(), e_, **tol)
+    gd, gc = torch.randn_like(exp[0]), torch.randn_like(exp[1])
+    dexp = torch.ops.brnnseg.ce_dice_sums_backward(gd, gc, x, t, *args)
+    dgot = triton_kernels.ce_dice_sums_backward_triton(dev(gd), dev(gc), dev(x), dev(t), *[dev(a) for a in args])
+    torch.testing.assert_close(dgot.cpu(), dexp, **tol)
+
+
+def test_triton_refuses_bad_labels():
+    x = torch.randn(1, 3, 4, 4)
+    t = torch.full((1, 4, 4), 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="label 3, outside"):
+        triton_kernels.ce_dice_sums_triton(x.to(TRITON_DEVICE), t.to(TRITON_DEVICE), None, None, 0.0, 1, -100, 0.0,
+                                           False)
