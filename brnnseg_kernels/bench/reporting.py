@@ -133,7 +133,8 @@ def plot_speedups(runs: List[List[Row]], path: str, title: str) -> None:
 
 
 def report_loss(rows: List[LossRow]) -> str:
-    lines = [f"{'logits':18s} {'torch ms':>9s} {'ours ms':>9s} {'speedup':>8s} {'torch MiB':>10s} {'ours MiB':>9s} "
+    lines = ["logits: the sigmoid loss (BCEDiceLoss); ce:...: the multi-class loss (CEDiceLoss, integer labels)",
+             f"{'logits':18s} {'torch ms':>9s} {'ours ms':>9s} {'speedup':>8s} {'torch MiB':>10s} {'ours MiB':>9s} "
              f"{'grad MiB':>9s} {'floor ms':>9s}"]
     by = {}
     for r in rows:
@@ -141,7 +142,7 @@ def report_loss(rows: List[LossRow]) -> str:
     for shape, d in by.items():
         t, o = d["torch"], d["brnnseg"]
         px = 1
-        for s in shape.split("x"):
+        for s in shape.split(":")[-1].split("x"):  # "ce:4x8x128x128": the multi-class loss
             px *= int(s)
         lines.append(f"{shape:18s} {t.ms:9.2f} {o.ms:9.2f} {t.ms / o.ms:7.2f}x {t.peak_mib:10.1f} {o.peak_mib:9.1f} "
                      f"{px * 4 / 2**20:9.1f} {o.floor_ms:9.3f}")

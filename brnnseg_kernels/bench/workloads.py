@@ -35,6 +35,8 @@ GPU_SHAPES = {
 }
 # Loss shapes (logits N, C, H, W): ../shared/README.md
 LOSS_SHAPES = {"cpu": [(8, 1, 256, 256), (4, 3, 128, 128)], "cuda": [(16, 1, 512, 512), (8, 4, 512, 1024)]}
+# The multi-class loss (CEDiceLoss, integer label maps): logits shapes.
+LOSS_MC_SHAPES = {"cpu": [(4, 8, 128, 128)], "cuda": [(8, 19, 512, 1024)]}
 
 
 def gates(cell: str) -> int:
@@ -157,6 +159,26 @@ def run_loss(device="cpu", repeat=9, threads=2, memory=True, bandwidth_gbs: floa
                 fn().backward()
             peak = peak_mib(device, step) if memory else float("nan")
             rows.append(LossRow("x".join(map(str, shape)), provider, time_ms(step, device, repeat), peak, floor))
+    # Multi-class: CEDiceLoss (softmax CE + boundary weight 2, radius 1 + softmax Dice) on int64 label maps
+    # against the unfused composition (reference.unfused_ce_dice).
+    from ..losses import CEDiceLoss
+    from ..reference import unfused_ce_dice
+
+    fused_mc = CEDiceLoss(boundary_weight=2.0, boundary_radius=1, average="all")
+    for shape in LOSS_MC_SHAPES[device]:
+        torch.manual_seed(0)
+        logits = torch.randn(*shape, device=device, requires_grad=True)
+        labels = torch.randint(0, shape[1], (shape[0],) + tuple(shape[2:]), device=device)
+        floor = float("nan")
+        if device == "cuda":
+            floor = (3 * logits.numel() * 4 + 2 * labels.numel() * 8) / (bandwidth_gbs * 1e9) * 1e3
+        for provider, fn in (("torch", lambda: unfused_ce_dice(logits, labels)),
+                             ("brnnseg", lambda: fused_mc(logits, labels))):
+            def step():
+                logits.grad = None
+                fn().backward()
+            peak = peak_mib(device, step) if memory else float("nan")
+            rows.append(LossRow("ce:" + "x".join(map(str, shape)), provider, time_ms(step, device, repeat), peak, floor))
     return rows
 
 

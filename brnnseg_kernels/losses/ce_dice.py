@@ -141,22 +141,20 @@ def ce_dice_sums(logits: Tensor, target: Tensor, weight: Optional[Tensor], class
                                          int(boundary_radius), ignore_index, float(label_smoothing), bool(squared))
 
 
-def _combine(dice_sums: Tensor, ce_sums: Tensor, present: Tensor, *, lambda_ce, lambda_dice, smooth_nr, smooth_dr,
-             batch, log_dice, include_background, average, reduction) -> Tensor:
-    inter, psum, ysum = dice_sums.unbind(-1)
+def _combine(dice_sums: Tensor, ce_sums: Tensor, *, lambda_ce, lambda_dice, smooth_nr, smooth_dr, batch, log_dice,
+             include_background, average, reduction) -> Tensor:
+    """The loss from the op's sums, in few ops (each is an autograd node on the way back)."""
     if batch:
-        inter, psum, ysum = inter.sum(0, keepdim=True), psum.sum(0, keepdim=True), ysum.sum(0, keepdim=True)
-        present = present.sum(0, keepdim=True) > 0
+        dice_sums = dice_sums.sum(0, keepdim=True)
+    inter, psum, ysum = dice_sums.unbind(-1)
     den = psum + ysum + smooth_dr
-    ok = den > 0
-    score = torch.where(ok, (2 * inter + smooth_nr) / torch.where(ok, den, torch.ones_like(den)),
-                        torch.ones_like(den))
+    # 0/0 (no prediction, no target, smooth_dr = 0) scores 1: the result stays finite.
+    score = (2 * inter + smooth_nr + (den == 0)) / (den + (den == 0))
     dice = -torch.log(score.clamp_min(1e-7)) if log_dice else 1 - score
-    sel = torch.ones_like(dice)
-    if not include_background and dice.shape[1] > 1:
-        sel[:, 0] = 0
-    if average == "present":
-        sel = sel * present.to(sel.dtype)
+    with torch.no_grad():
+        sel = (ysum > 0).to(dice.dtype) if average == "present" else torch.ones_like(dice)
+        if not include_background and dice.shape[1] > 1:
+            sel[:, 0] = 0
     ce_num, ce_den = ce_sums.unbind(-1)
     if reduction == "none":
         per = (dice * sel).sum(1) / sel.sum(1).clamp_min(1)
@@ -206,9 +204,9 @@ def ce_dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
     # Labels outside [0, C) that are not ignore_index: the op raises a ValueError naming the value.
     dice_sums, ce_sums = ce_dice_sums(logits, target, weight, cw, boundary_weight, boundary_radius,
                                       int(ignore_index) if index else None, label_smoothing, squared)
-    present = dice_sums[..., 2].detach() > 0  # sum of y_c over counted pixels: the class occurs
+    # average="present": a class occurs in the target when its sum of y over counted pixels is > 0.
     out = _combine(dice_sums.float() if dice_sums.dtype != torch.float64 else dice_sums,
-                   ce_sums.float() if ce_sums.dtype != torch.float64 else ce_sums, present,
+                   ce_sums.float() if ce_sums.dtype != torch.float64 else ce_sums,
                    lambda_ce=lambda_ce, lambda_dice=lambda_dice, smooth_nr=smooth_nr, smooth_dr=smooth_dr, batch=batch,
                    log_dice=log_dice, include_background=include_background, average=average, reduction=reduction)
     return out.to(logits.dtype)

@@ -23,9 +23,12 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "brnnseg/cell/activations.h"
+#include "cpu/runtime/isa.h"
 
 namespace brnnseg::cpu {
 namespace {
@@ -33,6 +36,9 @@ namespace {
 using at::Tensor;
 
 constexpr int64_t kCeRowBlock = 16;
+
+// Everything a unit calls is inlined into it, so the per-ISA copies below (AVX2, AVX-512) cover it all.
+#define BRNNSEG_CE_INLINE __attribute__((always_inline)) inline
 
 struct CeShape {
   int64_t N, C, D, H, W;
@@ -88,16 +94,19 @@ CeShape ce_shape(const char* op, const Tensor& logits, const Tensor& target) {
 
 // Labels of rows [hlo, hhi) of depth slice dd: -1 where ignored; soft targets: argmax over classes.
 template <typename T, typename Y>
-void label_rows(const Y* y, const CeShape& s, const CeArgs<T>& a, int64_t n, int64_t dd, int64_t hlo, int64_t hhi,
+BRNNSEG_CE_INLINE void label_rows(const Y* y, const CeShape& s, const CeArgs<T>& a, int64_t n, int64_t dd, int64_t hlo, int64_t hhi,
                 int32_t* out) {
   const int64_t W = s.W, plane = s.plane();
   for (int64_t h = hlo; h < hhi; ++h) {
     int32_t* o = out + (h - hlo) * W;
     if (s.index) {
-      const Y* r = y + n * plane + (dd * s.H + h) * W;
+      const Y* __restrict r = y + n * plane + (dd * s.H + h) * W;
+      const bool has_ignore = a.has_ignore;
+      const int64_t ign = a.ignore_index, C = s.C;
+#pragma omp simd
       for (int64_t w = 0; w < W; ++w) {
         const int64_t v = static_cast<int64_t>(r[w]);
-        o[w] = (a.has_ignore && v == a.ignore_index) ? -1 : static_cast<int32_t>(v);
+        o[w] = ((has_ignore & (v == ign)) | (v < 0) | (v >= C)) ? -1 : static_cast<int32_t>(v);
       }
     } else {
       for (int64_t w = 0; w < W; ++w) {
@@ -115,7 +124,7 @@ void label_rows(const Y* y, const CeShape& s, const CeArgs<T>& a, int64_t n, int
 
 // Boundary flags of rows [h0, h1) of slice d of sample n (see the file comment).
 template <typename T, typename Y>
-void boundary_flags(const Y* y, const CeShape& s, const CeArgs<T>& a, int64_t n, int64_t d, int64_t h0, int64_t h1,
+BRNNSEG_CE_INLINE void boundary_flags(const Y* y, const CeShape& s, const CeArgs<T>& a, int64_t n, int64_t d, int64_t h0, int64_t h1,
                     std::vector<int32_t>& lab, std::vector<int32_t>& lo, std::vector<int32_t>& hi,
                     std::vector<uint8_t>& flags) {
   const int64_t r = a.boundary_radius, W = s.W;
@@ -125,33 +134,57 @@ void boundary_flags(const Y* y, const CeShape& s, const CeArgs<T>& a, int64_t n,
   hi.assign(rows * W, -1);
   for (int64_t dd = std::max<int64_t>(0, d - r); dd < std::min(s.D, d + r + 1); ++dd) {
     label_rows(y, s, a, n, dd, hlo, hhi, lab.data());
+    int32_t* __restrict hp = hi.data();
+    int32_t* __restrict lp = lo.data();
+    const int32_t* __restrict lb = lab.data();
+#pragma omp simd
     for (int64_t i = 0; i < rows * W; ++i) {
-      const int32_t v = lab[i];
-      hi[i] = std::max(hi[i], v);
-      lo[i] = std::min(lo[i], v < 0 ? INT_MAX : v);
+      const int32_t v = lb[i];
+      hp[i] = std::max(hp[i], v);
+      lp[i] = std::min(lp[i], v < 0 ? INT_MAX : v);
     }
   }
-  // Along W (into lab / a second buffer), then along H for the output rows.
-  std::vector<int32_t> lo2(rows * W, INT_MAX), hi2(rows * W, -1);
+  // Along W, then along H for the output rows (loops along W: they vectorise).
+  struct Rows {
+    std::vector<int32_t> lo2, hi2, rlo, rhi;
+  };
+  thread_local Rows tls;
+  Rows& rr = tls;
+  auto &lo2 = rr.lo2, &hi2 = rr.hi2, &rlo = rr.rlo, &rhi = rr.rhi;
+  lo2.assign(rows * W, INT_MAX);
+  hi2.assign(rows * W, -1);
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t sh = -r; sh <= r; ++sh) {
       const int64_t wlo = std::max<int64_t>(0, -sh), whi = std::min(W, W - sh);
+      int32_t* __restrict h2 = hi2.data() + i * W;
+      int32_t* __restrict l2 = lo2.data() + i * W;
+      const int32_t* __restrict h1p = hi.data() + i * W + sh;
+      const int32_t* __restrict l1p = lo.data() + i * W + sh;
       for (int64_t w = wlo; w < whi; ++w) {
-        hi2[i * W + w] = std::max(hi2[i * W + w], hi[i * W + w + sh]);
-        lo2[i * W + w] = std::min(lo2[i * W + w], lo[i * W + w + sh]);
+        h2[w] = std::max(h2[w], h1p[w]);
+        l2[w] = std::min(l2[w], l1p[w]);
       }
     }
   flags.assign((h1 - h0) * W, 0);
+  rlo.resize(W);
+  rhi.resize(W);
   for (int64_t h = h0; h < h1; ++h) {
-    uint8_t* f = flags.data() + (h - h0) * W;
-    for (int64_t w = 0; w < W; ++w) {
-      int32_t mx = -1, mn = INT_MAX;
-      for (int64_t hh = std::max(hlo, h - r); hh < std::min(hhi, h + r + 1); ++hh) {
-        mx = std::max(mx, hi2[(hh - hlo) * W + w]);
-        mn = std::min(mn, lo2[(hh - hlo) * W + w]);
+    std::fill(rhi.begin(), rhi.end(), -1);
+    std::fill(rlo.begin(), rlo.end(), INT_MAX);
+    for (int64_t hh = std::max(hlo, h - r); hh < std::min(hhi, h + r + 1); ++hh) {
+      const int32_t* __restrict h2 = hi2.data() + (hh - hlo) * W;
+      const int32_t* __restrict l2 = lo2.data() + (hh - hlo) * W;
+      int32_t* __restrict a = rhi.data();
+      int32_t* __restrict b = rlo.data();
+      for (int64_t w = 0; w < W; ++w) {
+        a[w] = std::max(a[w], h2[w]);
+        b[w] = std::min(b[w], l2[w]);
       }
-      f[w] = mx >= 0 && mn != mx;
     }
+    uint8_t* f = flags.data() + (h - h0) * W;
+    const int32_t* __restrict a = rhi.data();
+    const int32_t* __restrict b = rlo.data();
+    for (int64_t w = 0; w < W; ++w) f[w] = uint8_t((a[w] >= 0) & (b[w] != a[w]));
   }
 }
 
@@ -164,133 +197,231 @@ struct CeUnit {
   const T* g_dice;       // backward: (N, C, 3)
   const T* g_ce;         // backward: (N, 2)
   T* out;                // forward: (units, 3C + 2) partial sums; backward: dx
+  int64_t* bad;          // (units,): the first label outside [0, C) a unit met (INT64_MIN: none)
 };
 
-// y_c of one pixel: one-hot of the label (0 when ignored), or the soft target.
-template <typename T, typename Y>
-inline T target_of(const CeShape& s, const Y* y, int64_t n, int64_t c, int64_t pix, int32_t label) {
-  if (s.index) return T(label == c);
-  return static_cast<T>(y[(n * s.C + c) * s.plane() + pix]);
-}
-
+// One work unit: rows [h0, h1) of depth slice d of sample n. Every loop runs along a row of W pixels
+// over plain arrays, so it vectorises (exp: the branch-free float polynomial of activations.h; double
+// keeps std::exp for gradcheck).
 template <typename T, typename Y, bool kBackward>
-void ce_unit(const CeUnit<T, Y>& u, int64_t unit) {
+BRNNSEG_CE_INLINE void ce_unit(const CeUnit<T, Y>& u, int64_t unit) {
+  constexpr bool kSoft = std::is_floating_point_v<Y>;
   const CeArgs<T>& a = *u.a;
   const CeShape& s = a.s;
   const int64_t bps = s.blocks(), blk = unit % bps, nd = unit / bps, d = nd % s.D, n = nd / s.D;
   const int64_t h0 = blk * kCeRowBlock, h1 = std::min(s.H, h0 + kCeRowBlock), W = s.W, C = s.C, plane = s.plane();
-  thread_local std::vector<int32_t> lab, lo, hi, labels;
-  thread_local std::vector<uint8_t> flags;
-  thread_local std::vector<T> mx, lse, coef_sum, ap_sum, m, norm;
+  // Per-thread scratch, reached through references taken once (a thread_local named inside a loop
+  // costs a __tls_get_addr call per use in a shared library).
+  struct Scratch {
+    std::vector<int32_t> lab, lo, hi, labels;
+    std::vector<uint8_t> flags;
+    std::vector<T> E, mx, inv, lse, coef_sum, ap_sum, m, norm, vld;
+  };
+  thread_local Scratch tls;
+  Scratch& sc = tls;
+  auto &lab = sc.lab, &lo = sc.lo, &hi = sc.hi, &labels = sc.labels;
+  auto& flags = sc.flags;
+  auto &E = sc.E, &mx = sc.mx, &inv = sc.inv, &lse = sc.lse, &coef_sum = sc.coef_sum, &ap_sum = sc.ap_sum, &m = sc.m,
+       &norm = sc.norm, &vld = sc.vld;
   const bool use_boundary = a.boundary_weight != T(0);
   if (use_boundary) boundary_flags(u.y, s, a, n, d, h0, h1, lab, lo, hi, flags);
-  labels.resize(W);
-  mx.resize(W), lse.resize(W), coef_sum.resize(W), ap_sum.resize(W), m.resize(W), norm.resize(W);
+  labels.assign(W, 0);
+  E.resize(C * W);
+  for (auto* v : {&mx, &inv, &lse, &coef_sum, &ap_sum, &m, &norm, &vld}) v->resize(W);
   const T eps = a.label_smoothing, eps_c = eps / T(C), keep = T(1) - eps;
   const T sq = a.squared ? T(1) : T(0);
+  T cw_total = 0;
+  for (int64_t c = 0; c < C; ++c) cw_total += a.class_weights[c];
   std::vector<T> acc(kBackward ? 0 : 3 * C + 2, T(0));
-  T g_ce = 0;
-  if (kBackward) g_ce = u.g_ce[n * 2];
+  const T g_ce = kBackward ? u.g_ce[n * 2] : T(0);
+  int64_t bad = INT64_MIN;
   for (int64_t h = h0; h < h1; ++h) {
     const int64_t pix0 = (d * s.H + h) * W;
     const T* xn = u.x + n * C * plane + pix0;  // class c of pixel w: xn[c * plane + w]
-    // Labels (-1: ignored) and the per-pixel multiplier and normaliser.
-    if (s.index) {
-      const Y* yr = u.y + n * plane + pix0;
+    const T* yn = nullptr;                     // soft targets, laid out like xn
+    if constexpr (kSoft) {
+      yn = reinterpret_cast<const T*>(u.y) + n * C * plane + pix0;
+    } else {
+      // Labels (-1: ignored; a label outside [0, C) is recorded and ignored, never used as an index).
+      const Y* __restrict yr = u.y + n * plane + pix0;
+      int32_t* __restrict lr = labels.data();
+      const bool has_ignore = a.has_ignore;
+      const int64_t ign = a.ignore_index;
+      int any_bad = 0;
+#pragma omp simd reduction(| : any_bad)
       for (int64_t w = 0; w < W; ++w) {
         const int64_t v = static_cast<int64_t>(yr[w]);
-        labels[w] = (a.has_ignore && v == a.ignore_index) ? -1 : static_cast<int32_t>(v);
+        const int ignored = has_ignore & (v == ign);
+        const int out = (v < 0) | (v >= C);
+        any_bad |= out & !ignored;
+        lr[w] = (ignored | out) ? -1 : static_cast<int32_t>(v);
       }
-    } else {
-      std::fill(labels.begin(), labels.end(), 0);
+      if (any_bad && bad == INT64_MIN)
+        for (int64_t w = 0; w < W; ++w) {
+          const int64_t v = static_cast<int64_t>(yr[w]);
+          if (!(has_ignore && v == ign) && (v < 0 || v >= C)) {
+            bad = v;
+            break;
+          }
+        }
     }
     const uint8_t* fr = use_boundary ? flags.data() + (h - h0) * W : nullptr;
     for (int64_t w = 0; w < W; ++w) {
-      const T valid = T(labels[w] >= 0);
+      const T valid = kSoft ? T(1) : T(labels[w] >= 0);
       T mm = valid * (T(1) + (fr ? a.boundary_weight * T(fr[w]) : T(0)));
       if (u.weight) mm *= u.weight[n * plane + pix0 + w];
       m[w] = mm;
-      norm[w] = s.index ? (labels[w] >= 0 ? a.class_weights[labels[w]] : T(0)) : T(1);
+      vld[w] = valid;
+      norm[w] = kSoft ? T(1) : (labels[w] >= 0 ? a.class_weights[labels[w]] : T(0));
     }
-    // Log-sum-exp over classes, vectorised along the row.
-    std::fill(mx.begin(), mx.end(), T(-INFINITY));
-    for (int64_t c = 0; c < C; ++c) {
-      const T* xc = xn + c * plane;
+    // Softmax over classes: max, exp (kept for the class passes), sum.
+    std::copy(xn, xn + W, mx.data());
+    for (int64_t c = 1; c < C; ++c) {
+      const T* __restrict xc = xn + c * plane;
+      T* __restrict mr = mx.data();
 #pragma omp simd
-      for (int64_t w = 0; w < W; ++w) mx[w] = std::max(mx[w], xc[w]);
+      for (int64_t w = 0; w < W; ++w) mr[w] = std::max(mr[w], xc[w]);
     }
-    std::fill(lse.begin(), lse.end(), T(0));
+    std::fill(inv.begin(), inv.end(), T(0));
     for (int64_t c = 0; c < C; ++c) {
-      const T* xc = xn + c * plane;
+      const T* __restrict xc = xn + c * plane;
+      const T* __restrict mr = mx.data();
+      T* __restrict er = E.data() + c * W;
+      T* __restrict sr = inv.data();
 #pragma omp simd
-      for (int64_t w = 0; w < W; ++w) lse[w] += std::exp(xc[w] - mx[w]);
+      for (int64_t w = 0; w < W; ++w) {
+        const T e = fast_exp(xc[w] - mr[w]);
+        er[w] = e;
+        sr[w] += e;
+      }
     }
-    for (int64_t w = 0; w < W; ++w) lse[w] = mx[w] + std::log(lse[w]);
-    if (!kBackward) {
+    for (int64_t w = 0; w < W; ++w) {
+      lse[w] = mx[w] + std::log(inv[w]);
+      inv[w] = T(1) / inv[w];
+    }
+    if constexpr (!kBackward) {
       T ce = 0, nsum = 0;
-      for (int64_t w = 0; w < W; ++w) nsum += (labels[w] >= 0 ? T(1) : T(0)) * norm[w];
+      for (int64_t w = 0; w < W; ++w) nsum += vld[w] * norm[w];
       for (int64_t c = 0; c < C; ++c) {
-        const T* xc = xn + c * plane;
+        const T* __restrict xc = xn + c * plane;
+        const T* __restrict er = E.data() + c * W;
+        const T* __restrict yc = kSoft ? yn + c * plane : nullptr;
+        const int32_t* __restrict lr = labels.data();
+        const T* __restrict ir = inv.data();
+        const T* __restrict lr2 = lse.data();
+        const T* __restrict vr = vld.data();
+        const T* __restrict mr = m.data();
         const T wc = a.class_weights[c];
         T si = 0, sp = 0, sy = 0, sc = 0;
+#pragma omp simd reduction(+ : si, sp, sy, sc)
         for (int64_t w = 0; w < W; ++w) {
-          const T valid = T(labels[w] >= 0);
-          const T logp = xc[w] - lse[w], p = std::exp(logp);
-          const T y = valid * target_of<T, Y>(s, u.y, n, c, pix0 + w, labels[w]);
-          const T pv = valid * p;
+          const T p = er[w] * ir[w], nlogp = lr2[w] - xc[w];
+          T y;
+          if constexpr (kSoft) y = yc[w];
+          else y = T(lr[w] == c);
+          const T pv = vr[w] * p;
           si += pv * y;
           sp += pv * (sq * p + (T(1) - sq));
           sy += y * (sq * y + (T(1) - sq));
-          sc += m[w] * wc * (keep * y + eps_c) * (-logp);
+          sc += mr[w] * (keep * y + eps_c) * nlogp;
         }
         acc[3 * c] += si;
         acc[3 * c + 1] += sp;
         acc[3 * c + 2] += sy;
-        ce += sc;
+        ce += wc * sc;
       }
       acc[3 * C] += ce;
       acc[3 * C + 1] += nsum;
     } else {
-      // First pass over classes: sum_c coef_c and sum_c a_c p_c per pixel; second: dx.
-      std::fill(coef_sum.begin(), coef_sum.end(), T(0));
+      // sum_c coef_c (closed form for labels) and sum_c a_c p_c per pixel; then dx.
+      for (int64_t w = 0; w < W; ++w)
+        coef_sum[w] = kSoft ? T(0) : keep * (labels[w] >= 0 ? a.class_weights[labels[w]] : T(0)) + eps_c * cw_total;
       std::fill(ap_sum.begin(), ap_sum.end(), T(0));
       for (int64_t c = 0; c < C; ++c) {
-        const T* xc = xn + c * plane;
+        const T* __restrict er = E.data() + c * W;
+        const T* __restrict yc = kSoft ? yn + c * plane : nullptr;
+        const int32_t* __restrict lr = labels.data();
+        const T* __restrict ir = inv.data();
+        T* __restrict cs = coef_sum.data();
+        T* __restrict as = ap_sum.data();
         const T wc = a.class_weights[c];
-        const T* gd = u.g_dice + (n * C + c) * 3;
+        const T gi = u.g_dice[(n * C + c) * 3], gp = u.g_dice[(n * C + c) * 3 + 1];
+#pragma omp simd
         for (int64_t w = 0; w < W; ++w) {
-          const T valid = T(labels[w] >= 0);
-          const T p = std::exp(xc[w] - lse[w]);
-          const T y = valid * target_of<T, Y>(s, u.y, n, c, pix0 + w, labels[w]);
-          coef_sum[w] += wc * (keep * y + eps_c);
-          ap_sum[w] += (gd[0] * y + gd[1] * (sq * T(2) * p + (T(1) - sq))) * p;
+          const T p = er[w] * ir[w];
+          T y;
+          if constexpr (kSoft) {
+            y = yc[w];
+            cs[w] += wc * (keep * y + eps_c);
+          } else {
+            y = T(lr[w] == c);
+          }
+          as[w] += (gi * y + gp * (sq * T(2) * p + (T(1) - sq))) * p;
         }
       }
       for (int64_t c = 0; c < C; ++c) {
-        const T* xc = xn + c * plane;
-        T* dc = u.out + n * C * plane + c * plane + pix0;
+        const T* __restrict er = E.data() + c * W;
+        const T* __restrict yc = kSoft ? yn + c * plane : nullptr;
+        const int32_t* __restrict lr = labels.data();
+        const T* __restrict ir = inv.data();
+        const T* __restrict cs = coef_sum.data();
+        const T* __restrict as = ap_sum.data();
+        const T* __restrict vr = vld.data();
+        const T* __restrict mr = m.data();
+        T* __restrict dc = u.out + n * C * plane + c * plane + pix0;
         const T wc = a.class_weights[c];
-        const T* gd = u.g_dice + (n * C + c) * 3;
+        const T gi = u.g_dice[(n * C + c) * 3], gp = u.g_dice[(n * C + c) * 3 + 1];
+#pragma omp simd
         for (int64_t w = 0; w < W; ++w) {
-          const T valid = T(labels[w] >= 0);
-          const T p = std::exp(xc[w] - lse[w]);
-          const T y = valid * target_of<T, Y>(s, u.y, n, c, pix0 + w, labels[w]);
+          const T p = er[w] * ir[w];
+          T y;
+          if constexpr (kSoft) y = yc[w];
+          else y = T(lr[w] == c);
           const T coef = wc * (keep * y + eps_c);
-          const T ac = gd[0] * y + gd[1] * (sq * T(2) * p + (T(1) - sq));
-          dc[w] = valid * (g_ce * m[w] * (p * coef_sum[w] - coef) + p * (ac - ap_sum[w]));
+          const T ac = gi * y + gp * (sq * T(2) * p + (T(1) - sq));
+          dc[w] = vr[w] * (g_ce * mr[w] * (p * cs[w] - coef) + p * (ac - as[w]));
         }
       }
     }
   }
-  if (!kBackward)
+  if constexpr (!kBackward)
     for (int64_t k = 0; k < 3 * C + 2; ++k) u.out[unit * (3 * C + 2) + k] = acc[k];
+  u.bad[unit] = bad;
 }
 
+// One copy of the unit per ISA; the widest the CPU supports is chosen at run time (cpu/runtime/isa.h).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define BRNNSEG_CE_ISAS 1
 template <typename T, typename Y, bool kB>
-void run_ce_units(const CeUnit<T, Y>& u) {
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma"))) void ce_unit_avx512(const CeUnit<T, Y>& u,
+                                                                                          int64_t unit) {
+  ce_unit<T, Y, kB>(u, unit);
+}
+template <typename T, typename Y, bool kB>
+__attribute__((target("avx2,fma"))) void ce_unit_avx2(const CeUnit<T, Y>& u, int64_t unit) {
+  ce_unit<T, Y, kB>(u, unit);
+}
+#endif
+
+template <typename T, typename Y, bool kB>
+void run_ce_units(const char* op, const CeUnit<T, Y>& u) {
   at::parallel_for(0, u.a->s.units(), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t unit = begin; unit < end; ++unit) ce_unit<T, Y, kB>(u, unit);
+    for (int64_t unit = begin; unit < end; ++unit) {
+#ifdef BRNNSEG_CE_ISAS
+      switch (static_cast<int>(cpu_isa())) {
+        case 2: ce_unit_avx512<T, Y, kB>(u, unit); continue;
+        case 1: ce_unit_avx2<T, Y, kB>(u, unit); continue;
+        default: break;
+      }
+#endif
+      ce_unit<T, Y, kB>(u, unit);
+    }
   });
+  for (int64_t i = 0; i < u.a->s.units(); ++i)
+    if (u.bad[i] != INT64_MIN)
+      TORCH_CHECK_VALUE(false, op, ": target holds the label ", u.bad[i], ", outside [0, ", u.a->s.C,
+                        ") and not ignore_index (",
+                        u.a->has_ignore ? std::to_string(u.a->ignore_index) : std::string("None"), ")");
 }
 
 template <typename F>
@@ -347,19 +478,6 @@ CeInputs prepare_ce(const char* op, const CeShape& s, const Tensor& logits, cons
   return in;
 }
 
-// Integer labels must lie in [0, C) unless they are ignore_index: a clear error naming the value, and
-// the kernels never index the class weights out of bounds.
-void check_labels(const char* op, const CeShape& s, const Tensor& target, std::optional<int64_t> ignore_index) {
-  if (!s.index || target.numel() == 0) return;
-  const Tensor t = target.to(at::kLong);
-  Tensor bad = (t < 0) | (t >= s.C);
-  if (ignore_index.has_value()) bad &= t != *ignore_index;
-  if (bad.any().item<bool>())
-    TORCH_CHECK_VALUE(false, op, ": target holds the label ", t.masked_select(bad)[0].item<int64_t>(),
-                      ", outside [0, ", s.C, ") and not ignore_index (", ignore_index.has_value()
-                          ? std::to_string(*ignore_index) : std::string("None"), ")");
-}
-
 template <typename T>
 CeArgs<T> ce_args(const CeShape& s, const Tensor& cw, double boundary_weight, int64_t boundary_radius,
                   std::optional<int64_t> ignore_index, double label_smoothing, bool squared) {
@@ -374,7 +492,6 @@ std::tuple<Tensor, Tensor> ce_dice_sums_cpu(const Tensor& logits, const Tensor& 
                                             double label_smoothing, bool squared) {
   const char* op = "ce_dice_sums";
   const CeShape s = ce_shape(op, logits, target);
-  check_labels(op, s, target, ignore_index);
   const CeInputs in = prepare_ce(op, s, logits, target, weight, class_weights, boundary_radius, label_smoothing);
   Tensor dice, ce;
   dispatch_ce(op, in.x, in.y, [&](auto tv, auto yv) {
@@ -384,9 +501,10 @@ std::tuple<Tensor, Tensor> ce_dice_sums_cpu(const Tensor& logits, const Tensor& 
                                    label_smoothing, squared);
     const int64_t k = 3 * s.C + 2;
     Tensor partial = at::zeros({std::max<int64_t>(s.units(), 1), k}, in.x.options());
+    std::vector<int64_t> bad(std::max<int64_t>(s.units(), 1), INT64_MIN);
     CeUnit<T, Y> u{&a, in.x.data_ptr<T>(), in.y.data_ptr<Y>(), in.w ? in.w->data_ptr<T>() : nullptr, nullptr,
-                   nullptr, partial.data_ptr<T>()};
-    run_ce_units<T, Y, false>(u);
+                   nullptr, partial.data_ptr<T>(), bad.data()};
+    run_ce_units<T, Y, false>(op, u);
     // Second stage in a fixed order (a sample's units are consecutive), in double.
     const Tensor per_n = s.units() == 0 ? at::zeros({s.N, k}, in.x.options().dtype(at::kDouble))
                                         : partial.narrow(0, 0, s.units()).to(at::kDouble).view({s.N, -1, k}).sum(1);
@@ -407,7 +525,6 @@ Tensor ce_dice_sums_backward_cpu(const Tensor& grad_dice, const Tensor& grad_ce,
               op, ": grad_dice must have shape (N, C, 3), got ", grad_dice.sizes());
   TORCH_CHECK(grad_ce.dim() == 2 && grad_ce.size(0) == s.N && grad_ce.size(1) == 2, op,
               ": grad_ce must have shape (N, 2), got ", grad_ce.sizes());
-  check_labels(op, s, target, ignore_index);
   const CeInputs in = prepare_ce(op, s, logits, target, weight, class_weights, boundary_radius, label_smoothing);
   Tensor dx = at::empty_like(in.x);
   dispatch_ce(op, in.x, in.y, [&](auto tv, auto yv) {
@@ -417,9 +534,10 @@ Tensor ce_dice_sums_backward_cpu(const Tensor& grad_dice, const Tensor& grad_ce,
                                    label_smoothing, squared);
     const Tensor gd = grad_dice.to(in.x.scalar_type()).contiguous();
     const Tensor gc = grad_ce.to(in.x.scalar_type()).contiguous();
+    std::vector<int64_t> bad(std::max<int64_t>(s.units(), 1), INT64_MIN);
     CeUnit<T, Y> u{&a, in.x.data_ptr<T>(), in.y.data_ptr<Y>(), in.w ? in.w->data_ptr<T>() : nullptr,
-                   gd.data_ptr<T>(), gc.data_ptr<T>(), dx.data_ptr<T>()};
-    run_ce_units<T, Y, true>(u);
+                   gd.data_ptr<T>(), gc.data_ptr<T>(), dx.data_ptr<T>(), bad.data()};
+    run_ce_units<T, Y, true>(op, u);
   });
   return dx;
 }
