@@ -23,11 +23,13 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "brnnseg/cell/activations.h"
+#include "brnnseg/loss/seg_loss_math.h"
 #include "cpu/runtime/isa.h"
 
 namespace brnnseg::cpu {
@@ -36,6 +38,19 @@ namespace {
 using at::Tensor;
 
 constexpr int64_t kCeRowBlock = 16;
+
+// log(x) for x >= 1 (the softmax denominator), branch-free so the row loop vectorises: x = 2^e * m with
+// m in [1, 2), log x = e*ln2 + log1p(m - 1) (seg_loss_math.h: |error| < 2e-8). double: std::log.
+__attribute__((always_inline)) inline float log_ge1(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  const int32_t e = int32_t(b >> 23) - 127;
+  b = (b & 0x007fffffu) | 0x3f800000u;
+  float m;
+  std::memcpy(&m, &b, 4);
+  return float(e) * 0.693147180559945309f + log1p_unit(m - 1.0f);
+}
+__attribute__((always_inline)) inline double log_ge1(double x) { return std::log(x); }
 
 // Everything a unit calls is inlined into it, so the per-ISA copies below (AVX2, AVX-512) cover it all.
 #define BRNNSEG_CE_INLINE __attribute__((always_inline)) inline
@@ -295,9 +310,15 @@ BRNNSEG_CE_INLINE void ce_unit(const CeUnit<T, Y>& u, int64_t unit) {
         sr[w] += e;
       }
     }
-    for (int64_t w = 0; w < W; ++w) {
-      lse[w] = mx[w] + std::log(inv[w]);
-      inv[w] = T(1) / inv[w];
+    {
+      T* __restrict lr = lse.data();
+      T* __restrict ir = inv.data();
+      const T* __restrict mr = mx.data();
+#pragma omp simd
+      for (int64_t w = 0; w < W; ++w) {
+        lr[w] = mr[w] + log_ge1(ir[w]);
+        ir[w] = T(1) / ir[w];
+      }
     }
     if constexpr (!kBackward) {
       T ce = 0, nsum = 0;
