@@ -57,7 +57,7 @@ bench-pytest: build
 
 # Every Triton loss-kernel variant compiled for sm_80 and sm_90 (no GPU needed): registers and spills.
 triton-aot: build
-	PYTHONPATH=$(CURDIR) $(PY) -m brnnseg_kernels.losses._aot
+	PYTHONPATH=$(CURDIR) $(PY) -m brnnseg_kernels.losses._aot --set all
 
 # Wheels for the torch and CUDA of .venv: the CPU wheel and the CUDA wheel (archs 8.0;9.0+PTX), with
 # local versions (+cputorch2.14, +cu130torch2.14), and dist/index.html for pip --find-links.

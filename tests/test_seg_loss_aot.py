@@ -40,3 +40,24 @@ def test_every_variant_compiles_without_spills(tmp_path):
     assert not bad, f"register spills (variant, registers, spill bytes): {bad}"
     assert len(rows) == len(_aot.variants()) and all(r["registers"] > 0 for r in rows)
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_multiclass_kernel_subset_compiles_without_spills(tmp_path):
+    """The multi-class loss kernels (ce_dice_kernels.py) at the extremes of what the launchers choose:
+    2 and 256 classes (the tile shrinks to 4 pixels), 3-D, bfloat16/float32/float64, labels and soft
+    targets, forward and backward, for sm_90 (`python -m brnnseg_kernels.losses._aot --set ce` compiles
+    the whole product)."""
+    from brnnseg_kernels.losses import ce_dice_kernels
+
+    assert ce_dice_kernels.tile_shape(3) == (4, 256) and ce_dice_kernels.tile_shape(150) == (256, 4)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
+    out = tmp_path / "aot-ce.json"
+    run = subprocess.run([sys.executable, "-m", "brnnseg_kernels.losses._aot", "--set", "ce-subset", "--json",
+                          str(out)], env=env, capture_output=True, text=True, timeout=1200)
+    assert out.exists(), run.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert len(rows) == len(_aot.CE_SUBSET) and all(r["registers"] > 0 for r in rows)
+    bad = [(r["variant"], r["registers"], r["spills"]) for r in rows if r["spills"]]
+    assert not bad, f"register spills (variant, registers, spill bytes): {bad}"

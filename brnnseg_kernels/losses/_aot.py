@@ -7,6 +7,11 @@ term switched on (per-pixel weight, ignore value, boundary weighting at radius 1
 other flag settings compile a subset of that code. ``python -m brnnseg_kernels.losses._aot`` compiles
 them all for sm_80 and sm_90 and prints registers and spills; tests/test_seg_loss_aot.py runs it in CI
 and fails on any spill.
+
+The multi-class kernels (``ce_dice_kernels.py``) vary along the class count rounded to a power of two
+(C_PAD, which sets the tile: about 1024 logits a program), 2-D/3-D, the logits dtype and integer or soft
+targets: ``ce_variants()`` is that product for C_PAD 2..256; ``--set ce`` compiles it, and CI compiles
+``CE_SUBSET`` (every C_PAD for float32 2-D labels, plus 3-D, float16/bfloat16/float64 and soft targets).
 """
 from __future__ import annotations
 
@@ -89,10 +94,75 @@ def _ptxas_resources(cubin: bytes):
     return regs, spill
 
 
-def compile_all(archs=ARCHS, jobs: int = 2) -> List[Dict]:
-    vs = variants(archs)
+class CeVariant(NamedTuple):
+    kernel: str      # "fwd" or "bwd"
+    dims: int        # 2 or 3
+    dtype: str       # logits dtype, Triton spelling
+    c_pad: int       # classes rounded up to a power of two
+    index: bool      # integer labels (else soft targets)
+    arch: int
+
+    @property
+    def name(self) -> str:
+        return f"ce-{self.kernel}-{self.dims}d-{self.dtype}-c{self.c_pad}-{'labels' if self.index else 'soft'}-sm{self.arch}"
+
+
+C_PADS = (2, 4, 8, 16, 32, 64, 128, 256)
+CE_SUBSET = [CeVariant(k, d, t, c, i, 90) for k in ("fwd", "bwd")
+             for d, t, c, i in [(2, "bf16", 2, True), (3, "fp32", 256, True), (2, "fp64", 8, False),
+                                (3, "fp16", 16, False)] + [(2, "fp32", c, True) for c in C_PADS]]
+
+
+def ce_variants(archs=ARCHS) -> List[CeVariant]:
+    return [CeVariant(k, d, t, c, i, a) for k, d, t, c, i, a in
+            itertools.product(("fwd", "bwd"), (2, 3), DTYPES, C_PADS, (True, False), archs)]
+
+
+def compile_ce_variant(v: CeVariant) -> Dict:
+    """One multi-class kernel variant with every optional term on (weight, ignore, boundary, squared)."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from . import ce_dice_kernels as K
+
+    acc = "fp64" if v.dtype == "fp64" else "fp32"
+    import torch
+
+    _, block = K.tile_shape(v.c_pad, torch.float64 if v.dtype == "fp64" else torch.float32)
+    flags = dict(INDEX=v.index, HAS_WEIGHT=True, HAS_IGNORE=v.index, USE_BOUNDARY=True, SQUARED=True,
+                 BOUNDARY_RADIUS=1, BOUNDARY_RADIUS_Z=1 if v.dims == 3 else 0,
+                 ACC=tl.float64 if acc == "fp64" else tl.float32, C_PAD=v.c_pad, BLOCK=block)
+    ints = {n: "i32" for n in ("C", "P", "D", "H", "W", "n_tiles", "ignore_index")}
+    t_ptr = "*i64" if v.index else f"*{v.dtype}"
+    lab_ptr = "*i64" if v.index else "*i32"
+    common = {"x_ptr": f"*{v.dtype}", "t_ptr": t_ptr, "lab_ptr": lab_ptr, "w_ptr": f"*{acc}", "cw_ptr": f"*{acc}",
+              "par_ptr": f"*{acc}"}
+    if v.kernel == "fwd":
+        fn = K._ce_dice_fwd_kernel
+        ptrs = {**common, "part_ptr": f"*{acc}"}
+    else:
+        fn = K._ce_dice_bwd_kernel
+        ptrs = {**common, "gd_ptr": f"*{acc}", "gc_ptr": f"*{acc}", "dx_ptr": f"*{v.dtype}"}
+    types = {**ptrs, **ints}
+    signature = {name: ("constexpr" if name in flags else types[name]) for name in fn.arg_names}
+    src = ASTSource(fn=fn, signature=signature, constexprs=flags)
+    compiled = triton.compile(src, target=GPUTarget("cuda", v.arch, 32), options={"num_warps": K.NUM_WARPS})
+    n_regs, n_spills = _ptxas_resources(compiled.asm["cubin"])
+    return {"variant": v.name, "registers": int(n_regs), "spills": int(n_spills),
+            "shared": int(compiled.metadata.shared), "num_warps": int(compiled.metadata.num_warps)}
+
+
+def _compile_any(v) -> Dict:
+    return compile_ce_variant(v) if isinstance(v, CeVariant) else compile_variant(v)
+
+
+def compile_all(archs=ARCHS, jobs: int = 2, which: str = "all") -> List[Dict]:
+    vs = {"seg": variants(archs), "ce": ce_variants(archs), "ce-subset": CE_SUBSET,
+          "all": variants(archs) + ce_variants(archs)}[which]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(compile_variant, vs))
+        return list(pool.map(_compile_any, vs))
 
 
 def main(argv=None) -> int:
@@ -102,11 +172,13 @@ def main(argv=None) -> int:
     p.add_argument("--arch", type=int, nargs="*", default=list(ARCHS))
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--set", choices=["seg", "ce", "ce-subset", "all"], default="seg",
+                   help="seg: the sigmoid loss's kernels (CI); ce: the multi-class loss's; ce-subset: CE_SUBSET (CI)")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("_aot: unset TRITON_INTERPRET (interpreted kernels cannot be compiled)", file=sys.stderr)
         return 2
-    rows = compile_all(tuple(args.arch), args.jobs)
+    rows = compile_all(tuple(args.arch), args.jobs, args.set)
     for r in rows:
         print(f"{r['variant']:<32} regs {r['registers']:>3}  spills {r['spills']}  smem {r['shared']}")
     if args.json:

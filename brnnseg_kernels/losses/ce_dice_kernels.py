@@ -144,11 +144,13 @@ MAX_GRID_X = 2**31 - 1
 NUM_WARPS = 4
 
 
-def tile_shape(c: int):
+def tile_shape(c: int, dtype: torch.dtype = torch.float32):
     """(C_PAD, BLOCK): classes rounded up to a power of two, and pixels per program so that a tile holds
-    about 4096 logits (at least 32 pixels)."""
+    about 1024 logits (512 in float64) over 4 warps -- 8 per thread in each of the few [C_PAD, BLOCK]
+    arrays the kernels keep, which compiles without spills (brnnseg_kernels/losses/_aot.py)."""
     c_pad = max(2, triton.next_power_of_2(c))
-    return c_pad, max(32, min(1024, 4096 // c_pad))
+    logits = 512 if dtype == torch.float64 else 1024
+    return c_pad, max(4, logits // c_pad)
 
 
 def _acc(dtype):
@@ -184,7 +186,7 @@ def _prepare(op, logits, target, weight, class_weights, boundary_weight, ignore_
 
 
 def _flags(x, index, weight, boundary_weight, boundary_radius, ignore_index, squared, c):
-    c_pad, block = tile_shape(c)
+    c_pad, block = tile_shape(c, x.dtype)
     return dict(INDEX=index, HAS_WEIGHT=weight is not None, HAS_IGNORE=index and ignore_index is not None,
                 USE_BOUNDARY=boundary_weight != 0, SQUARED=bool(squared), BOUNDARY_RADIUS=int(boundary_radius),
                 BOUNDARY_RADIUS_Z=int(boundary_radius) if x.dim() == 5 else 0, ACC=_acc(x.dtype), C_PAD=c_pad,
