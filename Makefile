@@ -16,7 +16,7 @@ $(STAMP): Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH) numpy pytest pytest-benchmark expecttest ninja cmake setuptools wheel \
-	  tqdm matplotlib monai scipy pillow
+	  tqdm matplotlib monai scipy pillow timm segmentation_models_pytorch
 	touch $@
 
 venv: $(STAMP)

@@ -200,6 +200,7 @@ setup(
     version=VERSION,
     install_requires=INSTALL_REQUIRES,
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    package_data={PACKAGE: ["py.typed"]},  # PEP 561: the public API carries type hints
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},

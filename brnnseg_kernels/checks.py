@@ -55,7 +55,7 @@ def check_divisible(who: str, x: Tensor, in_channels: int, spatial_dims: int, st
     bad = [s for s in x.shape[2:] if s % stride]
     if bad:
         raise ValueError(f"{who}: spatial sizes {tuple(x.shape[2:])} must be divisible by the encoder's stride "
-                         f"{stride} (2**depth); pad or crop the input")
+                         f"{stride}; pad or crop the input, or call model.predict(x), which pads and crops back")
 
 
 def check_spatial_dims(who: str, spatial_dims) -> None:
