@@ -16,7 +16,7 @@ def build_info() -> dict:
 
 _check_build(build_info())  # an ImportError naming both versions, not an undefined symbol
 from . import _C  # noqa: F401,E402  (registers torch.ops.brnnseg.*)
-from . import cells, dispatch, checks, ops, reference, functional, nn, losses, models  # noqa: F401,E402
+from . import cells, dispatch, checks, ops, reference, functional, nn, losses, models, inference  # noqa: F401,E402
 
 for _fam in cells.FAMILIES:  # the ReNet layers at the top level: bk.BiGRU2d, bk.BiLSTM2d, ...
     globals()[_fam.layer2d] = getattr(nn, _fam.layer2d)
@@ -24,7 +24,8 @@ for _fam in cells.FAMILIES:  # the ReNet layers at the top level: bk.BiGRU2d, bk
 __version__ = "0.1.0"
 
 __all__ = [f.layer2d for f in cells.FAMILIES] + ["cells", "dispatch", "checks", "ops", "reference", "functional",
-                                                 "nn", "losses", "models", "build_info", "release_cpu_buffers"]
+                                                 "nn", "losses", "models", "inference", "build_info",
+                                                 "release_cpu_buffers"]
 
 
 def release_cpu_buffers() -> int:

@@ -304,3 +304,20 @@ def test_triton_grid_fits_gpu_limits(backend):
     # The same indexing at a size the interpreter runs: slice-major programs cover every pixel once.
     x, y = _rand((3, 2, 5, 4, 3))
     _check(backend, x, y, boundary_weight=1.0, boundary_radius=1)
+
+
+def test_monai_names_are_primary_and_old_names_aliases():
+    """lambda_ce / lambda_dice / batch (MONAI's) and bce_weight / dice_weight / batch_dice give the same loss;
+    both spellings at once are refused."""
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64)
+    y = torch.rand(2, 3, 9, 7) > 0.6
+    new = bk.losses.BCEDiceLoss(lambda_ce=0.3, lambda_dice=2.0, batch=True, boundary_weight=1.0)(x, y)
+    old = bk.losses.BCEDiceLoss(bce_weight=0.3, dice_weight=2.0, batch_dice=True, boundary_weight=1.0)(x, y)
+    torch.testing.assert_close(new, old)
+    torch.testing.assert_close(bk.functional.bce_dice_loss(x, y, lambda_dice=0.5, batch=True),
+                               reference.seg_loss(x, y, dice_weight=0.5, batch_dice=True))
+    torch.testing.assert_close(bk.losses.DiceLoss(batch=True)(x, y), bk.losses.DiceLoss(batch_dice=True)(x, y))
+    with pytest.raises(ValueError, match="lambda_dice or its alias dice_weight"):
+        bk.losses.BCEDiceLoss(lambda_dice=1.0, dice_weight=1.0)
+    with pytest.raises(ValueError, match="batch or its alias batch_dice"):
+        bk.functional.bce_dice_loss(x, y, batch=True, batch_dice=True)

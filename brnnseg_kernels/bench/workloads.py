@@ -146,7 +146,7 @@ def run_loss(device="cpu", repeat=9, threads=2, memory=True, bandwidth_gbs: floa
 
     if device == "cpu":
         torch.set_num_threads(threads)
-    fused = BCEDiceLoss(pos_weight=10.0, boundary_weight=2.0, boundary_radius=1, dice_weight=1.0)
+    fused = BCEDiceLoss(pos_weight=10.0, boundary_weight=2.0, boundary_radius=1, lambda_dice=1.0)
     rows: List[LossRow] = []
     for shape in LOSS_SHAPES[device]:
         torch.manual_seed(0)

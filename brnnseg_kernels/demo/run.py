@@ -42,7 +42,7 @@ def model_meta(kind: str, in_channels: int = 1, base_channels: int = 16, depth: 
 def make_loss(pos_weight: float):
     from ..losses import BCEDiceLoss
 
-    return BCEDiceLoss(pos_weight=pos_weight, boundary_weight=2.0, boundary_radius=1, dice_weight=1.0)
+    return BCEDiceLoss(pos_weight=pos_weight, boundary_weight=2.0, boundary_radius=1, lambda_dice=1.0)
 
 
 def time_loss_step(model, x, y, pos_weight: float, device: str, repeat: int = 9) -> Dict[str, float]:

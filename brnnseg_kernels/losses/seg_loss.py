@@ -124,17 +124,36 @@ def _check(logits, target, weight, reduction, boundary_radius):
     check_seg_loss_inputs("bce_dice_loss", logits, target, weight, reduction, boundary_radius)
 
 
+def _monai_names(who: str, lambda_ce, lambda_dice, batch, bce_weight, dice_weight, batch_dice):
+    """MONAI's spellings (lambda_ce, lambda_dice, batch) are the primary ones; bce_weight, dice_weight and
+    batch_dice stay as aliases. Giving both spellings of one option is an error."""
+    for new, old, nv, ov in (("lambda_ce", "bce_weight", lambda_ce, bce_weight),
+                             ("lambda_dice", "dice_weight", lambda_dice, dice_weight),
+                             ("batch", "batch_dice", batch, batch_dice)):
+        if nv is not None and ov is not None:
+            raise ValueError(f"{who}: give {new} or its alias {old}, not both")
+    return (1.0 if lambda_ce is None and bce_weight is None else (lambda_ce if lambda_ce is not None else bce_weight),
+            1.0 if lambda_dice is None and dice_weight is None else
+            (lambda_dice if lambda_dice is not None else dice_weight),
+            bool(batch if batch is not None else (batch_dice or False)))
+
+
 def bce_dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                   pos_weight: Union[float, Tensor] = 1.0, boundary_weight: float = 0.0, boundary_radius: int = 1,
-                  dice_weight: float = 1.0, bce_weight: float = 1.0, smooth_nr: float = 1e-5,
-                  smooth_dr: float = 1e-5, batch_dice: bool = False, squared: bool = False,
+                  lambda_dice: Optional[float] = None, lambda_ce: Optional[float] = None, smooth_nr: float = 1e-5,
+                  smooth_dr: float = 1e-5, batch: Optional[bool] = None, squared: bool = False,
                   log_dice: bool = False, include_background: bool = True,
                   channels: Optional[Sequence[int]] = None, ignore_index: Optional[float] = None,
-                  reduction: str = "mean") -> Tensor:
+                  reduction: str = "mean", *, dice_weight: Optional[float] = None, bce_weight: Optional[float] = None,
+                  batch_dice: Optional[bool] = None) -> Tensor:
     """Weighted BCE + boundary weighting + Dice in one fused pass; the math is in this module's
     docstring. logits, target (and weight): (N, C, H, W) or (N, C, D, H, W). ``channels`` (or
     ``include_background=False``, which drops channel 0 when C > 1) selects the channels Dice
-    averages over; BCE always covers every channel."""
+    averages over; BCE always covers every channel. ``lambda_ce`` (BCE weight, default 1),
+    ``lambda_dice`` (Dice weight, default 1) and ``batch`` are MONAI's names; ``bce_weight``,
+    ``dice_weight`` and ``batch_dice`` are accepted as aliases."""
+    bce_weight, dice_weight, batch_dice = _monai_names("bce_dice_loss", lambda_ce, lambda_dice, batch, bce_weight,
+                                                       dice_weight, batch_dice)
     _check(logits, target, weight, reduction, boundary_radius)
     n, c = logits.shape[:2]
     pw = torch.as_tensor(pos_weight, dtype=torch.float32, device=logits.device)
@@ -158,19 +177,23 @@ def bce_dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = Non
 
 
 class BCEDiceLoss(nn.Module):
-    """``bce_weight * weighted-BCE (with boundary weighting) + dice_weight * Dice``, fused.
+    """``lambda_ce * weighted-BCE (with boundary weighting) + lambda_dice * Dice``, fused.
 
-    Arguments: see :func:`bce_dice_loss` (all of its keyword arguments).
+    Arguments: see :func:`bce_dice_loss` (all of its keyword arguments; MONAI's names ``lambda_ce``,
+    ``lambda_dice``, ``batch`` first, ``bce_weight``/``dice_weight``/``batch_dice`` as aliases).
     Shapes: logits, target (and the optional per-pixel ``weight`` of ``forward``): (N, C, H, W) or
     (N, C, D, H, W); target bool, integer or float (soft targets in [0, 1]). Returns a scalar, or
     (N, C) with ``reduction="none"``."""
 
     def __init__(self, pos_weight: Union[float, Tensor] = 1.0, boundary_weight: float = 0.0,
-                 boundary_radius: int = 1, dice_weight: float = 1.0, bce_weight: float = 1.0,
-                 smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch_dice: bool = False, squared: bool = False,
+                 boundary_radius: int = 1, lambda_dice: Optional[float] = None, lambda_ce: Optional[float] = None,
+                 smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: Optional[bool] = None, squared: bool = False,
                  log_dice: bool = False, include_background: bool = True, channels: Optional[Sequence[int]] = None,
-                 ignore_index: Optional[float] = None, reduction: str = "mean"):
+                 ignore_index: Optional[float] = None, reduction: str = "mean", *, dice_weight: Optional[float] = None,
+                 bce_weight: Optional[float] = None, batch_dice: Optional[bool] = None):
         super().__init__()
+        bce_weight, dice_weight, batch_dice = _monai_names(type(self).__name__, lambda_ce, lambda_dice, batch,
+                                                           bce_weight, dice_weight, batch_dice)
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"{type(self).__name__}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         if isinstance(boundary_radius, bool) or not isinstance(boundary_radius, int) or boundary_radius < 0:
@@ -198,18 +221,20 @@ class WeightedBCEWithLogitsLoss(BCEDiceLoss):
 
     def __init__(self, pos_weight: Union[float, Tensor] = 1.0, ignore_index: Optional[float] = None,
                  reduction: str = "mean"):
-        super().__init__(pos_weight=pos_weight, dice_weight=0.0, ignore_index=ignore_index, reduction=reduction)
+        super().__init__(pos_weight=pos_weight, lambda_dice=0.0, ignore_index=ignore_index, reduction=reduction)
 
 
 class DiceLoss(BCEDiceLoss):
     """Soft Dice only."""
 
-    def __init__(self, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch_dice: bool = False,
+    def __init__(self, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: Optional[bool] = None,
                  squared: bool = False, log_dice: bool = False, include_background: bool = True,
                  channels: Optional[Sequence[int]] = None, ignore_index: Optional[float] = None,
-                 reduction: str = "mean"):
-        super().__init__(bce_weight=0.0, dice_weight=1.0, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
-                         batch_dice=batch_dice, squared=squared, log_dice=log_dice,
+                 reduction: str = "mean", *, batch_dice: Optional[bool] = None):
+        if batch is not None and batch_dice is not None:
+            raise ValueError("DiceLoss: give batch or its alias batch_dice, not both")
+        super().__init__(lambda_ce=0.0, lambda_dice=1.0, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
+                         batch=batch if batch is not None else batch_dice, squared=squared, log_dice=log_dice,
                          include_background=include_background, channels=channels, ignore_index=ignore_index,
                          reduction=reduction)
 
@@ -221,4 +246,4 @@ class BoundaryBCELoss(BCEDiceLoss):
                  pos_weight: Union[float, Tensor] = 1.0, ignore_index: Optional[float] = None,
                  reduction: str = "mean"):
         super().__init__(pos_weight=pos_weight, boundary_weight=boundary_weight, boundary_radius=boundary_radius,
-                         dice_weight=0.0, ignore_index=ignore_index, reduction=reduction)
+                         lambda_dice=0.0, ignore_index=ignore_index, reduction=reduction)
