@@ -2,13 +2,14 @@
 # make test   -- create .venv, install torch 2.14.1 and the test tools, build, run the C++ and Python tests
 # make bench  -- CPU benchmark against the plain-PyTorch ReNet block
 # make wheel  -- CPU and CUDA wheels for the torch installed in .venv (dist/, with dist/index.html)
+# make fuzz   -- the property-based hardening tests with 300 examples each
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 TORCH  := torch==2.14.1
 STAMP  := $(VENV)/.deps-installed
 
-.PHONY: all venv build test test-cpp test-py test-sim-asan demo bench bench-pytest triton-aot wheel wheel-check clean
+.PHONY: all venv build test test-cpp test-py test-sim-asan demo bench bench-pytest triton-aot wheel wheel-check fuzz clean
 
 all: build
 
@@ -16,7 +17,7 @@ $(STAMP): Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH) numpy pytest pytest-benchmark expecttest ninja cmake setuptools wheel \
-	  tqdm matplotlib monai scipy pillow timm segmentation_models_pytorch
+	  tqdm matplotlib monai scipy pillow timm segmentation_models_pytorch hypothesis
 	touch $@
 
 venv: $(STAMP)
@@ -54,6 +55,12 @@ bench: build
 # The same comparisons as pytest-benchmark suites (benchmarks/bench_<op>.py), kept out of `make test`.
 bench-pytest: build
 	PYTHONPATH=$(CURDIR) $(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-group-by=param:shape
+
+# The property-based tests (tests/test_hardening.py) with a larger example budget than CI's 20, drawn at
+# random (a different sample each run; failures print the example to reproduce).
+fuzz: build
+	BRNNSEG_FUZZ_EXAMPLES=300 BRNNSEG_FUZZ_RANDOM=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest -q -p no:cacheprovider \
+	  tests/test_hardening.py -k fuzz
 
 # Every Triton loss-kernel variant compiled for sm_80 and sm_90 (no GPU needed): registers and spills.
 triton-aot: build

@@ -323,8 +323,9 @@ def ce_dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
         lab0 = lab.clamp_min(0)
         wy = w[lab0]
         nll = -logp.gather(1, lab0.unsqueeze(1)).squeeze(1)
-        smooth = -(logp * w.view(view)).sum(1)
-        ce = (1 - eps) * wy * nll + eps / c * smooth
+        ce = (1 - eps) * wy * nll
+        if eps:  # (without smoothing, a -inf logit of another class must not turn 0 * inf into NaN)
+            ce = ce - eps / c * (logp * w.view(view)).sum(1)
         norm = wy
     else:
         t = y * (1 - eps) + eps / c

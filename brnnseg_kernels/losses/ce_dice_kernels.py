@@ -108,7 +108,7 @@ def _ce_dice_fwd_kernel(x_ptr, t_ptr, lab_ptr, w_ptr, cw_ptr, part_ptr, C, P, D,
     else:
         ps = pv
         ys = yv
-    ce = tl.sum(coef * (-logp), axis=0)
+    ce = tl.sum(tl.where(coef != 0.0, coef * (-logp), 0.0), axis=0)  # 0 * inf (a -inf logit) counts 0
     out = part_ptr + (n.to(tl.int64) * n_tiles + tile) * (3 * C + 2)
     tl.store(out + cls * 3 + 0, tl.sum(pv * yv, axis=1), mask=cok)
     tl.store(out + cls * 3 + 1, tl.sum(ps, axis=1), mask=cok)

@@ -344,7 +344,8 @@ BRNNSEG_CE_INLINE void ce_unit(const CeUnit<T, Y>& u, int64_t unit) {
           si += pv * y;
           sp += pv * (sq * p + (T(1) - sq));
           sy += y * (sq * y + (T(1) - sq));
-          sc += mr[w] * (keep * y + eps_c) * nlogp;
+          const T coef = keep * y + eps_c;
+          sc += coef != T(0) ? mr[w] * coef * nlogp : T(0);  // a -inf logit of a class with no weight: 0, not NaN
         }
         acc[3 * c] += si;
         acc[3 * c + 1] += sp;

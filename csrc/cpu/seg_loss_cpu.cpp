@@ -271,6 +271,7 @@ Tensor seg_loss_sums_impl(const Tensor& x, const Tensor& y, const std::optional<
   UnitArgs<T, Y> u{&a, x.data_ptr<T>(), y.data_ptr<Y>(), weight.has_value() ? weight->data_ptr<T>() : nullptr,
                    nullptr, partial.data_ptr<T>()};
   run_units<T, Y, false>(u);
+  if (s.units() == 0) return at::zeros({s.N, s.C, kNumSums}, x.options());  // an empty batch or map
   // Second stage, in a fixed order (units of one (n, c) are consecutive), in double.
   return partial.narrow(0, 0, s.units()).to(at::kDouble).view({s.N, s.C, -1, kNumSums}).sum(2).to(x.scalar_type());
 }
