@@ -6,6 +6,7 @@
 #include <random>
 
 #include "brnnseg/cell/cells.h"
+#include "brnnseg/sweep_geometry.h"
 
 static int failures = 0;
 #define EXPECT_NEAR(a, b, tol, what)                                                              \
@@ -92,7 +93,31 @@ static void test_lstm_backward() {
   }
 }
 
+// Index arithmetic past 2^31 elements: positions and strided offsets of a map with more than 2^31 pixels
+// (a single 1 x 1 x 50000 x 50000 map, never allocated) are exact int64, for rows and columns.
+static void test_geometry_past_2_31() {
+  using brnnseg::SweepGeometry;
+  const int64_t H = 50000, W = 50000;
+  for (int axis : {2, 3}) {
+    const SweepGeometry g{1, H, W, axis};
+    const int64_t line = g.lines() - 1, t = g.steps() - 1;
+    const int64_t pos = g.pos(line, t);
+    if (pos != H * W - 1) {
+      std::printf("FAIL geometry axis %d: last position %lld, expected %lld\n", axis, (long long)pos,
+                  (long long)(H * W - 1));
+      ++failures;
+    }
+    // y (1, 2*hid, H, W) with hid 64: element offsets pass 2^31 in channel 127.
+    const int64_t sC = H * W, off = g.strided_offset(line, t, 128 * sC, W, 1) + 127 * sC;
+    if (off != 128 * H * W - 1 || off <= (int64_t(1) << 31)) {
+      std::printf("FAIL geometry axis %d: last offset %lld\n", axis, (long long)off);
+      ++failures;
+    }
+  }
+}
+
 int main() {
+  test_geometry_past_2_31();
   test_activations();
   test_gru_backward();
   test_lstm_backward();
