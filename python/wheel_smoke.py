@@ -1,5 +1,5 @@
 """Smoke test of an installed wheel, run from outside the source tree (CI: `make wheel-check`):
-import, `info`, a BiGRU2d forward+backward and the fused loss on the CPU, the local version and the
+import, `info`, a BiGRU2d forward+backward and both fused losses on the CPU, py.typed, the local version and the
 build record, and no test-only simulator extension in the package."""
 import importlib.util
 import os
@@ -33,4 +33,9 @@ logits = torch.randn(2, 1, 16, 16, requires_grad=True)
 loss = bk.losses.BCEDiceLoss(pos_weight=5.0, boundary_weight=2.0)(logits, torch.rand(2, 1, 16, 16) > 0.5)
 loss.backward()
 assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+logits = torch.randn(2, 4, 16, 16, requires_grad=True)
+loss = bk.losses.CEDiceLoss(boundary_weight=2.0)(logits, torch.randint(0, 4, (2, 16, 16)))
+loss.backward()
+assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+assert os.path.exists(os.path.join(here, "py.typed")), "py.typed is not in the wheel"
 print(f"wheel smoke test passed: brnnseg_kernels {version('brnnseg_kernels')}, CUDA kernels {info['with_cuda']}")
