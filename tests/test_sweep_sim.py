@@ -38,6 +38,13 @@ def fp32_core_recurrence(monkeypatch):
 SHAPES = [(2, 3, 37, 5, 3), (1, 4, 6, 70, 5), (1, 2, 1, 9, 2), (2, 3, 7, 1, 4), (1, 5, 9, 20, 40)]
 
 
+# float32 kernels against float64: each step rounds a (C + hidden)-term dot product, and the error carries
+# through the recurrence, so the absolute error grows with the fan-in and the step count. At C + hidden = 45
+# and 20 steps about one GRU run in 60 passed 2e-6 (seen failing in CI); with 1e-5 the worst of 600 seeded
+# runs over SHAPES, both cells and both axes used 16% of the tolerance.
+Y_TOL = dict(rtol=1e-4, atol=1e-5)
+
+
 def _run(cell, shape, axis, global_weights, channels_last=False):
     n, c, h, w, hid = shape
     x = torch.randn(n, c, h, w)
@@ -48,7 +55,7 @@ def _run(cell, shape, axis, global_weights, channels_last=False):
     xd = x.double().requires_grad_()
     wd = [t.double().requires_grad_() for t in weights]
     expected = sweep_reference(cell, xd, *wd, axis, ws)
-    assert_verbose_allclose(y.double(), expected, rtol=1e-4, atol=2e-6, name="y")
+    assert_verbose_allclose(y.double(), expected, **Y_TOL, name="y")
     g = torch.randn_like(expected)
     exp_grads = torch.autograd.grad(expected, [xd] + wd, g)
     grad_y = g.float()
@@ -79,7 +86,7 @@ def test_sim_no_grad_forward_saves_nothing():
     y, ws = torch.ops.brnnseg_sim.sweep("gru", x, *w, 3, False, False, *H100, False)
     assert ws.numel() == 0
     expected = reference.sweep("gru", x.double(), *[t.double() for t in w], axis=3)
-    assert_verbose_allclose(y.double(), expected, rtol=1e-4, atol=2e-6)
+    assert_verbose_allclose(y.double(), expected, **Y_TOL)
 
 
 def test_sim_rejects_what_does_not_fit():
@@ -104,7 +111,7 @@ def test_sim_pair_kernels_one_launch_match_reference(cell, global_weights):
     rd = [t.double().requires_grad_() for t in rows]
     cd = [t.double().requires_grad_() for t in cols]
     expected = torch.cat([sweep_reference(cell, xd, *rd, 3, ws_r), sweep_reference(cell, xd, *cd, 2, ws_c)], dim=1)
-    assert_verbose_allclose(y.double(), expected, rtol=1e-4, atol=2e-6, name="y")
+    assert_verbose_allclose(y.double(), expected, **Y_TOL, name="y")
     g = torch.randn_like(expected)
     exp_grads = torch.autograd.grad(expected, [xd] + rd + cd, g)
     grads = bop(g.float(), x, rows[0], rows[1], cols[0], cols[1], y, ws_r, ws_c, *H100, global_weights)
@@ -192,7 +199,7 @@ def _check_against_reference(cell, x, weights_list, axes, got_y, got_grads, g, d
     exp_grads = torch.autograd.grad(expected, [xd] + [t for w in wd for t in w], g)
     assert not torch.isnan(got_y).any(), "unwritten output elements (NaN-filled before the launch)"
     if dtype == torch.float32:
-        assert_verbose_allclose(got_y.double(), expected, rtol=1e-4, atol=2e-6, name="y")
+        assert_verbose_allclose(got_y.double(), expected, **Y_TOL, name="y")
         for i, (got, exp) in enumerate(zip(got_grads, exp_grads)):
             assert_verbose_allclose(got.double(), exp, rtol=1e-4, atol=2e-4, name=f"grad {i}")
         return
