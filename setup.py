@@ -169,12 +169,30 @@ if os.environ.get("BRNNSEG_SIM_ASAN") == "1":
     )]
 
 
+def _defines_once(args):
+    seen, out = set(), []
+    for a in args:
+        if a.startswith("-D") and a in seen:
+            continue
+        seen.add(a)
+        out.append(a)
+    return out
+
+
 class BuildExtension(cpp_extension.BuildExtension):
     """torch's BuildExtension with one build folder per extension: they share ninja's log and deps
     files otherwise, and building one made ninja forget the other's dependencies (every `make build`
     recompiled everything, CUDA included)."""
 
     def build_extension(self, ext):
+        # torch appends its -D defines to the extension each time build_extensions runs (twice in a
+        # `build` + `bdist_wheel`), so the same object had different command lines in an in-place build
+        # and in a wheel build and ninja compiled it again. Each define once: the CUDA wheel links the
+        # objects `make build` already compiled (same flags, same build folder).
+        if isinstance(ext.extra_compile_args, dict):
+            ext.extra_compile_args = {k: _defines_once(v) for k, v in ext.extra_compile_args.items()}
+        else:
+            ext.extra_compile_args = _defines_once(ext.extra_compile_args)
         base = self.build_temp
         self.build_temp = os.path.join(base, ext.name.rsplit(".", 1)[-1])
         try:

@@ -31,16 +31,28 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import sysconfig
 import venv
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DIST = ROOT / "dist"
 BUILD_INFO = ROOT / "brnnseg_kernels" / "_build_info.py"
+# setuptools' object folder for `setup.py build_ext --inplace` with this Python (`make build`).
+INPLACE_TEMP = ROOT / "build" / f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
 
 
-def build_one(python: str, cuda: bool, archs: str, dist: pathlib.Path, env_extra=None) -> pathlib.Path:
-    """One wheel with `python` (which has torch installed): CPU or CUDA. Returns the wheel's path."""
+def build_one(python: str, cuda: bool, archs: str, dist: pathlib.Path, env_extra=None,
+              build_temp: pathlib.Path | None = None) -> pathlib.Path:
+    """One wheel with `python` (which has torch installed): CPU or CUDA. Returns the wheel's path.
+
+    Built under build/wheel-<cpu|cuda>. build_temp: where the objects go (default under that folder). The
+    CUDA wheel for the torch of this Python shares the in-place build's object folder (`make build`):
+    objects compiled with the same flags are linked, not compiled again (ninja compares command lines, so
+    other archs or flags still recompile). Its library folder stays separate: the in-place build leaves
+    the simulator extensions there, and wheels hold what users run."""
     tag = "cuda" if cuda else "cpu"
+    build_base = ROOT / "build" / f"wheel-{tag}"
+    temp = ["--build-temp", str(build_temp)] if build_temp else []
     env = dict(os.environ, BRNNSEG_WHEEL="1", BRNNSEG_BUILD_SIM="0", **(env_extra or {}))
     if cuda:
         env.setdefault("TORCH_CUDA_ARCH_LIST", archs)
@@ -50,7 +62,7 @@ def build_one(python: str, cuda: bool, archs: str, dist: pathlib.Path, env_extra
     before = set(dist.glob("*.whl"))
     saved = BUILD_INFO.read_bytes() if BUILD_INFO.exists() else None  # the in-place build's record
     try:
-        subprocess.run([python, "setup.py", "-q", "build", "--build-base", str(ROOT / "build" / f"wheel-{tag}"),
+        subprocess.run([python, "setup.py", "-q", "build", "--build-base", str(build_base), *temp,
                         "bdist_wheel", "--dist-dir", str(dist)], cwd=ROOT, env=env, check=True)
     finally:
         if saved is not None:
@@ -58,8 +70,16 @@ def build_one(python: str, cuda: bool, archs: str, dist: pathlib.Path, env_extra
     new = sorted(set(dist.glob("*.whl")) - before, key=lambda p: p.stat().st_mtime)
     if not new:  # rebuilt a wheel of the same name
         new = sorted(dist.glob("*.whl"), key=lambda p: p.stat().st_mtime)
-    print(f"built {new[-1].relative_to(ROOT)}")
+    print(f"built {_shown(new[-1])}")
     return new[-1]
+
+
+def _shown(path: pathlib.Path) -> str:
+    """A path relative to the checkout where it lies inside it (--dist may point anywhere)."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def torch_has_cuda(python: str) -> bool:
@@ -80,7 +100,7 @@ def write_index(dist: pathlib.Path) -> pathlib.Path:
     page = dist / "index.html"
     page.write_text(f"<!DOCTYPE html>\n<html>\n  <head><title>brnnseg_kernels wheels</title></head>\n  <body>\n"
                     f"{rows}\n  </body>\n</html>\n")
-    print(f"wrote {page.relative_to(ROOT)} ({len(wheels)} wheels)")
+    print(f"wrote {_shown(page)} ({len(wheels)} wheels)")
     return page
 
 
@@ -125,7 +145,7 @@ def main(argv=None) -> int:
         build_one(sys.executable, False, args.archs, dist)
         if not args.cpu_only:
             if torch_has_cuda(sys.executable) and nvcc_found():
-                build_one(sys.executable, True, args.archs, dist)
+                build_one(sys.executable, True, args.archs, dist, build_temp=INPLACE_TEMP)
             else:
                 print("no CUDA wheel: this torch has no CUDA or nvcc was not found")
     write_index(dist)
