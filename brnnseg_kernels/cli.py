@@ -83,20 +83,27 @@ def _bench(args) -> int:
     if args.device == "cuda":
         print(f"TF32: matmul {torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32} "
               "(cuDNN RNNs use TF32 for float32 when allowed)")
-    all_rows = []
-    for name in args.dtype:
+    dtypes = args.dtype or bench.native_dtypes(args.device)
+    all_rows, records = [], []
+    for name in dtypes:
         dtype = getattr(torch, name)
         print(f"-- {name}")
-        rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, not args.no_memory, dtype)
+        rec: list = []
+        rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, not args.no_memory, dtype,
+                         cudnn_records=rec)
         print(bench.report(rows, sgemm, kgemm, peak))
-        if len(args.dtype) > 1:
+        if rec:
+            print(bench.report_cudnn(rec))
+        records += rec
+        if len(dtypes) > 1:
             rows = [dataclasses.replace(r, shape=f"{r.shape} {name}") for r in rows]
         all_rows += rows
         if args.csv:
             bench.write_csv(rows, args.csv, f"{bench.device_name(args.device)} {name}", sgemm)
             print(f"appended to {args.csv}")
-    _save(args, [all_rows], f"ReNet block vs PyTorch, {bench.device_name(args.device)}, {'/'.join(args.dtype)}",
-          sgemm_gflops=sgemm, kernel_gemm_gflops=kgemm, fma_peak_gflops=peak)
+    _save(args, [all_rows], f"ReNet block vs PyTorch, {bench.device_name(args.device)}, {'/'.join(dtypes)}",
+          sgemm_gflops=sgemm, kernel_gemm_gflops=kgemm, fma_peak_gflops=peak, dtypes=dtypes,
+          **({"cudnn": records} if args.device == "cuda" else {}))
     return 0
 
 
@@ -184,8 +191,9 @@ def main(argv=None) -> int:
     b.add_argument("--repeat", type=int, default=7)
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    b.add_argument("--dtype", nargs="*", default=["float32"], choices=["float32", "float16", "bfloat16"],
-                   help="ReNet benchmark dtypes (float16/bfloat16: CUDA)")
+    b.add_argument("--dtype", nargs="*", choices=["float32", "float16", "bfloat16"],
+                   help="ReNet benchmark dtypes (default: float32 and the half types the device runs natively: "
+                        "on CUDA float16, and bfloat16 from sm_80; on the CPU those with AVX512/AMX BF16 or FP16)")
     b.add_argument("--csv", help="append results to this CSV file")
     b.add_argument("--processes", type=int, default=1,
                    help="ReNet on the CPU: run the comparison in this many fresh processes and report the "

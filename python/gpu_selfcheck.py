@@ -15,7 +15,8 @@ Steps (each timeboxed; a failing step is recorded and the next one runs):
      the slope of a least-squares fit, beside the latency model's figure (brnnseg_kernels/plan.py) and
      cuDNN's nn.GRU/nn.LSTM on the same sequences: the FP32-core kernels (BRNNSEG_CUDA_RECURRENCE=fma)
      and the tensor-core ones (mma; bfloat16, and float32 as TF32 up to hidden 64);
-  5. the ReNet benchmark against the permute + cuDNN block and the loss benchmark against the unfused
+  5. the ReNet benchmark against the permute + cuDNN block (with the cuDNN algorithm it asked for and ran,
+     and both sides' time per step: cuda_renet.json) and the loss benchmark against the unfused
      composition (`python -m brnnseg_kernels bench --device cuda`).
 Writes DIR/selfcheck.json (every figure, the GPU, driver, torch, CUDA, cuDNN versions) and
 DIR/selfcheck.md (the same as tables), plus each step's log. Without a GPU: exits 2 with one line.
@@ -319,7 +320,9 @@ def main(argv=None) -> int:
     if "bench" not in args.skip:
         run.step("bench-renet", [py, "-m", "brnnseg_kernels", "bench", "--device", "cuda", "--dtype", "float32",
                                  "bfloat16", "--repeat", "5", "--no-memory", "--csv",
-                                 os.path.join(run.out, "cuda_renet.csv")], 150, env=pyenv)
+                                 os.path.join(run.out, "cuda_renet.csv"), "--json",
+                                 os.path.join(run.out, "cuda_renet.json"), "--plot",
+                                 os.path.join(run.out, "cuda_renet.png")], 150, env=pyenv)
         run.step("bench-loss", [py, "-m", "brnnseg_kernels", "bench", "--op", "loss", "--device", "cuda",
                                 "--repeat", "5"], 60, env=pyenv)
     write_report(run.out, env, run.steps, step_rows)

@@ -231,3 +231,16 @@ def test_cuda_tensor_core_and_fp32_core_blocks_agree(cell, monkeypatch):
         outs.append((y.float(), xi.grad.float()))
     assert (outs[0][0] - outs[1][0]).abs().max().item() <= 3e-2
     assert (outs[0][1] - outs[1][1]).abs().max().item() <= 5e-2 * (outs[0][1].abs().max().item() + 1e-6)
+
+
+def test_cuda_bench_records_the_cudnn_algorithm():
+    """bench on CUDA records which cuDNN RNN algorithm the baseline asked for and which kernels ran."""
+    from brnnseg_kernels import bench
+
+    records: list = []
+    rows = bench.run("cuda", ["latency-128"], ["gru"], repeat=1, memory=False, cudnn_records=records)
+    assert len(rows) == 6 and len(records) == 1
+    rec = records[0]
+    assert rec["predicted"]["rows fwd"] == "persist_static_small_h"  # hidden 128
+    assert rec["observed"]["algorithm"] in ("persistent", "standard") and rec["observed"]["kernels"]
+    assert rec["us_per_step"]["torch fwd+bwd"] > 0

@@ -132,6 +132,23 @@ def plot_speedups(runs: List[List[Row]], path: str, title: str) -> None:
     plt.close(fig)
 
 
+def report_cudnn(records: List[dict]) -> str:
+    """Per (shape, cell): the cuDNN algorithm PyTorch asked for (rows/cols sweep, forward/backward), the
+    one the profiler saw, and both sides' time per recurrent step (time / (W + H))."""
+    lines = ["cuDNN baseline: algorithm asked for (rows fwd/bwd, cols fwd/bwd), algorithm seen, us per step",
+             f"{'shape':18s} {'cell':4s} {'asked for':48s} {'seen':11s} {'torch fwd+bwd':>13s} {'ours fwd+bwd':>12s} "
+             f"{'torch no_grad':>13s} {'ours no_grad':>12s}"]
+    short = {"standard": "std", "persist_static": "ps", "persist_static_small_h": "ps_small_h"}
+    for r in records:
+        asked = "/".join(short.get(v, v) for v in r["predicted"].values())
+        seen = r.get("observed", {}).get("algorithm", "-")
+        us = r["us_per_step"]
+        lines.append(f"{r['shape']:18s} {r['cell']:4s} {asked:48s} {seen:11s} {us.get('torch fwd+bwd', float('nan')):13.2f} "
+                     f"{us.get('brnnseg fwd+bwd', float('nan')):12.2f} {us.get('torch fwd no_grad', float('nan')):13.2f} "
+                     f"{us.get('brnnseg fwd no_grad', float('nan')):12.2f}")
+    return "\n".join(lines)
+
+
 def report_loss(rows: List[LossRow]) -> str:
     lines = ["logits: the sigmoid loss (BCEDiceLoss); ce:...: the multi-class loss (CEDiceLoss, integer labels)",
              f"{'logits':18s} {'torch ms':>9s} {'ours ms':>9s} {'speedup':>8s} {'torch MiB':>10s} {'ours MiB':>9s} "

@@ -11,7 +11,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 
@@ -37,6 +37,24 @@ GPU_SHAPES = {
 LOSS_SHAPES = {"cpu": [(8, 1, 256, 256), (4, 3, 128, 128)], "cuda": [(16, 1, 512, 512), (8, 4, 512, 1024)]}
 # The multi-class loss (CEDiceLoss, integer label maps): logits shapes.
 LOSS_MC_SHAPES = {"cpu": [(4, 8, 128, 128)], "cuda": [(8, 19, 512, 1024)]}
+
+
+def native_dtypes(device: str) -> List[str]:
+    """float32 and the half-precision types the device computes natively (the benchmark's default):
+    CUDA: float16, and bfloat16 from sm_80; CPU: bfloat16 with AVX512-BF16, float16 with AMX-FP16 (else
+    torch emulates them through float32, which says nothing about either side's kernels)."""
+    out = ["float32"]
+    if device == "cuda":
+        out.append("float16")
+        if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8:
+            out.append("bfloat16")
+        return out
+    cpu = getattr(torch, "cpu", None)
+    if getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+        out.append("bfloat16")
+    if getattr(cpu, "_is_amx_fp16_supported", lambda: False)():
+        out.append("float16")
+    return out
 
 
 def gates(cell: str) -> int:
@@ -108,7 +126,10 @@ def time_module(module, x, flops: float, key, device: str, repeat: int, memory: 
 
 
 def run(device="cpu", shapes=None, cells=("gru", "lstm"), repeat=7, threads=2, memory=True,
-        dtype=torch.float32) -> List[Row]:
+        dtype=torch.float32, cudnn_records: Optional[list] = None) -> List[Row]:
+    """Rows of the ReNet comparison. On CUDA, ``cudnn_records`` (a list) receives per (shape, cell) which
+    cuDNN RNN algorithm the baseline asked for and ran (:mod:`.cudnn`) and both sides' time per
+    recurrent step."""
     if device == "cpu":
         torch.set_num_threads(threads)
     table = CPU_SHAPES if device == "cpu" else GPU_SHAPES
@@ -125,6 +146,14 @@ def run(device="cpu", shapes=None, cells=("gru", "lstm"), repeat=7, threads=2, m
             flops = renet_flops(shape, cell)
             for provider, layer in layers.items():
                 rows += time_module(layer, x, flops, (name, cell, provider), device, repeat, memory)
+            if cudnn_records is not None and device == "cuda":
+                from .cudnn import baseline_record, per_step_us
+
+                rec = dict(shape=name, cell=cell, dtype=str(dtype).replace("torch.", ""),
+                           **baseline_record(cell, shape, dtype, layers["torch"], x))
+                rec["us_per_step"] = {f"{r.provider} {r.mode}": round(per_step_us(r.ms, shape), 3)
+                                      for r in rows if r.shape == name and r.cell == cell}
+                cudnn_records.append(rec)
     return rows
 
 
