@@ -17,7 +17,7 @@ import torch
 
 import brnnseg_kernels as bk
 from brnnseg_kernels import reference
-from tests.utils import stacked_weights, sweep_reference
+from tests.utils import stacked_weights, sweep_reference, torch_sweep3d
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -124,6 +124,99 @@ def test_fuzz_renet_layers(fm, family, mode):
     assert torch.isfinite(y).all()
     # The same values in a plain contiguous tensor give the same output.
     torch.testing.assert_close(y, layer(x.contiguous()), rtol=0, atol=0)
+
+
+SEQ_LAYOUTS = ["contiguous", "time_major_memory", "strided", "expanded"]
+
+
+def _seq_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """A (B, T, C) batch with the same values in another memory layout."""
+    if layout == "time_major_memory":
+        return x.transpose(0, 1).contiguous().transpose(0, 1)
+    if layout == "strided":
+        wide = torch.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    if layout == "expanded":  # every step the same input (stride 0 along T)
+        return x[:, :1].expand(x.shape)
+    return x
+
+
+@FUZZ
+@given(family=st.sampled_from(["gru", "lstm", "rnn_tanh", "rnn_relu"]), b=st.integers(0, 3), t=st.integers(1, 6),
+       c=st.integers(1, 4), hid=st.integers(1, 5), layers=st.integers(1, 2), bidirectional=st.booleans(),
+       batch_first=st.booleans(), bias=st.booleans(), h0=st.booleans(), layout=st.sampled_from(SEQ_LAYOUTS),
+       dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**31 - 1))
+def test_fuzz_dropin_rnns_match_torch(family, b, t, c, hid, layers, bidirectional, batch_first, bias, h0, layout,
+                                      dtype, seed):
+    """bk.nn.GRU/LSTM/RNN against torch's module with the same weights: outputs, final states and input
+    gradients, for empty batches, T = 1, both batch orders, strided/expanded inputs, with and without h0."""
+    torch.manual_seed(seed)
+    fam = "rnn" if family.startswith("rnn") else family
+    kw = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias)
+    if fam == "rnn":
+        kw["nonlinearity"] = family.split("_")[1]
+    torch_cls = bk.cells.family(fam).torch_module
+    ref = torch_cls(c, hid, **kw).to(dtype)
+    ours = getattr(bk.nn, bk.cells.family(fam).dropin)(c, hid, **kw).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    x = _seq_layout(torch.randn(b, t, c, dtype=dtype), layout)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    args = [x]
+    if h0:
+        h = torch.randn(layers * (2 if bidirectional else 1), b, hid, dtype=dtype)
+        args.append((h, torch.randn_like(h)) if fam == "lstm" else h)
+    xr, xo = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    out_r, out_o = ref(xr, *args[1:]), ours(xo, *args[1:])
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-10)
+    flat = lambda out: [out[0]] + (list(out[1]) if isinstance(out[1], tuple) else [out[1]])  # noqa: E731
+    for got, want in zip(flat(out_o), flat(out_r)):
+        torch.testing.assert_close(got, want, **tol)
+    if x.numel():
+        g = torch.randn_like(out_r[0])
+        torch.testing.assert_close(torch.autograd.grad(out_o[0], xo, g)[0], torch.autograd.grad(out_r[0], xr, g)[0],
+                                   **tol)
+
+
+VOLUME_LAYOUTS = ["contiguous", "channels_last_3d", "strided", "expanded"]
+
+
+def _volume_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last_3d":
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    if layout == "strided":
+        wide = torch.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    if layout == "expanded":  # a broadcast view along D
+        return x[:, :, :1].expand(x.shape)
+    return x
+
+
+@FUZZ
+@given(n=st.integers(0, 2), c=st.integers(1, 3), d=st.integers(1, 4), h=st.integers(1, 4), w=st.integers(1, 4),
+       cell=st.sampled_from(CELLS), order=st.permutations(["width", "height", "depth"]),
+       layout=st.sampled_from(VOLUME_LAYOUTS), dtype=st.sampled_from([torch.float32, torch.float64]),
+       seed=st.integers(0, 2**31 - 1))
+def test_fuzz_volume_layers_match_torch(n, c, d, h, w, cell, order, layout, dtype, seed):
+    """BiGRU3d/BiLSTM3d/BiRNN3d against torch's RNN modules run along every line of each axis in turn."""
+    torch.manual_seed(seed)
+    fam = bk.cells.family_of_cell(cell)
+    nl = fam.nonlinearity_of(cell)
+    layer = getattr(bk.nn, fam.layer3d)(c, 3, order=order, **({"nonlinearity": nl} if nl else {})).to(dtype)
+    x = _volume_layout(torch.randn(n, c, d, h, w, dtype=dtype), layout)
+    xo, xr = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    y = layer(xo)
+    ref = xr
+    for axis in order:
+        ref = torch_sweep3d(ref, getattr(layer, axis), cell, axis)
+    assert y.shape == (n, 6, d, h, w)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(y, ref, **tol)
+    if x.numel():
+        g = torch.randn_like(ref)
+        torch.testing.assert_close(torch.autograd.grad(y, xo, g)[0], torch.autograd.grad(ref, xr, g)[0], **tol)
 
 
 @FUZZ

@@ -9,7 +9,7 @@ from torch import nn
 
 import brnnseg_kernels as bk
 from brnnseg_kernels.models import BRNNUNet, BRNNUNet3d, EncoderBiLSTMDecoder, ReNetBlock
-from utils import assert_verbose_allclose
+from utils import assert_verbose_allclose, torch_sweep3d as _torch_sweep3d
 
 CELLS = list(bk.cells.kernel_cells())
 
@@ -20,22 +20,8 @@ def _nonlinearity(cell):
     return {"nonlinearity": nl} if nl else {}
 
 
-TORCH_RNN = {c: functools.partial(bk.cells.family_of_cell(c).torch_module, **_nonlinearity(c)) for c in CELLS}
 LAYER3D = {c: functools.partial(getattr(bk.nn, bk.cells.family_of_cell(c).layer3d), **_nonlinearity(c))
            for c in CELLS}
-TIME_DIM = {"depth": 2, "height": 3, "width": 4}
-
-
-def _torch_sweep3d(x, weights_module, cell, axis):
-    """Independent reference: every line along ``axis`` is one sequence of a torch nn.GRU/LSTM."""
-    rnn = TORCH_RNN[cell](weights_module.input_size, weights_module.hidden_size, bidirectional=True,
-                          batch_first=True).to(x.dtype)
-    rnn.load_state_dict(weights_module.state_dict())
-    v = x.movedim(1, -1).movedim(TIME_DIM[axis] - 1, -2)        # (..., T, C)
-    lead = v.shape[:-2]
-    y, _ = rnn(v.reshape(-1, v.shape[-2], v.shape[-1]))
-    y = y.reshape(*lead, y.shape[-2], y.shape[-1])
-    return y.movedim(-2, TIME_DIM[axis] - 1).movedim(-1, 1)
 
 
 @pytest.mark.parametrize("cell", CELLS)

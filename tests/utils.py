@@ -58,3 +58,22 @@ def sweep_reference(cell, x, w_ih, w_hh, b_ih, b_hh, axis, workspace=None):
             out[t] = h
         outs.append(torch.stack(out, dim=1))
     return reference._unlines(torch.cat(outs, dim=-1), x.shape, axis)
+
+
+def torch_sweep3d(x, weights_module, cell, axis):
+    """Independent reference of one volumetric sweep: every line of x (N, C, D, H, W) along ``axis``
+    ("depth", "height", "width") is one sequence of a torch nn.GRU/LSTM/RNN holding the weights of
+    ``weights_module`` (a BidirectionalRNNWeights)."""
+    import brnnseg_kernels as bk
+
+    fam = bk.cells.family_of_cell(cell)
+    nl = fam.nonlinearity_of(cell)
+    rnn = fam.torch_module(weights_module.input_size, weights_module.hidden_size, bidirectional=True,
+                           batch_first=True, **({"nonlinearity": nl} if nl else {})).to(x.dtype)
+    rnn.load_state_dict(weights_module.state_dict())
+    time_dim = {"depth": 2, "height": 3, "width": 4}[axis]
+    v = x.movedim(1, -1).movedim(time_dim - 1, -2)        # (..., T, C)
+    lead = v.shape[:-2]
+    y, _ = rnn(v.reshape(-1, v.shape[-2], v.shape[-1]))
+    y = y.reshape(*lead, y.shape[-2], y.shape[-1])
+    return y.movedim(-2, time_dim - 1).movedim(-1, 1)

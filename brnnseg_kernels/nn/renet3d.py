@@ -26,13 +26,13 @@ def sweep3d(x: Tensor, weights: Tuple, cell: str, axis: str) -> Tensor:
     n, c, d, h, w = x.shape
     if axis == "width":
         y = F.sweep(x.reshape(n, c, d * h, w), weights, cell, axis=3, channels_last=True)
-        return y.reshape(n, -1, d, h, w)
+        return y.reshape(n, y.shape[1], d, h, w)  # explicit channel count: n may be 0
     if axis == "height":
         y = F.sweep(x.permute(0, 2, 1, 3, 4).reshape(n * d, c, h, w), weights, cell, axis=2, channels_last=True)
-        return y.reshape(n, d, -1, h, w).permute(0, 2, 1, 3, 4)
+        return y.reshape(n, d, y.shape[1], h, w).permute(0, 2, 1, 3, 4)
     if axis == "depth":
         y = F.sweep(x.reshape(n, c, d, h * w), weights, cell, axis=2, channels_last=True)
-        return y.reshape(n, -1, d, h, w)
+        return y.reshape(n, y.shape[1], d, h, w)
     raise ValueError(f"sweep3d: axis must be one of {AXES3D}, got {axis!r}")
 
 
