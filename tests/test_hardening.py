@@ -388,19 +388,54 @@ def test_python_threads_give_the_same_results():
         assert torch.equal(r, expected)
 
 
-def test_thread_counts_and_runs_are_bit_identical():
-    """CPU results do not depend on torch.set_num_threads (fixed work split, fixed-order reductions) and
-    repeat bit for bit."""
+def _training_step(threads: int):
+    """Outputs and every gradient of a ReNet layer + both losses and of a drop-in LSTM, at a thread count.
+    Batch 1 and few lines: the work split into tiles follows the thread count here."""
     old = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        torch.set_num_threads(1)
-        one = _workload()
-        torch.set_num_threads(2)
-        two = _workload()
-        again = _workload()
+        g = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        layer = bk.BiLSTM2d(5, 7)
+        x = torch.randn(1, 5, 13, 11, generator=g, requires_grad=True)
+        y = layer(x)
+        labels = torch.randint(0, 4, (1, 13, 11), generator=g)
+        loss = (bk.functional.ce_dice_loss(y[:, :4], labels, boundary_weight=1.0)
+                + bk.functional.bce_dice_loss(y[:, 4:5], (labels > 1).float()[:, None], boundary_weight=2.0))
+        loss.backward()
+        rnn = bk.nn.GRU(6, 9, num_layers=2, bidirectional=True, batch_first=True)
+        s = torch.randn(5, 17, 6, generator=g, requires_grad=True)
+        out = rnn(s)[0]
+        out.square().sum().backward()
+        forward = [y, loss.reshape(1), x.grad, out, s.grad]
+        weights = [p.grad for p in list(layer.parameters()) + list(rnn.parameters())]
+        return torch.cat([t.flatten() for t in forward]), torch.cat([t.flatten() for t in weights])
     finally:
         torch.set_num_threads(old)
-    assert torch.equal(one, two) and torch.equal(two, again)
+
+
+def test_thread_counts_and_runs_are_bit_identical():
+    """CPU results repeat bit for bit at a fixed thread count. Outputs and input gradients do not depend
+    on torch.set_num_threads (every line is computed whole by one thread; the losses reduce in a fixed
+    order); weight gradients are sums of per-tile partials, and where the tiles fall follows the thread
+    count, so their last bits may too -- unless torch.use_deterministic_algorithms(True), under which
+    the split is planned for one thread and every thread count gives the 1-thread result."""
+    base = {n: _training_step(n) for n in (1, 2, 4)}
+    again = _training_step(2)
+    assert torch.equal(base[2][0], again[0]) and torch.equal(base[2][1], again[1])  # run to run
+    for n in (2, 4):
+        assert torch.equal(base[1][0], base[n][0]), f"outputs / input gradients differ at {n} threads"
+        torch.testing.assert_close(base[n][1], base[1][1], rtol=1e-5, atol=1e-6)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        det = {n: _training_step(n) for n in (1, 2, 4)}
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert torch.equal(det[1][1], base[1][1])  # one thread: the same plan either way
+    for n in (2, 4):
+        assert torch.equal(det[1][0], det[n][0]) and torch.equal(det[1][1], det[n][1]), \
+            f"deterministic mode: weight gradients at {n} threads differ from 1 thread"
 
 
 class _SweepDataset(torch.utils.data.Dataset):

@@ -244,3 +244,28 @@ def test_cuda_bench_records_the_cudnn_algorithm():
     assert rec["predicted"]["rows fwd"] == "persist_static_small_h"  # hidden 128
     assert rec["observed"]["algorithm"] in ("persistent", "standard") and rec["observed"]["kernels"]
     assert rec["us_per_step"]["torch fwd+bwd"] > 0
+
+
+def test_cuda_deterministic_algorithms_repeat_bit_for_bit(monkeypatch):
+    """Under torch.use_deterministic_algorithms(True) a ReNet forward+backward and both losses repeat bit for
+    bit: the sweep kernels have no atomics (every line is one CTA's), weight gradients are cuBLAS GEMMs and
+    torch reductions (torch enforces CUBLAS_WORKSPACE_CONFIG itself), the Triton losses reduce in a fixed
+    order."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        def step():
+            torch.manual_seed(0)
+            layer = bk.BiGRU2d(16, 24).cuda()
+            x = torch.randn(2, 16, 37, 29, device="cuda", requires_grad=True)
+            y = layer(x)
+            labels = torch.randint(0, 4, (2, 37, 29), device="cuda")
+            loss = (bk.functional.ce_dice_loss(y[:, :4], labels, boundary_weight=1.0)
+                    + bk.functional.bce_dice_loss(y[:, 4:5], (labels > 1).float()[:, None], boundary_weight=2.0))
+            loss.backward()
+            return torch.cat([t.flatten() for t in [y, loss.reshape(1), x.grad] + [p.grad for p in layer.parameters()]])
+        first, second = step(), step()
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert torch.equal(first, second)

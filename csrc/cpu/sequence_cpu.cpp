@@ -59,7 +59,7 @@ SeqPlan make_plan(const OptTensor& lengths, int64_t T, int64_t B, int64_t D) {
   }
   if (B == 0) return p;
   // Enough tiles that the directions together give every thread work.
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t threads = planning_threads();
   int64_t tiles = std::max((B + kMaxTile - 1) / kMaxTile, (threads + D - 1) / D);
   tiles = std::min(tiles, B);
   p.tile = (B + tiles - 1) / tiles;

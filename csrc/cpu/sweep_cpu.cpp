@@ -46,7 +46,7 @@ struct Tiling {
 Tiling choose_tiling(const SweepGeometry& geo) {
   const int64_t per_image = std::max<int64_t>(1, geo.lines_per_image());
   // Enough tiles that both directions together give every thread work.
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t threads = planning_threads();
   const int64_t want_per_dir = (threads + 1) / 2;
   const int64_t n = std::max<int64_t>(1, geo.N);
   int64_t tiles = std::max((per_image + kMaxTile - 1) / kMaxTile, (want_per_dir + n - 1) / n);
