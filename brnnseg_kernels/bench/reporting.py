@@ -123,6 +123,10 @@ def plot_speedups(runs: List[List[Row]], path: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(keys) + 2), 4))
     ax.bar(range(len(keys)), med, yerr=[lo, hi], capsize=3, color=[colors.get(k[2], "tab:gray") for k in keys])
     ax.axhline(1.0, color="black", linewidth=1, linestyle="--")
+    from matplotlib.patches import Patch
+
+    modes = [m for m in colors if any(k[2] == m for k in keys)]
+    ax.legend(handles=[Patch(color=colors[m], label=m) for m in modes], fontsize=7, loc="upper right")
     ax.set_xticks(range(len(keys)), [f"{k[0]}\n{k[1]} {k[2]}" for k in keys], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("speed-up over PyTorch (x)")
     ax.set_title(title, fontsize=9)

@@ -99,10 +99,22 @@ def peak_mib(device: str, fn: Callable[[], object]) -> float:
     return (torch.cuda.max_memory_allocated() - base_mem) / 2**20
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what platform reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    return f"{cpu_model()} x{torch.get_num_threads()} threads"
 
 
 def machine(device: str = "cpu") -> dict:
@@ -112,13 +124,7 @@ def machine(device: str = "cpu") -> dict:
 
     from .. import build_info
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(), python=platform.python_version(),
+    info = dict(cpu=cpu_model(), cores=os.cpu_count(), threads=torch.get_num_threads(), python=platform.python_version(),
                 torch=torch.__version__, cuda=torch.version.cuda, cudnn=None, gpu=None, driver=None,
                 build=build_info(), date=time.strftime("%Y-%m-%d %H:%M:%S"))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
