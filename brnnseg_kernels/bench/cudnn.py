@@ -76,13 +76,13 @@ def classify_kernels(names: List[str]) -> str:
 def observed_algorithm(fn: Callable[[], object]) -> Dict[str, object]:
     """Profile one call of fn on the GPU: {"algorithm": persistent | standard | unknown, "kernels": the
     distinct CUDA kernel names, longest total time first}."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
+
+    from .timing import profiled
 
     fn()  # warm-up (cuDNN plans, the weight buffer) outside the profile
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
+    prof = profiled(lambda: (fn(), torch.cuda.synchronize()), [ProfilerActivity.CUDA])
     totals: Dict[str, float] = {}
     for e in prof.key_averages():
         t = getattr(e, "device_time_total", None)

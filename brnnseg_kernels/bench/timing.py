@@ -3,12 +3,14 @@ tensor bytes from the profiler's allocation events; CUDA: the caching allocator'
 FMA rates the roofs are drawn from, and the machine's description."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, List
@@ -70,15 +72,46 @@ def fma_peak_gflops(seconds: float = 0.3) -> float:
     return _C.cpu_fma_peak_gflops(seconds) or float("nan")
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """File descriptor 2 to /dev/null: the profiler's native start/stop lines (kineto's "USDT ...
+    profiler_start", and a device-count error on a machine without a GPU) would otherwise fill the
+    benchmark's output. Only around starting and stopping a profile, never around the timed code."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def profiled(fn: Callable[[], object], activities):
+    """One call of fn under torch.profiler (its native start/stop chatter silenced); the profile."""
+    from torch.profiler import profile
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    prof = profile(activities=activities, profile_memory=True)
+    with _quiet_native_stderr():
+        prof.__enter__()
+    try:
+        fn()
+    finally:
+        with _quiet_native_stderr():
+            prof.__exit__(None, None, None)
+    return prof
+
+
 def cpu_peak_mib(fn: Callable[[], object]) -> float:
     """Peak of live tensor memory allocated by fn (CPU), from the profiler's allocation events:
     the running sum of allocations minus frees, in MiB. Counts every tensor either side allocates
     (outputs, saved activations, workspaces, gradients), not library-internal scratch."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
 
     fn()  # warm-up outside the profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
+    prof = profiled(fn, [ProfilerActivity.CPU])
     events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
     live = peak = 0
     for e in events:
