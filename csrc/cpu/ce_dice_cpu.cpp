@@ -31,6 +31,7 @@
 #include "brnnseg/cell/activations.h"
 #include "brnnseg/loss/seg_loss_math.h"
 #include "cpu/runtime/isa.h"
+#include "cpu/runtime/loss_dispatch.h"
 
 namespace brnnseg::cpu {
 namespace {
@@ -448,27 +449,7 @@ void run_ce_units(const char* op, const CeUnit<T, Y>& u) {
 
 template <typename F>
 void dispatch_ce(const char* op, const Tensor& logits, const Tensor& target, F&& f) {
-  auto with_target = [&](auto tv) {
-    switch (target.scalar_type()) {
-      case at::kBool: return f(tv, bool{});
-      case at::kByte: return f(tv, uint8_t{});
-      case at::kChar: return f(tv, int8_t{});
-      case at::kShort: return f(tv, int16_t{});
-      case at::kInt: return f(tv, int32_t{});
-      case at::kLong: return f(tv, int64_t{});
-      case at::kFloat: return f(tv, float{});
-      case at::kDouble: return f(tv, double{});
-      default:
-        TORCH_CHECK(false, op, ": target dtype ", target.scalar_type(),
-                    " is not supported (integer labels, or float32/float64 soft targets)");
-    }
-  };
-  switch (logits.scalar_type()) {
-    case at::kFloat: return with_target(float{});
-    case at::kDouble: return with_target(double{});
-    default:
-      TORCH_CHECK(false, op, ": the CPU kernel supports float32 and float64 logits, got ", logits.scalar_type());
-  }
+  dispatch_logits_target<true>(op, logits, target, "integer labels, or float32/float64 soft targets", f);
 }
 
 struct CeInputs {

@@ -14,6 +14,7 @@
 
 #include "brnnseg/loss/seg_loss_math.h"
 #include "cpu/runtime/isa.h"
+#include "cpu/runtime/loss_dispatch.h"
 
 namespace brnnseg::cpu {
 namespace {
@@ -289,25 +290,7 @@ Tensor seg_loss_backward_impl(const Tensor& g, const Tensor& x, const Tensor& y,
 
 template <typename F>
 void dispatch_loss(const char* op, const Tensor& logits, const Tensor& target, F&& f) {
-  auto with_target = [&](auto tv) {
-    switch (target.scalar_type()) {
-      case at::kBool: return f(tv, bool{});
-      case at::kByte: return f(tv, uint8_t{});
-      case at::kInt: return f(tv, int32_t{});
-      case at::kLong: return f(tv, int64_t{});
-      case at::kFloat: return f(tv, float{});
-      case at::kDouble: return f(tv, double{});
-      default:
-        TORCH_CHECK(false, op, ": target dtype ", target.scalar_type(),
-                    " is not supported (bool, uint8, int32, int64, float32, float64)");
-    }
-  };
-  switch (logits.scalar_type()) {
-    case at::kFloat: return with_target(float{});
-    case at::kDouble: return with_target(double{});
-    default:
-      TORCH_CHECK(false, op, ": the CPU kernel supports float32 and float64 logits, got ", logits.scalar_type());
-  }
+  dispatch_logits_target<false>(op, logits, target, "bool, uint8, int32, int64, float32, float64", f);
 }
 
 template <typename T>

@@ -24,34 +24,27 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, true>::kThreads, 1)
   using E = typename Op::elem;
   constexpr int G = Cell::kGates, S = Cell::kSaved, HP = Sh::kHidPad, K = Sh::kK;
   constexpr int LDA = Sh::kLda, LDP = Sh::kLdp, KS = Sh::kKsplit, kPairs = Sh::kPairs;
-  constexpr size_t SM_A = Sh::kSmem.a, SM_P = Sh::kSmem.p, SM_STATE = Sh::kSmem.state, SM_CELL = Sh::kSmem.cell,
-                   SM_LINE = Sh::kSmem.line;
   if (int(blockIdx.x) >= batch.blocks[blockIdx.z]) return;  // uniform per CTA: before any barrier
   const SweepBwdParams<T>& p = batch.sweep[blockIdx.z];
   const SweepGeometry& geo = p.geo;
   const int hid = p.hid, Gh = G * hid, d = blockIdx.y, threads = blockDim.x;
-  const int64_t lines = geo.lines(), T_len = geo.steps();
-  const int64_t l0 = int64_t(blockIdx.x) * kMmaLines;
-  const int L = static_cast<int>(lines - l0 < kMmaLines ? lines - l0 : kMmaLines);
 
   BRNNSEG_DYNAMIC_SMEM(unsigned char, smem);
-  const smem_ptr<E> a_s = smem_at<E>(smem, SM_A);              // [16][LDA] dgates, operand type
-  const smem_ptr<float> p_s = smem_at<float>(smem, SM_P);      // [KS][16][LDP] dgates . W_hh partials
-  const smem_ptr<float> dd_s = smem_at<float>(smem, SM_STATE); // [16][HP] dh_direct
-  const smem_ptr<float> dc_s = smem_at<float>(smem, SM_CELL);  // [16][HP] dc (cells with a state)
-  const smem_ptr<int64_t> pos0 = smem_at<int64_t>(smem, SM_LINE);  // [16] position of t = 0
+  const MmaCta<T, Sh, Cell::kHasCellState> cta(geo, smem);
+  const int64_t lines = cta.lines, T_len = cta.steps, l0 = cta.l0;
+  const int L = cta.L;
+  const smem_ptr<E> a_s = cta.a;           // [16][LDA] dgates, operand type
+  const smem_ptr<float> p_s = cta.part;    // [KS][16][LDP] dgates . W_hh partials
+  const smem_ptr<float> dd_s = cta.state;  // [16][HP] dh_direct
+  const smem_ptr<float> dc_s = cta.cell;   // [16][HP] dc (cells with a state)
+  const smem_ptr<int64_t> pos0 = cta.line;                                   // [16] position of t = 0
   const smem_ptr<int64_t> y0 = pos0 + kMmaLines, g0 = pos0 + 2 * kMmaLines;  // y, grad_y offsets of t = 0
   LineOffsets::fill(pos0, geo, l0, L, p.y_sN, p.y_sH, p.y_sW, p.g_sN, p.g_sH, p.g_sW);
   const int64_t y_ts = geo.axis == 3 ? p.y_sW : p.y_sH, g_ts = geo.axis == 3 ? p.g_sW : p.g_sH;
 
   typename Sh::Product prod;
   prod.load(reinterpret_cast<const E*>(p.w_mma) + int64_t(d) * K * HP, HP);
-  for (int i = threadIdx.x; i < kMmaLines * LDA; i += threads) a_s[i] = Op::from_float(0.f);
-  for (int i = threadIdx.x; i < KS * kMmaLines * LDP; i += threads) p_s[i] = 0.f;
-  for (int i = threadIdx.x; i < kMmaLines * HP; i += threads) {
-    dd_s[i] = 0.f;
-    if constexpr (Cell::kHasCellState) dc_s[i] = 0.f;
-  }
+  cta.zero(threads);
 
   // The next step's loads, requested into L2 while the product runs: the CTA's saved slots at t (16
   // lines x S*hid floats, contiguous; 128-byte lines) and each pair's grad_y.

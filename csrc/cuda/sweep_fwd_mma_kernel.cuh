@@ -28,34 +28,27 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, false>::kThreads, 1)
   using E = typename Op::elem;
   constexpr int G = Cell::kGates, S = Cell::kSaved, HP = Sh::kHidPad, N = Sh::kN;
   constexpr int LDA = Sh::kLda, LDP = Sh::kLdp, KS = Sh::kKsplit, kPairs = Sh::kPairs;
-  constexpr size_t SM_A = Sh::kSmem.a, SM_P = Sh::kSmem.p, SM_STATE = Sh::kSmem.state, SM_CELL = Sh::kSmem.cell,
-                   SM_BIAS = Sh::kSmem.bias, SM_GX = Sh::kSmem.gx, SM_LINE = Sh::kSmem.line;
   if (int(blockIdx.x) >= batch.blocks[blockIdx.z]) return;  // uniform per CTA: before any barrier
   const SweepFwdParams<T>& p = batch.sweep[blockIdx.z];
   const SweepGeometry& geo = p.geo;
   const int hid = p.hid, Gh = G * hid, d = blockIdx.y, threads = blockDim.x;
-  const int64_t lines = geo.lines(), T_len = geo.steps();
-  const int64_t l0 = int64_t(blockIdx.x) * kMmaLines;
-  const int L = static_cast<int>(lines - l0 < kMmaLines ? lines - l0 : kMmaLines);
 
   BRNNSEG_DYNAMIC_SMEM(unsigned char, smem);
-  const smem_ptr<E> a_s = smem_at<E>(smem, SM_A);              // [16][LDA] h_prev, operand type
-  const smem_ptr<float> p_s = smem_at<float>(smem, SM_P);      // [KS][16][LDP] partial products
-  const smem_ptr<float> h_s = smem_at<float>(smem, SM_STATE);  // [16][HP] h, float
-  const smem_ptr<float> c_s = smem_at<float>(smem, SM_CELL);   // [16][HP] c (cells with a state)
-  const smem_ptr<float> b_s = smem_at<float>(smem, SM_BIAS);   // [2][N]: b_ih, b_hh per padded column
-  const smem_ptr<T> gx_s = smem_at<T>(smem, SM_GX);             // [2][16][N] input projections
-  const smem_ptr<int64_t> pos0 = smem_at<int64_t>(smem, SM_LINE);  // [16] position of t = 0
-  const smem_ptr<int64_t> y0 = pos0 + kMmaLines;                     // [16] y offset of t = 0
+  const MmaCta<T, Sh, Cell::kHasCellState> cta(geo, smem);
+  const int64_t lines = cta.lines, T_len = cta.steps, l0 = cta.l0;
+  const int L = cta.L;
+  const smem_ptr<E> a_s = cta.a;          // [16][LDA] h_prev, operand type
+  const smem_ptr<float> p_s = cta.part;   // [KS][16][LDP] partial products
+  const smem_ptr<float> h_s = cta.state;  // [16][HP] h, float
+  const smem_ptr<float> c_s = cta.cell;   // [16][HP] c (cells with a state)
+  const smem_ptr<float> b_s = smem_at<float>(smem, Sh::kSmem.bias);  // [2][N]: b_ih, b_hh per padded column
+  const smem_ptr<T> gx_s = smem_at<T>(smem, Sh::kSmem.gx);            // [2][16][N] input projections
+  const smem_ptr<int64_t> pos0 = cta.line;                            // [16] position of t = 0
+  const smem_ptr<int64_t> y0 = pos0 + kMmaLines;                      // [16] y offset of t = 0
 
   typename Sh::Product prod;
   prod.load(reinterpret_cast<const E*>(p.w_mma) + int64_t(d) * HP * N, N);
-  for (int i = threadIdx.x; i < kMmaLines * LDA; i += threads) a_s[i] = Op::from_float(0.f);
-  for (int i = threadIdx.x; i < KS * kMmaLines * LDP; i += threads) p_s[i] = 0.f;
-  for (int i = threadIdx.x; i < kMmaLines * HP; i += threads) {
-    h_s[i] = 0.f;
-    if constexpr (Cell::kHasCellState) c_s[i] = 0.f;
-  }
+  cta.zero(threads);
   for (int i = threadIdx.x; i < N; i += threads) {
     const int g = i / HP, u = i - g * HP;
     b_s[i] = u < hid ? p.b_ih[d * Gh + g * hid + u] : 0.f;

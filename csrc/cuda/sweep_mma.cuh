@@ -187,4 +187,43 @@ struct MmaPair {
   }
 };
 
+// What both tensor-core kernels set up first: the CTA's slice of 16 lines and the shared-memory buffers
+// they have in common -- the A operand (forward h_prev, backward dgates), the K-split partial products,
+// the float per-unit rows (forward h, backward dh_direct), the cell rows (c / dc, cells with a state) and
+// the per-line offsets (LineOffsets) -- at the offsets of the instantiation's MmaSmem.
+template <typename T, typename Sh, bool kHasCellState>
+struct MmaCta {
+  using E = typename MmaOperand<T>::elem;
+  int64_t lines, steps, l0;  // lines of the sweep, steps per line, first line of this CTA
+  int L;                     // lines of this CTA (the last CTA's may be fewer than 16)
+  smem_ptr<E> a;             // [16][kLda]
+  smem_ptr<float> part;      // [kKsplit][16][kLdp]
+  smem_ptr<float> state;     // [16][kHidPad]
+  smem_ptr<float> cell;      // [16][kHidPad], cells with a state
+  smem_ptr<int64_t> line;    // per-line offsets
+
+  template <typename SmemBase>  // unsigned char* under nvcc, the simulator's checked pointer under g++
+  __device__ __forceinline__ MmaCta(const SweepGeometry& geo, SmemBase smem)
+      : lines(geo.lines()),
+        steps(geo.steps()),
+        l0(int64_t(blockIdx.x) * kMmaLines),
+        L(static_cast<int>(lines - l0 < kMmaLines ? lines - l0 : kMmaLines)),
+        a(smem_at<E>(smem, Sh::kSmem.a)),
+        part(smem_at<float>(smem, Sh::kSmem.p)),
+        state(smem_at<float>(smem, Sh::kSmem.state)),
+        cell(smem_at<float>(smem, Sh::kSmem.cell)),
+        line(smem_at<int64_t>(smem, Sh::kSmem.line)) {}
+
+  // Zeroes the operand, the partial products and the per-unit rows (padding included: the product reads
+  // the padded columns, the gate math never writes them). A barrier must follow before they are read.
+  __device__ __forceinline__ void zero(int threads) const {
+    for (int i = threadIdx.x; i < kMmaLines * Sh::kLda; i += threads) a[i] = MmaOperand<T>::from_float(0.f);
+    for (int i = threadIdx.x; i < Sh::kKsplit * kMmaLines * Sh::kLdp; i += threads) part[i] = 0.f;
+    for (int i = threadIdx.x; i < kMmaLines * Sh::kHidPad; i += threads) {
+      state[i] = 0.f;
+      if constexpr (kHasCellState) cell[i] = 0.f;
+    }
+  }
+};
+
 }  // namespace brnnseg

@@ -20,23 +20,13 @@
 #include <vector>
 
 #include "brnnseg/simt_sim.h"
+#include "tests/check.h"
 #include "cuda/sweep_launch_impl.cuh"
 #include "cuda/sweep_mma_launch_impl.cuh"
 
 using namespace brnnseg;
 
-static int failures = 0;
 static const float kNaN = std::numeric_limits<float>::quiet_NaN();
-
-#define CHECK(cond, ...)          \
-  do {                            \
-    if (!(cond)) {                \
-      std::printf("FAIL ");       \
-      std::printf(__VA_ARGS__);   \
-      std::printf("\n");          \
-      ++failures;                 \
-    }                             \
-  } while (0)
 
 // max |got - ref| / (atol + rtol |ref|) over all elements; NaN counts as a failure.
 static double worst(const std::vector<float>& got, const std::vector<double>& ref, double atol, double rtol) {

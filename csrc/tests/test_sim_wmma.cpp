@@ -16,20 +16,11 @@
 #include <vector>
 
 #include "brnnseg/simt_sim.h"
+#include "tests/check.h"
 
 namespace wmma = nvcuda::wmma;
 using brnnseg::kH100;
 
-static int failures = 0;
-#define CHECK(cond, ...)        \
-  do {                          \
-    if (!(cond)) {              \
-      std::printf("FAIL ");     \
-      std::printf(__VA_ARGS__); \
-      std::printf("\n");        \
-      ++failures;               \
-    }                           \
-  } while (0)
 
 // ---- D = A B + C for one 16x16 tile per warp: A [16][K], B [K][16], C/D [16][16] in global memory ----
 
