@@ -52,41 +52,39 @@ def resource_problems(resources, archs=("sm_80", "sm_90")):
     for arch in archs:
         spec = plan.gpu_spec(GPU_OF_ARCH[arch])
         for kernel, cell, dtype in VARIANTS:
-            r = resources.get((arch, kernel, cell, dtype))
-            name = f"{arch} {kernel} {cell} {dtype}"
-            if r is None:
-                problems.append(f"{name}: not in the library")
-                continue
-            if r["STACK"] or r["LOCAL"]:
-                problems.append(f"{name}: {r['STACK']} bytes stack frame, {r['LOCAL']} bytes local memory (spills)")
-            if r.get("MAX_THREADS") != bounds:
-                problems.append(f"{name}: __launch_bounds__ {r.get('MAX_THREADS')} in the binary, the planner "
-                                f"launches up to {bounds}")
             # The largest dynamic shared memory the planner asks for, over every hidden size it accepts.
             worst = max(plan.launch_plan(cell, dtype, h, 1, kernel == "bwd", GPU_OF_ARCH[arch]).smem_bytes
                         for h in range(1, bounds + 1, 7))
-            if r["SHARED"] + worst > spec["smem_per_block_optin"]:
-                problems.append(f"{name}: {r['SHARED']} bytes static + {worst} dynamic shared memory exceed the "
-                                f"{spec['smem_per_block_optin']} bytes a CTA may have")
+            _kernel_problems(problems, resources.get((arch, kernel, cell, dtype)), f"{arch} {kernel} {cell} {dtype}",
+                             bounds, f"up to {bounds}", worst, spec)
         for kernel, cell, dtype, lp in mma_variants(GPU_OF_ARCH[arch]):
             r = resources.get((arch, kernel, cell, dtype))
             name = f"{arch} {kernel} {cell} {dtype}"
-            if r is None:
-                problems.append(f"{name}: not in the library")
+            if not _kernel_problems(problems, r, name, lp.threads, str(lp.threads), lp.smem_bytes, spec):
                 continue
-            if r["STACK"] or r["LOCAL"]:
-                problems.append(f"{name}: {r['STACK']} bytes stack frame, {r['LOCAL']} bytes local memory (spills)")
-            if r.get("MAX_THREADS") != lp.threads:
-                problems.append(f"{name}: __launch_bounds__ {r.get('MAX_THREADS')} in the binary, the planner "
-                                f"launches {lp.threads}")
             resident = 4 * lp.nt * lp.kpw + 8 * lp.nt  # B fragments + accumulators, registers a thread
             if r["REG"] < resident:
                 problems.append(f"{name}: {r['REG']} registers cannot hold {resident} of resident W_hh "
                                 f"fragments and accumulators")
-            if r["SHARED"] + lp.smem_bytes > spec["smem_per_block_optin"]:
-                problems.append(f"{name}: {r['SHARED']} bytes static + {lp.smem_bytes} dynamic shared memory "
-                                f"exceed the {spec['smem_per_block_optin']} bytes a CTA may have")
     return problems
+
+
+def _kernel_problems(problems, r, name, threads, threads_said, dynamic_smem, spec) -> bool:
+    """The rules every shipped kernel meets: in the library, no spills, __launch_bounds__ = what the planner
+    launches, static + dynamic shared memory within a CTA's limit. Appends violations; False when the
+    kernel is missing (nothing else to check)."""
+    if r is None:
+        problems.append(f"{name}: not in the library")
+        return False
+    if r["STACK"] or r["LOCAL"]:
+        problems.append(f"{name}: {r['STACK']} bytes stack frame, {r['LOCAL']} bytes local memory (spills)")
+    if r.get("MAX_THREADS") != threads:
+        problems.append(f"{name}: __launch_bounds__ {r.get('MAX_THREADS')} in the binary, the planner "
+                        f"launches {threads_said}")
+    if r["SHARED"] + dynamic_smem > spec["smem_per_block_optin"]:
+        problems.append(f"{name}: {r['SHARED']} bytes static + {dynamic_smem} dynamic shared memory exceed the "
+                        f"{spec['smem_per_block_optin']} bytes a CTA may have")
+    return True
 
 
 @pytest.fixture(scope="module")

@@ -54,14 +54,19 @@ LAYOUTS = ["contiguous", "channels_last", "strided", "expanded", "transposed"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _every_other(x: torch.Tensor) -> torch.Tensor:
+    """The same values as every other element along the last dim of a twice-as-wide tensor (a strided view)."""
+    wide = torch.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
+    wide[..., ::2] = x
+    return wide[..., ::2]
+
+
 def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     """The same values in another memory layout (torch has no negative-stride views: flips copy)."""
     if layout == "channels_last":
         return x.contiguous(memory_format=torch.channels_last)
-    if layout == "strided":  # every other column of a wider map
-        wide = torch.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
-        wide[..., ::2] = x
-        return wide[..., ::2]
+    if layout == "strided":
+        return _every_other(x)
     if layout == "expanded":  # a broadcast view along W (stride 0) of the first column
         return x[..., :1].expand(x.shape)
     if layout == "transposed":  # H and W swapped in memory
@@ -134,9 +139,7 @@ def _seq_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "time_major_memory":
         return x.transpose(0, 1).contiguous().transpose(0, 1)
     if layout == "strided":
-        wide = torch.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
-        wide[..., ::2] = x
-        return wide[..., ::2]
+        return _every_other(x)
     if layout == "expanded":  # every step the same input (stride 0 along T)
         return x[:, :1].expand(x.shape)
     return x
@@ -186,9 +189,7 @@ def _volume_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "channels_last_3d":
         return x.contiguous(memory_format=torch.channels_last_3d)
     if layout == "strided":
-        wide = torch.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
-        wide[..., ::2] = x
-        return wide[..., ::2]
+        return _every_other(x)
     if layout == "expanded":  # a broadcast view along D
         return x[:, :, :1].expand(x.shape)
     return x
