@@ -1,4 +1,5 @@
-# make demo   -- build, then train a BRNN-U-Net and a plain U-Net on two built-in tasks and compare them (runs/)
+# make demo   -- build, then train a BRNN-U-Net and a plain U-Net on two built-in tasks and compare them
+#                (written outside the checkout: $(RUNS), default ~/brnnseg-runs)
 # make test   -- create .venv, install torch 2.14.1 and the test tools, build, run the C++ and Python tests
 # make bench  -- CPU benchmark against the plain-PyTorch ReNet block
 # make wheel  -- CPU and CUDA wheels for the torch installed in .venv (dist/, with dist/index.html)
@@ -8,6 +9,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 TORCH  := torch==2.14.1
 STAMP  := $(VENV)/.deps-installed
+# Demo runs (checkpoints, figures) go outside the repository.
+RUNS   ?= $(HOME)/brnnseg-runs
 
 .PHONY: all venv build test test-cpp test-py test-sim-asan demo bench bench-pytest triton-aot wheel wheel-check fuzz clean
 
@@ -51,7 +54,7 @@ test-sim-asan: build
 test: test-cpp test-py test-sim-asan
 
 demo: build
-	PYTHONPATH=$(CURDIR) $(PY) -m brnnseg_kernels demo
+	PYTHONPATH=$(CURDIR) $(PY) -m brnnseg_kernels demo --out $(RUNS)
 
 bench: build
 	PYTHONPATH=$(CURDIR) $(PY) -m brnnseg_kernels bench --device cpu --csv benchmarks/results/cpu_renet.csv \
