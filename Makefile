@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.deps-installed
 # Demo runs (checkpoints, figures) go outside the repository.
 RUNS   ?= $(HOME)/brnnseg-runs
 
-.PHONY: all venv build test test-cpp test-py test-sim-asan demo bench bench-pytest triton-aot wheel wheel-check fuzz clean
+.PHONY: all venv build test test-cpp test-py test-sim-asan test-torch-floor demo bench bench-pytest triton-aot wheel wheel-check fuzz clean
 
 all: build
 
@@ -51,7 +51,12 @@ test-sim-asan: build
 	  $(PY) -m pytest -q -p no:cacheprovider --capture=sys tests/test_sweep_sim.py tests/test_sweep_sim_mma.py \
 	  -k "$(ASAN_TESTS)"
 
-test: test-cpp test-py test-sim-asan
+# Every host C++ translation unit compiled (-fsyntax-only) against the headers of setup.py's TORCH_FLOOR
+# torch, downloaded from PyPI (not installed; cached in build/torch-floor/).
+test-torch-floor: $(STAMP)
+	$(PY) python/check_torch_floor.py
+
+test: test-cpp test-torch-floor test-py test-sim-asan
 
 demo: build
 	PYTHONPATH=$(CURDIR) $(PY) -m brnnseg_kernels demo --out $(RUNS)

@@ -203,9 +203,10 @@ class BuildExtension(cpp_extension.BuildExtension):
 
 VERSION = "0.1.0"
 TORCH_MINOR = ".".join(torch.__version__.split("+")[0].split(".")[:2])
-# The oldest torch a source build is tested with (CI builds and tests 2.14); a wheel pins the minor it
-# was built against (its C++ ABI is that torch's).
-TORCH_FLOOR = "2.14"
+# The oldest torch a source build supports: 2.11, the GPU machines' torch. CI builds and tests against
+# 2.14 and compiles every host translation unit against 2.11's headers (python/check_torch_floor.py,
+# make test-torch-floor); a wheel pins the minor it was built against (its C++ ABI is that torch's).
+TORCH_FLOOR = "2.11"
 if WHEEL:
     cuda_tag = "cu" + torch.version.cuda.replace(".", "") if BUILD_CUDA else "cpu"
     VERSION += f"+{cuda_tag}torch{TORCH_MINOR}"

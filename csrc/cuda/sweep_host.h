@@ -242,8 +242,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> finish_backward(const Tensor&
   const Tensor y3 = positions_view(y).to(at::kFloat);
   Tensor dw_hh = at::stack({positions_tn(k.dgh.narrow(2, 0, Gh), y3.narrow(2, 0, hid)),
                             positions_tn(k.dgh.narrow(2, Gh, Gh), y3.narrow(2, hid, hid))});
-  Tensor db_ih = k.dgx.sum({0, 1}).view({2, Gh});
-  Tensor db_hh = k.dgh.sum({0, 1}).view({2, Gh}) + k.dgh_first.sum(1);
+  // at::IntArrayRef spelled out: a bare {0, 1} is ambiguous under torch 2.11 (OptionalIntArrayRef vs
+  // DimnameList); python/check_torch_floor.py (make test) compiles this file against that torch.
+  Tensor db_ih = k.dgx.sum(at::IntArrayRef{0, 1}).view({2, Gh});
+  Tensor db_hh = k.dgh.sum(at::IntArrayRef{0, 1}).view({2, Gh}) + k.dgh_first.sum(1);
   const auto dt = x.scalar_type();
   return {dx.to(dt), dw_ih.to(dt), dw_hh.to(dt), db_ih.to(dt), db_hh.to(dt)};
 }
