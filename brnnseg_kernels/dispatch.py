@@ -23,6 +23,15 @@ __all__ = ["CPU_DTYPES", "CUDA_DTYPES", "cuda_max_hidden", "has_kernel", "sweep_
 CPU_DTYPES = (torch.float32, torch.float64)
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+# Set only inside brnnseg_kernels.testing.simulated_cuda(): CPU tensors then follow the CUDA rules below
+# and the sweep ops run the CUDA kernels under the SIMT simulator, so the GPU tests run in CI.
+_SIMULATED_CUDA = False
+
+
+def _device_type(device: torch.device) -> str:
+    """The device type whose rules apply: "cuda" for CPU tensors under simulated_cuda()."""
+    return "cuda" if _SIMULATED_CUDA and device.type == "cpu" else device.type
+
 
 @functools.lru_cache(maxsize=None)
 def cuda_max_hidden() -> int:
@@ -33,8 +42,10 @@ def cuda_max_hidden() -> int:
 def has_kernel(device: torch.device) -> bool:
     """Whether this build has fused sweep kernels for the device (on a GPU whose arch the build cannot
     run, a RuntimeError that says so: :func:`check_cuda_arch`)."""
-    if device.type in ("cpu", "meta"):
+    if device.type == "meta" or (device.type == "cpu" and not _SIMULATED_CUDA):
         return True
+    if _device_type(device) == "cuda" and device.type == "cpu":
+        return bool(_build_info_with_cuda())
     if device.type == "cuda":
         from . import build_info
 
@@ -44,6 +55,12 @@ def has_kernel(device: torch.device) -> bool:
         check_cuda_arch(info.get("cuda_archs", ""), torch.cuda.get_device_capability(device))
         return True
     return False
+
+
+def _build_info_with_cuda() -> bool:
+    from . import build_info
+
+    return bool(build_info().get("with_cuda"))
 
 
 def arch_runs(archs: str, capability) -> bool:
@@ -82,7 +99,7 @@ def sweep_path(x: Tensor, hidden: int) -> str:
     (after any autocast cast)."""
     if not has_kernel(x.device):
         return "reference"
-    if x.device.type == "cuda":
+    if _device_type(x.device) == "cuda":
         return "kernel" if hidden <= cuda_max_hidden() and x.dtype in CUDA_DTYPES else "reference"
     return "kernel" if x.dtype in CPU_DTYPES else "kernel-float32"
 
@@ -98,9 +115,9 @@ def pair_kernel_applies(x: Tensor, weights: Sequence[Optional[Tensor]], hidden: 
     """The pair op (mode="parallel") takes the inputs as they are: no autocast casts, kernel dtypes,
     fused-kernel sizes."""
     same_dtype = all(t is None or t.dtype == x.dtype for t in weights)
-    if x.device.type == "cpu":
+    if _device_type(x.device) == "cpu":
         return same_dtype and x.dtype in CPU_DTYPES
-    if x.device.type == "cuda":
+    if _device_type(x.device) == "cuda":
         return (same_dtype and has_kernel(x.device) and x.dtype in CUDA_DTYPES and hidden <= cuda_max_hidden()
                 and autocast_dtype(x) is None)
     return False

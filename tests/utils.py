@@ -17,6 +17,22 @@ def assert_verbose_allclose(actual, expected, rtol=1e-5, atol=1e-8, max_print=5,
                              f"{err.max().item():.3g}, rtol={rtol}, atol={atol})\n" + "\n".join(lines))
 
 
+def assert_within_reference_error(actual, expected, reference_lowp, factor=2.0, atol=0.0, name="tensor"):
+    """flash-attention's rule: the max abs error of `actual` against the high-precision `expected` is at most
+    `factor` times that of a reference computed in the low precision (same inputs), plus `atol`."""
+    actual, expected, reference_lowp = (t.detach().double() for t in (actual, expected, reference_lowp))
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    err = (actual - expected).abs()
+    ref_err = (reference_lowp - expected).abs().max().item() if expected.numel() else 0.0
+    bound = factor * ref_err + atol
+    worst = err.max().item() if err.numel() else 0.0
+    if not worst <= bound:  # also catches NaN
+        i = tuple(torch.nonzero(~(err <= bound))[0].tolist())
+        raise AssertionError(f"{name}: max abs error {worst:.3g} exceeds {factor} x the low-precision reference's "
+                             f"{ref_err:.3g} + {atol:.3g} (first at {i}: got {actual[i].item():.8g}, expected "
+                             f"{expected[i].item():.8g})")
+
+
 def stacked_weights(cell, in_channels, hidden, dtype=torch.float64, bias=True, scale=0.5, requires_grad=True):
     """Random weights stacked per direction: (w_ih, w_hh, b_ih, b_hh)."""
     from brnnseg_kernels.cells import spec
