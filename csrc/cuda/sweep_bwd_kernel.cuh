@@ -22,7 +22,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerCta, 1) sweep_bwd_kernel(SweepBa
   const bool active = cta.active;
 
   BRNNSEG_DYNAMIC_SMEM(unsigned char, smem);
-  const T* w = p.w_hh + int64_t(d) * Gh * hid;  // global, [j][k]
+  const auto w = p.w_hh + int64_t(d) * Gh * hid;  // global, [j][k]
   const int sgh = p.smem_gates * hid;           // shared: rows j < sgh (the first smem_gates gates)
   const smem_ptr<T> w_s = smem_at<T>(smem, 0);
   const smem_ptr<float> dgh_s = smem_at<float>(smem, smem_weight_bytes<T>(hid, p.smem_gates));
@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerCta, 1) sweep_bwd_kernel(SweepBa
       const int l = lg + j * line_groups;
       if (l >= L) break;
       const int64_t line = l0 + l, pos = geo.pos(line, t);
-      const float* ws = p.ws + ((int64_t(d) * T_len + t) * lines + line) * (S * hid);
+      const auto ws = p.ws + ((int64_t(d) * T_len + t) * lines + line) * (S * hid);
       const float dh_in = dh[j] + to_float(p.grad_y[geo.strided_offset(line, t, p.g_sN, p.g_sH, p.g_sW) +
                                                     (int64_t(d) * hid + u) * p.g_sC]);
       float h_prev = 0.f, c_prev = 0.f;
@@ -57,8 +57,8 @@ __global__ void __launch_bounds__(kMaxThreadsPerCta, 1) sweep_bwd_kernel(SweepBa
       Cell::backward(dh_in, dcv, saved, h_prev, c_prev, dax, dah, dh_direct);
       dc[j] = dcv;
       dh[j] = dh_direct;
-      float* dgx = p.dgx + (pos * 2 + d) * Gh;
-      float* slot = first ? p.dgh_first + (int64_t(d) * lines + line) * Gh
+      const auto dgx = p.dgx + (pos * 2 + d) * Gh;
+      const auto slot = first ? p.dgh_first + (int64_t(d) * lines + line) * Gh
                           : p.dgh + ((pos + prev_offset) * 2 + d) * Gh;
       for (int g = 0; g < G; ++g) {
         dgx[g * hid + u] = dax[g];
@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerCta, 1) sweep_bwd_kernel(SweepBa
         dgh_s[l * Gh + g * hid + u] = dah[g];
       }
       if (s == T_len - 1) {  // h at the last step feeds no later step: its slot holds zeros
-        float* last = p.dgh + (pos * 2 + d) * Gh;
+        const auto last = p.dgh + (pos * 2 + d) * Gh;
         for (int g = 0; g < G; ++g) last[g * hid + u] = 0.f;
       }
     }

@@ -43,13 +43,13 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, true>::kThreads, 1)
   const int64_t y_ts = geo.axis == 3 ? p.y_sW : p.y_sH, g_ts = geo.axis == 3 ? p.g_sW : p.g_sH;
 
   typename Sh::Product prod;
-  prod.load(reinterpret_cast<const E*>(p.w_mma) + int64_t(d) * K * HP, HP);
+  prod.load(reinterpret_cast<const E*>(gmem_raw(p.w_mma)) + int64_t(d) * K * HP, HP);
   cta.zero(threads);
 
   // The next step's loads, requested into L2 while the product runs: the CTA's saved slots at t (16
   // lines x S*hid floats, contiguous; 128-byte lines) and each pair's grad_y.
   auto prefetch_step = [&](int64_t t) {
-    const float* ws = p.ws + ((int64_t(d) * T_len + t) * lines + l0) * (S * hid);
+    const auto ws = p.ws + ((int64_t(d) * T_len + t) * lines + l0) * (S * hid);
     for (int64_t i = int64_t(threadIdx.x) * 32; i < int64_t(L) * S * hid; i += int64_t(threads) * 32) prefetch_l2(ws + i);
     for (int i = 0; i < kPairs; ++i) {
       const MmaPair q(i, threads, HP, hid, L);
@@ -81,7 +81,7 @@ BRNNSEG_UNROLL
       if constexpr (Cell::kHasCellState)
         if (!first)
           c_prev = p.ws[((int64_t(d) * T_len + t_prev) * lines + line) * (S * hid) + Cell::kCellSlot * hid + q.u];
-      const float* ws = p.ws + ((int64_t(d) * T_len + t) * lines + line) * (S * hid) + q.u;
+      const auto ws = p.ws + ((int64_t(d) * T_len + t) * lines + line) * (S * hid) + q.u;
       float saved[S], dax[G], dah[G], dh_direct;
 BRNNSEG_UNROLL
       for (int k = 0; k < S; ++k) saved[k] = ws[k * hid];
@@ -90,8 +90,8 @@ BRNNSEG_UNROLL
       Cell::backward(dh_in, dcv, saved, h_prev, c_prev, dax, dah, dh_direct);
       if constexpr (Cell::kHasCellState) dc_s[si] = dcv;
       dd_s[si] = dh_direct;
-      float* dgx = p.dgx + (pos * 2 + d) * Gh + q.u;
-      float* slot = (first ? p.dgh_first + (int64_t(d) * lines + line) * Gh : p.dgh + ((pos + prev_offset) * 2 + d) * Gh) + q.u;
+      const auto dgx = p.dgx + (pos * 2 + d) * Gh + q.u;
+      const auto slot = (first ? p.dgh_first + (int64_t(d) * lines + line) * Gh : p.dgh + ((pos + prev_offset) * 2 + d) * Gh) + q.u;
 BRNNSEG_UNROLL
       for (int g = 0; g < G; ++g) {
         dgx[g * hid] = dax[g];
@@ -99,7 +99,7 @@ BRNNSEG_UNROLL
         a_s[q.l * LDA + g * HP + q.u] = Op::from_float(dah[g]);
       }
       if (s == T_len - 1) {  // h at the last step feeds no later step: its slot holds zeros
-        float* last = p.dgh + (pos * 2 + d) * Gh + q.u;
+        const auto last = p.dgh + (pos * 2 + d) * Gh + q.u;
 BRNNSEG_UNROLL
         for (int g = 0; g < G; ++g) last[g * hid] = 0.f;
       }

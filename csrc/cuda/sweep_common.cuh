@@ -26,6 +26,11 @@ namespace brnnseg {
 
 template <typename T>
 __device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
+#if defined(BRNNSEG_SIMT_SIM)
+// A checked global-memory element (simt_sim.h): read, then converted.
+template <typename T>
+inline float to_float(const sim::GlobalRef<T>& r) { return static_cast<float>(r.get()); }
+#endif
 
 // Which lines and unit a thread owns: blockDim.x = units_pad * line_groups; thread t owns hidden
 // unit u = t % units_pad (idle when u >= hid) of tile lines lg, lg + line_groups, ...

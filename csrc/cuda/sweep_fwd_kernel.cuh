@@ -28,7 +28,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerCta, 1) sweep_fwd_kernel(SweepBa
   const bool active = cta.active;
 
   BRNNSEG_DYNAMIC_SMEM(unsigned char, smem);
-  const T* w_t = p.w_hh_t + int64_t(d) * hid * Gh;  // global, [k][g*hid + u]
+  const auto w_t = p.w_hh_t + int64_t(d) * hid * Gh;  // global, [k][g*hid + u]
   const int sg = p.smem_gates, sgh = sg * hid;      // shared: the first sg gates, [k][g*hid + u]
   const smem_ptr<T> w_s = smem_at<T>(smem, 0);
   const smem_ptr<float> h_s = smem_at<float>(smem, smem_weight_bytes<T>(hid, sg));
@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerCta, 1) sweep_fwd_kernel(SweepBa
       const int l = lg + j * line_groups;
       if (l >= L) break;
       const int64_t line = l0 + l;
-      const T* gx = p.gx + (geo.pos(line, t) * 2 + d) * Gh;
+      const auto gx = p.gx + (geo.pos(line, t) * 2 + d) * Gh;
       float ax[G], ah[G], saved[S];
       for (int g = 0; g < G; ++g) {
         ax[g] = to_float(gx[g * hid + u]) + b_x[g];
@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(kMaxThreadsPerCta, 1) sweep_fwd_kernel(SweepBa
       const float h = Cell::forward(ax, ah, float(h_prev[l * hid + u]), c, saved);
       if constexpr (Cell::kHasCellState) c_state[j] = c;
       if (p.ws) {
-        float* ws = p.ws + ((int64_t(d) * T_len + t) * lines + line) * (S * hid);
+        const auto ws = p.ws + ((int64_t(d) * T_len + t) * lines + line) * (S * hid);
         for (int i = 0; i < S; ++i) ws[i * hid + u] = saved[i];
       }
       h_next[l * hid + u] = h;

@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, false>::kThreads, 1)
   const smem_ptr<int64_t> y0 = pos0 + kMmaLines;                      // [16] y offset of t = 0
 
   typename Sh::Product prod;
-  prod.load(reinterpret_cast<const E*>(p.w_mma) + int64_t(d) * HP * N, N);
+  prod.load(reinterpret_cast<const E*>(gmem_raw(p.w_mma)) + int64_t(d) * HP * N, N);
   cta.zero(threads);
   for (int i = threadIdx.x; i < N; i += threads) {
     const int g = i / HP, u = i - g * HP;
@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, false>::kThreads, 1)
   auto copy_gx = [&](int64_t t, int buf) {
     for (int i = threadIdx.x; i < L * kChunks; i += threads) {
       const int l = i / kChunks, c = i - l * kChunks;
-      const T* src = p.gx + ((pos0[l] + t * ts) * 2 + d) * N + c * (16 / int(sizeof(T)));
+      const auto src = p.gx + ((pos0[l] + t * ts) * 2 + d) * N + c * (16 / int(sizeof(T)));
       async_copy16(gx_s + (buf * kMmaLines + l) * N + c * (16 / int(sizeof(T))), src);
     }
   };
@@ -107,7 +107,7 @@ BRNNSEG_UNROLL
       h_s[si] = h;
       a_s[q.l * LDA + q.u] = Op::from_float(h);
       if (p.ws) {
-        float* ws = p.ws + ((int64_t(d) * T_len + t) * lines + line) * (S * hid) + q.u;
+        const auto ws = p.ws + ((int64_t(d) * T_len + t) * lines + line) * (S * hid) + q.u;
 BRNNSEG_UNROLL
         for (int k = 0; k < S; ++k) ws[k * hid] = saved[k];
       }

@@ -21,11 +21,26 @@ namespace brnnseg::device {
 
 using at::Tensor;
 
-// Outputs the kernels must write in full. The simulator build (BRNNSEG_POISON_OUTPUTS) fills them
-// with NaN first, so an element a kernel leaves unwritten fails the comparison instead of passing.
-inline Tensor kernel_output(Tensor t) {
-#if defined(BRNNSEG_POISON_OUTPUTS)
-  if (t.numel()) t.fill_(std::numeric_limits<float>::quiet_NaN());
+// A buffer the op allocates for the kernels (projections, workspace, outputs, gradients). Under the
+// simulator (simt_sim.h) it starts poisoned -- NaNs with a payload of their own -- and registered by
+// `name`: a kernel reading an element of it that nothing wrote is a fault naming the buffer, the element
+// and the thread (the simulator's initcheck), and an element left unwritten fails every comparison.
+inline std::string buffer_desc(const Tensor& t) {
+  std::string s = "(";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + ") " + std::string(c10::toString(t.scalar_type()));
+}
+inline Tensor device_buffer(const char* name, Tensor t) {
+#if defined(BRNNSEG_SIMT_SIM)
+  if (t.numel()) {
+    const auto st = t.scalar_type();
+    const uint32_t pattern = st == at::kHalf ? sim::kPoisonF16 : st == at::kBFloat16 ? sim::kPoisonBF16 : sim::kPoisonF32;
+    TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16, "device_buffer: unexpected dtype");
+    sim::poison_global(name, buffer_desc(t), t.data_ptr(), size_t(t.numel()) * size_t(t.element_size()),
+                       size_t(t.element_size()), pattern);  // fresh, dense (any memory format)
+  }
+#else
+  (void)name;
 #endif
   return t;
 }
@@ -87,9 +102,11 @@ SweepFwdParams<T> fwd_params(const Tensor& x, const Tensor& w_ih, const Tensor& 
     // hid_pad, (P, 2, G, hid_pad), from W_ih padded with zero rows (the padding costs GEMM work only).
     const int64_t hp = 16 * cfg.kt;
     const Tensor w_pad = at::constant_pad_nd(w_ih.reshape({2, Cell::kGates, hid, C}), {0, 0, 0, hp - hid});
-    keep.gx = at::matmul(positions_view(x), w_pad.reshape({2 * Cell::kGates * hp, C}).t()).contiguous();
+    keep.gx = device_buffer("gx", at::empty({N, H * W, 2 * Cell::kGates * hp}, x.options()));
+    at::matmul_out(keep.gx, positions_view(x), w_pad.reshape({2 * Cell::kGates * hp, C}).t());
   } else {
-    keep.gx = at::matmul(positions_view(x), w_ih.reshape({2 * Gh, C}).t()).contiguous();
+    keep.gx = device_buffer("gx", at::empty({N, H * W, 2 * Gh}, x.options()));
+    at::matmul_out(keep.gx, positions_view(x), w_ih.reshape({2 * Gh, C}).t());
   }
   if (cfg.recurrence == Recurrence::kMma)
     keep.w_mma = mma_weights(w_hh, Cell::kGates, cfg.kt, false);
@@ -120,7 +137,7 @@ template <typename Cell>
 Tensor new_workspace(const Tensor& x, int64_t hid, int64_t axis, bool training) {
   const SweepGeometry geo{x.size(0), x.size(2), x.size(3), static_cast<int>(axis)};
   const auto f32 = x.options().dtype(at::kFloat);
-  return training ? kernel_output(at::empty({2, geo.steps(), geo.lines(), Cell::kSaved * hid}, f32))
+  return training ? device_buffer("workspace", at::empty({2, geo.steps(), geo.lines(), Cell::kSaved * hid}, f32))
                   : at::empty({0}, f32);
 }
 
@@ -143,7 +160,7 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih,
                                          bool force_global_weights = false) {
   const int64_t hid = w_hh.size(2);
   auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  Tensor y = kernel_output(at::empty({x.size(0), 2 * hid, x.size(2), x.size(3)}, x.options().memory_format(fmt)));
+  Tensor y = device_buffer("y", at::empty({x.size(0), 2 * hid, x.size(2), x.size(3)}, x.options().memory_format(fmt)));
   Tensor ws = new_workspace<Cell>(x, hid, axis, training);
   const SweepGeometry geo{x.size(0), x.size(2), x.size(3), static_cast<int>(axis)};
   const LaunchConfig cfg = plan_sweep<Cell, T>(false, static_cast<int>(hid), geo.lines(), smem_limit, force_global_weights);
@@ -166,7 +183,7 @@ std::tuple<Tensor, Tensor, Tensor> sweep_pair_forward(const Tensor& x, const Ten
                                                       bool force_global_weights = false) {
   const int64_t hid = w_hh_r.size(2);
   auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  Tensor y = kernel_output(at::empty({x.size(0), 4 * hid, x.size(2), x.size(3)}, x.options().memory_format(fmt)));
+  Tensor y = device_buffer("y", at::empty({x.size(0), 4 * hid, x.size(2), x.size(3)}, x.options().memory_format(fmt)));
   Tensor ws_r = new_workspace<Cell>(x, hid, 3, training), ws_c = new_workspace<Cell>(x, hid, 2, training);
   // One plan for both sweeps (the rows' line count: the plan depends on it only through the CTA count).
   const LaunchConfig cfg =
@@ -191,9 +208,9 @@ SweepBwdParams<T> bwd_params(const Tensor& grad_y, const Tensor& x, const Tensor
   const int64_t N = x.size(0), H = x.size(2), W = x.size(3), hid = w_hh.size(2), Gh = Cell::kGates * hid;
   const SweepGeometry geo{N, H, W, static_cast<int>(axis)};
   const auto f32 = x.options().dtype(at::kFloat);
-  keep.dgx = kernel_output(at::empty({N, H * W, 2 * Gh}, f32));
-  keep.dgh = kernel_output(at::empty({N, H * W, 2 * Gh}, f32));
-  keep.dgh_first = kernel_output(at::empty({2, geo.lines(), Gh}, f32));
+  keep.dgx = device_buffer("dgx", at::empty({N, H * W, 2 * Gh}, f32));
+  keep.dgh = device_buffer("dgh", at::empty({N, H * W, 2 * Gh}, f32));
+  keep.dgh_first = device_buffer("dgh_first", at::empty({2, geo.lines(), Gh}, f32));
   keep.w_hh = w_hh.contiguous();
   if (cfg.recurrence == Recurrence::kMma) keep.w_mma = mma_weights(w_hh, Cell::kGates, cfg.kt, true);
   SweepBwdParams<T> p;

@@ -30,7 +30,8 @@ __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefe
 #else
 using ::brnnseg::sim::async_copy16;
 using ::brnnseg::sim::async_copy_wait_all;
-inline void prefetch_l2(const void*) {}
+template <typename P>
+inline void prefetch_l2(const P&) {}
 #endif
 
 // The wmma element type of a storage type T (c10::Half / c10::BFloat16 have the bits of __half /

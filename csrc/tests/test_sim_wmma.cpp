@@ -10,6 +10,7 @@
 //     read of a cp.async destination before the wait, a thread that exits without waiting.
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <cstdlib>
 #include <cstring>
 #include <random>
@@ -145,6 +146,23 @@ __global__ void async_kernel(const float* src, float* out, int mode) {
   }
 }
 
+// Global-memory initcheck: reads through gmem_ptr of a poisoned buffer. mode 0: reads only what the host
+// wrote; 1: reads an element nobody wrote; 2: cp.async from an unwritten chunk; 3: writes, then reads back.
+__global__ void global_read_kernel(brnnseg::sim::GlobalPtr<float> buf, float* out, int mode) {
+  BRNNSEG_DYNAMIC_SMEM(float, s);
+  const int i = int(threadIdx.x);
+  if (mode == 0) out[i] = buf[i];
+  if (mode == 1) out[i] = buf[i + 32];
+  if (mode == 2) {
+    brnnseg::sim::async_copy16(s + i * 4, brnnseg::sim::GlobalPtr<const float>(buf + 32 + i * 4));
+    brnnseg::sim::async_copy_wait_all();
+  }
+  if (mode == 3) {
+    buf[32 + i] = float(i);
+    out[i] = buf[32 + i];
+  }
+}
+
 template <typename F>
 static void expect_fault(const char* what, const char* needle, F&& f) {
   try {
@@ -187,6 +205,26 @@ static void planted_faults() {
   expect_fault("cp.async never waited for", "never waited", [&] {
     BRNNSEG_LAUNCH(async_kernel, "async_kernel", 0, dim3(1), dim3(64), bytes, nullptr, src, out.data(), 3);
   });
+
+  // A buffer of 32 + 128 floats poisoned as an op's buffer is; the host writes the first 32.
+  alignas(64) static float g[160];
+  brnnseg::sim::poison_global("planted", "(160) float", g, sizeof(g), 4, brnnseg::sim::kPoisonF32);
+  for (int i = 0; i < 32; ++i) g[i] = float(i);
+  std::vector<float> o(32, -1.f);
+  BRNNSEG_LAUNCH(global_read_kernel, "global_read_kernel", 0, dim3(1), dim3(32), 512, nullptr, g, o.data(), 0);
+  CHECK(o[31] == 31.f, "reading written global memory gave %g", o[31]);
+  expect_fault("read of unwritten global memory", "buffer 'planted' (160) float, element 32", [&] {
+    BRNNSEG_LAUNCH(global_read_kernel, "global_read_kernel", 0, dim3(1), dim3(32), 512, nullptr, g, o.data(), 1);
+  });
+  expect_fault("cp.async of unwritten global memory", "uninitialized global memory: buffer 'planted'", [&] {
+    BRNNSEG_LAUNCH(global_read_kernel, "global_read_kernel", 0, dim3(1), dim3(32), 512, nullptr, g, o.data(), 2);
+  });
+  BRNNSEG_LAUNCH(global_read_kernel, "global_read_kernel", 0, dim3(1), dim3(32), 512, nullptr, g, o.data(), 3);
+  CHECK(o[5] == 5.f, "a kernel's own write read back gave %g", o[5]);
+  // An ordinary NaN written by the host is data, not poison: no fault.
+  g[3] = std::numeric_limits<float>::quiet_NaN();
+  BRNNSEG_LAUNCH(global_read_kernel, "global_read_kernel", 0, dim3(1), dim3(32), 512, nullptr, g, o.data(), 0);
+  CHECK(std::isnan(o[3]), "a written NaN read back as %g", o[3]);
 }
 
 int main() {

@@ -13,6 +13,9 @@
 //     initcheck). The arena is poisoned (0x7f) so such reads also give garbage, not zeros. Faults
 //     are collected while the block runs (the faulting access is skipped) and thrown as
 //     std::runtime_error after it, so a faulty kernel never hangs or corrupts the host.
+//   * global memory an op allocates for the kernels starts poisoned, and kernels read global memory
+//     through GlobalPtr: a read of an element never written since the allocation is a fault naming
+//     the buffer, the element and the thread (initcheck for global memory; see poison_global).
 // Build the simulator with -fsanitize=thread and a missing __syncthreads() shows up as a data race;
 // with -fsanitize=address,undefined, out-of-bounds global accesses and UB in the kernel source.
 //   * cp.async copies complete at the thread's wait (async_copy_wait_all), not before;
@@ -26,6 +29,7 @@
 #if defined(__CUDACC__)
 #error "simt_sim.h is for host builds of the kernels; nvcc builds use the real CUDA runtime"
 #endif
+#define BRNNSEG_SIMT_SIM 1  // brnnseg/params.h: kernel parameters hold checked global pointers
 
 #include <atomic>
 #include <barrier>
@@ -153,6 +157,17 @@ inline void SharedArena::fault(const std::string& what) {
   if (error_.empty()) error_ = what + ", thread " + str(s.thread_idx) + " of block " + str(s.block_idx);
 }
 
+// A global-memory fault: collected with the block's other faults (thrown after the block), or thrown at
+// once when no block is running (host code reading through a GlobalPtr).
+inline void global_fault(const std::string& what) {
+  SharedArena* a = state().arena;
+  if (a) {
+    a->fault(what);
+  } else {
+    throw std::runtime_error("simt_sim: " + what);
+  }
+}
+
 // A reference to one element of shared memory: reads and writes go through the arena's checks.
 template <typename T>
 class SharedRef {
@@ -200,6 +215,142 @@ SharedPtr<T> smem_at(const SharedPtr<unsigned char>& base, size_t byte_offset) {
   return {reinterpret_cast<T*>(base.raw() + byte_offset), base.arena()};
 }
 
+// ---- global memory: poisoned buffers and checked reads (the simulator's initcheck) -----------------
+// Every buffer an op allocates for the kernels (projections, workspace, outputs, gradients) is filled
+// with a poison pattern and registered by name (poison_global, called by the host code in
+// csrc/cuda/sweep_host.h). Kernels reach global memory through GlobalPtr (gmem_ptr<T> in
+// brnnseg/params.h): every read of an element compares its bits with the poison pattern of its size
+// and, when they match inside a registered buffer, reports a fault naming the buffer, the element, and
+// the thread and block -- as compute-sanitizer's initcheck does for a read of memory never written.
+// The patterns are NaNs with payloads no arithmetic produces from ordinary NaNs, so an element that is
+// never written also fails every comparison with a reference.
+constexpr uint32_t kPoisonF32 = 0x7FC0BAD5u;  // float
+constexpr uint16_t kPoisonF16 = 0x7E5Bu;      // half (a float NaN converts to 0x7E00)
+constexpr uint16_t kPoisonBF16 = 0x7FDBu;     // bfloat16 (a float NaN converts to 0x7FC0)
+
+struct PoisonedBuffer {
+  std::string name, desc;  // desc: shape and dtype, for the message
+  uintptr_t base;
+  size_t bytes, elem;
+  uint32_t pattern;
+};
+inline std::mutex& poison_mutex() {
+  static std::mutex m;
+  return m;
+}
+inline std::vector<PoisonedBuffer>& poison_registry() {
+  static std::vector<PoisonedBuffer> r;
+  return r;
+}
+
+// Fills [base, base + bytes) with `pattern` (elements of `elem` = 2 or 4 bytes) and registers it as
+// `name`. A registration replaces any older one it overlaps (the allocator reuses addresses).
+inline void poison_global(const std::string& name, const std::string& desc, void* base, size_t bytes, size_t elem,
+                          uint32_t pattern) {
+  if (!bytes) return;
+  if (elem == 4) {
+    for (size_t i = 0; i + 4 <= bytes; i += 4) std::memcpy(static_cast<unsigned char*>(base) + i, &pattern, 4);
+  } else if (elem == 2) {
+    const uint16_t p16 = uint16_t(pattern);
+    for (size_t i = 0; i + 2 <= bytes; i += 2) std::memcpy(static_cast<unsigned char*>(base) + i, &p16, 2);
+  } else {
+    throw std::invalid_argument("simt_sim: poison_global supports 2- and 4-byte elements, got " + std::to_string(elem));
+  }
+  const uintptr_t b = reinterpret_cast<uintptr_t>(base);
+  std::lock_guard<std::mutex> lock(poison_mutex());
+  auto& r = poison_registry();
+  r.erase(std::remove_if(r.begin(), r.end(), [&](const PoisonedBuffer& o) { return o.base < b + bytes && b < o.base + o.bytes; }),
+          r.end());
+  if (r.size() > 4096) r.erase(r.begin(), r.begin() + 2048);  // old entries of long-freed tensors
+  r.push_back({name, desc, b, bytes, elem, pattern});
+}
+
+inline void global_fault(const std::string& what);  // defined below (needs the block's arena)
+
+// The slow path of a read whose bits equal a poison pattern: a fault if it lies in a registered buffer
+// of that element size and pattern.
+inline void global_poisoned_read(const void* p, size_t n, uint32_t bits) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  std::string msg;
+  {
+    std::lock_guard<std::mutex> lock(poison_mutex());
+    for (const PoisonedBuffer& b : poison_registry()) {
+      if (a < b.base || a + n > b.base + b.bytes || b.elem != n || b.pattern != bits) continue;
+      const size_t off = a - b.base;
+      msg = "read of uninitialized global memory: buffer '" + b.name + "' " + b.desc + ", element " +
+            std::to_string(off / b.elem) + " (byte offset " + std::to_string(off) + "), never written since the op allocated it";
+      break;
+    }
+  }
+  if (!msg.empty()) global_fault(msg);
+}
+
+template <typename T>
+inline void check_global_read(const T* p) {
+  if constexpr (sizeof(T) == 4) {
+    uint32_t bits;
+    std::memcpy(&bits, p, 4);
+    if (bits == kPoisonF32) global_poisoned_read(p, 4, bits);
+  } else if constexpr (sizeof(T) == 2) {
+    uint16_t bits;
+    std::memcpy(&bits, p, 2);
+    if (bits == kPoisonF16 || bits == kPoisonBF16) global_poisoned_read(p, 2, bits);
+  }
+}
+
+// One element of global memory: reads are checked, writes go through.
+template <typename T>
+class GlobalRef {
+  using V = std::remove_const_t<T>;
+
+ public:
+  explicit GlobalRef(T* p) : p_(p) {}
+  V get() const {
+    check_global_read(p_);
+    return *p_;
+  }
+  operator V() const { return get(); }
+  GlobalRef& operator=(const V& v) {
+    *p_ = v;
+    return *this;
+  }
+  GlobalRef& operator=(const GlobalRef& o) { return *this = o.get(); }
+  GlobalRef& operator+=(const V& v) { return *this = V(get() + v); }
+
+ private:
+  T* p_;
+};
+
+// A pointer into global memory (gmem_ptr<T> in kernel parameters): arithmetic as a pointer, element
+// access through GlobalRef. No implicit conversion back to T*: a raw access must say so (gmem_raw).
+template <typename T>
+class GlobalPtr {
+ public:
+  GlobalPtr() = default;
+  GlobalPtr(T* p) : p_(p) {}  // NOLINT: host code assigns data_ptr<T>() and nullptr
+  GlobalPtr(std::nullptr_t) : p_(nullptr) {}
+  template <typename U, typename = std::enable_if_t<std::is_convertible_v<U*, T*>>>
+  GlobalPtr(const GlobalPtr<U>& o) : p_(o.raw()) {}
+  GlobalPtr operator+(int64_t i) const { return GlobalPtr(p_ + i); }
+  GlobalPtr operator-(int64_t i) const { return GlobalPtr(p_ - i); }
+  GlobalRef<T> operator[](int64_t i) const { return GlobalRef<T>(p_ + i); }
+  GlobalRef<T> operator*() const { return GlobalRef<T>(p_); }
+  explicit operator bool() const { return p_ != nullptr; }
+  T* raw() const { return p_; }
+
+ private:
+  T* p_ = nullptr;
+};
+
+template <typename T>
+T* gmem_raw(const GlobalPtr<T>& p) {
+  return p.raw();
+}
+template <typename T>
+T* gmem_raw(T* p) {
+  return p;
+}
+
 // ---- asynchronous copies (cp.async) ------------------------------------------------------------------
 // cp.async.cg.shared.global of 16 bytes, emulated as a copy completed at the wait: recorded per thread
 // and performed (through the arena's checks) by async_copy_wait_all(). A kernel that reads the
@@ -221,6 +372,13 @@ void async_copy16(const SharedPtr<T>& dst, const T* src) {
   }
   pending_copies().push_back({reinterpret_cast<unsigned char*>(dst.raw()), reinterpret_cast<const unsigned char*>(src),
                               dst.arena()});
+}
+template <typename T>
+void async_copy16(const SharedPtr<T>& dst, const GlobalPtr<const T>& src) {
+  // The source is read when the copy is issued (a GPU reads it some time before the wait): checked
+  // element by element as a kernel's own reads are.
+  for (size_t i = 0; i < 16 / sizeof(T); ++i) check_global_read(src.raw() + i);
+  async_copy16(dst, src.raw());
 }
 inline void async_copy_wait_all() {
   for (const PendingCopy& c : pending_copies())
