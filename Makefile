@@ -4,6 +4,7 @@
 # make bench  -- CPU benchmark against the plain-PyTorch ReNet block
 # make wheel  -- CPU and CUDA wheels for the torch installed in .venv (dist/, with dist/index.html)
 # make fuzz   -- the property-based hardening tests with 300 examples each
+# make gpu-bundle -- the tree + the CUDA extension built for the GPU machines (torch 2.11, sm_90), one archive
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -12,7 +13,7 @@ STAMP  := $(VENV)/.deps-installed
 # Demo runs (checkpoints, figures) go outside the repository.
 RUNS   ?= $(HOME)/brnnseg-runs
 
-.PHONY: all venv build test test-cpp test-py test-sim-asan test-torch-floor demo bench bench-pytest triton-aot wheel wheel-check fuzz clean
+.PHONY: all venv build test test-cpp test-py test-sim-asan test-torch-floor gpu-bundle demo bench bench-pytest triton-aot wheel wheel-check fuzz clean
 
 all: build
 
@@ -91,6 +92,14 @@ wheel-check: wheel
 	  [ -f "$$whl" ] || continue; rm -rf $(WHEEL_ENV); $(PYTHON) -m venv $(WHEEL_ENV); \
 	  $(WHEEL_ENV)/bin/python -m pip install -q $(TORCH) numpy "$$whl"; \
 	  (cd /tmp && $(CURDIR)/$(WHEEL_ENV)/bin/python $(CURDIR)/python/wheel_smoke.py); done
+
+# Build here, run on a GPU machine: the tree + the CUDA extension for torch 2.11.0 / sm_90 (the GPU
+# machines'), no simulator, stripped, as one archive (python/gpu_bundle.py; about 4 minutes on 2 cores
+# after a one-time torch download into build/gpu-bundle/).
+GPU_TORCH ?= 2.11.0
+GPU_ARCH  ?= 9.0
+gpu-bundle:
+	$(PYTHON) python/gpu_bundle.py --torch $(GPU_TORCH) --arch $(GPU_ARCH) --out build/gpu-bundle/brnnseg-gpu.tar.gz
 
 clean:
 	rm -rf build dist brnnseg_kernels/*.so brnnseg_kernels/_build_info.py
