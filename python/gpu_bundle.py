@@ -52,15 +52,27 @@ def venv_python(work: str, torch_version: str) -> str:
     return py
 
 
+def find_cuobjdump(py: str) -> str | None:
+    """The toolkit's cuobjdump, or the copy triton carries in the build environment."""
+    import glob
+
+    venv = os.path.dirname(os.path.dirname(py))
+    cands = [shutil.which("cuobjdump")] + [os.path.join(h, "bin", "cuobjdump") for h in
+                                            (os.environ.get("CUDA_HOME"), "/usr/local/cuda") if h]
+    cands += glob.glob(os.path.join(venv, "lib", "python3*", "site-packages", "triton", "backends", "nvidia", "bin",
+                                    "cuobjdump"))
+    return next((c for c in cands if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+
+
 def tree_files() -> list[str]:
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
                          capture_output=True).stdout.decode()
     return sorted(f for f in out.split("\0") if f and os.path.isfile(os.path.join(ROOT, f)))
 
 
-def stage(src: str) -> None:
+def stage(src: str) -> list[str]:
     """src mirrors the tree: copied files refreshed, stale ones removed; build outputs kept (ninja reuses
-    them between bundles)."""
+    them between bundles). Returns the tree's files, as staged."""
     files = set(tree_files())
     for dirpath, _dirs, names in os.walk(src):
         for n in names:
@@ -76,6 +88,7 @@ def stage(src: str) -> None:
             continue  # unchanged: keep the mtime, so ninja does not recompile
         os.makedirs(os.path.dirname(b), exist_ok=True)
         shutil.copy2(a, b)
+    return sorted(files)
 
 
 def main(argv=None) -> int:
@@ -94,7 +107,7 @@ def main(argv=None) -> int:
     py = venv_python(args.work, args.torch)
     src = os.path.join(args.work, "src")
     os.makedirs(src, exist_ok=True)
-    stage(src)
+    staged = stage(src)
     env = dict(os.environ, TORCH_CUDA_ARCH_LIST=args.arch, BRNNSEG_BUILD_SIM="0", MAX_JOBS=str(args.jobs),
                BRNNSEG_SKIP_VERSION_CHECK="0")
     env.pop("BRNNSEG_CPU_ONLY", None)
@@ -105,11 +118,17 @@ def main(argv=None) -> int:
         raise SystemExit(f"gpu_bundle: expected one _C*.so in the staged tree, found {so}")
     info = subprocess.run([py, "-c", "import json, torch; print(json.dumps({'torch': torch.__version__, "
                            "'cuda': torch.version.cuda}))"], check=True, capture_output=True, text=True).stdout
-    cuobj = shutil.which("cuobjdump")
-    archs = subprocess.run([cuobj, "--list-elf", so[0]], capture_output=True, text=True).stdout if cuobj else ""
+    cuobj = find_cuobjdump(py)
     sm = "sm_" + args.arch.replace(".", "")
-    if cuobj and (sm not in archs or any(f"sm_{a}" in archs for a in ("80", "86", "89", "100") if f"sm_{a}" != sm)):
-        raise SystemExit(f"gpu_bundle: the built .so holds {archs.split()!r}, not {sm} alone")
+    if cuobj:
+        elfs = subprocess.run([cuobj, "--list-elf", so[0]], capture_output=True, text=True).stdout.split()
+        ptx = subprocess.run([cuobj, "--list-ptx", so[0]], capture_output=True, text=True).stdout.split()
+        held = sorted({e.split(".")[-2] for e in elfs if e.endswith(".cubin")})
+        if held != [sm] or ptx:
+            raise SystemExit(f"gpu_bundle: the built .so holds cubins for {held} and {len(ptx)} PTX, not {sm} alone")
+        print(f"gpu_bundle: {len(elfs)} cubins, all {sm}; no PTX", flush=True)
+    else:
+        print("gpu_bundle: no cuobjdump here; the arch of the cubins was not checked", flush=True)
     run(["strip", "--strip-debug", so[0]])  # host debug info; device -lineinfo lives in the fatbin
     meta = dict(json.loads(info), arch=args.arch, built_on=os.uname().nodename, built_at=time.strftime("%Y-%m-%d %H:%M:%S"),
                 git=subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
@@ -118,7 +137,7 @@ def main(argv=None) -> int:
                 so=os.path.relpath(so[0], src), so_bytes=os.path.getsize(so[0]))
     with open(os.path.join(src, "BUNDLE.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    members = tree_files() + [meta["so"], "brnnseg_kernels/_build_info.py", "BUNDLE.json"]
+    members = staged + [meta["so"], "brnnseg_kernels/_build_info.py", "BUNDLE.json"]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with tarfile.open(args.out, "w:gz", compresslevel=9) as tar:
         for rel in sorted(set(members)):
