@@ -88,6 +88,10 @@ def summarize(ncu: str, rep: str, names: list[str], out: str) -> list[dict]:
     raw = subprocess.run([ncu, "--import", rep, "--page", "raw", "--csv"], capture_output=True, text=True)
     with open(rep.replace(".ncu-rep", "-raw.csv"), "w") as f:
         f.write(raw.stdout)
+    # The sections as ncu words them (kept whatever this parser makes of the raw page).
+    details = subprocess.run([ncu, "--import", rep, "--page", "details", "--csv"], capture_output=True, text=True)
+    with open(rep.replace(".ncu-rep", "-details.csv"), "w") as f:
+        f.write(details.stdout or details.stderr)
     rows = _csv_rows(raw.stdout)
     rows = [r for r in rows if _num(r.get("gpu__time_duration.sum")) is not None or "Kernel Name" in r]
     results = []
