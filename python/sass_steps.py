@@ -1,0 +1,193 @@
+"""What one recurrent step executes, read from the shipped build's SASS (no GPU needed).
+
+    python python/sass_steps.py [--so brnnseg_kernels/_C.abi3.so] [--arch sm_90] [--cells gru lstm]
+                                [--dtypes float32 bfloat16] [--md FILE]
+
+For each sweep kernel (forward/backward, FP32-core/tensor-core) it disassembles the cubin with line
+information (nvdisasm -g; the build has -lineinfo), finds the time-step loop -- the outermost loop (a
+backward branch) whose body holds a block barrier -- and the loops nested in it, and counts, per pass
+through each, the instructions that set a step's latency: global loads (LDG) and which source lines
+issue them, global stores, cp.async copies (LDGSTS) and their waits (LDGDEPBAR / DEPBAR), barriers
+(BAR), shared-memory loads and stores, tensor-core MMAs (HMMA), float FMAs, special-function ops
+(MUFU), branches, and all instructions. Static counts: a loop body once; the caller multiplies by trip
+counts (hidden size, lines per thread) to get a per-step budget (issue 22's model).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections import Counter, defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = {
+    "LDG": r"^LDG\b", "STG": r"^STG\b", "LDGSTS": r"^LDGSTS\b", "wait": r"^(LDGDEPBAR|DEPBAR)\b",
+    "BAR": r"^BAR\b", "LDS": r"^(LDS|LDSM)\b", "STS": r"^STS\b", "HMMA": r"^HMMA\b", "FFMA": r"^FFMA\b",
+    "FMUL/FADD": r"^(FMUL|FADD)\b", "MUFU": r"^MUFU\b", "BRA": r"^BRA\b", "CCTL/prefetch": r"^(CCTL|PREFETCH)",
+}
+_INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+_LINE = re.compile(r'//## File "([^"]+)", line (\d+)')
+_LABEL = re.compile(r"^(\.L_x_\d+):")
+_TARGET = re.compile(r"`\((\.L_x_\d+)\)")
+
+
+def tool(name: str) -> str:
+    import shutil
+
+    cands = [shutil.which(name)] + [os.path.join(h, "bin", name) for h in (os.environ.get("CUDA_HOME"), "/usr/local/cuda") if h]
+    try:
+        import triton
+
+        cands.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name))
+    except ImportError:
+        pass
+    found = next((c for c in cands if c and os.path.isfile(c)), None)
+    if not found:
+        raise SystemExit(f"sass_steps: {name} not found (CUDA toolkit or triton's copy)")
+    return found
+
+
+def parse(text: str) -> dict:
+    """{function: [dict(addr, pred, op, text, file, line, label)]} of an nvdisasm -g listing."""
+    funcs, cur, src, labels = {}, None, (None, None), []
+    for raw in text.splitlines():
+        if raw.startswith(".text."):
+            cur = raw[len(".text."):].rstrip(":")
+            funcs[cur] = []
+            continue
+        if cur is None:
+            continue
+        m = _LINE.search(raw)
+        if m:
+            src = (os.path.basename(m.group(1)), int(m.group(2)))
+            continue
+        m = _LABEL.match(raw.strip())
+        if m:
+            labels.append(m.group(1))
+            continue
+        m = _INSN.search(raw)
+        if m:
+            funcs[cur].append(dict(addr=int(m.group(1), 16), pred=(m.group(2) or "").strip(), op=m.group(3),
+                                   text=(m.group(3) + m.group(4)).strip(), file=src[0], line=src[1], labels=labels))
+            labels = []
+    return funcs
+
+
+def loops(insns: list) -> list:
+    """[(start index, end index)] of every loop: a branch to a label at or before it."""
+    where = {}
+    for i, ins in enumerate(insns):
+        for lab in ins["labels"]:
+            where[lab] = i
+    out = []
+    for i, ins in enumerate(insns):
+        if ins["op"].startswith("BRA"):
+            m = _TARGET.search(ins["text"])
+            if m and m.group(1) in where and where[m.group(1)] <= i:
+                out.append((where[m.group(1)], i))
+    return out
+
+
+def count(insns: list, lo: int, hi: int, skip=()) -> Counter:
+    c = Counter()
+    for i in range(lo, hi + 1):
+        if any(a <= i <= b for a, b in skip):
+            continue
+        op = insns[i]["op"]
+        c["all"] += 1
+        for name, rx in CLASSES.items():
+            if re.match(rx, op):
+                c[name] += 1
+    return c
+
+
+def step_loop(insns: list):
+    """(step loop, [loops nested in it, outermost first]) or None."""
+    ls = loops(insns)
+    with_bar = [(a, b) for a, b in ls if any(insns[i]["op"].startswith("BAR") for i in range(a, b + 1))]
+    if not with_bar:
+        return None
+    outer = max(with_bar, key=lambda ab: ab[1] - ab[0])
+    inner = [(a, b) for a, b in ls if outer[0] <= a and b <= outer[1] and (a, b) != outer]
+    # Only the outermost of the nested loops (a loop inside another inner loop is counted with it).
+    top = [(a, b) for a, b in inner if not any(c <= a and b <= d and (c, d) != (a, b) for c, d in inner)]
+    return outer, sorted(top)
+
+
+def analyse(so: str, arch: str, wanted) -> list:
+    objdump, disasm = tool("cuobjdump"), tool("nvdisasm")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([objdump, "-xelf", "all", os.path.abspath(so)], cwd=tmp, check=True, capture_output=True)
+        for cubin in sorted(glob.glob(os.path.join(tmp, f"*sweep_*.{arch}.cubin"))):
+            text = subprocess.run([disasm, "-g", "-c", cubin], capture_output=True, text=True).stdout
+            for fn, insns in parse(text).items():
+                m = re.search(r"sweep_(fwd|bwd)(_mma)?_kernelI(f|N3c104HalfE|N3c108BFloat16E)NS_\d+(\w+?)CellELi(\d+)E", fn)
+                if not m:
+                    continue
+                dtype = {"f": "float32", "N3c104HalfE": "float16", "N3c108BFloat16E": "bfloat16"}[m.group(3)]
+                cell = re.sub(r"(?<!^)([A-Z])", r"_\1", m.group(4)).lower()
+                kernel = m.group(1) + (f"_mma kt={m.group(5)}" if m.group(2) else "")
+                if not wanted(cell, dtype):
+                    continue
+                found = step_loop(insns)
+                if not found:
+                    rows.append(dict(kernel=kernel, cell=cell, dtype=dtype, note="no step loop found"))
+                    continue
+                (a, b), inner = found
+                body = count(insns, a, b, skip=inner)
+                ldg_lines = Counter(f"{insns[i]['file']}:{insns[i]['line']}" for i in range(a, b + 1)
+                                    if insns[i]["op"].startswith("LDG") and not insns[i]["op"].startswith("LDGSTS")
+                                    and not any(c <= i <= d for c, d in inner))
+                subs = []
+                for c, d in inner:
+                    lines = sorted({insns[i]["line"] for i in range(c, d + 1) if insns[i]["line"]})
+                    subs.append(dict(span=(lines[0], lines[-1]) if lines else None, counts=count(insns, c, d)))
+                rows.append(dict(kernel=kernel, cell=cell, dtype=dtype, step=body, ldg_lines=ldg_lines, inner=subs))
+    return rows
+
+
+def markdown(rows: list) -> str:
+    cols = ["all", "LDG", "STG", "LDGSTS", "wait", "BAR", "LDS", "STS", "HMMA", "FFMA", "FMUL/FADD", "MUFU", "BRA"]
+    out = ["| kernel | cell | dtype | loop | " + " | ".join(cols) + " | global loads by source line |",
+           "|---|---|---|---|" + "---|" * len(cols) + "---|"]
+    for r in sorted(rows, key=lambda r: (r["kernel"], r["cell"], r["dtype"])):
+        if "step" not in r:
+            out.append(f"| {r['kernel']} | {r['cell']} | {r['dtype']} | {r.get('note')} |")
+            continue
+        lines = ", ".join(f"{k} x{v}" for k, v in sorted(r["ldg_lines"].items()))
+        out.append(f"| {r['kernel']} | {r['cell']} | {r['dtype']} | step (outside inner loops) | "
+                   + " | ".join(str(r["step"].get(c, 0)) for c in cols) + f" | {lines} |")
+        for s in r["inner"]:
+            span = f"lines {s['span'][0]}-{s['span'][1]}" if s["span"] else "?"
+            out.append(f"| | | | inner loop ({span}), one pass | " + " | ".join(str(s["counts"].get(c, 0)) for c in cols)
+                       + " | |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    so_default = (glob.glob(os.path.join(ROOT, "brnnseg_kernels", "_C*.so")) or [""])[0]
+    p.add_argument("--so", default=so_default)
+    p.add_argument("--arch", default="sm_90")
+    p.add_argument("--cells", nargs="*", default=["gru", "lstm"])
+    p.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
+    p.add_argument("--md", default=None, help="also write the table to this file")
+    args = p.parse_args(argv)
+    if not args.so or not os.path.exists(args.so):
+        raise SystemExit("sass_steps: no built extension (--so)")
+    rows = analyse(args.so, args.arch, lambda c, d: c in args.cells and d in args.dtypes)
+    md = markdown(rows)
+    print(md)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(md + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
