@@ -169,6 +169,36 @@ def markdown(rows: list) -> str:
     return "\n".join(out)
 
 
+def issue_budget(rows: list, measured: list, clock_ghz: float) -> str:
+    """FP32-core kernels, hidden <= 128 (W_hh in shared memory): the warp instructions one scheduler issues
+    per step -- warps per scheduler x (inner-loop trips x one pass + the rest of the step) -- against the
+    measured time per step. The inner loop runs hidden times forward (k), gates x hidden times backward
+    (jj); every thread owns kLPT = 4 lines, so the counts are per thread and step. One CTA per SM at 512
+    lines (64-128 CTAs on 132 SMs), 256 threads: 8 warps, 2 per scheduler."""
+    from brnnseg_kernels import cells, plan
+
+    sass = {(r["kernel"], r["cell"], r["dtype"]): r for r in rows if "step" in r}
+    out = [f"| cell | dtype | hidden | kernel | W_hh | warps/scheduler | inner trips x instr/pass | rest of step | "
+           f"issue cycles/step | measured us/step | measured cycles ({clock_ghz} GHz) | cycles per issued instruction |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m in measured:
+        if m["recurrence"] != "fma" or m["hidden"] > 128:
+            continue
+        r = sass.get((m["kernel"], m["cell"], m["dtype"]))
+        if not r or len(r["inner"]) != 1:
+            continue
+        launch = plan.launch_plan(m["cell"], m["dtype"], m["hidden"], m["lines"], m["kernel"] == "bwd", "h100",
+                                  recurrence="fma")
+        wps = launch.threads / 32 / 4
+        trips = m["hidden"] * (1 if m["kernel"] == "fwd" else cells.spec(m["cell"]).gates)
+        inner, rest = r["inner"][0]["counts"]["all"], r["step"]["all"]
+        issue = wps * (trips * inner + rest)
+        cyc = m["us_per_step"] * clock_ghz * 1e3
+        out.append(f"| {m['cell']} | {m['dtype']} | {m['hidden']} | {m['kernel']} | {m['weights']} | {wps:g} | "
+                   f"{trips} x {inner} | {rest} | {issue:.0f} | {m['us_per_step']:.2f} | {cyc:.0f} | {cyc / issue:.2f} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     so_default = (glob.glob(os.path.join(ROOT, "brnnseg_kernels", "_C*.so")) or [""])[0]
@@ -177,11 +207,20 @@ def main(argv=None) -> int:
     p.add_argument("--cells", nargs="*", default=["gru", "lstm"])
     p.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
     p.add_argument("--md", default=None, help="also write the table to this file")
+    p.add_argument("--measured", default=None, help="us_per_step.json of a GPU run: the issue budget beside it")
+    p.add_argument("--clock-ghz", type=float, default=1.755, help="SM clock the cycles are counted at")
     args = p.parse_args(argv)
     if not args.so or not os.path.exists(args.so):
         raise SystemExit("sass_steps: no built extension (--so)")
     rows = analyse(args.so, args.arch, lambda c, d: c in args.cells and d in args.dtypes)
     md = markdown(rows)
+    if args.measured:
+        import json
+
+        sys.path.insert(0, ROOT)
+        with open(args.measured) as f:
+            md += ("\n\n## FP32-core kernels: issued instructions per step against the measured time\n\n"
+                   + issue_budget(rows, json.load(f), args.clock_ghz))
     print(md)
     if args.md:
         with open(args.md, "w") as f:
