@@ -77,12 +77,18 @@ def cpu_kernels():
 @pytest.fixture(autouse=True)
 def _no_tf32():
     """Full float32 on both sides: matmul's TF32 switch covers our input-projection GEMMs, cuDNN's
-    (True by default) covers nn.GRU/nn.LSTM in the baseline block. Either left on costs ~1e-3."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    (True by default) covers nn.GRU/nn.LSTM in the baseline block. Either left on costs ~1e-3. cuDNN's
+    through its flags() context: torch.testing's common_utils (imported by other test files) disables
+    setting the cuDNN flags directly."""
+    cudnn = torch.backends.cudnn
+    old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    try:
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                         allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 @pytest.mark.parametrize("cell", CELLS)
