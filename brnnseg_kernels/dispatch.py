@@ -42,10 +42,10 @@ def cuda_max_hidden() -> int:
 def has_kernel(device: torch.device) -> bool:
     """Whether this build has fused sweep kernels for the device (on a GPU whose arch the build cannot
     run, a RuntimeError that says so: :func:`check_cuda_arch`)."""
-    if device.type == "meta" or (device.type == "cpu" and not _SIMULATED_CUDA):
+    if device.type == "meta":
         return True
-    if _device_type(device) == "cuda" and device.type == "cpu":
-        return bool(_build_info_with_cuda())
+    if device.type == "cpu":  # under simulated_cuda(): the CUDA kernels, which a CPU-only build lacks
+        return _build_info_with_cuda() if _SIMULATED_CUDA else True
     if device.type == "cuda":
         from . import build_info
 
