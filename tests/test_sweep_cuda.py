@@ -51,6 +51,7 @@ LAYERS = {cell: _with_nonlinearity(getattr(bk, bk.cells.family_of_cell(cell).lay
 LAYERS3D = {cell: _with_nonlinearity(getattr(bk.nn, bk.cells.family_of_cell(cell).layer3d), cell) for cell in CELLS}
 TORCH_RNN = {cell: _with_nonlinearity(bk.cells.family_of_cell(cell).torch_module, cell) for cell in CELLS}
 
+
 @pytest.fixture(autouse=True)
 def _device():
     """The whole test runs on the GPU, or under the simulator (cpu_kernels() steps out of it)."""
