@@ -8,9 +8,9 @@ setup.py's TORCH_FLOOR on. Headers change between minors in ways that break a bu
 `Tensor::sum({0, 1})` is ambiguous under C++20: OptionalIntArrayRef vs DimnameList), so this check
 downloads that torch's wheel from PyPI (no dependencies, nothing installed: about 530 MB, cached in
 build/torch-floor/), takes its include/ folder, and runs `g++ -fsyntax-only` over every C++
-translation unit of the extension and of the simulator (which holds the device ops' host code,
-csrc/cuda/sweep_host.h) with the flags setup.py uses, plus csrc/cuda/sweep_cuda.cpp, the CUDA op
-registration, against the CUDA toolkit's headers. Exits non-zero naming each file that does not
+translation unit of the extension with the flags setup.py uses, and over the device ops' host code
+(csrc/cuda/sweep_host.h): through csrc/cuda/sweep_cuda.cpp, the CUDA op registration, against the CUDA
+toolkit's headers, or through the simulator's files where those headers are missing. Exits non-zero naming each file that does not
 compile, with the compiler's first errors.
 """
 from __future__ import annotations
@@ -84,8 +84,12 @@ def units() -> list[tuple[str, list[str]]]:
     sim = sorted(glob.glob(os.path.join(ROOT, "csrc", "sim", "*.cpp")))
     cuda = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
     out = [(f, ["-fopenmp", "-fopenmp-simd"]) for f in ext]
-    out += [(f, ["-DBRNNSEG_POISON_OUTPUTS=1"]) for f in sim]
-    out += [(f, ["-fopenmp", "-DBRNNSEG_WITH_CUDA=1", "-cuda-registration"]) for f in cuda]
+    if cuda and cuda_include():
+        # The device ops' host code (cuda/sweep_host.h, sweep_registration.h) through the CUDA op
+        # registration; the simulator's files include the same headers.
+        out += [(f, ["-fopenmp", "-DBRNNSEG_WITH_CUDA=1", "-cuda-registration"]) for f in cuda]
+    else:
+        out += [(f, ["-DBRNNSEG_POISON_OUTPUTS=1"]) for f in sim]  # the same host code, without CUDA headers
     return out
 
 
