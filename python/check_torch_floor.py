@@ -77,25 +77,23 @@ def cuda_include() -> list[str]:
     return dirs
 
 
-def units() -> list[tuple[str, list[str]]]:
-    """(file, extra flags) of every host translation unit, as setup.py builds them."""
+def units() -> list[tuple[str, list[str], bool]]:
+    """(file, extra flags, needs the CUDA headers) of every host translation unit, as setup.py builds them."""
     ext = sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")) +
                  glob.glob(os.path.join(ROOT, "csrc", "cpu", "*", "*.cpp")))
     sim = sorted(glob.glob(os.path.join(ROOT, "csrc", "sim", "*.cpp")))
     cuda = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
-    out = [(f, ["-fopenmp", "-fopenmp-simd"]) for f in ext]
+    out = [(f, ["-fopenmp", "-fopenmp-simd"], False) for f in ext]
     if cuda and cuda_include():
         # The device ops' host code (cuda/sweep_host.h, sweep_registration.h) through the CUDA op
         # registration; the simulator's files include the same headers.
-        out += [(f, ["-fopenmp", "-DBRNNSEG_WITH_CUDA=1", "-cuda-registration"]) for f in cuda]
+        out += [(f, ["-fopenmp", "-DBRNNSEG_WITH_CUDA=1"], True) for f in cuda]
     else:
-        out += [(f, ["-DBRNNSEG_POISON_OUTPUTS=1"]) for f in sim]  # the same host code, without CUDA headers
+        out += [(f, [], False) for f in sim]  # the same host code, without CUDA headers
     return out
 
 
-def compile_one(src: str, extra: list[str], inc: str, cuda_inc: list[str]) -> tuple[str, int, str]:
-    needs_cuda = "-cuda-registration" in extra
-    extra = [e for e in extra if e != "-cuda-registration"]
+def compile_one(src: str, extra: list[str], needs_cuda: bool, inc: str, cuda_inc: list[str]) -> tuple[str, int, str]:
     if needs_cuda and not cuda_inc:
         return src, 0, "skipped: no CUDA toolkit headers here"
     cmd = ["g++", "-fsyntax-only", "-std=c++20", "-fPIC", "-Wno-unused-function",
@@ -118,11 +116,11 @@ def main(argv=None) -> int:
     version = args.torch or torch_floor() + ".0"
     inc = headers(version, args.cache)
     cuda_inc = cuda_include()
-    todo = [(f, e) for f, e in units() if not args.only or any(o in f for o in args.only)]
+    todo = [u for u in units() if not args.only or any(o in u[0] for o in args.only)]
     print(f"check_torch_floor: {len(todo)} translation units against torch {version}'s headers", flush=True)
     failed = []
     with cf.ThreadPoolExecutor(max(1, args.jobs)) as ex:
-        for src, rc, err in ex.map(lambda fe: compile_one(fe[0], fe[1], inc, cuda_inc), todo):
+        for src, rc, err in ex.map(lambda u: compile_one(*u, inc, cuda_inc), todo):
             rel = os.path.relpath(src, ROOT)
             if rc:
                 failed.append(rel)

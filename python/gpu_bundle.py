@@ -108,8 +108,7 @@ def main(argv=None) -> int:
     src = os.path.join(args.work, "src")
     os.makedirs(src, exist_ok=True)
     staged = stage(src)
-    env = dict(os.environ, TORCH_CUDA_ARCH_LIST=args.arch, BRNNSEG_BUILD_SIM="0", MAX_JOBS=str(args.jobs),
-               BRNNSEG_SKIP_VERSION_CHECK="0")
+    env = dict(os.environ, TORCH_CUDA_ARCH_LIST=args.arch, BRNNSEG_BUILD_SIM="0", MAX_JOBS=str(args.jobs))
     env.pop("BRNNSEG_CPU_ONLY", None)
     run([py, "setup.py", "-q", "build_ext", "--inplace"], cwd=src, env=env)
     so = [os.path.join(src, "brnnseg_kernels", f) for f in os.listdir(os.path.join(src, "brnnseg_kernels"))

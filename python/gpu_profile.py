@@ -98,7 +98,6 @@ def summarize(ncu: str, rep: str, names: list[str], out: str) -> list[dict]:
     for i, r in enumerate(rows):
         name = names[i] if i < len(names) else f"launch {i}"
         dur_ns = _num(r.get("gpu__time_duration.sum"))
-        unit = "ns"
         stalls = {}
         for k, v in r.items():
             m = re.match(r"smsp__pcsamp_warps_issue_stalled_(\w+?)(_not_issued)?$", k)
@@ -108,7 +107,7 @@ def summarize(ncu: str, rep: str, names: list[str], out: str) -> list[dict]:
         top = sorted(stalls.items(), key=lambda kv: -kv[1])[:5]
         res = dict(
             kernel=name, name=r.get("Kernel Name", ""), duration_us=None if dur_ns is None else dur_ns / 1e3,
-            us_per_step=None if dur_ns is None else dur_ns / 1e3 / T, duration_unit=unit,
+            us_per_step=None if dur_ns is None else dur_ns / 1e3 / T,
             achieved_occupancy_pct=_num(r.get("sm__warps_active.avg.pct_of_peak_sustained_active")),
             issue_slots_busy_pct=_num(r.get("sm__inst_issued.avg.pct_of_peak_sustained_active")),
             warp_cycles_per_issue=_num(r.get("smsp__average_warp_latency_per_inst_issued.ratio")),

@@ -34,8 +34,8 @@ inline Tensor device_buffer(const char* name, Tensor t) {
 #if defined(BRNNSEG_SIMT_SIM)
   if (t.numel()) {
     const auto st = t.scalar_type();
-    const uint32_t pattern = st == at::kHalf ? sim::kPoisonF16 : st == at::kBFloat16 ? sim::kPoisonBF16 : sim::kPoisonF32;
     TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16, "device_buffer: unexpected dtype");
+    const uint32_t pattern = st == at::kHalf ? sim::kPoisonF16 : st == at::kBFloat16 ? sim::kPoisonBF16 : sim::kPoisonF32;
     sim::poison_global(name, buffer_desc(t), t.data_ptr(), size_t(t.numel()) * size_t(t.element_size()),
                        size_t(t.element_size()), pattern);  // fresh, dense (any memory format)
   }
