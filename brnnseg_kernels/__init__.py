@@ -3,6 +3,7 @@ image segmentation, with plain-PyTorch references and benchmarks against the cuD
 import torch  # noqa: F401  (loads libc10/libtorch before our library)
 
 from ._compat import check_build as _check_build
+from ._compat import check_isa_env as _check_isa_env
 
 
 def build_info() -> dict:
@@ -15,6 +16,7 @@ def build_info() -> dict:
 
 
 _check_build(build_info())  # an ImportError naming both versions, not an undefined symbol
+_check_isa_env()  # BRNNSEG_CPU_ISA: a ValueError for an unknown rung, before any kernel reads it
 from . import _C  # noqa: F401,E402  (registers torch.ops.brnnseg.*)
 from . import cells, dispatch, checks, ops, reference, functional, nn, losses, models, inference  # noqa: F401,E402
 
@@ -25,7 +27,15 @@ __version__ = "0.1.0"
 
 __all__ = [f.layer2d for f in cells.FAMILIES] + ["cells", "dispatch", "checks", "ops", "reference", "functional",
                                                  "nn", "losses", "models", "inference", "build_info",
-                                                 "release_cpu_buffers"]
+                                                 "release_cpu_buffers", "cpu_isa"]
+
+
+def cpu_isa() -> dict:
+    """What the CPU kernels run on: ``vector`` (baseline, avx2, avx512: the GEMMs' and the loss loops'
+    width), ``bf16`` (avx512_bf16 where bfloat16 products run on vdpbf16ps, none where bfloat16 sweeps'
+    products run in float32), whether the CPU has AVX512-BF16 and AMX-BF16 (detected, not used yet), and
+    the cap ``BRNNSEG_CPU_ISA`` set (baseline, avx2, avx512, avx512_bf16; none when unset)."""
+    return dict(kv.split("=", 1) for kv in torch.ops.brnnseg.cpu_isa().split(";"))
 
 
 def release_cpu_buffers() -> int:

@@ -44,3 +44,16 @@ def check_build(build: dict) -> None:
     reason = mismatch(build, torch.__version__, torch.version.cuda, abi)
     if reason:
         raise ImportError(reason)
+
+
+ISA_RUNGS = ("baseline", "avx2", "avx512", "avx512_bf16")
+
+
+def check_isa_env(environ=None) -> None:
+    """``BRNNSEG_CPU_ISA`` caps the CPU kernels' instruction set at one rung of the fallback chain
+    (csrc/cpu/runtime/isa.h); an unknown value is a ValueError here, never a silently different rung."""
+    import os
+
+    value = (os.environ if environ is None else environ).get("BRNNSEG_CPU_ISA", "")
+    if value and value not in ISA_RUNGS:
+        raise ValueError(f"BRNNSEG_CPU_ISA must be one of {', '.join(ISA_RUNGS)} (or unset), got {value!r}")

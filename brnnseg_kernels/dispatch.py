@@ -1,13 +1,15 @@
 """Which kernel an input takes, and in which dtype: the one place that decides.
 
-* Sweeps (``functional.sweep`` / ``renet``): the fused CPU kernel in float32/float64 (float16/bfloat16
-  inputs computed in float32 and cast back); the fused CUDA kernel in float32/float16/bfloat16 when the
-  build has CUDA and the hidden size fits it (``torch.ops.brnnseg.sweep_limits``, from the C++ planner);
-  under CUDA autocast, the autocast dtype (like cuDNN's nn.GRU); the plain-PyTorch reference anywhere
-  else (other devices, larger hidden sizes on CUDA, a build without CUDA kernels).
-* Sequences (the drop-in ``nn.GRU/LSTM/RNN``): the fused CPU kernel for float32/float64 CPU input with
-  weights of the same dtype, no CPU autocast, not under TorchScript, no LSTM projections; torch's own
-  forward otherwise.
+* Sweeps (``functional.sweep`` / ``renet``): the fused CPU kernel in float32/float64/bfloat16 (bfloat16
+  keeps float32 state and runs its products in bfloat16 on AVX512-BF16; float16 inputs are computed in
+  float32 and cast back); the fused CUDA kernel in float32/float16/bfloat16 when the build has CUDA and
+  the hidden size fits it (``torch.ops.brnnseg.sweep_limits``, from the C++ planner); under autocast
+  (CUDA, or CPU with bfloat16), the autocast dtype (like cuDNN's nn.GRU); the plain-PyTorch reference
+  anywhere else (other devices, larger hidden sizes on CUDA, a build without CUDA kernels).
+* Sequences (the drop-in ``nn.GRU/LSTM/RNN``): the fused CPU kernel for float32/float64/bfloat16 CPU input
+  with weights of the same dtype, not under TorchScript, no LSTM projections; under CPU autocast with
+  bfloat16, the dtype torch's own module would compute in (bfloat16 for LSTM and RNN, whose oneDNN
+  kernels are on autocast's list; float32 for GRU, which is not); torch's own forward otherwise.
 """
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ import torch
 from torch import Tensor
 
 __all__ = ["CPU_DTYPES", "CUDA_DTYPES", "cuda_max_hidden", "has_kernel", "sweep_path", "pair_kernel_applies",
-           "sequence_kernel_applies"]
+           "sequence_kernel_applies", "sequence_autocast_dtype"]
 
-CPU_DTYPES = (torch.float32, torch.float64)
+CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # Set only inside brnnseg_kernels.testing.simulated_cuda(): CPU tensors then follow the CUDA rules below
@@ -105,9 +107,10 @@ def sweep_path(x: Tensor, hidden: int) -> str:
 
 
 def autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
-    """The dtype a sweep runs in under CUDA autocast (weights cast like nn.GRU's under cuDNN), or None."""
-    if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
-        return torch.get_autocast_dtype("cuda")
+    """The dtype a sweep runs in under autocast (weights cast like nn.GRU's under cuDNN), or None: CUDA
+    autocast's dtype; CPU autocast's (bfloat16, or float16 computed in float32 and returned in float16)."""
+    if x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
     return None
 
 
@@ -116,19 +119,36 @@ def pair_kernel_applies(x: Tensor, weights: Sequence[Optional[Tensor]], hidden: 
     fused-kernel sizes."""
     same_dtype = all(t is None or t.dtype == x.dtype for t in weights)
     if _device_type(x.device) == "cpu":
-        return same_dtype and x.dtype in CPU_DTYPES
+        return same_dtype and x.dtype in CPU_DTYPES and autocast_dtype(x) is None
     if _device_type(x.device) == "cuda":
         return (same_dtype and has_kernel(x.device) and x.dtype in CUDA_DTYPES and hidden <= cuda_max_hidden()
                 and autocast_dtype(x) is None)
     return False
 
 
-def sequence_kernel_applies(data, flat_weights: Sequence[Tensor], proj_size: int = 0) -> bool:
+def sequence_autocast_dtype(family: str) -> Optional[torch.dtype]:
+    """The dtype a drop-in computes in under CPU autocast, as torch's own module does: bfloat16 for the
+    LSTM and the Elman RNN (oneDNN's ``mkldnn_rnn_layer`` is on autocast's lower-precision list), float32
+    for the GRU (it is not); None outside CPU autocast. Under float16 CPU autocast torch's modules fail
+    or run float32, so ours defer to them (``sequence_kernel_applies`` is False)."""
+    if not torch.is_autocast_enabled("cpu"):
+        return None
+    if torch.get_autocast_dtype("cpu") != torch.bfloat16:
+        return None
+    return torch.float32 if family == "gru" else torch.bfloat16
+
+
+def sequence_kernel_applies(data, flat_weights: Sequence[Tensor], proj_size: int = 0, family: str = "gru") -> bool:
     """Whether a drop-in RNN's forward runs on the fused sequence kernel (else on torch's)."""
     if not isinstance(data, Tensor) or data.device.type != "cpu":
         return False
     if data.dtype not in CPU_DTYPES or proj_size > 0:
         return False
-    if torch.jit.is_scripting() or torch.is_autocast_enabled("cpu"):
+    if torch.jit.is_scripting():
         return False
+    if torch.is_autocast_enabled("cpu"):
+        # autocast casts float32 modules' inputs and weights; other dtypes it leaves to torch's module
+        if sequence_autocast_dtype(family) is None or data.dtype != torch.float32:
+            return False
+        return all(w.dtype == torch.float32 and w.device == data.device for w in flat_weights)
     return all(w.dtype == data.dtype and w.device == data.device for w in flat_weights)

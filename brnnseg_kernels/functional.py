@@ -29,7 +29,7 @@ def sweep(x: Tensor, weights: Tuple[Tensor, Tensor, Optional[Tensor], Optional[T
     if channels_last is None:
         channels_last = ops.is_channels_last(x)
     dt = dispatch.autocast_dtype(x)
-    if dt is not None:
+    if dt is not None and x.dtype == torch.float32:  # autocast casts float32 only, as torch's does
         x, w_ih, w_hh = x.to(dt), w_ih.to(dt), w_hh.to(dt)
     path = dispatch.sweep_path(x, w_hh.shape[-1])
     if path == "reference":

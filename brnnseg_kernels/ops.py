@@ -219,7 +219,7 @@ def _sequence_fake(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, batch_first
     y = x.new_empty((x.shape[0], x.shape[1], d * hid))
     h_n = x.new_empty((d, b, hid))
     c_n = x.new_empty((d, b, hid) if s.has_cell_state else (0,))
-    ws = x.new_empty((d, t_len, b, s.saved * hid) if training else (0,))
+    ws = x.new_empty((d, t_len, b, s.saved * hid) if training else (0,), dtype=_workspace_dtype(x))
     return y, h_n, c_n, ws
 
 

@@ -7,11 +7,13 @@ differs. It runs every layer through ``torch.ops.brnnseg.sequence`` (both direct
 states and ``PackedSequence`` lengths handled in the kernel) whenever that kernel applies
 (``brnnseg_kernels.dispatch.sequence_kernel_applies``):
 
-* input on the CPU in float32 or float64, weights of the same dtype and device;
-* no CPU autocast, not under TorchScript;
+* input on the CPU in float32, float64 or bfloat16, weights of the same dtype and device;
+* under CPU autocast with bfloat16, float32 modules compute in the dtype torch's own would: bfloat16
+  for LSTM and RNN, float32 for GRU (``dispatch.sequence_autocast_dtype``);
+* not under TorchScript;
 * LSTM without projections (``proj_size == 0``).
 
-Anything else (CUDA tensors, half precision, ``proj_size > 0``) runs ``torch.nn.GRU/LSTM.forward``
+Anything else (CUDA tensors, float16, ``proj_size > 0``) runs ``torch.nn.GRU/LSTM.forward``
 unchanged -- the same results, never an approximation. ``fused_kernel_applies(input)`` tells which
 path an input takes. Dropout between layers uses ``torch.nn.functional.dropout`` on each layer's
 output, as torch does; the random masks differ from torch's (different RNG consumption).
@@ -39,14 +41,16 @@ class _FusedRNNMixin:
     def fused_kernel_applies(self, input) -> bool:
         """Whether ``forward(input)`` runs on the fused kernel (else on torch's implementation)."""
         data = input.data if isinstance(input, PackedSequence) else input
-        return dispatch.sequence_kernel_applies(data, self._flat_weights, getattr(self, "proj_size", 0))
+        return dispatch.sequence_kernel_applies(data, self._flat_weights, getattr(self, "proj_size", 0),
+                                                self.family.name)
 
-    def _layer_weights(self, layer: int):
+    def _layer_weights(self, layer: int, dtype: Optional[torch.dtype] = None):
         sfx = ("", "_reverse") if self.bidirectional else ("",)
 
         def stacked(name):
             ws = [getattr(self, f"{name}_l{layer}{s}") for s in sfx]
-            return ws[0].unsqueeze(0) if len(ws) == 1 else torch.stack(ws)
+            w = ws[0].unsqueeze(0) if len(ws) == 1 else torch.stack(ws)
+            return w if dtype is None else w.to(dtype)
 
         w_ih, w_hh = stacked("weight_ih"), stacked("weight_hh")
         if not self.bias:
@@ -57,10 +61,13 @@ class _FusedRNNMixin:
                     batch_first: bool):
         d = 2 if self.bidirectional else 1
         lstm = cells.spec(self._cell).has_cell_state
+        dt = dispatch.sequence_autocast_dtype(self.family.name)  # CPU autocast: torch's module's dtype
+        if dt is not None:
+            x, h0, c0 = (None if t is None else t.to(dt) for t in (x, h0, c0))
         hs, cs = [], []
         for layer in range(self.num_layers):
             sl = slice(layer * d, (layer + 1) * d)
-            out = ops.sequence(self._cell, x, *self._layer_weights(layer),
+            out = ops.sequence(self._cell, x, *self._layer_weights(layer, dt),
                                h0[sl] if h0 is not None else None,
                                c0[sl] if (lstm and c0 is not None) else None, lengths, batch_first)
             x = out[0]

@@ -138,7 +138,8 @@ struct SequenceForwardIO {
 template <typename Cell, typename T>
 std::vector<Tensor> sequence_forward(const Tensor& x_in, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
                                      const OptTensor& b_hh, const OptTensor& h0_in, const OptTensor& c0_in,
-                                     const OptTensor& lengths, bool batch_first, bool training) {
+                                     const OptTensor& lengths, bool batch_first, bool training,
+                                     bool bf16_products) {
   constexpr int64_t G = Cell::kGates, S = Cell::kSaved;
   const Tensor x = x_in.stride(2) == 1 ? x_in : x_in.contiguous();
   const int64_t T_len = x.size(batch_first ? 1 : 0), B = x.size(batch_first ? 0 : 1), C = x.size(2);
@@ -157,7 +158,17 @@ std::vector<Tensor> sequence_forward(const Tensor& x_in, const Tensor& w_ih, con
   const OptTensor c0 = c0_in.has_value() ? OptTensor(c0_in->contiguous()) : std::nullopt;
 
   const RowMap xm(x, batch_first), ym(y, batch_first);
-  const TileWeights<T> wts{C, hid, Gh, wih.data_ptr<T>(), whh.data_ptr<T>(), bi.data_ptr<T>(), bh.data_ptr<T>()};
+  const Tensor pih = bf16_products ? weight_pairs(w_ih, true) : Tensor();
+  const Tensor phh = bf16_products ? weight_pairs(w_hh, true) : Tensor();
+  const TileWeights<T> wts{C,
+                           hid,
+                           Gh,
+                           wih.data_ptr<T>(),
+                           whh.data_ptr<T>(),
+                           bi.data_ptr<T>(),
+                           bh.data_ptr<T>(),
+                           bf16_products ? pairs_ptr(pih) : nullptr,
+                           bf16_products ? pairs_ptr(phh) : nullptr};
   const T* x_p = x.data_ptr<T>();
   const T* h0_p = opt_ptr<T>(h0);
   const T* c0_p = opt_ptr<T>(c0);
@@ -249,7 +260,7 @@ std::vector<Tensor> sequence_backward(const OptTensor& grad_y_in, const OptTenso
                                       const OptTensor& grad_cn_in, const Tensor& x_in, const Tensor& w_ih,
                                       const Tensor& w_hh, const OptTensor& h0_in, const OptTensor& c0_in,
                                       const OptTensor& lengths, const Tensor& y, const Tensor& ws,
-                                      bool batch_first) {
+                                      bool batch_first, bool bf16_products) {
   constexpr int64_t G = Cell::kGates, S = Cell::kSaved;
   const Tensor x = x_in.stride(2) == 1 ? x_in : x_in.contiguous();
   const int64_t T_len = x.size(batch_first ? 1 : 0), B = x.size(batch_first ? 0 : 1), C = x.size(2);
@@ -269,7 +280,10 @@ std::vector<Tensor> sequence_backward(const OptTensor& grad_y_in, const OptTenso
 
   const RowMap xm(x, batch_first), ym(y, batch_first), dxm(dx_dir[0], batch_first);
   const RowMap gm = grad_y.has_value() ? RowMap(*grad_y, batch_first) : ym;
-  const TileWeights<T> wts{C, hid, Gh, wih.data_ptr<T>(), whh.data_ptr<T>(), nullptr, nullptr};
+  const Tensor pih = bf16_products ? weight_pairs(w_ih, false) : Tensor();
+  const Tensor phh = bf16_products ? weight_pairs(w_hh, false) : Tensor();
+  const TileWeights<T> wts{C,      hid,    Gh, wih.data_ptr<T>(), whh.data_ptr<T>(), nullptr, nullptr,
+                           bf16_products ? pairs_ptr(pih) : nullptr, bf16_products ? pairs_ptr(phh) : nullptr};
   const T* x_p = x.data_ptr<T>();
   const T* y_p = y.data_ptr<T>();
   const T* gy_p = opt_ptr<T>(grad_y);
@@ -374,9 +388,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sequence_cpu(c10::string_view cell, c
                                                         bool batch_first, bool training) {
   constexpr const char* op = "brnnseg::sequence";
   const std::vector<Tensor> o = CELL_SWITCH(op, cell, Cell, [&] {
+    if (x.scalar_type() == at::kBFloat16) {  // float32 state, bfloat16 products (tile_engine.h)
+      check_sequence_inputs<Cell>(op, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, batch_first);
+      const BFloat16Op b;
+      std::vector<Tensor> r =
+          sequence_forward<Cell, float>(b.in(x), b.in(w_ih), b.in(w_hh), b.in(b_ih), b.in(b_hh), b.in(h0), b.in(c0),
+                                        lengths, batch_first, training, b.products);
+      for (int i = 0; i < 3; ++i) r[i] = b.out(r[i]);  // y, h_n, c_n; the workspace stays float32
+      return r;
+    }
     return DTYPE_SWITCH(op, x.scalar_type(), T, CpuDtypes, [&] {
       check_sequence_inputs<Cell>(op, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, batch_first);
-      return sequence_forward<Cell, T>(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, batch_first, training);
+      return sequence_forward<Cell, T>(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, batch_first, training, false);
     });
   });
   return {o[0], o[1], o[2], o[3]};
@@ -401,13 +424,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_back
     TORCH_CHECK(ws.sizes() == ws_shape && ws.is_contiguous(), op,
                 ": workspace must be a contiguous tensor of shape ", ws_shape,
                 " (run the forward with training=True), got ", ws.sizes());
-    for (const OptTensor& t : {grad_y, OptTensor(y), OptTensor(ws)})
+    for (const OptTensor& t : {grad_y, OptTensor(y)})
       if (t.has_value())
         TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(), op,
-                    ": grad_y, y and workspace must match x in dtype and device");
+                    ": grad_y and y must match x in dtype and device (", x.scalar_type(), ", ", x.device(), "), got ",
+                    t->scalar_type(), ", ", t->device());
+    const bool bf16 = x.scalar_type() == at::kBFloat16;
+    const at::ScalarType ws_dtype = bf16 ? at::kFloat : x.scalar_type();  // bfloat16 ops keep float32 state
+    TORCH_CHECK(ws.scalar_type() == ws_dtype && ws.device() == x.device(), op, ": workspace must be ", ws_dtype,
+                " on ", x.device(), ", got ", ws.scalar_type(), " on ", ws.device());
+    const OptTensor gcn = Cell::kHasCellState ? grad_cn : std::nullopt;
+    if (bf16) {
+      const BFloat16Op b;
+      std::vector<Tensor> r = sequence_backward<Cell, float>(b.in(grad_y), b.in(grad_hn), b.in(gcn), b.in(x),
+                                                             b.in(w_ih), b.in(w_hh), b.in(h0), b.in(c0), lengths,
+                                                             b.in(y), ws, batch_first, b.products);
+      for (Tensor& t : r) t = b.out(t);
+      return r;
+    }
     return DTYPE_SWITCH(op, x.scalar_type(), T, CpuDtypes, [&] {
-      return sequence_backward<Cell, T>(grad_y, grad_hn, Cell::kHasCellState ? grad_cn : std::nullopt, x, w_ih,
-                                        w_hh, h0, c0, lengths, y, ws, batch_first);
+      return sequence_backward<Cell, T>(grad_y, grad_hn, gcn, x, w_ih, w_hh, h0, c0, lengths, y, ws, batch_first,
+                                        false);
     });
   });
   return {o[0], o[1], o[2], o[3], o[4], o[5], o[6]};

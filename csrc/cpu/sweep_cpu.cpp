@@ -144,7 +144,7 @@ struct SweepForwardIO {
 template <typename Cell, typename T>
 std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                                          const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
-                                         int64_t axis, bool channels_last, bool training) {
+                                         int64_t axis, bool channels_last, bool training, bool bf16_products) {
   constexpr int64_t G = Cell::kGates, S = Cell::kSaved;
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), hid = w_hh.size(2), Gh = G * hid;
   const SweepGeometry geo{N, H, W, static_cast<int>(axis)};
@@ -166,7 +166,18 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
   const Tensor bh = b_hh.has_value() ? b_hh->contiguous() : at::zeros({2, Gh}, x.options());
 
   const StridedMap ymap(geo, y);
-  const TileWeights<T> wts{C, hid, Gh, wih.data_ptr<T>(), whh.data_ptr<T>(), bi.data_ptr<T>(), bh.data_ptr<T>()};
+  // bfloat16 ops: the same B operands in pairs (the per-step products then run in bfloat16).
+  const Tensor pih = bf16_products ? weight_pairs(w_ih, true) : Tensor();
+  const Tensor phh = bf16_products ? weight_pairs(w_hh, true) : Tensor();
+  const TileWeights<T> wts{C,
+                           hid,
+                           Gh,
+                           wih.data_ptr<T>(),
+                           whh.data_ptr<T>(),
+                           bi.data_ptr<T>(),
+                           bh.data_ptr<T>(),
+                           bf16_products ? pairs_ptr(pih) : nullptr,
+                           bf16_products ? pairs_ptr(phh) : nullptr};
   const T* x_p = xcl.data_ptr<T>();
   T* y_p = y.data_ptr<T>();
   T* ws_p = training ? ws.data_ptr<T>() : nullptr;
@@ -232,7 +243,7 @@ template <typename Cell, typename T>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& grad_y, const Tensor& x,
                                                                   const Tensor& w_ih, const Tensor& w_hh,
                                                                   const Tensor& y, const Tensor& ws,
-                                                                  int64_t axis) {
+                                                                  int64_t axis, bool bf16_products) {
   constexpr int64_t G = Cell::kGates, S = Cell::kSaved;
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), hid = w_hh.size(2), Gh = G * hid;
   const SweepGeometry geo{N, H, W, static_cast<int>(axis)};
@@ -249,7 +260,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
 
   if (geo.positions() > 0) {
     const StridedMap ymap(geo, y), gmap(geo, grad_y);
-    const TileWeights<T> wts{C, hid, Gh, wih.data_ptr<T>(), whh.data_ptr<T>(), nullptr, nullptr};
+    const Tensor pih = bf16_products ? weight_pairs(w_ih, false) : Tensor();
+    const Tensor phh = bf16_products ? weight_pairs(w_hh, false) : Tensor();
+    const TileWeights<T> wts{C,      hid,    Gh, wih.data_ptr<T>(), whh.data_ptr<T>(), nullptr, nullptr,
+                             bf16_products ? pairs_ptr(pih) : nullptr, bf16_products ? pairs_ptr(phh) : nullptr};
     const T* gy_p = grad_y.data_ptr<T>();
     const T* y_p = y.data_ptr<T>();
     const T* ws_p = ws.data_ptr<T>();
@@ -289,8 +303,14 @@ std::tuple<Tensor, Tensor> sweep_cpu(c10::string_view cell, const Tensor& x, con
   return CELL_SWITCH(op, cell, Cell, [&] {
     check_sweep_inputs(op, x, w_ih, w_hh, b_ih, b_hh, Cell::kGates, axis);
     TORCH_CHECK(x.device().is_cpu(), op, ": CPU kernel called with x on ", x.device());
+    if (x.scalar_type() == at::kBFloat16) {  // float32 state, bfloat16 products (tile_engine.h)
+      const BFloat16Op b;
+      auto [y, ws] = sweep_forward<Cell, float>(b.in(x, true), b.in(w_ih), b.in(w_hh), b.in(b_ih), b.in(b_hh), axis,
+                                                channels_last, training, b.products);
+      return std::make_tuple(b.out(y), ws);
+    }
     return DTYPE_SWITCH(op, x.scalar_type(), T, CpuDtypes, [&] {
-      return sweep_forward<Cell, T>(x, w_ih, w_hh, b_ih, b_hh, axis, channels_last, training);
+      return sweep_forward<Cell, T>(x, w_ih, w_hh, b_ih, b_hh, axis, channels_last, training, false);
     });
   });
 }
@@ -303,9 +323,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward_cpu(c10::strin
   return CELL_SWITCH(op, cell, Cell, [&] {
     check_sweep_inputs(op, x, w_ih, w_hh, std::nullopt, std::nullopt, Cell::kGates, axis);
     const Tensor gy = grad_y.to(x.scalar_type());
-    check_sweep_backward_inputs(op, Cell::kSaved, gy, x, w_hh, y, ws, axis, x.scalar_type());
+    const bool bf16 = x.scalar_type() == at::kBFloat16;
+    check_sweep_backward_inputs(op, Cell::kSaved, gy, x, w_hh, y, ws, axis, bf16 ? at::kFloat : x.scalar_type());
+    if (bf16) {
+      const BFloat16Op b;
+      auto [dx, dwi, dwh, dbi, dbh] = sweep_backward<Cell, float>(b.in(gy), b.in(x, true), b.in(w_ih), b.in(w_hh),
+                                                                  b.in(y), ws, axis, b.products);
+      return std::make_tuple(b.out(dx), b.out(dwi), b.out(dwh), b.out(dbi), b.out(dbh));
+    }
     return DTYPE_SWITCH(op, x.scalar_type(), T, CpuDtypes,
-                        [&] { return sweep_backward<Cell, T>(gy, x, w_ih, w_hh, y, ws, axis); });
+                        [&] { return sweep_backward<Cell, T>(gy, x, w_ih, w_hh, y, ws, axis, false); });
   });
 }
 

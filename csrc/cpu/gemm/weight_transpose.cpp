@@ -53,4 +53,18 @@ at::Tensor transposed_weights(const at::Tensor& w_in) {
   return out;
 }
 
+at::Tensor weight_pairs(const at::Tensor& w, bool transposed) {
+  TORCH_CHECK(w.dim() == 3, "weight_pairs: expected (D, R, K), got ", w.sizes());
+  const int64_t D = w.size(0), R = w.size(1), K = w.size(2);
+  at::Tensor b = w.to(at::kBFloat16);  // round to nearest even, as the per-step operands
+  if (transposed) {
+    if (K % 2) b = at::constant_pad_nd(b, {0, 1});
+    // (D, R, K2) pairs -> (D, K2, R)
+    return b.contiguous().view(at::kInt).transpose(1, 2).contiguous();
+  }
+  if (R % 2) b = at::constant_pad_nd(b, {0, 0, 0, 1});
+  // (D, R2, 2, K) -> (D, R2, K, 2): rows 2j and 2j+1 interleaved
+  return b.contiguous().view({D, (R + 1) / 2, 2, K}).permute({0, 1, 3, 2}).contiguous().view(at::kInt).view({D, (R + 1) / 2, K});
+}
+
 }  // namespace brnnseg::cpu

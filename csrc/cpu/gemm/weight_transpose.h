@@ -9,4 +9,14 @@ namespace brnnseg::cpu {
 
 at::Tensor transposed_weights(const at::Tensor& w);
 
+// Stacked weights w (D, R, K) rounded to bfloat16 and packed in pairs (gemm_bf16.h) as the per-step
+// GEMMs' B operand, an int32 tensor:
+//   transposed = true:  B = w^T per direction (K x R), pairs along K: (D, ceil(K/2), R) -- forward;
+//   transposed = false: B = w per direction (R x K), pairs along R:   (D, ceil(R/2), K) -- backward.
+// An odd pair is padded with zero.
+at::Tensor weight_pairs(const at::Tensor& w, bool transposed);
+inline const uint32_t* pairs_ptr(const at::Tensor& pairs) {
+  return reinterpret_cast<const uint32_t*>(pairs.data_ptr<int32_t>());
+}
+
 }  // namespace brnnseg::cpu

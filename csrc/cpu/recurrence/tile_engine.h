@@ -15,14 +15,21 @@
 //   void store(t, Lt, const T* h)                  const T* ws(t)
 //   void idle(t, Lt)     rows [Lt, L) at t         T* dx_rows(t, Lt, int64_t& ld), void dx_done(t, Lt, const T* rows)
 //                                                  void copy_x(t, Lt, T* dst)   x rows for dW_ih (Lt x C)
+//
+// Products: in T, or for bfloat16 ops (T = float state, TileWeights::pairs set) in bfloat16 with float32
+// accumulation (gemm_bf16.h): the weights come pre-packed in pairs, the per-step operands (x rows,
+// h_prev, gate gradients) are rounded to bfloat16 as they are packed. Cell math, states and sums
+// stay float32, as on the GPU.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "brnnseg/sweep_geometry.h"
 #include "cpu/gemm/blas.h"
+#include "cpu/gemm/gemm_bf16.h"
 #include "cpu/recurrence/cell_steps.h"
 
 namespace brnnseg::cpu {
@@ -42,7 +49,35 @@ struct TileWeights {
   const T* w_hh;    // forward: (D, hid, Gh); backward: (D, Gh, hid)
   const T* b_ih;    // forward only: (D, Gh), zeros when the layer has none
   const T* b_hh;
+  // bfloat16 products (float only, weight_pairs(): the same B operands in pairs, [K2][N] per direction),
+  // or nullptr: products in T.
+  const uint32_t* w_ih_pairs = nullptr;  // forward: (D, ceil(C/2), Gh); backward: (D, ceil(Gh/2), C)
+  const uint32_t* w_hh_pairs = nullptr;  // forward: (D, ceil(hid/2), Gh); backward: (D, ceil(Gh/2), hid)
+  bool bf16() const { return w_hh_pairs != nullptr; }
 };
+
+// C (M x N) = A (M x K, row stride lda) . B [+ C], B the weight of one direction: its pairs where the
+// layer runs bfloat16 products (B_pairs not null), else the T matrix (K x N, row-major).
+template <typename T>
+inline void weight_product(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+                           const uint32_t* B_pairs, T* C, int64_t ldc, bool accumulate) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (B_pairs != nullptr) return gemm_bf16_packed_b(false, M, N, K, A, lda, B_pairs, C, ldc, accumulate);
+  }
+  gemm(false, false, M, N, K, T(1), A, lda, B, N, accumulate ? T(1) : T(0), C, ldc);
+}
+
+// Weight gradient: C (M x N) += A^T . B, A stored K x M (row stride lda), B K x N (row stride ldb).
+template <typename T>
+inline void grad_product(bool bf16, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+                         int64_t ldb, T* C, int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16) return gemm_bf16(true, M, N, K, A, lda, B, ldb, C, ldc, true);
+  }
+  gemm(true, false, M, N, K, T(1), A, lda, B, ldb, T(1), C, ldc);
+}
+
+inline int64_t pairs_of(int64_t k) { return (k + 1) / 2; }
 
 // Per-thread buffers of the forward engine. The caller puts the initial state in h0() / c().
 template <typename T>
@@ -63,6 +98,8 @@ T* forward_tile(const TileWeights<T>& w, int d, int64_t L, int64_t T_len, bool h
   T* h_cur = s.h_b.data();
   const T* wih_d = w.w_ih + d * Gh * C;
   const T* whh_d = w.w_hh + d * Gh * hid;
+  const uint32_t* pih_d = w.w_ih_pairs ? w.w_ih_pairs + d * pairs_of(C) * Gh : nullptr;
+  const uint32_t* phh_d = w.w_hh_pairs ? w.w_hh_pairs + d * pairs_of(hid) * Gh : nullptr;
   StepArgs<T> a{0, hid, s.gx.data(), s.gh.data(), w.b_ih + d * Gh, w.b_hh + d * Gh, nullptr};
   for (int64_t step = 0; step < T_len; ++step) {
     const int64_t t = step_time(d, step, T_len);
@@ -70,10 +107,10 @@ T* forward_tile(const TileWeights<T>& w, int d, int64_t L, int64_t T_len, bool h
     if (Lt > 0) {
       int64_t lda = 0;
       const T* xa = io.x_rows(t, Lt, lda);
-      if (C > 0) gemm(false, false, Lt, Gh, C, T(1), xa, lda, wih_d, Gh, T(0), s.gx.data(), Gh);
+      if (C > 0) weight_product(Lt, Gh, C, xa, lda, wih_d, pih_d, s.gx.data(), Gh, false);
       else std::fill(s.gx.begin(), s.gx.end(), T(0));
       if (step == 0 && h0_zero) std::fill(s.gh.begin(), s.gh.end(), T(0));
-      else gemm(false, false, Lt, Gh, hid, T(1), h_prev, hid, whh_d, Gh, T(0), s.gh.data(), Gh);
+      else weight_product(Lt, Gh, hid, h_prev, hid, whh_d, phh_d, s.gh.data(), Gh, false);
       a.L = Lt;
       a.ws = io.ws(t);
       step_forward(Cell{}, a, h_cur, h_prev, s.c.data());
@@ -112,12 +149,14 @@ void backward_tile(const TileWeights<T>& w, int d, int64_t T_len, BackwardScratc
   const int64_t C = w.C, hid = w.hid, Gh = w.Gh;
   const T* wih_d = w.w_ih + d * Gh * C;
   const T* whh_d = w.w_hh + d * Gh * hid;
+  const uint32_t* pih_d = w.w_ih_pairs ? w.w_ih_pairs + d * pairs_of(Gh) * C : nullptr;
+  const uint32_t* phh_d = w.w_hh_pairs ? w.w_hh_pairs + d * pairs_of(Gh) * hid : nullptr;
+  const bool bf16 = w.bf16();
   int64_t buffered = 0, steps = 0;  // rows and steps since the last weight-gradient GEMMs
   auto flush = [&] {
     if (buffered == 0) return;
-    if (C > 0) gemm(true, false, Gh, C, buffered, T(1), s.dgx.data(), Gh, s.xs.data(), C, T(1), g.w_ih, C);
-    gemm(true, false, Gh, hid, buffered, T(1), kSplit ? s.dgh.data() : s.dgx.data(), Gh, s.hp.data(), hid, T(1),
-         g.w_hh, hid);
+    if (C > 0) grad_product(bf16, Gh, C, buffered, s.dgx.data(), Gh, s.xs.data(), C, g.w_ih, C);
+    grad_product(bf16, Gh, hid, buffered, kSplit ? s.dgh.data() : s.dgx.data(), Gh, s.hp.data(), hid, g.w_hh, hid);
     buffered = steps = 0;
   };
   for (int64_t step = T_len - 1; step >= 0; --step) {
@@ -135,11 +174,11 @@ void backward_tile(const TileWeights<T>& w, int d, int64_t T_len, BackwardScratc
     if (C > 0) {
       int64_t ld = 0;
       T* dst = io.dx_rows(t, Lt, ld);
-      gemm(false, false, Lt, C, Gh, T(1), dgx_j, Gh, wih_d, C, T(0), dst, ld);
+      weight_product(Lt, C, Gh, dgx_j, Gh, wih_d, pih_d, dst, ld, false);
       io.dx_done(t, Lt, dst);
       io.copy_x(t, Lt, s.xs.data() + buffered * C);
     }
-    gemm(false, false, Lt, hid, Gh, T(1), dgh_j, Gh, whh_d, hid, T(1), s.dh.data(), hid);
+    weight_product(Lt, hid, Gh, dgh_j, Gh, whh_d, phh_d, s.dh.data(), hid, true);
     buffered += Lt;
     if (++steps == kChunk) flush();
   }

@@ -5,7 +5,9 @@
 #include <torch/types.h>
 
 #include <algorithm>
+#include <optional>
 
+#include "cpu/gemm/gemm_bf16.h"
 #include "cpu/runtime/buffer_cache.h"
 
 namespace brnnseg::cpu {
@@ -36,5 +38,24 @@ void dispatch_float_double(const char* op, at::ScalarType dtype, F&& f) {
       TORCH_CHECK(false, op, ": the CPU kernel supports float32 and float64 inputs, got ", dtype);
   }
 }
+
+// A bfloat16 op on the CPU: its tensors enter as float32 (the state, the cell math and every sum are
+// float32, as on the GPU) and its outputs leave as bfloat16; the GEMMs' products run in bfloat16 where
+// the CPU has AVX512-BF16 (`products`), else in float32.
+struct BFloat16Op {
+  bool products = bf16_gemm_supported();
+  // channels_last: a 4-D input is converted straight into the position-major layout the kernels read.
+  at::Tensor in(const at::Tensor& t, bool channels_last = false) const {
+    if (!t.defined()) return t;
+    if (channels_last && t.dim() == 4)
+      return t.to(t.options().dtype(at::kFloat), false, false, at::MemoryFormat::ChannelsLast);
+    return t.to(at::kFloat);
+  }
+  std::optional<at::Tensor> in(const std::optional<at::Tensor>& t) const {
+    if (!t.has_value()) return t;
+    return in(*t);
+  }
+  at::Tensor out(const at::Tensor& t) const { return t.defined() ? t.to(at::kBFloat16) : t; }
+};
 
 }  // namespace brnnseg::cpu

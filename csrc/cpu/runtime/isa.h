@@ -3,8 +3,16 @@
 // the CPU supports is picked at run time:
 //   * the cell steps through GCC's target_clones("avx512f", "avx2", "default")
 //     (cpu/recurrence/cell_steps.cpp): the compiler's resolver reads the same CPUID bits;
-//   * everything else (the AVX-512 GEMM, the loss's unit loops, the FMA-peak probe) through cpu_isa().
+//   * everything else (the AVX-512 GEMM, the bfloat16 GEMM, the loss's unit loops, the FMA-peak probe)
+//     through cpu_isa() and cpu_bf16_isa().
+//
+// BRNNSEG_CPU_ISA=baseline|avx2|avx512|avx512_bf16 caps both at that level (a CPU without a level keeps
+// its own, lower one): the tests force every rung of the fallback chain with it. It does not reach the
+// cell steps' target_clones, whose resolver runs before any of our code.
 #pragma once
+
+#include <cstdlib>
+#include <string_view>
 
 namespace brnnseg::cpu {
 
@@ -14,7 +22,31 @@ enum class Isa : int {
   kAvx512 = 2,    // AVX-512 F + BW (+ VL, DQ: every AVX-512 CPU since Skylake-SP and Zen 4)
 };
 
-inline Isa cpu_isa() {
+// What the bfloat16 products (cpu/gemm/gemm_bf16.cpp) run on.
+enum class Bf16Isa : int {
+  kNone = 0,        // no bfloat16 dot product: bfloat16 sweeps' products run in float32 (the float GEMM)
+  kAvx512Bf16 = 1,  // AVX512-BF16 (vdpbf16ps: 32 products into 16 float32 lanes): Cooper Lake, Sapphire
+                    // Rapids and later, Zen 4 and later
+};
+
+// The cap BRNNSEG_CPU_ISA sets, as a rung: 0 baseline, 1 avx2, 2 avx512, 3 avx512_bf16; 3 when unset.
+// Python checks the value at import (brnnseg_kernels._check_isa_env) and raises on an unknown one, so a
+// test that meant to force a rung never silently runs another; here an unknown value leaves no cap.
+inline int isa_cap() {
+  static const int cap = [] {
+    const char* v = std::getenv("BRNNSEG_CPU_ISA");
+    if (v == nullptr || *v == '\0') return 3;
+    const std::string_view s(v);
+    if (s == "baseline") return 0;
+    if (s == "avx2") return 1;
+    if (s == "avx512") return 2;
+    if (s == "avx512_bf16") return 3;
+    return 3;
+  }();
+  return cap;
+}
+
+inline Isa detected_isa() {
 #if defined(__x86_64__) && defined(__GNUC__)
   static const Isa isa = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") ? Isa::kAvx512
                          : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")       ? Isa::kAvx2
@@ -24,5 +56,32 @@ inline Isa cpu_isa() {
   return Isa::kBaseline;
 #endif
 }
+
+inline bool detected_avx512_bf16() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool has = detected_isa() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
+// AMX-BF16 tiles: detected and reported (brnnseg_kernels.info), not used yet (no AMX kernel).
+inline bool detected_amx_bf16() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool has = __builtin_cpu_supports("amx-bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
+inline Isa cpu_isa() {
+  const int cap = isa_cap();
+  const Isa d = detected_isa();
+  return static_cast<int>(d) <= cap ? d : static_cast<Isa>(cap);
+}
+
+inline Bf16Isa cpu_bf16_isa() { return detected_avx512_bf16() && isa_cap() >= 3 ? Bf16Isa::kAvx512Bf16 : Bf16Isa::kNone; }
 
 }  // namespace brnnseg::cpu

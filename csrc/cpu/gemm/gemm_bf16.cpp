@@ -1,0 +1,248 @@
+// The bfloat16 GEMM (see gemm_bf16.h). Register blocking as in the float kernel (gemm_avx512.cpp):
+// 12 rows x 32 columns of C in 24 zmm accumulators; per pair of k one row of two B vectors (16 pairs
+// each) and 12 broadcast A pairs feed 24 vdpbf16ps, 64 multiply-adds per C element pair of vectors.
+// Each K2 x 32 panel of B (kKC2 pairs deep, 16 KiB) stays in L1 across the row blocks. Column tails use
+// masked loads and stores, row tails a kernel instantiated for fewer rows.
+//
+// Where the CPU lacks AVX512-BF16 the same functions run as plain loops with the same rounding (round
+// to nearest even, then exact products summed in float32); the tile engine does not call them there
+// (bfloat16 sweeps then run their products in float32: recurrence/tile_engine.h), but ctest compares
+// both against a double-precision loop.
+#include "cpu/gemm/gemm_bf16.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "cpu/runtime/isa.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define BRNNSEG_HAVE_X86 1
+#endif
+
+namespace brnnseg::cpu {
+namespace {
+
+constexpr int kMR = 12;
+constexpr int kNR = 32;
+constexpr int64_t kKC2 = 128;
+
+// float -> bfloat16 bits, round to nearest even (NaN stays a quiet NaN), as vcvtne2ps2bf16 rounds.
+inline uint16_t to_bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+inline float bf16_lo(uint32_t p) {
+  const uint32_t u = p << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline float bf16_hi(uint32_t p) {
+  const uint32_t u = p & 0xffff0000u;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint32_t pair_bits(float lo, float hi) {
+  return static_cast<uint32_t>(to_bf16_bits(lo)) | (static_cast<uint32_t>(to_bf16_bits(hi)) << 16);
+}
+
+void pack_along_plain(const float* src, int64_t ld, int64_t M, int64_t K, uint32_t* dst) {
+  const int64_t K2 = (K + 1) / 2;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* s = src + m * ld;
+    for (int64_t j = 0; j < K2; ++j) dst[m * K2 + j] = pair_bits(s[2 * j], 2 * j + 1 < K ? s[2 * j + 1] : 0.f);
+  }
+}
+
+void pack_across_plain(const float* src, int64_t ld, int64_t K, int64_t N, uint32_t* dst) {
+  const int64_t K2 = (K + 1) / 2;
+  for (int64_t j = 0; j < K2; ++j) {
+    const float* r0 = src + 2 * j * ld;
+    const float* r1 = 2 * j + 1 < K ? r0 + ld : nullptr;
+    for (int64_t n = 0; n < N; ++n) dst[j * N + n] = pair_bits(r0[n], r1 ? r1[n] : 0.f);
+  }
+}
+
+void gemm_pairs_plain(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t sam, int64_t sak,
+                      const uint32_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t n = 0; n < N; ++n) {
+      float acc = accumulate ? C[i * ldc + n] : 0.f;
+      for (int64_t j = 0; j < K2; ++j) {
+        const uint32_t a = A[i * sam + j * sak], b = B[j * ldb + n];
+        acc += bf16_lo(a) * bf16_lo(b) + bf16_hi(a) * bf16_hi(b);
+      }
+      C[i * ldc + n] = acc;
+    }
+}
+
+#ifdef BRNNSEG_HAVE_X86
+
+inline __mmask16 lane_mask(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_along_avx512(const float* src, int64_t ld,
+                                                                                int64_t M, int64_t K,
+                                                                                uint32_t* dst) {
+  const int64_t K2 = (K + 1) / 2;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* s = src + m * ld;
+    uint32_t* d = dst + m * K2;
+    for (int64_t k = 0; k < K; k += 32) {
+      const __m512 lo = _mm512_maskz_loadu_ps(lane_mask(K - k), s + k);
+      const __m512 hi = _mm512_maskz_loadu_ps(lane_mask(K - k - 16), s + k + 16);
+      const __m512bh r = _mm512_cvtne2ps_pbh(hi, lo);  // lanes 0-15 from lo, 16-31 from hi
+      _mm512_mask_storeu_epi32(d + k / 2, lane_mask((K - k + 1) / 2), (__m512i)r);
+    }
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_across_avx512(const float* src, int64_t ld,
+                                                                                 int64_t K, int64_t N,
+                                                                                 uint32_t* dst) {
+  const int64_t K2 = (K + 1) / 2;
+  // 16-bit lane i of the result takes lane idx[i] of [row 2j (0-15) | row 2j+1 (16-31)]: interleaved.
+  alignas(64) static const uint16_t kIdx[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i idx = _mm512_load_si512(kIdx);
+  for (int64_t j = 0; j < K2; ++j) {
+    const float* r0 = src + 2 * j * ld;
+    const bool has1 = 2 * j + 1 < K;
+    const float* r1 = r0 + ld;
+    uint32_t* d = dst + j * N;
+    for (int64_t n = 0; n < N; n += 16) {
+      const __mmask16 m = lane_mask(N - n);
+      const __m512 a = _mm512_maskz_loadu_ps(m, r0 + n);
+      const __m512 b = has1 ? _mm512_maskz_loadu_ps(m, r1 + n) : _mm512_setzero_ps();
+      const __m512i t = (__m512i)_mm512_cvtne2ps_pbh(b, a);
+      _mm512_mask_storeu_epi32(d + n, m, _mm512_permutexvar_epi16(idx, t));
+    }
+  }
+}
+
+template <int MR>
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void micro_tile(int64_t K2, const uint32_t* A, int64_t sam,
+                                                                        int64_t sak, const uint32_t* B,
+                                                                        int64_t ldb, float* C, int64_t ldc,
+                                                                        bool accumulate, __mmask16 mask0,
+                                                                        __mmask16 mask1) {
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+    c0[i] = _mm512_setzero_ps();
+    c1[i] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < K2; ++k) {
+    const __m512bh b0 = (__m512bh)_mm512_maskz_loadu_epi32(mask0, B + k * ldb);
+    const __m512bh b1 = (__m512bh)_mm512_maskz_loadu_epi32(mask1, B + k * ldb + 16);
+    const uint32_t* a = A + k * sak;
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh ai = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i * sam]));
+      c0[i] = _mm512_dpbf16_ps(c0[i], ai, b0);
+      c1[i] = _mm512_dpbf16_ps(c1[i], ai, b1);
+    }
+  }
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+    float* c = C + i * ldc;
+    if (accumulate) {
+      c0[i] = _mm512_add_ps(c0[i], _mm512_maskz_loadu_ps(mask0, c));
+      c1[i] = _mm512_add_ps(c1[i], _mm512_maskz_loadu_ps(mask1, c + 16));
+    }
+    _mm512_mask_storeu_ps(c, mask0, c0[i]);
+    _mm512_mask_storeu_ps(c + 16, mask1, c1[i]);
+  }
+}
+
+using Tile = void (*)(int64_t, const uint32_t*, int64_t, int64_t, const uint32_t*, int64_t, float*, int64_t, bool,
+                      __mmask16, __mmask16);
+constexpr Tile kTiles[kMR + 1] = {nullptr,        micro_tile<1>,  micro_tile<2>, micro_tile<3>, micro_tile<4>,
+                                  micro_tile<5>,  micro_tile<6>,  micro_tile<7>, micro_tile<8>, micro_tile<9>,
+                                  micro_tile<10>, micro_tile<11>, micro_tile<12>};
+
+void gemm_pairs_avx512(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t sam, int64_t sak,
+                       const uint32_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  for (int64_t k0 = 0; k0 < K2 || k0 == 0; k0 += kKC2) {
+    const int64_t kc = std::min<int64_t>(kKC2, K2 - k0);
+    const bool acc = accumulate || k0 > 0;
+    for (int64_t n0 = 0; n0 < N; n0 += kNR) {
+      const int64_t nb = std::min<int64_t>(kNR, N - n0);
+      const __mmask16 m0 = lane_mask(nb), m1 = lane_mask(nb - 16);
+      for (int64_t r0 = 0; r0 < M; r0 += kMR) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMR, M - r0));
+        kTiles[mr](kc, A + r0 * sam + k0 * sak, sam, sak, B + k0 * ldb + n0, ldb, C + r0 * ldc + n0, ldc, acc, m0,
+                   m1);
+      }
+    }
+  }
+}
+
+#endif  // BRNNSEG_HAVE_X86
+
+struct Scratch {
+  std::vector<uint32_t> a, b;
+};
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+uint32_t* grow(std::vector<uint32_t>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+  return v.data();
+}
+
+}  // namespace
+
+bool bf16_gemm_supported() { return cpu_bf16_isa() == Bf16Isa::kAvx512Bf16; }
+
+void pack_pairs_along_rows(const float* src, int64_t ld, int64_t M, int64_t K, uint32_t* dst) {
+#ifdef BRNNSEG_HAVE_X86
+  if (bf16_gemm_supported()) return pack_along_avx512(src, ld, M, K, dst);
+#endif
+  pack_along_plain(src, ld, M, K, dst);
+}
+
+void pack_pairs_across_rows(const float* src, int64_t ld, int64_t K, int64_t N, uint32_t* dst) {
+#ifdef BRNNSEG_HAVE_X86
+  if (bf16_gemm_supported()) return pack_across_avx512(src, ld, K, N, dst);
+#endif
+  pack_across_plain(src, ld, K, N, dst);
+}
+
+void gemm_bf16_pairs(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t sam, int64_t sak,
+                     const uint32_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+#ifdef BRNNSEG_HAVE_X86
+  if (bf16_gemm_supported()) return gemm_pairs_avx512(M, N, K2, A, sam, sak, B, ldb, C, ldc, accumulate);
+#endif
+  gemm_pairs_plain(M, N, K2, A, sam, sak, B, ldb, C, ldc, accumulate);
+}
+
+void gemm_bf16_packed_b(bool ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                        const uint32_t* B_pairs, float* C, int64_t ldc, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  const int64_t K2 = (K + 1) / 2;
+  uint32_t* a = grow(scratch().a, M * K2);
+  if (ta) pack_pairs_across_rows(A, lda, K, M, a);  // A stored K x M -> [K2][M]
+  else pack_pairs_along_rows(A, lda, M, K, a);      // -> [M][K2]
+  gemm_bf16_pairs(M, N, K2, a, ta ? 1 : K2, ta ? M : 1, B_pairs, N, C, ldc, accumulate);
+}
+
+void gemm_bf16(bool ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+               float* C, int64_t ldc, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  uint32_t* b = grow(scratch().b, ((K + 1) / 2) * N);
+  pack_pairs_across_rows(B, ldb, K, N, b);
+  gemm_bf16_packed_b(ta, M, N, K, A, lda, b, C, ldc, accumulate);
+}
+
+}  // namespace brnnseg::cpu

@@ -1,0 +1,36 @@
+// bfloat16 products with float32 accumulation for the per-step GEMMs of bfloat16 sweeps and sequences
+// (the CPU tile engine's Products, recurrence/tile_engine.h). On AVX512-BF16 one vdpbf16ps does 32
+// multiply-adds into 16 float32 lanes, twice the float32 FMA's; products of bfloat16 values are exact in
+// float32, so the only rounding is that of the operands to bfloat16 (round to nearest even) and of the
+// float32 sums.
+//
+// Operands are packed as "pairs": one uint32 holds two bfloat16 values adjacent in K (the low half the
+// even k), the layout vdpbf16ps reads. B is packed as [K2][N] (K2 = ceil(K/2), odd K padded with a zero);
+// A is read as A[m*sam + k2*sak] in pairs, so either [M][K2] (sam = K2, sak = 1) or [K2][M] (sam = 1,
+// sak = M) for a transposed A.
+#pragma once
+#include <cstdint>
+
+namespace brnnseg::cpu {
+
+// The CPU has AVX512-BF16 and BRNNSEG_CPU_ISA allows it (runtime/isa.h).
+bool bf16_gemm_supported();
+
+// Float32 (M x K, row stride ld) -> pairs [M][K2]: each row's values two by two.
+void pack_pairs_along_rows(const float* src, int64_t ld, int64_t M, int64_t K, uint32_t* dst);
+// Float32 (K x N, row stride ld) -> pairs [K2][N]: rows 2j and 2j+1 interleaved.
+void pack_pairs_across_rows(const float* src, int64_t ld, int64_t K, int64_t N, uint32_t* dst);
+
+// C (M x N, row stride ldc) = A . B [+ C], A and B in pairs (above), K2 pairs deep.
+void gemm_bf16_pairs(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t sam, int64_t sak,
+                     const uint32_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
+
+// C = op(A) . B [+ C] with float32 operands rounded to bfloat16: op(A) = A (M x K, stride lda) or A^T
+// (A stored K x M). B is float32 (K x N, row stride ldb), or already packed (B_pairs, [K2][N]).
+// Scratch for the packed operands is per thread.
+void gemm_bf16(bool ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+               float* C, int64_t ldc, bool accumulate);
+void gemm_bf16_packed_b(bool ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                        const uint32_t* B_pairs, float* C, int64_t ldc, bool accumulate);
+
+}  // namespace brnnseg::cpu

@@ -1,0 +1,84 @@
+// C++ test of the bfloat16 GEMM (cpu/gemm/gemm_bf16.cpp) against a double-precision loop over the same
+// operands rounded to bfloat16: row tails (M = 1..13 and beyond), column tails, odd K (a padded pair),
+// K = 0 and 1, A as given and transposed, overwrite and accumulate, strided operands, pre-packed B.
+// Run twice by ctest: on the CPU's own rung (AVX512-BF16 where it has it) and with BRNNSEG_CPU_ISA=avx512
+// (the plain loops). No torch needed.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "cpu/gemm/gemm_bf16.h"
+
+namespace {
+// Round to nearest even, independently of the code under test.
+double bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint32_t lsb = (u >> 16) & 1u;
+  u = (u + 0x7fffu + lsb) & 0xffff0000u;
+  float r;
+  std::memcpy(&r, &u, 4);
+  return r;
+}
+}  // namespace
+
+int main() {
+  using namespace brnnseg::cpu;
+  std::printf("bfloat16 GEMM on %s\n", bf16_gemm_supported() ? "AVX512-BF16" : "plain loops");
+  std::mt19937 rng(4321);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  int failures = 0, cases = 0;
+  const int Ms[] = {1, 2, 5, 11, 12, 13, 25, 64};
+  const int Ns[] = {1, 7, 16, 17, 31, 32, 33, 100};
+  const int Ks[] = {0, 1, 3, 64, 129, 601};  // 601: several K blocks and an odd tail
+  for (int M : Ms) for (int N : Ns) for (int K : Ks) for (int trans = 0; trans < 2; ++trans)
+    for (int acc = 0; acc < 2; ++acc) for (int packed = 0; packed < 2; ++packed) {
+      const int lda = (trans ? M : K) + 3, ldb = N + 5, ldc = N + 2;
+      std::vector<float> A((trans ? K : M) * lda + 1), B(K * ldb + 1), C(M * ldc), C0;
+      for (auto* v : {&A, &B, &C}) for (float& x : *v) x = u(rng);
+      C0 = C;
+      if (packed) {
+        std::vector<uint32_t> bp(((K + 1) / 2) * N + 1);
+        pack_pairs_across_rows(B.data(), ldb, K, N, bp.data());
+        gemm_bf16_packed_b(trans, M, N, K, A.data(), lda, bp.data(), C.data(), ldc, acc != 0);
+      } else {
+        gemm_bf16(trans, M, N, K, A.data(), lda, B.data(), ldb, C.data(), ldc, acc != 0);
+      }
+      ++cases;
+      for (int i = 0; i < M; ++i) {
+        for (int j = 0; j < N; ++j) {
+          double want = acc ? C0[i * ldc + j] : 0.0, mag = std::fabs(want);
+          for (int k = 0; k < K; ++k) {
+            const double p = bf16(trans ? A[k * lda + i] : A[i * lda + k]) * bf16(B[k * ldb + j]);
+            want += p;
+            mag += std::fabs(p);
+          }
+          // float32 sums of exact products: a few ulps of the magnitude per K block
+          if (std::fabs(C[i * ldc + j] - want) > 1e-6 * (4 + K) * (mag + 1e-30)) {
+            if (failures++ < 10)
+              std::printf("FAIL M=%d N=%d K=%d trans=%d acc=%d packed=%d at (%d,%d): %.9g vs %.9g\n", M, N, K, trans,
+                          acc, packed, i, j, C[i * ldc + j], want);
+          }
+        }
+        for (int j = N; j < ldc; ++j)
+          if (C[i * ldc + j] != C0[i * ldc + j] && failures++ < 10)
+            std::printf("FAIL M=%d N=%d K=%d: wrote past column N at (%d,%d)\n", M, N, K, i, j);
+      }
+    }
+  // Rounding: ties go to even, as the hardware's vcvtne2ps2bf16.
+  {
+    const float vals[] = {1.00390625f, 1.01171875f, -1.00390625f, 3.0f, 1e-3f};  // 1 + 2^-8 is a tie
+    for (float v : vals) {
+      std::vector<float> a = {v}, b = {1.0f};
+      float c = 0.f;
+      gemm_bf16(false, 1, 1, 1, a.data(), 1, b.data(), 1, &c, 1, false);
+      ++cases;
+      if (c != static_cast<float>(bf16(v)) && failures++ < 10) std::printf("FAIL rounding %.9g -> %.9g\n", v, c);
+    }
+  }
+  std::printf("%d bfloat16 GEMM cases, %d failures\n", cases, failures);
+  return failures ? 1 : 0;
+}
