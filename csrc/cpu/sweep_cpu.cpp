@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "brnnseg/checks.h"
@@ -71,44 +72,50 @@ struct StridedMap {
 
 // Writes a tile's hidden states (L x hid, row-major) into the strided output. The tile's lines are
 // equally spaced (one image), so for NCHW output the write runs along the lines of each channel.
-template <typename T>
+template <typename T, typename Y>
 void scatter_tile(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t c0, int64_t hid, const T* src,
-                  T* dst) {
-  T* base = dst + m.offset(l0, t) + c0 * m.sC;
+                  Y* dst) {
+  Y* base = dst + m.offset(l0, t) + c0 * m.sC;
   if (m.sC == 1) {
     const int64_t ls = m.geo.axis == 3 ? m.sH : m.sW;
-    for (int64_t l = 0; l < L; ++l) std::memcpy(base + l * ls, src + l * hid, hid * sizeof(T));
+    for (int64_t l = 0; l < L; ++l) {
+      if constexpr (std::is_same_v<T, Y>) {
+        std::memcpy(base + l * ls, src + l * hid, hid * sizeof(T));
+      } else {
+        for (int64_t u = 0; u < hid; ++u) base[l * ls + u] = static_cast<Y>(src[l * hid + u]);
+      }
+    }
     return;
   }
   const int64_t ls = L > 1 ? m.offset(l0 + 1, t) - m.offset(l0, t) : 0;
   for (int64_t u = 0; u < hid; ++u) {
-    T* out = base + u * m.sC;
-    for (int64_t l = 0; l < L; ++l) out[l * ls] = src[l * hid + u];
+    Y* out = base + u * m.sC;
+    for (int64_t l = 0; l < L; ++l) out[l * ls] = static_cast<Y>(src[l * hid + u]);
   }
 }
 
 // Reads a tile's rows (L x hid, row-major) from the strided tensor: dst = (or +=) src rows. For
 // NCHW tensors swept along H, a channel's values for the tile's lines are adjacent in memory, so the
 // loop runs along the lines of each channel (the mirror of scatter_tile) instead of across channels.
-template <typename T, bool kAdd>
-void gather_rows(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t c0, int64_t hid, const T* src,
+template <typename T, bool kAdd, typename Y>
+void gather_rows(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t c0, int64_t hid, const Y* src,
                  T* dst) {
   const int64_t ls = L > 1 ? m.offset(l0 + 1, t) - m.offset(l0, t) : 0;
   if (ls == 1 && m.sC != 1) {
-    const T* base = src + m.offset(l0, t) + c0 * m.sC;
+    const Y* base = src + m.offset(l0, t) + c0 * m.sC;
     for (int64_t u = 0; u < hid; ++u) {
-      const T* in = base + u * m.sC;
+      const Y* in = base + u * m.sC;
       for (int64_t l = 0; l < L; ++l) {
-        if (kAdd) dst[l * hid + u] += in[l]; else dst[l * hid + u] = in[l];
+        if (kAdd) dst[l * hid + u] += static_cast<T>(in[l]); else dst[l * hid + u] = static_cast<T>(in[l]);
       }
     }
     return;
   }
   for (int64_t l = 0; l < L; ++l) {
-    const T* in = src + m.offset(l0 + l, t) + c0 * m.sC;
+    const Y* in = src + m.offset(l0 + l, t) + c0 * m.sC;
     T* out = dst + l * hid;
     for (int64_t u = 0; u < hid; ++u) {
-      if (kAdd) out[u] += in[u * m.sC]; else out[u] = in[u * m.sC];
+      if (kAdd) out[u] += static_cast<T>(in[u * m.sC]); else out[u] = static_cast<T>(in[u * m.sC]);
     }
   }
 }
@@ -121,18 +128,19 @@ T* ws_block(T* ws, int d, int64_t t, int64_t line0, int64_t T_len, int64_t lines
 }
 
 // The tile engine's forward IO for a sweep: every line of the tile runs every step; its input rows are
-// one strided matrix of the position-major x; outputs go to the strided y.
-template <typename T>
+// one strided matrix of the position-major x; outputs go to the strided y. Y: the dtype of x and y (T,
+// or bfloat16 with T = float: the state, the workspace and every sum stay float32).
+template <typename T, typename Y>
 struct SweepForwardIO {
   const SweepGeometry& geo;
   const StridedMap& ymap;
-  const T* x;      // position-major (N, H, W, C)
-  T* y;
+  const Y* x;      // position-major (N, H, W, C)
+  Y* y;
   T* ws_base;      // nullptr when not training
   int64_t C, hid, S, T_len, lines, l0, L;
   int d;
   int64_t active(int64_t) const { return L; }
-  const T* x_rows(int64_t t, int64_t, int64_t& ld) const {
+  const Y* x_rows(int64_t t, int64_t, int64_t& ld) const {
     ld = geo.line_stride() * C;
     return x + geo.pos(l0, t) * C;
   }
@@ -141,7 +149,7 @@ struct SweepForwardIO {
   void idle(int64_t, int64_t) const {}
 };
 
-template <typename Cell, typename T>
+template <typename Cell, typename T, typename Y = T>
 std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                                          const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
                                          int64_t axis, bool channels_last, bool training, bool bf16_products) {
@@ -152,18 +160,20 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
 
   auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   Tensor y = empty_large({N, 2 * hid, H, W}, x.options(), fmt);
-  Tensor ws = training ? empty_large({2, T_len, lines, S * hid}, x.options()) : at::empty({0}, x.options());
+  const auto ws_opts = x.options().dtype(c10::CppTypeToScalarType<T>::value);
+  Tensor ws = training ? empty_large({2, T_len, lines, S * hid}, ws_opts) : at::empty({0}, ws_opts);
   if (geo.positions() == 0) return {y, ws};
 
   // Transposed weights (C x Gh, hid x Gh per direction): the per-step products are then A . B with
   // B row-major, the layout the AVX-512 GEMM streams (blas.h).
-  const Tensor wih = transposed_weights(w_ih);
-  const Tensor whh = transposed_weights(w_hh);
+  // bfloat16 products read only the pairs below.
+  const Tensor wih = bf16_products ? Tensor() : transposed_weights(w_ih);
+  const Tensor whh = bf16_products ? Tensor() : transposed_weights(w_hh);
   // Position-major input (a no-op for channels_last x): the rows a tile needs at one step are then
   // one strided matrix, projected right before use instead of through a full-size gx buffer.
-  const Tensor xcl = x.contiguous(at::MemoryFormat::ChannelsLast);
-  const Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::zeros({2, Gh}, x.options());
-  const Tensor bh = b_hh.has_value() ? b_hh->contiguous() : at::zeros({2, Gh}, x.options());
+  const Tensor xcl = position_major(x);
+  const Tensor bi = b_ih.has_value() ? b_ih->to(ws_opts.dtype()).contiguous() : at::zeros({2, Gh}, ws_opts);
+  const Tensor bh = b_hh.has_value() ? b_hh->to(ws_opts.dtype()).contiguous() : at::zeros({2, Gh}, ws_opts);
 
   const StridedMap ymap(geo, y);
   // bfloat16 ops: the same B operands in pairs (the per-step products then run in bfloat16).
@@ -172,14 +182,14 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
   const TileWeights<T> wts{C,
                            hid,
                            Gh,
-                           wih.data_ptr<T>(),
-                           whh.data_ptr<T>(),
+                           bf16_products ? nullptr : wih.data_ptr<T>(),
+                           bf16_products ? nullptr : whh.data_ptr<T>(),
                            bi.data_ptr<T>(),
                            bh.data_ptr<T>(),
                            bf16_products ? pairs_ptr(pih) : nullptr,
                            bf16_products ? pairs_ptr(phh) : nullptr};
-  const T* x_p = xcl.data_ptr<T>();
-  T* y_p = y.data_ptr<T>();
+  const Y* x_p = xcl.data_ptr<Y>();
+  Y* y_p = y.data_ptr<Y>();
   T* ws_p = training ? ws.data_ptr<T>() : nullptr;
   const Tiling tiling = choose_tiling(geo);
 
@@ -189,7 +199,7 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
       const auto [d, l0, L] = tiling.item(i);
       std::fill(scratch.h_a.begin(), scratch.h_a.end(), T(0));
       std::fill(scratch.c.begin(), scratch.c.end(), T(0));
-      SweepForwardIO<T> io{geo, ymap, x_p, y_p, ws_p, C, hid, S, T_len, lines, l0, L, d};
+      SweepForwardIO<T, Y> io{geo, ymap, x_p, y_p, ws_p, C, hid, S, T_len, lines, l0, L, d};
       forward_tile<Cell>(wts, d, L, T_len, /*h0_zero=*/true, scratch, io);
     }
   });
@@ -198,11 +208,12 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
 
 // The tile engine's backward IO for a sweep: grad_y and h_prev come from the strided grad_y and y,
 // c_prev from the workspace, dx rows go to this direction's position-major dx.
-template <typename Cell, typename T>
+template <typename Cell, typename T, typename Y>
 struct SweepBackwardIO {
   const SweepGeometry& geo;
   const StridedMap &ymap, &gmap;
-  const T *x, *y, *grad_y, *ws_base;
+  const Y *x, *y, *grad_y;
+  const T* ws_base;
   T* dx;  // position-major (N, H, W, C) of this direction
   int64_t C, hid, S, T_len, lines, l0, L;
   int d;
@@ -231,7 +242,14 @@ struct SweepBackwardIO {
   void dx_done(int64_t, int64_t, const T*) const {}
   void copy_x(int64_t t, int64_t, T* dst) const {
     const int64_t p0 = geo.pos(l0, t), ls = geo.line_stride();
-    for (int64_t l = 0; l < L; ++l) std::memcpy(dst + l * C, x + (p0 + l * ls) * C, C * sizeof(T));
+    for (int64_t l = 0; l < L; ++l) {
+      const Y* src = x + (p0 + l * ls) * C;
+      if constexpr (std::is_same_v<T, Y>) {
+        std::memcpy(dst + l * C, src, C * sizeof(T));
+      } else {
+        for (int64_t c = 0; c < C; ++c) dst[l * C + c] = static_cast<T>(src[c]);
+      }
+    }
   }
 };
 
@@ -239,7 +257,7 @@ struct SweepBackwardIO {
 // writes the tile's rows of dx and accumulates its dW_ih, dW_hh and biases per work item. Nothing
 // position-sized is materialised besides one dx buffer per direction (the two directions run on
 // different threads and both write every position).
-template <typename Cell, typename T>
+template <typename Cell, typename T, typename Y = T>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& grad_y, const Tensor& x,
                                                                   const Tensor& w_ih, const Tensor& w_hh,
                                                                   const Tensor& y, const Tensor& ws,
@@ -251,12 +269,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
 
   const Tensor wih = w_ih.contiguous();
   const Tensor whh = w_hh.contiguous();
-  const Tensor xcl = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor xcl = position_major(x);
   const Tiling tiling = choose_tiling(geo);
   // dx of each direction, position-major (N, H, W, C).
-  Tensor dx_dir = empty_large({2, N, H, W, C}, x.options());
+  const auto t_opts = x.options().dtype(c10::CppTypeToScalarType<T>::value);
+  Tensor dx_dir = empty_large({2, N, H, W, C}, t_opts);
   const WeightGradParts wgrad{2, Gh, C, hid};
-  Tensor parts = wgrad.zeros(tiling.items, x.options());
+  Tensor parts = wgrad.zeros(tiling.items, t_opts);
 
   if (geo.positions() > 0) {
     const StridedMap ymap(geo, y), gmap(geo, grad_y);
@@ -264,10 +283,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
     const Tensor phh = bf16_products ? weight_pairs(w_hh, false) : Tensor();
     const TileWeights<T> wts{C,      hid,    Gh, wih.data_ptr<T>(), whh.data_ptr<T>(), nullptr, nullptr,
                              bf16_products ? pairs_ptr(pih) : nullptr, bf16_products ? pairs_ptr(phh) : nullptr};
-    const T* gy_p = grad_y.data_ptr<T>();
-    const T* y_p = y.data_ptr<T>();
+    const Y* gy_p = grad_y.data_ptr<Y>();
+    const Y* y_p = y.data_ptr<Y>();
     const T* ws_p = ws.data_ptr<T>();
-    const T* x_p = xcl.data_ptr<T>();
+    const Y* x_p = xcl.data_ptr<Y>();
     T* dx_p = dx_dir.data_ptr<T>();
     T* parts_p = parts.data_ptr<T>();
     const int64_t P = geo.positions();
@@ -279,7 +298,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
         std::fill(scratch.dh.begin(), scratch.dh.end(), T(0));
         std::fill(scratch.dc.begin(), scratch.dc.end(), T(0));
         const auto [dwih, dwhh, dbih, dbhh] = wgrad.slots(parts_p, item);
-        SweepBackwardIO<Cell, T> io{geo, ymap, gmap, x_p, y_p, gy_p, ws_p, dx_p + d * P * C,
+        SweepBackwardIO<Cell, T, Y> io{geo, ymap, gmap, x_p, y_p, gy_p, ws_p, dx_p + d * P * C,
                                     C, hid, S, T_len, lines, l0, L, d};
         backward_tile<Cell>(wts, d, T_len, scratch, GradSlots<T>{dwih, dwhh, dbih, dbhh}, io);
       }
@@ -304,10 +323,9 @@ std::tuple<Tensor, Tensor> sweep_cpu(c10::string_view cell, const Tensor& x, con
     check_sweep_inputs(op, x, w_ih, w_hh, b_ih, b_hh, Cell::kGates, axis);
     TORCH_CHECK(x.device().is_cpu(), op, ": CPU kernel called with x on ", x.device());
     if (x.scalar_type() == at::kBFloat16) {  // float32 state, bfloat16 products (tile_engine.h)
-      const BFloat16Op b;
-      auto [y, ws] = sweep_forward<Cell, float>(b.in(x, true), b.in(w_ih), b.in(w_hh), b.in(b_ih), b.in(b_hh), axis,
-                                                channels_last, training, b.products);
-      return std::make_tuple(b.out(y), ws);
+      const BFloat16Op b;  // x and y stay bfloat16: read and written by the kernel
+      return sweep_forward<Cell, float, c10::BFloat16>(x, b.in(w_ih), b.in(w_hh), b.in(b_ih), b.in(b_hh), axis,
+                                                       channels_last, training, b.products);
     }
     return DTYPE_SWITCH(op, x.scalar_type(), T, CpuDtypes, [&] {
       return sweep_forward<Cell, T>(x, w_ih, w_hh, b_ih, b_hh, axis, channels_last, training, false);
@@ -327,9 +345,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward_cpu(c10::strin
     check_sweep_backward_inputs(op, Cell::kSaved, gy, x, w_hh, y, ws, axis, bf16 ? at::kFloat : x.scalar_type());
     if (bf16) {
       const BFloat16Op b;
-      auto [dx, dwi, dwh, dbi, dbh] = sweep_backward<Cell, float>(b.in(gy), b.in(x, true), b.in(w_ih), b.in(w_hh),
-                                                                  b.in(y), ws, axis, b.products);
-      return std::make_tuple(b.out(dx), b.out(dwi), b.out(dwh), b.out(dbi), b.out(dbh));
+      auto [dx, dwi, dwh, dbi, dbh] = sweep_backward<Cell, float, c10::BFloat16>(gy, x, b.in(w_ih), b.in(w_hh), y,
+                                                                                 ws, axis, b.products);
+      return std::make_tuple(dx, b.out(dwi), b.out(dwh), b.out(dbi), b.out(dbh));
     }
     return DTYPE_SWITCH(op, x.scalar_type(), T, CpuDtypes,
                         [&] { return sweep_backward<Cell, T>(gy, x, w_ih, w_hh, y, ws, axis, false); });

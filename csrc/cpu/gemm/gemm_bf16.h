@@ -33,4 +33,9 @@ void gemm_bf16(bool ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t
 void gemm_bf16_packed_b(bool ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                         const uint32_t* B_pairs, float* C, int64_t ldc, bool accumulate);
 
+// C = A . B_pairs [+ C] with A already bfloat16 (M x K bit patterns, row stride lda): with K and lda even
+// its rows are pairs as they lie (no packing); else they are copied into pairs with a zero pad.
+void gemm_bf16_rows_packed_b(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
+                             const uint32_t* B_pairs, float* C, int64_t ldc, bool accumulate);
+
 }  // namespace brnnseg::cpu

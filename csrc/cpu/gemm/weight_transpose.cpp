@@ -53,6 +53,35 @@ at::Tensor transposed_weights(const at::Tensor& w_in) {
   return out;
 }
 
+at::Tensor position_major(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4, "position_major: expected (N, C, H, W), got ", x.sizes());
+  if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return x;
+  const at::Tensor xc = x.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  // (N, C, HW) -> (N, HW, C) by the blocked transpose, as raw 2-, 4- or 8-byte elements.
+  at::Tensor out = at::empty({N, H, W, C}, x.options()).permute({0, 3, 1, 2});
+  const int64_t R = C, K = H * W, blocks = (R + kBlock - 1) / kBlock;
+  auto run = [&](auto v) {
+    using E = decltype(v);
+    const E* src = static_cast<const E*>(xc.data_ptr());
+    E* dst = static_cast<E*>(out.data_ptr());
+    at::parallel_for(0, N * blocks, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, kBlock * K)),
+                     [&](int64_t b0, int64_t b1) {
+                       for (int64_t b = b0; b < b1; ++b) {
+                         const int64_t n = b / blocks, r0 = (b % blocks) * kBlock;
+                         transpose_rows(src + n * R * K, dst + n * K * R, R, K, r0, std::min(r0 + kBlock, R));
+                       }
+                     });
+  };
+  switch (x.element_size()) {
+    case 2: run(uint16_t{}); break;
+    case 4: run(uint32_t{}); break;
+    case 8: run(uint64_t{}); break;
+    default: return x.contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  return out;
+}
+
 at::Tensor weight_pairs(const at::Tensor& w, bool transposed) {
   TORCH_CHECK(w.dim() == 3, "weight_pairs: expected (D, R, K), got ", w.sizes());
   const int64_t D = w.size(0), R = w.size(1), K = w.size(2);

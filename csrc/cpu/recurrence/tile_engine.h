@@ -10,7 +10,8 @@
 //   forward IO                                     backward IO
 //   int64_t active(t)    rows running at t,        int64_t active(t)
 //                        a prefix of the tile      void before_step(t, Lt)   e.g. zero dx rows past the end
-//   const T* x_rows(t, Lt, int64_t& ld)            void add_grad_y(t, Lt, T* dh)
+//   const X* x_rows(t, Lt, int64_t& ld)            void add_grad_y(t, Lt, T* dh)
+//                        X = T, or bfloat16 (T float)
 //   T* ws(t)             saved slots or nullptr    void load_prev(t, Lt, T* h_prev, T* c_prev)   (L x hid)
 //   void store(t, Lt, const T* h)                  const T* ws(t)
 //   void idle(t, Lt)     rows [Lt, L) at t         T* dx_rows(t, Lt, int64_t& ld), void dx_done(t, Lt, const T* rows)
@@ -67,6 +68,24 @@ inline void weight_product(int64_t M, int64_t N, int64_t K, const T* A, int64_t 
   gemm(false, false, M, N, K, T(1), A, lda, B, N, accumulate ? T(1) : T(0), C, ldc);
 }
 
+// The input projection with bfloat16 inputs (x rows as stored; the layer runs bfloat16 products).
+template <typename T, typename X>
+inline void input_product(int64_t M, int64_t N, int64_t K, const X* A, int64_t lda, const T* B,
+                          const uint32_t* B_pairs, T* C, int64_t ldc) {
+  if constexpr (std::is_same_v<X, T>) {
+    weight_product(M, N, K, A, lda, B, B_pairs, C, ldc, false);
+  } else {
+    static_assert(std::is_same_v<T, float> && sizeof(X) == 2, "bfloat16 inputs run float32 state");
+    if (B_pairs != nullptr)
+      return gemm_bf16_rows_packed_b(M, N, K, reinterpret_cast<const uint16_t*>(A), lda, B_pairs, C, ldc, false);
+    thread_local std::vector<T> rows;  // no bfloat16 products on this CPU: the rows in float32
+    rows.resize(M * K);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) rows[m * K + k] = static_cast<T>(A[m * lda + k]);
+    weight_product(M, N, K, rows.data(), K, B, B_pairs, C, ldc, false);
+  }
+}
+
 // Weight gradient: C (M x N) += A^T . B, A stored K x M (row stride lda), B K x N (row stride ldb).
 template <typename T>
 inline void grad_product(bool bf16, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
@@ -106,8 +125,8 @@ T* forward_tile(const TileWeights<T>& w, int d, int64_t L, int64_t T_len, bool h
     const int64_t Lt = io.active(t);
     if (Lt > 0) {
       int64_t lda = 0;
-      const T* xa = io.x_rows(t, Lt, lda);
-      if (C > 0) weight_product(Lt, Gh, C, xa, lda, wih_d, pih_d, s.gx.data(), Gh, false);
+      const auto* xa = io.x_rows(t, Lt, lda);  // T, or bfloat16 for bfloat16 layers
+      if (C > 0) input_product(Lt, Gh, C, xa, lda, wih_d, pih_d, s.gx.data(), Gh);
       else std::fill(s.gx.begin(), s.gx.end(), T(0));
       if (step == 0 && h0_zero) std::fill(s.gh.begin(), s.gh.end(), T(0));
       else weight_product(Lt, Gh, hid, h_prev, hid, whh_d, phh_d, s.gh.data(), Gh, false);
