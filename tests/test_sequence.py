@@ -304,9 +304,10 @@ def test_fallback_paths_match_torch():
     x = torch.randn(5, 2, 4)
     assert not ours.fused_kernel_applies(x)
     _compare(ref, ours, (x.requires_grad_(),), rtol=0, atol=0)
-    # bfloat16 input: torch's path too.
+    # float16 input: torch's path too (bfloat16 runs the kernel: test_cpu_bf16.py).
     ref, ours = _twins("gru", 4, 6)
-    assert not ours.bfloat16().fused_kernel_applies(x.detach().bfloat16())
+    assert not ours.half().fused_kernel_applies(x.detach().half())
+    assert ours.bfloat16().fused_kernel_applies(x.detach().bfloat16())
 
 
 def test_replace_rnns_and_back():

@@ -1,0 +1,248 @@
+"""bfloat16 on the CPU kernels: float32 state, products in bfloat16 on AVX512-BF16 (float32 on CPUs without it).
+
+Every cell and op, forward and backward, against float64 with flash-attention's rule: the max error is at
+most 2x that of the same computation done by plain PyTorch in bfloat16 (``reference.sweep`` /
+``nn.GRU``-style modules with bfloat16 parameters), plus a small atol for sums that cancel. Hidden 32-256,
+T up to 512. The fallback chain is tested by forcing each rung (``BRNNSEG_CPU_ISA``) in a subprocess.
+gradcheck stays float64 (test_sweep.py, test_sequence.py)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import brnnseg_kernels as bk
+from brnnseg_kernels import ops, reference
+from brnnseg_kernels.cells import spec
+
+from utils import assert_within_reference_error
+
+CELLS = ["gru", "lstm", "rnn_tanh", "rnn_relu"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _weights(cell, c, hid, gen, bias=True):
+    g = spec(cell).gates * hid
+    s = hid ** -0.5  # contracting recurrences: errors compare, they do not explode
+    w = [torch.randn(2, g, c, generator=gen, dtype=torch.float64) * (c ** -0.5),
+         torch.randn(2, g, hid, generator=gen, dtype=torch.float64) * s]
+    if bias:
+        w += [torch.randn(2, g, generator=gen, dtype=torch.float64) * 0.1 for _ in range(2)]
+    else:
+        w += [None, None]
+    return w
+
+
+def _leaves(ts, dtype):
+    return [None if t is None else t.detach().to(dtype).requires_grad_() for t in ts]
+
+
+def _check_sweep(cell, shape, hid, axis, channels_last=False, bias=True, seed=0, atol=1e-3):
+    gen = torch.Generator().manual_seed(seed)
+    n, c, h, w = shape
+    x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
+    weights = _weights(cell, c, hid, gen, bias)
+    runs = {}
+    for name, dt in (("f64", torch.float64), ("ours", torch.bfloat16), ("ref", torch.bfloat16)):
+        xs, *ws = _leaves([x] + weights, dt)
+        xin = xs.contiguous(memory_format=torch.channels_last) if channels_last else xs
+        if name == "ref":
+            y = reference.sweep(cell, xin, *ws, axis)
+        else:
+            y = ops.sweep(cell, xin, *ws, axis=axis, channels_last=channels_last)
+        grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+        y.backward(grad.to(dt))
+        runs[name] = [y] + [None if t is None else t.grad for t in [xs] + ws]
+        if name == "ours":
+            assert y.dtype == torch.bfloat16
+            assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    names = ["y", "grad_x", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh"]
+    for i, nm in enumerate(names):
+        if runs["f64"][i] is None:
+            continue
+        assert runs["ours"][i].dtype == torch.bfloat16, nm
+        assert_within_reference_error(runs["ours"][i], runs["f64"][i], runs["ref"][i], atol=atol,
+                                      name=f"{cell} {nm}")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("axis", [3, 2])
+def test_sweep_bf16_matches_float64(cell, axis):
+    _check_sweep(cell, (2, 5, 7, 9), 32, axis)  # odd channels: the x rows are packed with a zero pad
+    _check_sweep(cell, (1, 6, 5, 11), 40, axis, channels_last=True, bias=False, seed=3)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_sweep_bf16_long_and_wide(cell):
+    # hidden 256, T = 512 (one long row), and hidden 128 over a small map
+    _check_sweep(cell, (1, 8, 1, 512), 256, 3, seed=5, atol=2e-3)
+    _check_sweep(cell, (1, 16, 6, 6), 128, 2, seed=6)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_renet_parallel_bf16(cell):
+    # mode="parallel" takes the pair op for bfloat16 too
+    layer = bk.BiGRU2d if cell == "gru" else bk.BiLSTM2d
+    gen = torch.Generator().manual_seed(7)
+    m64 = layer(3, 16, mode="parallel").double()
+    for p in m64.parameters():
+        p.data = torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.25
+    x = torch.randn(2, 3, 6, 5, generator=gen, dtype=torch.float64)
+    outs = {}
+    for name, dt in (("f64", torch.float64), ("ours", torch.bfloat16)):
+        m = layer(3, 16, mode="parallel").to(dt)
+        m.load_state_dict({k: v.to(dt) for k, v in m64.state_dict().items()})
+        xi = x.detach().to(dt).requires_grad_()
+        y = m(xi)
+        y.float().square().sum().backward()
+        outs[name] = (y, xi.grad)
+    for i, nm in enumerate(["y", "grad_x"]):
+        err = (outs["ours"][i].double() - outs["f64"][i]).abs().max().item()
+        assert outs["ours"][i].dtype == torch.bfloat16
+        assert err < 0.05 * outs["f64"][i].abs().max().item() + 1e-2, (nm, err)
+
+
+def _seq_modules(cls, c, hid, **kw):
+    torch.manual_seed(11)
+    return cls(c, hid, **kw).double()  # nn's init, U(-1/sqrt(hid), 1/sqrt(hid)): contracting
+
+
+@pytest.mark.parametrize("name", ["GRU", "LSTM", "RNN"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_sequence_bf16_matches_float64(name, batch_first):
+    torch_cls, ours_cls = getattr(nn, name), getattr(bk.nn, name)
+    c, hid, t_len, b = 7, 48, 37, 5
+    ref64 = _seq_modules(torch_cls, c, hid, num_layers=2, bidirectional=True, batch_first=batch_first)
+    gen = torch.Generator().manual_seed(12)
+    shape = (b, t_len, c) if batch_first else (t_len, b, c)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    h0 = torch.randn(4, b, hid, generator=gen, dtype=torch.float64) * 0.5
+    hx = (h0, torch.randn(4, b, hid, generator=gen, dtype=torch.float64) * 0.5) if name == "LSTM" else h0
+    outs = {}
+    for tag, cls, dt in (("f64", torch_cls, torch.float64), ("ref", torch_cls, torch.bfloat16),
+                         ("ours", ours_cls, torch.bfloat16)):
+        m = cls(c, hid, num_layers=2, bidirectional=True, batch_first=batch_first).to(dt)
+        m.load_state_dict({k: v.to(dt) for k, v in ref64.state_dict().items()})
+        if tag == "ours":
+            assert m.fused_kernel_applies(x.to(dt))
+        xi = x.detach().to(dt).requires_grad_()
+        hi = tuple(h.to(dt) for h in hx) if name == "LSTM" else hx.to(dt)
+        y, h_n = m(xi, hi)
+        h_last = h_n[0] if name == "LSTM" else h_n
+        (y.double().sin().sum() + h_last.double().cos().sum()).backward()
+        outs[tag] = [y, h_last, xi.grad] + [p.grad for p in m.parameters()]
+    for i in range(len(outs["f64"])):
+        assert outs["ours"][i].dtype == torch.bfloat16
+        assert_within_reference_error(outs["ours"][i], outs["f64"][i], outs["ref"][i], atol=2e-3,
+                                      name=f"{name} output {i}")
+
+
+def test_sequence_bf16_packed_lengths():
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    ref64 = _seq_modules(nn.LSTM, 4, 32, bidirectional=True)
+    x = torch.randn(9, 4, 4, dtype=torch.float64)
+    lengths = torch.tensor([9, 7, 4, 1])
+    outs = {}
+    for tag, cls, dt in (("f64", nn.LSTM, torch.float64), ("ref", nn.LSTM, torch.bfloat16),
+                         ("ours", bk.nn.LSTM, torch.bfloat16)):
+        m = cls(4, 32, bidirectional=True).to(dt)
+        m.load_state_dict({k: v.to(dt) for k, v in ref64.state_dict().items()})
+        out, (h_n, c_n) = m(pack_padded_sequence(x.to(dt), lengths))
+        outs[tag] = [out.data, h_n, c_n]
+    for i in range(3):
+        assert_within_reference_error(outs["ours"][i], outs["f64"][i], outs["ref"][i], atol=1e-3, name=f"packed {i}")
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_bf16_opcheck(cell):
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(2, 3, 5, 6, generator=gen).bfloat16().requires_grad_()
+    w = [None if t is None else t.bfloat16().requires_grad_() for t in _weights(cell, 3, 8, gen)]
+    torch.library.opcheck(torch.ops.brnnseg.sweep.default, (cell, x, *w, 3, False, True))
+    torch.library.opcheck(torch.ops.brnnseg.sweep_pair.default, (cell, x, *w, *w, True, True))
+    xs = torch.randn(4, 3, 3, generator=gen).bfloat16().requires_grad_()
+    torch.library.opcheck(torch.ops.brnnseg.sequence.default, (cell, xs, *w, None, None, None, False, True))
+
+
+def test_cpu_autocast_layers_and_dropins():
+    torch.manual_seed(14)
+    layer = bk.BiLSTM2d(3, 8)
+    x = torch.randn(1, 3, 5, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    explicit = layer.bfloat16()(x.bfloat16())
+    assert torch.equal(y, explicit)  # the same bfloat16 path
+    layer.float()
+    # Drop-ins follow torch's own modules: LSTM and RNN in bfloat16, GRU in float32.
+    for name, want in (("LSTM", torch.bfloat16), ("RNN", torch.bfloat16), ("GRU", torch.float32)):
+        ref = getattr(nn, name)(4, 6, batch_first=True)
+        ours = getattr(bk.nn, name)(4, 6, batch_first=True)
+        ours.load_state_dict(ref.state_dict())
+        xs = torch.randn(2, 5, 4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert ours.fused_kernel_applies(xs)
+            got, want_out = ours(xs)[0], ref(xs)[0]
+        assert got.dtype == want_out.dtype == want, name
+        assert (got.double() - want_out.double()).abs().max() < 0.05, name
+
+
+def _run_rung(rung, cell="lstm"):
+    code = (
+        "import json, torch, brnnseg_kernels as bk\n"
+        "from brnnseg_kernels import ops\n"
+        "g = torch.Generator().manual_seed(21)\n"
+        "x = torch.randn(2, 6, 5, 9, generator=g)\n"
+        f"G = {spec(cell).gates}\n"
+        "w = [torch.randn(2, G * 24, 6, generator=g) * 0.4, torch.randn(2, G * 24, 24, generator=g) * 0.2,"
+        " torch.randn(2, G * 24, generator=g) * 0.1, torch.randn(2, G * 24, generator=g) * 0.1]\n"
+        "ts = [t.bfloat16().requires_grad_() for t in [x] + w]\n"
+        f"y = ops.sweep('{cell}', ts[0], *ts[1:], axis=3)\n"
+        "y.float().sum().backward()\n"
+        "print(json.dumps({'isa': bk.cpu_isa(), 'y': y.float().flatten().tolist(),"
+        " 'gx': ts[0].grad.float().flatten().tolist(), 'gw': ts[2].grad.float().flatten().tolist()}))\n")
+    env = dict(os.environ, BRNNSEG_CPU_ISA=rung, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_isa_fallback_chain():
+    """Each rung of BRNNSEG_CPU_ISA runs (and reports itself); all agree with float64 within the bfloat16
+    rule; the bfloat16 rung, where the CPU has it, really runs other products than the float32 rungs."""
+    detected = bk.cpu_isa()
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(2, 6, 5, 9, generator=g)
+    w = [torch.randn(2, 4 * 24, 6, generator=g) * 0.4, torch.randn(2, 4 * 24, 24, generator=g) * 0.2,
+         torch.randn(2, 4 * 24, generator=g) * 0.1, torch.randn(2, 4 * 24, generator=g) * 0.1]
+    ts = [t.bfloat16().double().requires_grad_() for t in [x] + w]
+    y64 = reference.sweep("lstm", ts[0], *ts[1:], 3)
+    y64.sum().backward()
+    results = {}
+    order = ["baseline", "avx2", "avx512", "avx512_bf16"]
+    for rung in order:
+        r = _run_rung(rung)
+        results[rung] = r
+        assert r["isa"]["cap"] == rung
+        want_vector = {"baseline": "baseline", "avx2": "avx2"}.get(rung, "avx512")
+        if order.index(want_vector) <= order.index(rung) and detected["vector"] == "avx512":
+            assert r["isa"]["vector"] == want_vector, r["isa"]
+        want_bf16 = "avx512_bf16" if (rung == "avx512_bf16" and detected["avx512_bf16_cpu"] == "yes") else "none"
+        assert r["isa"]["bf16"] == want_bf16, r["isa"]
+        for key, ref in (("y", y64), ("gx", ts[0].grad), ("gw", ts[2].grad)):
+            got = torch.tensor(r[key], dtype=torch.float64).view(ref.shape)
+            err = (got - ref.detach()).abs().max().item()
+            assert err < 2e-2 * ref.abs().max().item() + 1e-3, (rung, key, err)
+    if detected["avx512_bf16_cpu"] == "yes":
+        assert results["avx512_bf16"]["y"] != results["avx512"]["y"]
+
+
+def test_isa_env_rejects_unknown():
+    env = dict(os.environ, BRNNSEG_CPU_ISA="amx", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", "import brnnseg_kernels"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0 and "BRNNSEG_CPU_ISA must be one of" in out.stderr
