@@ -151,7 +151,8 @@ std::vector<Tensor> sequence_forward(const Tensor& x_in, const Tensor& w_ih, con
   Tensor c_n = Cell::kHasCellState ? at::empty({D, B, hid}, x.options()) : at::empty({0}, x.options());
   Tensor ws = training ? empty_large({D, T_len, B, S * hid}, x.options()) : at::empty({0}, x.options());
   // Transposed weights (C x Gh, hid x Gh per direction): B row-major for the GEMMs (blas.h).
-  const Tensor wih = transposed_weights(w_ih), whh = transposed_weights(w_hh);
+  const Tensor wih = bf16_products ? Tensor() : transposed_weights(w_ih);  // bfloat16 products read the pairs
+  const Tensor whh = bf16_products ? Tensor() : transposed_weights(w_hh);
   const Tensor bi = b_ih.has_value() ? b_ih->contiguous() : at::zeros({D, Gh}, x.options());
   const Tensor bh = b_hh.has_value() ? b_hh->contiguous() : at::zeros({D, Gh}, x.options());
   const OptTensor h0 = h0_in.has_value() ? OptTensor(h0_in->contiguous()) : std::nullopt;
@@ -163,8 +164,8 @@ std::vector<Tensor> sequence_forward(const Tensor& x_in, const Tensor& w_ih, con
   const TileWeights<T> wts{C,
                            hid,
                            Gh,
-                           wih.data_ptr<T>(),
-                           whh.data_ptr<T>(),
+                           bf16_products ? nullptr : wih.data_ptr<T>(),
+                           bf16_products ? nullptr : whh.data_ptr<T>(),
                            bi.data_ptr<T>(),
                            bh.data_ptr<T>(),
                            bf16_products ? pairs_ptr(pih) : nullptr,
@@ -267,7 +268,7 @@ std::vector<Tensor> sequence_backward(const OptTensor& grad_y_in, const OptTenso
   const int64_t D = w_hh.size(0), hid = w_hh.size(2), Gh = G * hid;
   const SeqPlan plan = make_plan(lengths, T_len, B, D);
 
-  const Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
+  const Tensor wih = bf16_products ? Tensor() : w_ih.contiguous(), whh = bf16_products ? Tensor() : w_hh.contiguous();
   auto contig = [](const OptTensor& t) { return t.has_value() ? OptTensor(t->contiguous()) : std::nullopt; };
   const OptTensor h0 = contig(h0_in), c0 = contig(c0_in), grad_hn = contig(grad_hn_in), grad_cn = contig(grad_cn_in);
   const OptTensor grad_y = grad_y_in.has_value() && grad_y_in->stride(2) != 1 ? contig(grad_y_in) : grad_y_in;
@@ -282,7 +283,13 @@ std::vector<Tensor> sequence_backward(const OptTensor& grad_y_in, const OptTenso
   const RowMap gm = grad_y.has_value() ? RowMap(*grad_y, batch_first) : ym;
   const Tensor pih = bf16_products ? weight_pairs(w_ih, false) : Tensor();
   const Tensor phh = bf16_products ? weight_pairs(w_hh, false) : Tensor();
-  const TileWeights<T> wts{C,      hid,    Gh, wih.data_ptr<T>(), whh.data_ptr<T>(), nullptr, nullptr,
+  const TileWeights<T> wts{C,
+                           hid,
+                           Gh,
+                           bf16_products ? nullptr : wih.data_ptr<T>(),
+                           bf16_products ? nullptr : whh.data_ptr<T>(),
+                           nullptr,
+                           nullptr,
                            bf16_products ? pairs_ptr(pih) : nullptr, bf16_products ? pairs_ptr(phh) : nullptr};
   const T* x_p = x.data_ptr<T>();
   const T* y_p = y.data_ptr<T>();
@@ -392,7 +399,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sequence_cpu(c10::string_view cell, c
       check_sequence_inputs<Cell>(op, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, batch_first);
       const BFloat16Op b;
       std::vector<Tensor> r =
-          sequence_forward<Cell, float>(b.in(x), b.in(w_ih), b.in(w_hh), b.in(b_ih), b.in(b_hh), b.in(h0), b.in(c0),
+          sequence_forward<Cell, float>(b.in(x), b.weight(w_ih), b.weight(w_hh), b.in(b_ih), b.in(b_hh), b.in(h0), b.in(c0),
                                         lengths, batch_first, training, b.products);
       for (int i = 0; i < 3; ++i) r[i] = b.out(r[i]);  // y, h_n, c_n; the workspace stays float32
       return r;
@@ -437,7 +444,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_back
     if (bf16) {
       const BFloat16Op b;
       std::vector<Tensor> r = sequence_backward<Cell, float>(b.in(grad_y), b.in(grad_hn), b.in(gcn), b.in(x),
-                                                             b.in(w_ih), b.in(w_hh), b.in(h0), b.in(c0), lengths,
+                                                             b.weight(w_ih), b.weight(w_hh), b.in(h0), b.in(c0), lengths,
                                                              b.in(y), ws, batch_first, b.products);
       for (Tensor& t : r) t = b.out(t);
       return r;

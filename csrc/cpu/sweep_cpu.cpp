@@ -75,6 +75,13 @@ struct StridedMap {
 template <typename T, typename Y>
 void scatter_tile(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t c0, int64_t hid, const T* src,
                   Y* dst) {
+  if constexpr (!std::is_same_v<T, Y> && std::is_same_v<Y, c10::BFloat16>) {
+    // bfloat16 output: the tile converted at once (vectorised), then its bits placed like any copy.
+    thread_local std::vector<uint16_t> bits;
+    bits.resize(L * hid);
+    bf16_from_float(src, bits.data(), L * hid);
+    return scatter_tile(m, l0, L, t, c0, hid, bits.data(), reinterpret_cast<uint16_t*>(dst));
+  }
   Y* base = dst + m.offset(l0, t) + c0 * m.sC;
   if (m.sC == 1) {
     const int64_t ls = m.geo.axis == 3 ? m.sH : m.sW;
@@ -100,6 +107,13 @@ void scatter_tile(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t
 template <typename T, bool kAdd, typename Y>
 void gather_rows(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t c0, int64_t hid, const Y* src,
                  T* dst) {
+  if constexpr (!std::is_same_v<T, Y> && std::is_same_v<Y, c10::BFloat16>) {
+    // bfloat16 input: the bits gathered like any copy, then widened at once (vectorised).
+    thread_local std::vector<uint16_t> bits;
+    bits.resize(L * hid);
+    gather_rows<uint16_t, false>(m, l0, L, t, c0, hid, reinterpret_cast<const uint16_t*>(src), bits.data());
+    return float_from_bf16(bits.data(), dst, L * hid, kAdd);
+  }
   const int64_t ls = L > 1 ? m.offset(l0 + 1, t) - m.offset(l0, t) : 0;
   if (ls == 1 && m.sC != 1) {
     const Y* base = src + m.offset(l0, t) + c0 * m.sC;
@@ -267,8 +281,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
   const SweepGeometry geo{N, H, W, static_cast<int>(axis)};
   const int64_t T_len = geo.steps(), lines = geo.lines();
 
-  const Tensor wih = w_ih.contiguous();
-  const Tensor whh = w_hh.contiguous();
+  const Tensor wih = bf16_products ? Tensor() : w_ih.contiguous();  // bfloat16 products read the pairs
+  const Tensor whh = bf16_products ? Tensor() : w_hh.contiguous();
   const Tensor xcl = position_major(x);
   const Tiling tiling = choose_tiling(geo);
   // dx of each direction, position-major (N, H, W, C).
@@ -281,7 +295,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
     const StridedMap ymap(geo, y), gmap(geo, grad_y);
     const Tensor pih = bf16_products ? weight_pairs(w_ih, false) : Tensor();
     const Tensor phh = bf16_products ? weight_pairs(w_hh, false) : Tensor();
-    const TileWeights<T> wts{C,      hid,    Gh, wih.data_ptr<T>(), whh.data_ptr<T>(), nullptr, nullptr,
+    const TileWeights<T> wts{C,
+                             hid,
+                             Gh,
+                             bf16_products ? nullptr : wih.data_ptr<T>(),
+                             bf16_products ? nullptr : whh.data_ptr<T>(),
+                             nullptr,
+                             nullptr,
                              bf16_products ? pairs_ptr(pih) : nullptr, bf16_products ? pairs_ptr(phh) : nullptr};
     const Y* gy_p = grad_y.data_ptr<Y>();
     const Y* y_p = y.data_ptr<Y>();
@@ -324,7 +344,7 @@ std::tuple<Tensor, Tensor> sweep_cpu(c10::string_view cell, const Tensor& x, con
     TORCH_CHECK(x.device().is_cpu(), op, ": CPU kernel called with x on ", x.device());
     if (x.scalar_type() == at::kBFloat16) {  // float32 state, bfloat16 products (tile_engine.h)
       const BFloat16Op b;  // x and y stay bfloat16: read and written by the kernel
-      return sweep_forward<Cell, float, c10::BFloat16>(x, b.in(w_ih), b.in(w_hh), b.in(b_ih), b.in(b_hh), axis,
+      return sweep_forward<Cell, float, c10::BFloat16>(x, b.weight(w_ih), b.weight(w_hh), b.in(b_ih), b.in(b_hh), axis,
                                                        channels_last, training, b.products);
     }
     return DTYPE_SWITCH(op, x.scalar_type(), T, CpuDtypes, [&] {
@@ -345,7 +365,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward_cpu(c10::strin
     check_sweep_backward_inputs(op, Cell::kSaved, gy, x, w_hh, y, ws, axis, bf16 ? at::kFloat : x.scalar_type());
     if (bf16) {
       const BFloat16Op b;
-      auto [dx, dwi, dwh, dbi, dbh] = sweep_backward<Cell, float, c10::BFloat16>(gy, x, b.in(w_ih), b.in(w_hh), y,
+      auto [dx, dwi, dwh, dbi, dbh] = sweep_backward<Cell, float, c10::BFloat16>(gy, x, b.weight(w_ih), b.weight(w_hh), y,
                                                                                  ws, axis, b.products);
       return std::make_tuple(dx, b.out(dwi), b.out(dwh), b.out(dbi), b.out(dbh));
     }

@@ -185,6 +185,25 @@ void gemm_pairs_avx512(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int6
   }
 }
 
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void bf16_from_float_avx512(const float* src, uint16_t* dst,
+                                                                                     int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = lane_mask(n - i);
+    const __m256bh r = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i));
+    _mm256_mask_storeu_epi16(dst + i, m, (__m256i)r);
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void float_from_bf16_avx512(const uint16_t* src, float* dst, int64_t n,
+                                                                        bool accumulate) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = lane_mask(n - i);
+    __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + i)), 16));
+    if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dst + i));
+    _mm512_mask_storeu_ps(dst + i, m, v);
+  }
+}
+
 #endif  // BRNNSEG_HAVE_X86
 
 struct Scratch {
@@ -201,6 +220,25 @@ uint32_t* grow(std::vector<uint32_t>& v, int64_t n) {
 }
 
 }  // namespace
+
+void bf16_from_float(const float* src, uint16_t* dst, int64_t n) {
+#ifdef BRNNSEG_HAVE_X86
+  if (bf16_gemm_supported()) return bf16_from_float_avx512(src, dst, n);
+#endif
+  for (int64_t i = 0; i < n; ++i) dst[i] = to_bf16_bits(src[i]);
+}
+
+void float_from_bf16(const uint16_t* src, float* dst, int64_t n, bool accumulate) {
+#ifdef BRNNSEG_HAVE_X86
+  if (cpu_isa() == Isa::kAvx512) return float_from_bf16_avx512(src, dst, n, accumulate);
+#endif
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = static_cast<uint32_t>(src[i]) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    dst[i] = accumulate ? dst[i] + f : f;
+  }
+}
 
 bool bf16_gemm_supported() { return cpu_bf16_isa() == Bf16Isa::kAvx512Bf16; }
 
@@ -251,6 +289,14 @@ void gemm_bf16_rows_packed_b(int64_t M, int64_t N, int64_t K, const uint16_t* A,
       a[m * K2 + j] = static_cast<uint32_t>(s[2 * j]) | (2 * j + 1 < K ? static_cast<uint32_t>(s[2 * j + 1]) << 16 : 0u);
   }
   gemm_bf16_pairs(M, N, K2, a, K2, 1, B_pairs, N, C, ldc, accumulate);
+}
+
+void gemm_bf16_packed_a(int64_t M, int64_t N, int64_t K, const uint32_t* A, int64_t sam, int64_t sak, const float* B,
+                        int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  uint32_t* b = grow(scratch().b, ((K + 1) / 2) * N);
+  pack_pairs_across_rows(B, ldb, K, N, b);
+  gemm_bf16_pairs(M, N, (K + 1) / 2, A, sam, sak, b, N, C, ldc, accumulate);
 }
 
 void gemm_bf16(bool ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,

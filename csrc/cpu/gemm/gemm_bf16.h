@@ -33,9 +33,19 @@ void gemm_bf16(bool ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t
 void gemm_bf16_packed_b(bool ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                         const uint32_t* B_pairs, float* C, int64_t ldc, bool accumulate);
 
+// C = A . B [+ C] with A already in pairs (A[m*sam + k2*sak]) and B float32 (K x N, row stride ldb):
+// the weight gradients, whose A (the gate gradients, transposed) serves two products.
+void gemm_bf16_packed_a(int64_t M, int64_t N, int64_t K, const uint32_t* A, int64_t sam, int64_t sak, const float* B,
+                        int64_t ldb, float* C, int64_t ldc, bool accumulate);
+
 // C = A . B_pairs [+ C] with A already bfloat16 (M x K bit patterns, row stride lda): with K and lda even
 // its rows are pairs as they lie (no packing); else they are copied into pairs with a zero pad.
 void gemm_bf16_rows_packed_b(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
                              const uint32_t* B_pairs, float* C, int64_t ldc, bool accumulate);
+
+// Conversions for the bfloat16 ops' loads and stores: n values, round to nearest even (vcvtneps2bf16
+// on AVX512-BF16); dst = or += the widened values.
+void bf16_from_float(const float* src, uint16_t* dst, int64_t n);
+void float_from_bf16(const uint16_t* src, float* dst, int64_t n, bool accumulate);
 
 }  // namespace brnnseg::cpu

@@ -149,6 +149,7 @@ T* forward_tile(const TileWeights<T>& w, int d, int64_t L, int64_t T_len, bool h
 template <typename T>
 struct BackwardScratch {
   std::vector<T> dh, dc, cp, hp, dgx, dgh, xs;
+  std::vector<uint32_t> gate_pairs;  // bfloat16 products: the buffered gate gradients, transposed, in pairs
   BackwardScratch(int64_t tile, int64_t hid, int64_t Gh, int64_t C, bool cell_state, bool split)
       : dh(tile * hid), dc(cell_state ? tile * hid : 0), cp(cell_state ? tile * hid : 0),
         hp(kChunk * tile * hid), dgx(kChunk * tile * Gh), dgh(split ? kChunk * tile * Gh : 0),
@@ -174,6 +175,18 @@ void backward_tile(const TileWeights<T>& w, int d, int64_t T_len, BackwardScratc
   int64_t buffered = 0, steps = 0;  // rows and steps since the last weight-gradient GEMMs
   auto flush = [&] {
     if (buffered == 0) return;
+    if constexpr (std::is_same_v<T, float>) {
+      if (bf16) {  // dgx^T packed once: it is the A of dW_ih and (cells without a split) of dW_hh
+        s.gate_pairs.resize(pairs_of(buffered) * Gh);
+        uint32_t* ap = s.gate_pairs.data();
+        pack_pairs_across_rows(s.dgx.data(), Gh, buffered, Gh, ap);
+        if (C > 0) gemm_bf16_packed_a(Gh, C, buffered, ap, 1, Gh, s.xs.data(), C, g.w_ih, C, true);
+        if (kSplit) pack_pairs_across_rows(s.dgh.data(), Gh, buffered, Gh, ap);
+        gemm_bf16_packed_a(Gh, hid, buffered, ap, 1, Gh, s.hp.data(), hid, g.w_hh, hid, true);
+        buffered = steps = 0;
+        return;
+      }
+    }
     if (C > 0) grad_product(bf16, Gh, C, buffered, s.dgx.data(), Gh, s.xs.data(), C, g.w_ih, C);
     grad_product(bf16, Gh, hid, buffered, kSplit ? s.dgh.data() : s.dgx.data(), Gh, s.hp.data(), hid, g.w_hh, hid);
     buffered = steps = 0;

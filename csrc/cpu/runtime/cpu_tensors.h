@@ -56,6 +56,9 @@ struct BFloat16Op {
     return in(*t);
   }
   at::Tensor out(const at::Tensor& t) const { return t.defined() ? t.to(at::kBFloat16) : t; }
+  // Weights: as they are where the products run in bfloat16 (the kernels read only their pairs,
+  // weight_pairs()), else in float32.
+  at::Tensor weight(const at::Tensor& w) const { return products ? w : in(w); }
 };
 
 }  // namespace brnnseg::cpu
