@@ -90,14 +90,19 @@ def _bench(args) -> int:
         print(f"TF32: matmul {torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32} "
               "(cuDNN RNNs use TF32 for float32 when allowed)")
     dtypes = args.dtype or bench.native_dtypes(args.device)
+    # bfloat16 on the CPU: products on AVX512-BF16 where it has it, whose roof is the dot-product peak.
+    bf16_peak = (bench.bf16_peak_gflops() if args.device == "cpu" and "bfloat16" in dtypes
+                 else float("nan"))
     all_rows, records = [], []
     for name in dtypes:
         dtype = getattr(torch, name)
-        print(f"-- {name}")
+        row_peak = bf16_peak if name == "bfloat16" and bf16_peak == bf16_peak else peak
+        print(f"-- {name}" + (f" (products on AVX512-BF16: % peak and roof against its dot-product peak, "
+                              f"{bf16_peak:.0f} GFLOP/s)" if row_peak is bf16_peak else ""))
         rec: list = []
         rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, not args.no_memory, dtype,
                          cudnn_records=rec)
-        print(bench.report(rows, sgemm, kgemm, peak))
+        print(bench.report(rows, sgemm, kgemm, row_peak))
         if rec:
             print(bench.report_cudnn(rec))
         records += rec
@@ -108,7 +113,8 @@ def _bench(args) -> int:
             bench.write_csv(rows, args.csv, f"{bench.device_name(args.device)} {name}", sgemm)
             print(f"appended to {args.csv}")
     _save(args, [all_rows], f"ReNet block vs PyTorch, {bench.device_name(args.device)}, {'/'.join(dtypes)}",
-          sgemm_gflops=sgemm, kernel_gemm_gflops=kgemm, fma_peak_gflops=peak, dtypes=dtypes,
+          sgemm_gflops=sgemm, kernel_gemm_gflops=kgemm, fma_peak_gflops=peak, bf16_peak_gflops=bf16_peak,
+          cpu_isa=(__import__("brnnseg_kernels").cpu_isa() if args.device == "cpu" else None), dtypes=dtypes,
           **({"cudnn": records} if args.device == "cuda" else {}))
     return 0
 

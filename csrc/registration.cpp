@@ -21,6 +21,16 @@ static PyObject* cpu_fma_peak_gflops(PyObject*, PyObject* arg) {
   return PyFloat_FromDouble(g);
 }
 
+static PyObject* cpu_bf16_peak_gflops(PyObject*, PyObject* arg) {
+  const double seconds = PyFloat_AsDouble(arg);
+  if (PyErr_Occurred()) return nullptr;
+  double g = 0;
+  Py_BEGIN_ALLOW_THREADS
+  g = brnnseg::cpu::bf16_dot_peak_gflops(seconds);
+  Py_END_ALLOW_THREADS
+  return PyFloat_FromDouble(g);
+}
+
 // Importing the module loads the shared library (which registers the ops). Its functions: return
 // the CPU kernels' idle cached buffers to the system (cpu/runtime/buffer_cache.h); measure the CPU's FMA
 // peak for the benchmarks (cpu/gemm/fma_peak.h).
@@ -30,6 +40,9 @@ PyObject* PyInit__C(void) {
        "Free the CPU kernels' idle cached buffers; returns the bytes released."},
       {"cpu_fma_peak_gflops", cpu_fma_peak_gflops, METH_O,
        "float32 FMA GFLOP/s of all intra-op threads at once (AVX-512 or AVX2); 0 on other CPUs."},
+      {"cpu_bf16_peak_gflops", cpu_bf16_peak_gflops, METH_O,
+       "bfloat16 dot-product GFLOP/s of all intra-op threads at once (AVX512-BF16); 0 where bfloat16 products "
+       "run in float32."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);

@@ -72,6 +72,14 @@ def fma_peak_gflops(seconds: float = 0.3) -> float:
     return _C.cpu_fma_peak_gflops(seconds) or float("nan")
 
 
+def bf16_peak_gflops(seconds: float = 0.3) -> float:
+    """bfloat16 dot-product rate of all intra-op threads at once (vdpbf16ps chains, 32 products per
+    instruction): the roof of the bfloat16 ops' GEMMs. NaN where their products run in float32."""
+    from .. import _C
+
+    return _C.cpu_bf16_peak_gflops(seconds) or float("nan")
+
+
 @contextlib.contextmanager
 def _quiet_native_stderr():
     """File descriptor 2 to /dev/null: the profiler's native start/stop lines (kineto's "USDT ...

@@ -6,6 +6,10 @@
 
 #include <ATen/Parallel.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <chrono>
 
@@ -56,31 +60,47 @@ int lanes() {
 float run_chains(int width, int64_t iters, float seed) {
   return width == 16 ? chains_avx512(iters, seed) : chains_avx2(iters, seed);
 }
+// vdpbf16ps chains: 32 bfloat16 products summed into 16 float32 lanes per instruction.
+__attribute__((target("avx512f,avx512bf16"))) float chains_bf16(int64_t iters, float seed) {
+  __m512 acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(seed + 1e-3f * i);
+  const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5f), _mm512_set1_ps(0.5f));
+  const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-6f), _mm512_set1_ps(1e-6f));
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+  }
+  float s = 0;
+  for (int i = 0; i < kChains; ++i) s += _mm512_reduce_add_ps(acc[i]);
+  return s;
+}
 #else
 int lanes() { return 0; }
 float run_chains(int, int64_t, float) { return 0; }
+float chains_bf16(int64_t, float) { return 0; }
 #endif
 
 // The chains' results land here and their seeds come from here: a volatile the compiler can
 // neither predict nor skip, so no chain is folded or dropped.
 volatile float g_sink = 0.0f;
 
-// Seconds for `iters` iterations on every thread at once (the slowest thread counts).
+// Seconds for `iters` iterations on every thread at once (the slowest thread counts); width 32: the
+// bfloat16 dot-product chains.
 double timed_run(int width, int64_t iters) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const auto t0 = std::chrono::steady_clock::now();
   at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) g_sink = run_chains(width, iters, 1.0f + g_sink * 1e-30f);
+    for (int64_t i = b; i < e; ++i)
+      g_sink = width == 32 ? chains_bf16(iters, 1.0f + g_sink * 1e-30f)
+                           : run_chains(width, iters, 1.0f + g_sink * 1e-30f);
   });
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-}  // namespace
-
-double fma_peak_gflops(double seconds) {
-  const int width = lanes();
+// Products per instruction and chain: `width`. Calibrate the iteration count to about `seconds`,
+// then keep the best of three runs.
+double peak_gflops(int width, double seconds) {
   if (width == 0 || seconds <= 0) return 0.0;
-  // Calibrate the iteration count to about `seconds`, then keep the best of three runs.
   int64_t iters = 1 << 16;
   double t = timed_run(width, iters);
   iters = std::max<int64_t>(iters, static_cast<int64_t>(iters * (seconds / 3) / std::max(t, 1e-6)));
@@ -91,6 +111,14 @@ double fma_peak_gflops(double seconds) {
     best = std::max(best, flops / t / 1e9);
   }
   return best;
+}
+
+}  // namespace
+
+double fma_peak_gflops(double seconds) { return peak_gflops(lanes(), seconds); }
+
+double bf16_dot_peak_gflops(double seconds) {
+  return peak_gflops(cpu_bf16_isa() == Bf16Isa::kAvx512Bf16 ? 32 : 0, seconds);
 }
 
 }  // namespace brnnseg::cpu
