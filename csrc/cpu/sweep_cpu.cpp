@@ -292,7 +292,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
   Tensor parts = wgrad.zeros(tiling.items, t_opts);
 
   if (geo.positions() > 0) {
-    const StridedMap ymap(geo, y), gmap(geo, grad_y);
+    // y and grad_y position-major: each step's rows are then contiguous copies. Gathered in place from
+    // NCHW, a step reads 2*hid channel rows H*W apart -- one L1 set when H*W*size is a multiple of 4 KiB.
+    const Tensor y_pm = position_major(y), gy_pm = position_major(grad_y);
+    const StridedMap ymap(geo, y_pm), gmap(geo, gy_pm);
     const Tensor pih = bf16_products ? weight_pairs(w_ih, false) : Tensor();
     const Tensor phh = bf16_products ? weight_pairs(w_hh, false) : Tensor();
     const TileWeights<T> wts{C,
@@ -303,8 +306,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
                              nullptr,
                              nullptr,
                              bf16_products ? pairs_ptr(pih) : nullptr, bf16_products ? pairs_ptr(phh) : nullptr};
-    const Y* gy_p = grad_y.data_ptr<Y>();
-    const Y* y_p = y.data_ptr<Y>();
+    const Y* gy_p = gy_pm.data_ptr<Y>();
+    const Y* y_p = y_pm.data_ptr<Y>();
     const T* ws_p = ws.data_ptr<T>();
     const Y* x_p = xcl.data_ptr<Y>();
     T* dx_p = dx_dir.data_ptr<T>();
@@ -329,7 +332,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
   // dx = both directions' parts, in the memory format of x.
   Tensor dx = empty_large(x.sizes(), x.options(),
                           is_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-  at::add_out(dx, dx_dir[0].permute({0, 3, 1, 2}), dx_dir[1].permute({0, 3, 1, 2}));
+  sum_directions(dx_dir, dx);
   return {dx, dw_ih, dw_hh, db_ih, db_hh};
 }
 
