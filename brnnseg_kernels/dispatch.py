@@ -2,7 +2,8 @@
 
 * Sweeps (``functional.sweep`` / ``renet``): the fused CPU kernel in float32/float64/bfloat16 (bfloat16
   keeps float32 state and runs its products in bfloat16 on AVX512-BF16; float16 inputs are computed in
-  float32 and cast back); the fused CUDA kernel in float32/float16/bfloat16 when the build has CUDA and
+  float32 and cast back), except bfloat16 LSTM sweeps on CPUs with AMX-BF16, which go to torch's fused
+  LSTM (faster there: :func:`cpu_bf16_lstm_path`); the fused CUDA kernel in float32/float16/bfloat16 when the build has CUDA and
   the hidden size fits it (``torch.ops.brnnseg.sweep_limits``, from the C++ planner); under autocast
   (CUDA, or CPU with bfloat16), the autocast dtype (like cuDNN's nn.GRU); the plain-PyTorch reference
   anywhere else (other devices, larger hidden sizes on CUDA, a build without CUDA kernels).
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["CPU_DTYPES", "CUDA_DTYPES", "cuda_max_hidden", "has_kernel", "sweep_path", "pair_kernel_applies",
-           "sequence_kernel_applies", "sequence_autocast_dtype"]
+           "sequence_kernel_applies", "sequence_autocast_dtype", "cpu_bf16_lstm_path"]
 
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -96,13 +97,44 @@ def check_cuda_arch(archs: str, capability) -> None:
             "install a wheel built for it.")
 
 
-def sweep_path(x: Tensor, hidden: int) -> str:
-    """"kernel", "kernel-float32" (CPU kernel on a float32 copy), or "reference", for a sweep of x
-    (after any autocast cast)."""
+BF16_LSTM_CHOICES = ("auto", "kernel", "torch")
+
+
+def cpu_bf16_lstm_path() -> str:
+    """Who runs bfloat16 LSTM sweeps on the CPU: "kernel" (ours) or "torch" (permute + torch's fused
+    ``torch.lstm``, oneDNN's). ``BRNNSEG_CPU_BF16_LSTM=kernel|torch`` decides; ``auto`` (the default)
+    takes torch's where the CPU has AMX-BF16: oneDNN runs its LSTM GEMMs on AMX tiles there (16.6 / 15.2 /
+    4.0 ms under no_grad on the benchmark shapes of a 2-core Xeon, against our 0.53-0.70x of it with
+    float32 products, benchmarks/README.md) and ours has no AMX kernel yet, so it would be slower than
+    what users have. Everywhere else (AVX512-BF16 without AMX, or no bfloat16 unit) ours: 1.5-2.5x
+    torch's on this repository's EPYC."""
+    import os
+
+    choice = os.environ.get("BRNNSEG_CPU_BF16_LSTM", "auto") or "auto"
+    if choice not in BF16_LSTM_CHOICES:
+        raise ValueError(f"BRNNSEG_CPU_BF16_LSTM must be one of {', '.join(BF16_LSTM_CHOICES)}, got {choice!r}")
+    if choice != "auto":
+        return choice
+    return "torch" if _cpu_has_amx_bf16() else "kernel"
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_has_amx_bf16() -> bool:
+    from . import cpu_isa
+
+    return cpu_isa().get("amx_bf16") == "yes"
+
+
+def sweep_path(x: Tensor, hidden: int, cell: Optional[str] = None) -> str:
+    """"kernel", "kernel-float32" (CPU kernel on a float32 copy), "torch" (torch's fused RNN, where it is
+    faster than ours: :func:`cpu_bf16_lstm_path`) or "reference", for a sweep of x (after any autocast
+    cast)."""
     if not has_kernel(x.device):
         return "reference"
     if _device_type(x.device) == "cuda":
         return "kernel" if hidden <= cuda_max_hidden() and x.dtype in CUDA_DTYPES else "reference"
+    if x.dtype == torch.bfloat16 and cell == "lstm" and x.device.type == "cpu" and cpu_bf16_lstm_path() == "torch":
+        return "torch"
     return "kernel" if x.dtype in CPU_DTYPES else "kernel-float32"
 
 
@@ -114,12 +146,13 @@ def autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
     return None
 
 
-def pair_kernel_applies(x: Tensor, weights: Sequence[Optional[Tensor]], hidden: int) -> bool:
+def pair_kernel_applies(x: Tensor, weights: Sequence[Optional[Tensor]], hidden: int, cell: Optional[str] = None) -> bool:
     """The pair op (mode="parallel") takes the inputs as they are: no autocast casts, kernel dtypes,
-    fused-kernel sizes."""
+    fused-kernel sizes, and sweeps our kernel runs (:func:`sweep_path`)."""
     same_dtype = all(t is None or t.dtype == x.dtype for t in weights)
     if _device_type(x.device) == "cpu":
-        return same_dtype and x.dtype in CPU_DTYPES and autocast_dtype(x) is None
+        return (same_dtype and x.dtype in CPU_DTYPES and autocast_dtype(x) is None
+                and sweep_path(x, hidden, cell) == "kernel")
     if _device_type(x.device) == "cuda":
         return (same_dtype and has_kernel(x.device) and x.dtype in CUDA_DTYPES and hidden <= cuda_max_hidden()
                 and autocast_dtype(x) is None)

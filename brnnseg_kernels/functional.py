@@ -31,14 +31,39 @@ def sweep(x: Tensor, weights: Tuple[Tensor, Tensor, Optional[Tensor], Optional[T
     dt = dispatch.autocast_dtype(x)
     if dt is not None and x.dtype == torch.float32:  # autocast casts float32 only, as torch's does
         x, w_ih, w_hh = x.to(dt), w_ih.to(dt), w_hh.to(dt)
-    path = dispatch.sweep_path(x, w_hh.shape[-1])
+    path = dispatch.sweep_path(x, w_hh.shape[-1], cell)
     if path == "reference":
         return reference.sweep(cell, x, w_ih, w_hh, b_ih, b_hh, axis)
+    if path == "torch":
+        cast = [None if t is None else t.to(x.dtype) for t in (w_ih, w_hh, b_ih, b_hh)]
+        y = _torch_lstm_sweep(x, *cast, axis)
+        return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if path == "kernel-float32":
         f32 = [None if t is None else t.float() for t in (x, w_ih, w_hh, b_ih, b_hh)]
         return ops.sweep(cell, *f32, axis=axis, channels_last=channels_last).to(x.dtype)
     cast = [None if t is None else t.to(x.dtype) for t in (w_ih, w_hh, b_ih, b_hh)]
     return ops.sweep(cell, x, *cast, axis=axis, channels_last=channels_last)
+
+
+def _torch_lstm_sweep(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+                      axis: int) -> Tensor:
+    """The sweep through torch's fused bidirectional LSTM (``torch.lstm``: oneDNN's on the CPU), the lines
+    of x as a batch of sequences: what ``reference.ReNetBaseline`` runs, with our stacked weights."""
+    n, c, h, w = x.shape
+    hid = w_hh.shape[-1]
+    seq = (x.permute(0, 2, 3, 1).reshape(n * h, w, c) if axis == 3 else
+           x.permute(0, 3, 2, 1).reshape(n * w, h, c))
+    has_bias = b_ih is not None or b_hh is not None
+    params = []
+    for d in range(2):
+        params += [w_ih[d], w_hh[d]]
+        if has_bias:
+            params += [t[d] if t is not None else w_ih.new_zeros(w_ih.shape[1]) for t in (b_ih, b_hh)]
+    h0 = seq.new_zeros(2, seq.shape[0], hid)
+    y, _, _ = torch.lstm(seq, (h0, h0), params, has_bias, 1, 0.0, torch.is_grad_enabled(), True, True)
+    if axis == 3:
+        return y.reshape(n, h, w, 2 * hid).permute(0, 3, 1, 2)
+    return y.reshape(n, w, h, 2 * hid).permute(0, 3, 2, 1)
 
 
 def renet(x: Tensor, weights: Dict[str, Tuple], cell: str = "gru", order: Tuple[str, str] = ("rows", "cols"),
@@ -49,7 +74,7 @@ def renet(x: Tensor, weights: Dict[str, Tuple], cell: str = "gru", order: Tuple[
     out_cl = ops.is_channels_last(x)
     if mode == "parallel":
         flat = [t for w in weights.values() for t in w]
-        if order == ("rows", "cols") and dispatch.pair_kernel_applies(x, flat, weights["rows"][1].shape[-1]):
+        if order == ("rows", "cols") and dispatch.pair_kernel_applies(x, flat, weights["rows"][1].shape[-1], cell):
             # Both sweeps in one op (one launch on a GPU).
             return ops.sweep_pair(cell, x, weights["rows"], weights["cols"], channels_last=out_cl)
         return torch.cat([sweep(x, weights[name], cell, AXES[name], channels_last=out_cl) for name in order], dim=1)

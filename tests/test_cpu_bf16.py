@@ -251,3 +251,40 @@ def test_isa_env_rejects_unknown():
     out = subprocess.run([sys.executable, "-c", "import brnnseg_kernels"], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode != 0 and "BRNNSEG_CPU_ISA must be one of" in out.stderr
+
+
+def test_bf16_lstm_dispatch_to_torch(monkeypatch):
+    """Never slower: bfloat16 LSTM sweeps go to torch's fused LSTM on CPUs with AMX-BF16 (auto), or when
+    BRNNSEG_CPU_BF16_LSTM=torch; that path is exactly nn.LSTM over the lines, gradients included."""
+    from brnnseg_kernels import dispatch, functional
+
+    x = torch.randn(2, 5, 4, 6).bfloat16()
+    monkeypatch.delenv("BRNNSEG_CPU_BF16_LSTM", raising=False)
+    monkeypatch.setattr(dispatch, "_cpu_has_amx_bf16", lambda: False)
+    assert dispatch.sweep_path(x, 8, "lstm") == "kernel"
+    monkeypatch.setattr(dispatch, "_cpu_has_amx_bf16", lambda: True)
+    assert dispatch.sweep_path(x, 8, "lstm") == "torch"
+    assert dispatch.sweep_path(x, 8, "gru") == "kernel"  # torch's bfloat16 GRU has no such path
+    assert dispatch.sweep_path(x.float(), 8, "lstm") == "kernel"
+    monkeypatch.setenv("BRNNSEG_CPU_BF16_LSTM", "kernel")
+    assert dispatch.sweep_path(x, 8, "lstm") == "kernel"
+    monkeypatch.setenv("BRNNSEG_CPU_BF16_LSTM", "fast")
+    with pytest.raises(ValueError, match="BRNNSEG_CPU_BF16_LSTM"):
+        dispatch.sweep_path(x, 8, "lstm")
+    monkeypatch.setenv("BRNNSEG_CPU_BF16_LSTM", "torch")
+    for axis in (3, 2):
+        lstm = nn.LSTM(5, 8, batch_first=True, bidirectional=True).bfloat16()
+        ws = [torch.stack([getattr(lstm, f"{n}_l0"), getattr(lstm, f"{n}_l0_reverse")]).detach().requires_grad_()
+              for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        xi = x.clone().requires_grad_()
+        y = functional.sweep(xi, tuple(ws), "lstm", axis)
+        seq = x.permute(0, 2, 3, 1).reshape(8, 6, 5) if axis == 3 else x.permute(0, 3, 2, 1).reshape(12, 4, 5)
+        want, _ = lstm(seq)
+        want = (want.reshape(2, 4, 6, 16).permute(0, 3, 1, 2) if axis == 3
+                else want.reshape(2, 6, 4, 16).permute(0, 3, 2, 1))
+        assert torch.equal(y, want)
+        y.float().sum().backward()
+        assert xi.grad is not None and all(w.grad is not None for w in ws)
+    # mode="parallel" leaves the pair op to the kernel's sweeps only
+    layer = bk.BiLSTM2d(5, 8, mode="parallel").bfloat16()
+    assert layer(x).shape == (2, 32, 4, 6)
