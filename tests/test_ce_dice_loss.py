@@ -272,3 +272,19 @@ def test_triton_refuses_bad_labels():
     with pytest.raises(ValueError, match="label 3, outside"):
         triton_kernels.ce_dice_sums_triton(x.to(TRITON_DEVICE), t.to(TRITON_DEVICE), None, None, 0.0, 1, -100, 0.0,
                                            False)
+
+
+@pytest.mark.parametrize("bw", [0.0, 2.0])
+def test_benchmark_baselines_compute_the_fused_loss(bw):
+    """`bench --op seg_loss` races CEDiceLoss(average="all") against reference.unfused_ce_dice and the
+    composition with MONAI's DiceLoss: all three are the same loss, value and gradient."""
+    monai = pytest.importorskip("monai")  # noqa: F841
+    x = torch.randn(3, 5, 17, 13, dtype=torch.float64, requires_grad=True)
+    t = _labels(3, 5, (17, 13))
+    ours = bk.losses.CEDiceLoss(boundary_weight=bw, boundary_radius=1, average="all")(x, t)
+    g_ours, = torch.autograd.grad(ours, x)
+    for ref_fn in (reference.unfused_ce_dice, reference.unfused_ce_monai_dice):
+        ref = ref_fn(x, t, boundary_weight=bw)
+        g_ref, = torch.autograd.grad(ref, x)
+        torch.testing.assert_close(ours, ref)
+        torch.testing.assert_close(g_ours, g_ref)

@@ -154,7 +154,8 @@ def report_cudnn(records: List[dict]) -> str:
 
 
 def report_loss(rows: List[LossRow]) -> str:
-    lines = ["logits: the sigmoid loss (BCEDiceLoss); ce:...: the multi-class loss (CEDiceLoss, integer labels)",
+    lines = ["logits: the sigmoid loss (BCEDiceLoss); ce:...: the multi-class loss (CEDiceLoss, integer labels); "
+             "ce-monai:...: the same fused loss against the composition with MONAI's DiceLoss",
              f"{'logits':18s} {'torch ms':>9s} {'ours ms':>9s} {'speedup':>8s} {'torch MiB':>10s} {'ours MiB':>9s} "
              f"{'grad MiB':>9s} {'floor ms':>9s}"]
     by = {}
@@ -163,7 +164,7 @@ def report_loss(rows: List[LossRow]) -> str:
     for shape, d in by.items():
         t, o = d["torch"], d["brnnseg"]
         px = 1
-        for s in shape.split(":")[-1].split("x"):  # "ce:4x8x128x128": the multi-class loss
+        for s in shape.split(":")[-1].split("x"):  # "ce:4x8x128x128", "ce-monai:...": the multi-class loss
             px *= int(s)
         lines.append(f"{shape:18s} {t.ms:9.2f} {o.ms:9.2f} {t.ms / o.ms:7.2f}x {t.peak_mib:10.1f} {o.peak_mib:9.1f} "
                      f"{px * 4 / 2**20:9.1f} {o.floor_ms:9.3f}")

@@ -189,9 +189,9 @@ def run_loss(device="cpu", repeat=9, threads=2, memory=True, bandwidth_gbs: floa
             peak = peak_mib(device, step) if memory else float("nan")
             rows.append(LossRow("x".join(map(str, shape)), provider, time_ms(step, device, repeat), peak, floor))
     # Multi-class: CEDiceLoss (softmax CE + boundary weight 2, radius 1 + softmax Dice) on int64 label maps
-    # against the unfused composition (reference.unfused_ce_dice).
+    # against the unfused composition (reference.unfused_ce_dice) and the same with MONAI's DiceLoss.
     from ..losses import CEDiceLoss
-    from ..reference import unfused_ce_dice
+    from ..reference import unfused_ce_dice, unfused_ce_monai_dice
 
     fused_mc = CEDiceLoss(boundary_weight=2.0, boundary_radius=1, average="all")
     for shape in LOSS_MC_SHAPES[device]:
@@ -201,13 +201,24 @@ def run_loss(device="cpu", repeat=9, threads=2, memory=True, bandwidth_gbs: floa
         floor = float("nan")
         if device == "cuda":
             floor = (3 * logits.numel() * 4 + 2 * labels.numel() * 8) / (bandwidth_gbs * 1e9) * 1e3
-        for provider, fn in (("torch", lambda: unfused_ce_dice(logits, labels)),
-                             ("brnnseg", lambda: fused_mc(logits, labels))):
+        providers = [("ce:", "torch", lambda: unfused_ce_dice(logits, labels)),
+                     ("ce:", "brnnseg", lambda: fused_mc(logits, labels))]
+        try:  # the same with MONAI's DiceLoss as the Dice term (rows ce-monai:, against the same fused loss)
+            import monai.losses  # noqa: F401
+
+            providers.append(("ce-monai:", "torch", lambda: unfused_ce_monai_dice(logits, labels)))
+        except ImportError:
+            pass
+        for prefix, provider, fn in providers:
             def step():
                 logits.grad = None
                 fn().backward()
             peak = peak_mib(device, step) if memory else float("nan")
-            rows.append(LossRow("ce:" + "x".join(map(str, shape)), provider, time_ms(step, device, repeat), peak, floor))
+            rows.append(LossRow(prefix + "x".join(map(str, shape)), provider, time_ms(step, device, repeat), peak,
+                                floor))
+        if prefix == "ce-monai:":
+            fused_row = next(r for r in rows if r.shape == "ce:" + "x".join(map(str, shape)) and r.provider == "brnnseg")
+            rows.append(LossRow(prefix + "x".join(map(str, shape)), "brnnseg", fused_row.ms, fused_row.peak_mib, floor))
     return rows
 
 
