@@ -170,9 +170,15 @@ def _bench_processes(args) -> int:
 def _plan(args) -> int:
     from . import bench, plan
 
+    if args.measured:
+        import json
+
+        with open(args.measured) as f:
+            print(plan.calibration_table(json.load(f), args.gpu))
+        return 0
     shapes = {k: v for k, v in bench.GPU_SHAPES.items() if not args.shapes or k in args.shapes}
     print(plan.plan_table(args.gpu, shapes, cells=args.cells, dtypes=args.dtype, recurrence=args.recurrence,
-                          tf32=args.tf32))
+                          tf32=args.tf32, model=args.model))
     return 0
 
 
@@ -223,6 +229,11 @@ def main(argv=None) -> int:
                     help="as BRNNSEG_CUDA_RECURRENCE: the planner's choice, the FP32-core or the tensor-core kernels")
     pl.add_argument("--tf32", action="store_true", help="as torch.backends.cuda.matmul.allow_tf32 (float32 on "
                                                          "tensor cores where a plan exists)")
+    pl.add_argument("--measured", metavar="JSON", help="instead: the calibrated model's per-step budget beside "
+                    "every row of a gpu_selfcheck.py us_per_step.json (e.g. benchmarks/results/2026-12-04-h200/)")
+    pl.add_argument("--model", choices=["calibrated", "paper"], default="calibrated",
+                    help="time per step: the model calibrated on the H200's measurements (sm_90; the paper model "
+                         "where none exists) or the paper model")
     sub.add_parser("demo", help="train a BRNN-U-Net and a plain U-Net on built-in tasks and compare them "
                                 "(python -m brnnseg_kernels demo --help)")
     sub.add_parser("train", help="train on your own images: --data DIR with images/ and masks/ "

@@ -188,14 +188,18 @@ def workload_steps(out_path: str) -> int:
                     torch.backends.cuda.matmul.allow_tf32 = False
                     for kernel, ms in (("fwd", fwd), ("bwd", bwd)):
                         est = plan.estimate(launch[kernel], gpu)
+                        cal = plan.estimate_calibrated(launch[kernel], gpu)
                         rows.append(dict(cell=cell, dtype=dtype_name, hidden=hid, kernel=kernel, lines=STEP_LINES,
                                          recurrence=recurrence + ("(tf32)" if tf32 and recurrence == "mma" else ""),
                                          T=list(STEP_T), ms=ms, us_per_step=slope(STEP_T, ms),
                                          model_us_per_step=est.us_per_step, weights=launch[kernel].weights,
+                                         calibrated_us_per_step=cal.us_per_step * cal.waves if cal else None,
                                          cudnn_fwd_us_per_step=slope(STEP_T, ref) if kernel == "fwd" else None))
                     print(f"{cell} {dtype_name} hid {hid} {recurrence}: fwd {rows[-2]['us_per_step']:.2f} us/step "
-                          f"(model {rows[-2]['model_us_per_step']:.2f}, cuDNN {rows[-2]['cudnn_fwd_us_per_step']:.2f}), "
-                          f"bwd {rows[-1]['us_per_step']:.2f} (model {rows[-1]['model_us_per_step']:.2f})", flush=True)
+                          f"(model {rows[-2]['model_us_per_step']:.2f}, calibrated {rows[-2]['calibrated_us_per_step'] or 0:.2f}, "
+                          f"cuDNN {rows[-2]['cudnn_fwd_us_per_step']:.2f}), bwd {rows[-1]['us_per_step']:.2f} (model "
+                          f"{rows[-1]['model_us_per_step']:.2f}, calibrated {rows[-1]['calibrated_us_per_step'] or 0:.2f})",
+                          flush=True)
     os.environ.pop("BRNNSEG_CUDA_RECURRENCE", None)
     with open(out_path, "w") as f:
         json.dump(rows, f, indent=1)
@@ -340,13 +344,16 @@ def write_report(out: str, env: dict, steps: list, step_rows: list):
     md += [f"| {s['name']} | {s['status']} | {s.get('seconds', '')} |" for s in steps]
     if step_rows:
         md += ["", f"Microseconds per step ({STEP_LINES} lines, slope over T = {STEP_T[0]}..{STEP_T[-1]}):", "",
-               "| cell | dtype | hidden | recurrence | kernel | W_hh | measured us/step | model us/step | cuDNN fwd us/step |",
-               "|---|---|---|---|---|---|---|---|---|"]
+               "| cell | dtype | hidden | recurrence | kernel | W_hh | measured us/step | paper model us/step | "
+               "calibrated model us/step | cuDNN fwd us/step |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
         for r in step_rows:
             cud = "" if r["cudnn_fwd_us_per_step"] is None else f"{r['cudnn_fwd_us_per_step']:.2f}"
             md.append(f"| {r['cell']} | {r['dtype']} | {r['hidden']} | {r.get('recurrence', 'fma')} | {r['kernel']} | "
                       f"{r['weights']} | "
-                      f"{r['us_per_step']:.2f} | {r['model_us_per_step']:.2f} | {cud} |")
+                      f"{r['us_per_step']:.2f} | {r['model_us_per_step']:.2f} | "
+                      f"{'' if r.get('calibrated_us_per_step') is None else format(r['calibrated_us_per_step'], '.2f')} | "
+                      f"{cud} |")
     for s in steps:
         if s["status"] not in ("pass",):
             md += ["", f"## {s['name']}: {s['status']}", "", "```", s.get("tail", "")[-1500:], "```"]
