@@ -218,7 +218,8 @@ setup(
     version=VERSION,
     install_requires=INSTALL_REQUIRES,
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
-    package_data={PACKAGE: ["py.typed"]},  # PEP 561: the public API carries type hints
+    # PEP 561 (the public API carries type hints); the measured backend tables (tuning/sm90.json).
+    package_data={PACKAGE: ["py.typed", "tuning/*.json"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},

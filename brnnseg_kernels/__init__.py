@@ -23,11 +23,13 @@ from . import cells, dispatch, checks, ops, reference, functional, nn, losses, m
 for _fam in cells.FAMILIES:  # the ReNet layers at the top level: bk.BiGRU2d, bk.BiLSTM2d, ...
     globals()[_fam.layer2d] = getattr(nn, _fam.layer2d)
 
+explain = dispatch.explain  # bk.explain(model, x): which path every sweep takes, and why
+
 __version__ = "0.1.0"
 
 __all__ = [f.layer2d for f in cells.FAMILIES] + ["cells", "dispatch", "checks", "ops", "reference", "functional",
                                                  "nn", "losses", "models", "inference", "build_info",
-                                                 "release_cpu_buffers", "cpu_isa"]
+                                                 "release_cpu_buffers", "cpu_isa", "explain"]
 
 
 def cpu_isa() -> dict:

@@ -4,9 +4,11 @@
   keeps float32 state and runs its products in bfloat16 on AVX512-BF16; float16 inputs are computed in
   float32 and cast back), except bfloat16 LSTM sweeps on CPUs with AMX-BF16, which go to torch's fused
   LSTM (faster there: :func:`cpu_bf16_lstm_path`); the fused CUDA kernel in float32/float16/bfloat16 when the build has CUDA and
-  the hidden size fits it (``torch.ops.brnnseg.sweep_limits``, from the C++ planner); under autocast
+  the hidden size fits it (``torch.ops.brnnseg.sweep_limits``, from the C++ planner) and it is not
+  slower than permute + cuDNN there (measured per GPU, else the calibrated model: :func:`cuda_backend`,
+  :mod:`brnnseg_kernels.tuning`; else cuDNN, through torch's own RNN op, runs it); under autocast
   (CUDA, or CPU with bfloat16), the autocast dtype (like cuDNN's nn.GRU); the plain-PyTorch reference
-  anywhere else (other devices, larger hidden sizes on CUDA, a build without CUDA kernels).
+  anywhere else (other devices, a build without CUDA kernels).
 * Sequences (the drop-in ``nn.GRU/LSTM/RNN``): the fused CPU kernel for float32/float64/bfloat16 CPU input
   with weights of the same dtype, not under TorchScript, no LSTM projections; under CPU autocast with
   bfloat16, the dtype torch's own module would compute in (bfloat16 for LSTM and RNN, whose oneDNN
@@ -14,13 +16,16 @@
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["CPU_DTYPES", "CUDA_DTYPES", "cuda_max_hidden", "has_kernel", "sweep_path", "pair_kernel_applies",
+__all__ = ["CPU_DTYPES", "CUDA_DTYPES", "cuda_max_hidden", "has_kernel", "sweep_path", "sweep_decision", "cuda_backend",
+           "recording", "explain", "pair_kernel_applies",
            "sequence_kernel_applies", "sequence_autocast_dtype", "cpu_bf16_lstm_path"]
 
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
@@ -108,8 +113,6 @@ def cpu_bf16_lstm_path() -> str:
     float32 products, benchmarks/README.md) and ours has no AMX kernel yet, so it would be slower than
     what users have. Everywhere else (AVX512-BF16 without AMX, or no bfloat16 unit) ours: 1.5-2.5x
     torch's on this repository's EPYC."""
-    import os
-
     choice = os.environ.get("BRNNSEG_CPU_BF16_LSTM", "auto") or "auto"
     if choice not in BF16_LSTM_CHOICES:
         raise ValueError(f"BRNNSEG_CPU_BF16_LSTM must be one of {', '.join(BF16_LSTM_CHOICES)}, got {choice!r}")
@@ -125,17 +128,85 @@ def _cpu_has_amx_bf16() -> bool:
     return cpu_isa().get("amx_bf16") == "yes"
 
 
-def sweep_path(x: Tensor, hidden: int, cell: Optional[str] = None) -> str:
-    """"kernel", "kernel-float32" (CPU kernel on a float32 copy), "torch" (torch's fused RNN, where it is
-    faster than ours: :func:`cpu_bf16_lstm_path`) or "reference", for a sweep of x (after any autocast
-    cast)."""
+def _cuda_arch(device: torch.device) -> tuple:
+    """("sm_90", "h200")-style (arch, GPU name for the planner) of a CUDA device (the simulated GPU under
+    simulated_cuda())."""
+    if device.type != "cuda":
+        from . import testing
+
+        gpu = testing.simulated_gpu() or "h100"
+        return {"a100": "sm_80"}.get(gpu, "sm_90"), gpu
+    major, minor = torch.cuda.get_device_capability(device)
+    arch = f"sm_{major}{minor}"
+    return arch, {"sm_80": "a100", "sm_90": "h200"}.get(arch, "h100")
+
+
+def cuda_backend(x: Tensor, hidden: int, cell: Optional[str], axis: Optional[int] = 3, training: bool = False,
+                 autocast: bool = False) -> tuple:
+    """("kernel" | "cudnn", why) for a CUDA sweep of x: our fused kernel, or permute + cuDNN (torch's
+    own RNN op with the same weights), whichever the measured table (or, unmeasured, the calibrated
+    model) says is faster: :mod:`brnnseg_kernels.tuning`. Sizes beyond our kernel go to cuDNN."""
+    if cell is None or x.dim() != 4:
+        return "kernel", "no cell or not a 4-D map: our kernel"
+    if hidden > cuda_max_hidden():
+        return "cudnn", f"hidden {hidden} > {cuda_max_hidden()}, our kernel's largest: cuDNN"
+    from . import tuning
+
+    n, _, h, w = x.shape
+    lines, steps = (n * h, w) if axis == 3 else (n * w, h)
+    arch, gpu = _cuda_arch(x.device)
+    return tuning.cuda_choice(cell, str(x.dtype).replace("torch.", ""), hidden, lines, steps, training, arch,
+                              autocast, gpu)
+
+
+def sweep_decision(x: Tensor, hidden: int, cell: Optional[str] = None, axis: Optional[int] = 3,
+                   training: bool = False, autocast: bool = False) -> tuple:
+    """(path, why) for a sweep of x: see :func:`sweep_path`."""
     if not has_kernel(x.device):
-        return "reference"
+        return "reference", f"no fused kernel for {x.device.type} tensors in this build: the plain-PyTorch reference"
     if _device_type(x.device) == "cuda":
-        return "kernel" if hidden <= cuda_max_hidden() and x.dtype in CUDA_DTYPES else "reference"
+        if x.dtype not in CUDA_DTYPES:
+            return "reference", f"{x.dtype} on CUDA: no fused kernel, the plain-PyTorch reference"
+        if cell is None:
+            ok = hidden <= cuda_max_hidden()
+            return ("kernel", "our CUDA kernel") if ok else ("reference", "hidden too large: the reference")
+        backend, why = cuda_backend(x, hidden, cell, axis, training, autocast)
+        return ("kernel" if backend == "kernel" else "torch"), why
     if x.dtype == torch.bfloat16 and cell == "lstm" and x.device.type == "cpu" and cpu_bf16_lstm_path() == "torch":
-        return "torch"
-    return "kernel" if x.dtype in CPU_DTYPES else "kernel-float32"
+        why = ("BRNNSEG_CPU_BF16_LSTM=torch" if os.environ.get("BRNNSEG_CPU_BF16_LSTM") == "torch" else
+               "bfloat16 LSTM on a CPU with AMX-BF16: torch's fused LSTM (oneDNN on AMX tiles) is faster there")
+        return "torch", why
+    if x.dtype in CPU_DTYPES:
+        return "kernel", f"our CPU kernel in {str(x.dtype).replace('torch.', '')}"
+    return "kernel-float32", f"our CPU kernel on a float32 copy ({x.dtype} is computed in float32)"
+
+
+def sweep_path(x: Tensor, hidden: int, cell: Optional[str] = None, axis: Optional[int] = 3, training: bool = False,
+               autocast: bool = False) -> str:
+    """"kernel", "kernel-float32" (CPU kernel on a float32 copy), "torch" (torch's fused RNN -- cuDNN on a
+    GPU, oneDNN on the CPU -- where it is faster than ours: :func:`cuda_backend`,
+    :func:`cpu_bf16_lstm_path`) or "reference", for a sweep of x (after any autocast cast; `training`:
+    gradients will flow; `autocast`: x was cast by autocast). Inside :func:`recording`, each decision is
+    also appended to the record with its reason."""
+    path, why = sweep_decision(x, hidden, cell, axis, training, autocast)
+    if _RECORD is not None:
+        _RECORD.append(dict(cell=cell, dtype=str(x.dtype).replace("torch.", ""), shape=tuple(x.shape), axis=axis,
+                            device=x.device.type, training=training, autocast=autocast, path=path, why=why))
+    return path
+
+
+_RECORD: Optional[list] = None
+
+
+@contextlib.contextmanager
+def recording():
+    """Collects every sweep decision made inside the block (``brnnseg_kernels.explain``)."""
+    global _RECORD
+    saved, _RECORD = _RECORD, []
+    try:
+        yield _RECORD
+    finally:
+        _RECORD = saved
 
 
 def autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
@@ -150,13 +221,21 @@ def pair_kernel_applies(x: Tensor, weights: Sequence[Optional[Tensor]], hidden: 
     """The pair op (mode="parallel") takes the inputs as they are: no autocast casts, kernel dtypes,
     fused-kernel sizes, and sweeps our kernel runs (:func:`sweep_path`)."""
     same_dtype = all(t is None or t.dtype == x.dtype for t in weights)
+    ok = False
     if _device_type(x.device) == "cpu":
-        return (same_dtype and x.dtype in CPU_DTYPES and autocast_dtype(x) is None
-                and sweep_path(x, hidden, cell) == "kernel")
-    if _device_type(x.device) == "cuda":
-        return (same_dtype and has_kernel(x.device) and x.dtype in CUDA_DTYPES and hidden <= cuda_max_hidden()
-                and autocast_dtype(x) is None)
-    return False
+        ok = (same_dtype and x.dtype in CPU_DTYPES and autocast_dtype(x) is None
+              and sweep_decision(x, hidden, cell)[0] == "kernel")
+    elif _device_type(x.device) == "cuda":
+        # Our pair op where both sweeps would take our kernel.
+        training = torch.is_grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad for t in weights))
+        ok = (same_dtype and has_kernel(x.device) and x.dtype in CUDA_DTYPES and hidden <= cuda_max_hidden()
+              and autocast_dtype(x) is None and sweep_decision(x, hidden, cell, 3, training)[0] == "kernel"
+              and sweep_decision(x, hidden, cell, 2, training)[0] == "kernel")
+    if ok and _RECORD is not None:
+        _RECORD.append(dict(cell=cell, dtype=str(x.dtype).replace("torch.", ""), shape=tuple(x.shape), axis="rows+cols",
+                            device=x.device.type, training=None, autocast=False, path="kernel",
+                            why="our pair op: both sweeps of a parallel block in one call (one launch on a GPU)"))
+    return ok
 
 
 def sequence_autocast_dtype(family: str) -> Optional[torch.dtype]:
@@ -185,3 +264,24 @@ def sequence_kernel_applies(data, flat_weights: Sequence[Tensor], proj_size: int
             return False
         return all(w.dtype == torch.float32 and w.device == data.device for w in flat_weights)
     return all(w.dtype == data.dtype and w.device == data.device for w in flat_weights)
+
+
+def explain(module, *inputs, **kwargs) -> str:
+    """Which path every sweep of ``module(*inputs, **kwargs)`` takes, and why: runs the call (with the
+    grad mode and autocast state of the caller: they decide) and reports each decision, e.g.
+    ``print(bk.explain(model, x))``. ``module``: any callable (a model, a layer, ``functional.renet``)."""
+    with recording() as rec:
+        module(*inputs, **kwargs)
+    if not rec:
+        return "no sweep ran (no ReNet layer of brnnseg_kernels in this call)"
+    lines = []
+    for i, r in enumerate(rec):
+        axis = {3: "rows", 2: "cols"}.get(r["axis"], r["axis"])
+        mode = "" if r["training"] is None else (" training" if r["training"] else " inference")
+        lines.append(f"sweep {i}: {r['cell']} {axis} of {r['device']} {r['dtype']} {tuple(r['shape'])}{mode}"
+                     f"{' (autocast)' if r['autocast'] else ''} -> {_PATH_NAMES.get(r['path'], r['path'])}: {r['why']}")
+    return "\n".join(lines)
+
+
+_PATH_NAMES = {"kernel": "our fused kernel", "kernel-float32": "our fused kernel (float32 copy)",
+               "torch": "torch's fused RNN (cuDNN on a GPU, oneDNN on the CPU)", "reference": "the PyTorch reference"}

@@ -3,6 +3,7 @@
 Which kernel runs (and in which dtype) is decided in :mod:`brnnseg_kernels.dispatch`."""
 from __future__ import annotations
 
+import warnings
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -29,14 +30,16 @@ def sweep(x: Tensor, weights: Tuple[Tensor, Tensor, Optional[Tensor], Optional[T
     if channels_last is None:
         channels_last = ops.is_channels_last(x)
     dt = dispatch.autocast_dtype(x)
-    if dt is not None and x.dtype == torch.float32:  # autocast casts float32 only, as torch's does
+    autocast = dt is not None and x.dtype == torch.float32
+    if autocast:  # autocast casts float32 only, as torch's does
         x, w_ih, w_hh = x.to(dt), w_ih.to(dt), w_hh.to(dt)
-    path = dispatch.sweep_path(x, w_hh.shape[-1], cell)
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w_ih, w_hh, b_ih, b_hh))
+    path = dispatch.sweep_path(x, w_hh.shape[-1], cell, axis, training, autocast)
     if path == "reference":
         return reference.sweep(cell, x, w_ih, w_hh, b_ih, b_hh, axis)
     if path == "torch":
         cast = [None if t is None else t.to(x.dtype) for t in (w_ih, w_hh, b_ih, b_hh)]
-        y = _torch_lstm_sweep(x, *cast, axis)
+        y = _torch_rnn_sweep(x, *cast, axis, cell)
         return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if path == "kernel-float32":
         f32 = [None if t is None else t.float() for t in (x, w_ih, w_hh, b_ih, b_hh)]
@@ -45,10 +48,16 @@ def sweep(x: Tensor, weights: Tuple[Tensor, Tensor, Optional[Tensor], Optional[T
     return ops.sweep(cell, x, *cast, axis=axis, channels_last=channels_last)
 
 
-def _torch_lstm_sweep(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
-                      axis: int) -> Tensor:
-    """The sweep through torch's fused bidirectional LSTM (``torch.lstm``: oneDNN's on the CPU), the lines
-    of x as a batch of sequences: what ``reference.ReNetBaseline`` runs, with our stacked weights."""
+_TORCH_RNN_OPS = {"gru": torch.gru, "rnn_tanh": torch.rnn_tanh, "rnn_relu": torch.rnn_relu}
+
+
+def _torch_rnn_sweep(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+                     axis: int, cell: str = "lstm") -> Tensor:
+    """The sweep through torch's fused bidirectional RNN op (``torch.gru/lstm/rnn_tanh/rnn_relu``: cuDNN's
+    on a GPU, oneDNN's or ATen's on the CPU), the lines of x as a batch of sequences: what
+    ``reference.ReNetBaseline`` runs, with our stacked weights (the same gate order as torch's). cuDNN
+    copies the weights into one buffer per call (they are not one flat chunk, as an nn.GRU's are after
+    ``flatten_parameters``): a copy of the weights, microseconds against milliseconds."""
     n, c, h, w = x.shape
     hid = w_hh.shape[-1]
     seq = (x.permute(0, 2, 3, 1).reshape(n * h, w, c) if axis == 3 else
@@ -60,7 +69,13 @@ def _torch_lstm_sweep(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tens
         if has_bias:
             params += [t[d] if t is not None else w_ih.new_zeros(w_ih.shape[1]) for t in (b_ih, b_hh)]
     h0 = seq.new_zeros(2, seq.shape[0], hid)
-    y, _, _ = torch.lstm(seq, (h0, h0), params, has_bias, 1, 0.0, torch.is_grad_enabled(), True, True)
+    train = torch.is_grad_enabled()
+    with warnings.catch_warnings():  # "RNN module weights are not part of single contiguous chunk": see above
+        warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
+        if cell == "lstm":
+            y, _, _ = torch.lstm(seq, (h0, h0), params, has_bias, 1, 0.0, train, True, True)
+        else:
+            y, _ = _TORCH_RNN_OPS[cell](seq, h0, params, has_bias, 1, 0.0, train, True, True)
     if axis == 3:
         return y.reshape(n, h, w, 2 * hid).permute(0, 3, 1, 2)
     return y.reshape(n, w, h, 2 * hid).permute(0, 3, 2, 1)

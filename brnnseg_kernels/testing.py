@@ -101,6 +101,11 @@ def simulated_cuda(gpu: str = "h100") -> Iterator[None]:
         _active = None
 
 
+def simulated_gpu() -> "str | None":
+    """The GPU simulated_cuda() plays ("h100", ...), or None outside it."""
+    return None if _active is None else _active.gpu
+
+
 def _suspend() -> None:
     """Inside simulated_cuda(): the CPU kernels again until _resume() (tests computing CPU expectations)."""
     if _active is None:

@@ -38,4 +38,8 @@ loss = bk.losses.CEDiceLoss(boundary_weight=2.0)(logits, torch.randint(0, 4, (2,
 loss.backward()
 assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
 assert os.path.exists(os.path.join(here, "py.typed")), "py.typed is not in the wheel"
+# The measured CUDA backend table (never slower than cuDNN on the GPUs it was measured on).
+from brnnseg_kernels import tuning  # noqa: E402
+
+assert tuning.table("sm_90") is not None, "tuning/sm90.json is not in the wheel"
 print(f"wheel smoke test passed: brnnseg_kernels {version('brnnseg_kernels')}, CUDA kernels {info['with_cuda']}")

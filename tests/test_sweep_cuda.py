@@ -62,6 +62,13 @@ def _device():
         yield
 
 
+@pytest.fixture(autouse=True)
+def _our_kernels(monkeypatch):
+    """These tests test our CUDA kernels: BRNNSEG_CUDA_BACKEND=kernel keeps the layers on them where the
+    default (auto) would hand a measured-slower configuration to cuDNN (tests/test_cuda_backend.py)."""
+    monkeypatch.setenv("BRNNSEG_CUDA_BACKEND", "kernel")
+
+
 @contextlib.contextmanager
 def cpu_kernels():
     """The CPU kernels, for expected values computed with our own CPU ops (also under the simulator)."""

@@ -1,0 +1,124 @@
+"""Which backend runs a CUDA sweep: our fused kernel or permute + cuDNN (torch's own GRU/LSTM/RNN ops,
+with the same weights), whichever is faster -- "never slower than what users have".
+
+The decision (:func:`cuda_choice`) reads a table measured on a GPU and shipped here, one file per
+architecture (``sm90.json``: the H200 run of 2026-12-04): the ReNet block (rows then columns), ours
+against the permute + cuDNN block in the same process, forward+backward and under no_grad, per cell,
+dtype, hidden size and shape. A sweep takes the nearest measured row of its cell and dtype (hidden size
+within 2x, positions within 16x) in its mode (training: forward+backward; else no_grad) and the faster
+side of it. Where no row is near, the calibrated model (``plan.estimate_calibrated``) prices our forward
+step against cuDNN's measured forward step at the nearest hidden size (``cudnn_steps``). Where neither
+exists (an architecture without a table), ours runs, as before.
+
+``BRNNSEG_CUDA_BACKEND=kernel|cudnn`` forces a side (``auto``: the default); :func:`explain` says which
+backend an input takes and why.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from typing import Dict, List, Optional, Tuple
+
+__all__ = ["BACKENDS", "backend_env", "table", "cuda_choice"]
+
+BACKENDS = ("auto", "kernel", "cudnn")
+# A measured row decides for sizes near it: hidden within 2x, positions (lines x steps) within 16x.
+HIDDEN_SPAN = math.log(2.0)
+POSITIONS_SPAN = math.log(16.0)
+
+
+def backend_env() -> str:
+    choice = os.environ.get("BRNNSEG_CUDA_BACKEND", "auto") or "auto"
+    if choice not in BACKENDS:
+        raise ValueError(f"BRNNSEG_CUDA_BACKEND must be one of {', '.join(BACKENDS)}, got {choice!r}")
+    return choice
+
+
+@functools.lru_cache(maxsize=None)
+def table(arch: str) -> Optional[Dict]:
+    """The measured table of an architecture ("sm_90" -> sm90.json), or None."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), arch.replace("_", "") + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _positions(row: Dict) -> int:
+    n, _, h, w = row["shape"]
+    return n * h * w
+
+
+def nearest_row(rows: List[Dict], cell: str, dtype: str, hidden: int, positions: int) -> Optional[Dict]:
+    """The measured block row of this cell and dtype nearest in (hidden, positions), if it is near."""
+    best, best_d = None, None
+    for r in rows:
+        if r["cell"] != cell or r["dtype"] != dtype:
+            continue
+        dh = abs(math.log(hidden / r["hidden"]))
+        dp = abs(math.log(max(positions, 1) / _positions(r)))
+        if dh > HIDDEN_SPAN or dp > POSITIONS_SPAN:
+            continue
+        d = dh / HIDDEN_SPAN + dp / POSITIONS_SPAN
+        if best_d is None or d < best_d:
+            best, best_d = r, d
+    return best
+
+
+def _cudnn_step(steps: List[Dict], cell: str, dtype: str, hidden: int) -> Optional[Tuple[float, Dict]]:
+    """cuDNN's forward microseconds per step, from the measured row of this cell and dtype nearest in
+    hidden size. What was not measured is estimated on the side of cuDNN (so that ours is not chosen on a
+    guess): float16 takes float32's time, the Elman cells the GRU's x 1/3 (one gate of three), a larger
+    hidden size the nearest one's x the ratio of hidden sizes (its products grow with its square)."""
+    dt = "float32" if dtype == "float16" else dtype
+    elman = cell.startswith("rnn")
+    cands = [s for s in steps if s["cell"] == ("gru" if elman else cell) and s["dtype"] == dt]
+    if not cands:
+        return None
+    s = min(cands, key=lambda s: abs(math.log(hidden / s["hidden"])))
+    us = s["cudnn_fwd_us_per_step"] * max(1.0, hidden / s["hidden"]) * (1 / 3 if elman else 1)
+    return us, s
+
+
+def cuda_choice(cell: str, dtype: str, hidden: int, lines: int, steps: int, training: bool, arch: str = "sm_90",
+                autocast: bool = False, gpu: str = "h200") -> Tuple[str, str]:
+    """("kernel" | "cudnn", why) for one CUDA sweep: `lines` sequences of `steps` steps, hidden size
+    `hidden`, in `dtype` ("float32", "float16", "bfloat16"; `autocast`: cast there by torch.autocast from
+    float32 modules). Our kernel only where measured (or, unmeasured, modelled) not slower."""
+    forced = backend_env()
+    if forced != "auto":
+        return forced, f"BRNNSEG_CUDA_BACKEND={forced}"
+    data = table(arch)
+    if data is None:
+        return "kernel", f"no measured table for {arch}: our kernel"
+    mode = "fwd+bwd" if training else "no_grad"
+    key = f"autocast-{dtype}" if autocast else dtype
+    row = nearest_row(data["block"], cell, key, hidden, lines * steps)
+    if row is None and autocast:
+        row = nearest_row(data["block"], cell, dtype, hidden, lines * steps)
+    if row is not None:
+        ratio = row["cudnn_ms"][mode] / row["ours_ms"][mode]
+        side = "kernel" if ratio >= 1.0 else "cudnn"
+        n, c, h, w = row["shape"]
+        return side, (f"measured on {data['gpu']} ({data['date']}): {row['cell']} {row['dtype']} hidden {row['hidden']} "
+                      f"({n}, {c}, {h}, {w}) {mode}: cuDNN block {row['cudnn_ms'][mode]} ms, ours {row['ours_ms'][mode]} ms "
+                      f"({ratio:.2f}x)")
+    from .. import plan
+
+    step = _cudnn_step(data.get("cudnn_steps", []), cell, dtype, hidden)
+    if step is None or cell not in ("gru", "lstm", "rnn_tanh", "rnn_relu"):
+        return "cudnn", f"no measured row near {cell} {key} hidden {hidden}, and no cuDNN step to model against: cuDNN"
+    cudnn_us, ref = step
+    try:
+        launch = plan.launch_plan(cell, dtype, hidden, lines, False, gpu)
+    except ValueError:
+        return "cudnn", f"hidden {hidden}: beyond our kernel's plans: cuDNN"
+    est = plan.estimate_calibrated(launch, gpu)
+    if est is None:
+        return "kernel", f"no calibrated model for {arch}: our kernel"
+    ours_us = est.us_per_step * est.waves
+    side = "kernel" if ours_us <= cudnn_us else "cudnn"
+    return side, (f"no measured row near {cell} {key} hidden {hidden}; calibrated model: ours {ours_us:.2f} us/step "
+                  f"forward vs cuDNN {cudnn_us:.2f} (measured, {ref['cell']} {ref['dtype']} hidden {ref['hidden']})")
