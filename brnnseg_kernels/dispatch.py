@@ -148,15 +148,27 @@ def cuda_backend(x: Tensor, hidden: int, cell: Optional[str], axis: Optional[int
     model) says is faster: :mod:`brnnseg_kernels.tuning`. Sizes beyond our kernel go to cuDNN."""
     if cell is None or x.dim() != 4:
         return "kernel", "no cell or not a 4-D map: our kernel"
-    if hidden > cuda_max_hidden():
-        return "cudnn", f"hidden {hidden} > {cuda_max_hidden()}, our kernel's largest: cuDNN"
-    from . import tuning
-
     n, _, h, w = x.shape
     lines, steps = (n * h, w) if axis == 3 else (n * w, h)
-    arch, gpu = _cuda_arch(x.device)
-    return tuning.cuda_choice(cell, str(x.dtype).replace("torch.", ""), hidden, lines, steps, training, arch,
-                              autocast, gpu)
+    index = x.device.index if x.device.type == "cuda" else -1
+    return _cuda_decision(cell, str(x.dtype).replace("torch.", ""), int(hidden), int(lines), int(steps),
+                          bool(training), bool(autocast), -1 if index is None else int(index))
+
+
+@torch.compiler.assume_constant_result
+def _cuda_decision(cell: str, dtype: str, hidden: int, lines: int, steps: int, training: bool, autocast: bool,
+                   index: int) -> tuple:
+    """The decision of :func:`cuda_backend` from plain values: under torch.compile it runs once while
+    tracing and its result is a constant of the graph (it reads tables, the environment and the GPU)."""
+    from . import tuning
+
+    if hidden > cuda_max_hidden():
+        return "cudnn", f"hidden {hidden} > {cuda_max_hidden()}, our kernel's largest: cuDNN"
+    device = torch.device("cuda", index) if index >= 0 else torch.device("cpu")
+    if index >= 0 and not torch.cuda.is_available():
+        device = torch.device("cpu")
+    arch, gpu = _cuda_arch(device)
+    return tuning.cuda_choice(cell, dtype, hidden, lines, steps, training, arch, autocast, gpu)
 
 
 def sweep_decision(x: Tensor, hidden: int, cell: Optional[str] = None, axis: Optional[int] = 3,

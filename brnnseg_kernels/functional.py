@@ -70,12 +70,18 @@ def _torch_rnn_sweep(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tenso
             params += [t[d] if t is not None else w_ih.new_zeros(w_ih.shape[1]) for t in (b_ih, b_hh)]
     h0 = seq.new_zeros(2, seq.shape[0], hid)
     train = torch.is_grad_enabled()
-    with warnings.catch_warnings():  # "RNN module weights are not part of single contiguous chunk": see above
-        warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
+
+    def run():
         if cell == "lstm":
-            y, _, _ = torch.lstm(seq, (h0, h0), params, has_bias, 1, 0.0, train, True, True)
-        else:
-            y, _ = _TORCH_RNN_OPS[cell](seq, h0, params, has_bias, 1, 0.0, train, True, True)
+            return torch.lstm(seq, (h0, h0), params, has_bias, 1, 0.0, train, True, True)[0]
+        return _TORCH_RNN_OPS[cell](seq, h0, params, has_bias, 1, 0.0, train, True, True)[0]
+
+    if torch.compiler.is_compiling():
+        y = run()
+    else:
+        with warnings.catch_warnings():  # "RNN module weights are not part of single contiguous chunk": above
+            warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
+            y = run()
     if axis == 3:
         return y.reshape(n, h, w, 2 * hid).permute(0, 3, 1, 2)
     return y.reshape(n, w, h, 2 * hid).permute(0, 3, 2, 1)

@@ -142,3 +142,17 @@ def test_explain_on_the_cpu():
     text = bk.explain(bk.BiGRU2d(3, 4), torch.randn(1, 3, 5, 6))
     assert text.splitlines()[0].startswith("sweep 0: gru rows of cpu float32") and "our CPU kernel" in text
     assert bk.explain(torch.nn.Conv2d(3, 3, 1), torch.randn(1, 3, 4, 4)).startswith("no sweep ran")
+
+
+@needs_sim
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_choice_compiles_fullgraph(dtype):
+    """The decision runs once while torch.compile traces (a constant of the graph): fullgraph works on
+    both sides, with the values of eager mode."""
+    torch.manual_seed(0)
+    layer = bk.BiGRU2d(4, 8).to(dtype)
+    x = torch.randn(1, 4, 5, 6, dtype=dtype)
+    with bk.testing.simulated_cuda("h100"):
+        got = torch.compile(layer, fullgraph=True)(x)
+        exp = layer(x)
+    torch.testing.assert_close(got, exp)

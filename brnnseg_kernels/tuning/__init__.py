@@ -15,7 +15,6 @@ backend an input takes and why.
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -36,14 +35,22 @@ def backend_env() -> str:
     return choice
 
 
-@functools.lru_cache(maxsize=None)
+def _load_tables() -> Dict[str, Dict]:
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = {}
+    for name in sorted(os.listdir(here)):
+        if name.startswith("sm") and name.endswith(".json"):
+            with open(os.path.join(here, name)) as f:
+                out["sm_" + name[2:-5]] = json.load(f)
+    return out
+
+
+_TABLES = _load_tables()  # read once at import: the decision also runs under torch.compile's tracing
+
+
 def table(arch: str) -> Optional[Dict]:
     """The measured table of an architecture ("sm_90" -> sm90.json), or None."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), arch.replace("_", "") + ".json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return _TABLES.get(arch)
 
 
 def _positions(row: Dict) -> int:
