@@ -3,6 +3,7 @@ the plain-PyTorch / cuDNN baseline, same weights), FLOP counts, and the runs tha
 Cells come from the cell table (brnnseg_kernels.cells): ``cells=`` takes family names."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -102,6 +103,20 @@ class Row:
     peak_mib: float
 
 
+@contextlib.contextmanager
+def forced_cuda_backend(backend: str):
+    """BRNNSEG_CUDA_BACKEND=backend inside the block (the benchmark's our-kernel rows)."""
+    old = os.environ.get("BRNNSEG_CUDA_BACKEND")
+    os.environ["BRNNSEG_CUDA_BACKEND"] = backend
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("BRNNSEG_CUDA_BACKEND", None)
+        else:
+            os.environ["BRNNSEG_CUDA_BACKEND"] = old
+
+
 def time_module(module, x, flops: float, key, device: str, repeat: int, memory: bool) -> List[Row]:
     """Three rows for one provider: forward+backward (with its peak memory), forward with grad (the graph
     and what backward needs are built and saved, no backward) and forward under no_grad. ``flops`` is
@@ -146,6 +161,10 @@ def run(device="cpu", shapes=None, cells=("gru", "lstm"), repeat=7, threads=2, m
             flops = renet_flops(shape, cell)
             for provider, layer in layers.items():
                 rows += time_module(layer, x, flops, (name, cell, provider), device, repeat, memory)
+            if device == "cuda":  # "brnnseg" is what auto picks; "brnnseg-kernel": our kernel whatever auto says
+                with forced_cuda_backend("kernel"):
+                    rows += time_module(layers["brnnseg"], x, flops, (name, cell, "brnnseg-kernel"), device, repeat,
+                                        memory)
             if cudnn_records is not None and device == "cuda":
                 from .cudnn import baseline_record, per_step_us
 
