@@ -1,4 +1,4 @@
-"""Command line: ``python -m brnnseg_kernels info | bench | plan | demo | train | predict``."""
+"""Command line: ``python -m brnnseg_kernels info | bench | plan | tune | demo | train | predict``."""
 from __future__ import annotations
 
 import argparse
@@ -188,6 +188,10 @@ def main(argv=None) -> int:
         from .demo.run import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[:1] == ["tune"]:
+        from .tuning.measure import main as tune_main
+
+        return tune_main(argv[1:])
     if argv[:1] in (["train"], ["predict"]):
         from .demo import user
 
@@ -239,6 +243,8 @@ def main(argv=None) -> int:
     sub.add_parser("train", help="train on your own images: --data DIR with images/ and masks/ "
                                  "(python -m brnnseg_kernels train --help)")
     sub.add_parser("predict", help="write predicted masks: --checkpoint CKPT --input DIR --out DIR")
+    sub.add_parser("tune", help="on a GPU: measure our CUDA kernels against the cuDNN block, the table the "
+                                "backend choice reads (--out FILE; python -m brnnseg_kernels tune --help)")
     args = p.parse_args(argv)
     return {"info": _info, "bench": _bench, "plan": _plan}[args.cmd](args)
 

@@ -156,3 +156,36 @@ def test_the_choice_compiles_fullgraph(dtype):
         got = torch.compile(layer, fullgraph=True)(x)
         exp = layer(x)
     torch.testing.assert_close(got, exp)
+
+
+def test_tune_without_a_gpu_exits_2_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the no-GPU behaviour")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "brnnseg_kernels", "tune", "--out", str(tmp_path / "t.json")],
+                         env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and len((out.stdout + out.stderr).strip().splitlines()) == 1
+    assert "no GPU" in out.stdout and not (tmp_path / "t.json").exists()
+
+
+@needs_sim
+def test_tune_writes_a_table_the_choice_reads(tmp_path, monkeypatch):
+    """tune's code path under the simulator's CUDA rules (tiny shapes; the figures mean nothing there):
+    rows in the shipped table's format, which tuning.cuda_choice then decides from."""
+    from brnnseg_kernels.tuning import measure
+
+    path = tmp_path / "sm90.json"
+    with bk.testing.simulated_cuda("h100"):
+        doc = measure.tune(str(path), device="cpu", budget_s=600, shapes=[(1, 3, 5, 6, 8)], cells=("gru",),
+                           dtypes=("float32", "bfloat16"), step_hidden=(8,), repeat=1)
+    assert doc["complete"] and len(doc["block"]) == 2 and len(doc["cudnn_steps"]) == 2
+    shipped = tuning.table("sm_90")
+    assert set(doc["block"][0]) == set(shipped["block"][0]) and set(doc["cudnn_steps"][0]) == set(shipped["cudnn_steps"][0])
+    monkeypatch.setattr(tuning, "_TABLES", {"sm_90": json.loads(path.read_text())})
+    row = doc["block"][0]
+    side, why = tuning.cuda_choice("gru", "float32", 8, 5, 6, True)
+    assert side == ("kernel" if row["cudnn_ms"]["fwd+bwd"] >= row["ours_ms"]["fwd+bwd"] else "cudnn")
+    assert "measured on simulated" in why
