@@ -81,7 +81,8 @@ def _bench(args) -> int:
         return _bench_processes(args)
     if args.child_json:  # one process of a --processes run: rows only, for the parent to aggregate
         torch.set_num_threads(args.threads)
-        rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, False, torch.float32)
+        dtype = getattr(torch, (args.dtype or ["float32"])[0])
+        rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, False, dtype)
         with open(args.child_json, "w") as f:
             f.write(bench.rows_to_json(rows))
         return 0
@@ -132,8 +133,8 @@ def _save(args, runs, title, **extra) -> None:
 
 
 def _bench_processes(args) -> int:
-    """The ReNet comparison in args.processes fresh processes, one after the other (float32, no
-    memory runs), then the spread of each side's time and of the speed-up over them."""
+    """The ReNet comparison in args.processes fresh processes, one after the other (no memory runs), per
+    dtype of --dtype (default float32), then the spread of each side's time and of the speed-up over them."""
     import subprocess
     import tempfile
 
@@ -142,28 +143,34 @@ def _bench_processes(args) -> int:
     if args.op != "sweep" or args.device != "cpu":
         print("bench --processes: for --op renet --device cpu", file=sys.stderr)
         return 2
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.processes):
-            out = os.path.join(tmp, f"run{i}.json")
-            cmd = [sys.executable, "-m", "brnnseg_kernels", "bench", "--device", "cpu", "--repeat", str(args.repeat),
-                   "--threads", str(args.threads), "--child-json", out, "--cells", *args.cells]
-            if args.shapes:
-                cmd += ["--shapes", *args.shapes]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                print(done.stderr[-2000:], file=sys.stderr)
-                return done.returncode
-            with open(out) as f:
-                runs.append(bench.rows_from_json(f.read()))
-            print(f"process {i + 1}/{args.processes} done", file=sys.stderr)
-    print(f"device {bench.device_name('cpu')}; ReNet block, float32")
-    print(bench.report_processes(runs))
-    _save(args, runs, f"ReNet block vs PyTorch, {bench.device_name('cpu')}, float32, {len(runs)} processes")
-    if args.csv:
-        for rows in runs:
-            bench.write_csv(rows, args.csv, bench.device_name("cpu") + " float32", float("nan"))
-        print(f"appended to {args.csv}")
+    all_runs = []
+    for name in args.dtype or ["float32"]:
+        runs = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(args.processes):
+                out = os.path.join(tmp, f"run{i}.json")
+                cmd = [sys.executable, "-m", "brnnseg_kernels", "bench", "--device", "cpu", "--repeat",
+                       str(args.repeat), "--threads", str(args.threads), "--child-json", out, "--cells", *args.cells,
+                       "--dtype", name]
+                if args.shapes:
+                    cmd += ["--shapes", *args.shapes]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode != 0:
+                    print(done.stderr[-2000:], file=sys.stderr)
+                    return done.returncode
+                with open(out) as f:
+                    rows = bench.rows_from_json(f.read())
+                runs.append([dataclasses.replace(r, shape=f"{r.shape} {name}") for r in rows])
+                print(f"{name}: process {i + 1}/{args.processes} done", file=sys.stderr)
+        print(f"device {bench.device_name('cpu')}; ReNet block, {name}")
+        print(bench.report_processes(runs))
+        if args.csv:
+            for rows in runs:
+                bench.write_csv(rows, args.csv, bench.device_name("cpu") + f" {name}", float("nan"))
+            print(f"appended to {args.csv}")
+        all_runs = [a + b for a, b in zip(all_runs, runs)] if all_runs else runs
+    _save(args, all_runs, f"ReNet block vs PyTorch, {bench.device_name('cpu')}, {', '.join(args.dtype or ['float32'])}, "
+                          f"{len(all_runs)} processes")
     return 0
 
 
