@@ -160,7 +160,7 @@ def _bench_processes(args) -> int:
                     return done.returncode
                 with open(out) as f:
                     rows = bench.rows_from_json(f.read())
-                runs.append([dataclasses.replace(r, shape=f"{r.shape} {name}") for r in rows])
+                runs.append(rows)
                 print(f"{name}: process {i + 1}/{args.processes} done", file=sys.stderr)
         print(f"device {bench.device_name('cpu')}; ReNet block, {name}")
         print(bench.report_processes(runs))
@@ -168,7 +168,8 @@ def _bench_processes(args) -> int:
             for rows in runs:
                 bench.write_csv(rows, args.csv, bench.device_name("cpu") + f" {name}", float("nan"))
             print(f"appended to {args.csv}")
-        all_runs = [a + b for a, b in zip(all_runs, runs)] if all_runs else runs
+        named = [[dataclasses.replace(r, shape=f"{r.shape} {name}") for r in rows] for rows in runs]  # the JSON
+        all_runs = [a + b for a, b in zip(all_runs, named)] if all_runs else named
     _save(args, all_runs, f"ReNet block vs PyTorch, {bench.device_name('cpu')}, {', '.join(args.dtype or ['float32'])}, "
                           f"{len(all_runs)} processes")
     return 0
