@@ -11,7 +11,9 @@ runs):
      extension), against whatever torch this machine has;
   2. the CUDA tests (cap 110 s, pytest-xdist when present, no -x: every failure is data):
      tests/test_sweep_cuda.py (cuDNN and matmul TF32 off; pair mode in every dtype; hidden 3..256; a side
-     stream; cuda:1 when present), tests/test_seg_loss.py and tests/test_ce_dice_loss.py with compiled
+     stream; cuda:1 when present), tests/test_cuda_backend.py (the cuDNN-or-ours choice on the GPU: the
+     cuDNN path against the nn.LSTM block, explain, compile), tests/test_seg_loss.py and
+     tests/test_ce_dice_loss.py with compiled
      Triton (conftest.py sets TRITON_INTERPRET only without a GPU);
   3. compute-sanitizer memcheck, racecheck, initcheck and synccheck side by side (cap 100 s): every
      kernel variant (forward/backward, FP32-core/tensor-core, GRU/LSTM, float32/bfloat16, W_hh in shared
@@ -393,7 +395,8 @@ def main(argv=None) -> int:
     if "tests" not in args.skip:
         xdist = ["-n", "8"] if _has("xdist") else []
         run.step("tests", [py, "-m", "pytest", "-q", "--no-header", "-p", "no:cacheprovider", *xdist,
-                           "tests/test_sweep_cuda.py", "tests/test_seg_loss.py", "tests/test_ce_dice_loss.py"],
+                           "tests/test_sweep_cuda.py", "tests/test_cuda_backend.py", "tests/test_seg_loss.py",
+                           "tests/test_ce_dice_loss.py"],
                  CAPS["tests"], env=pyenv)
     if "sanitizers" not in args.skip:
         sanitize(run, CAPS["sanitizers"])
