@@ -206,22 +206,27 @@ class Estimate:
     cycles: Optional[Dict[str, float]] = None  # tensor-core kernels: product, gates, barriers (cycles)
 
 
-def estimate_mma(launch: Launch, gpu: str, sweeps: int = 1, registers: Optional[int] = None) -> Estimate:
-    """Per-step time of one tensor-core launch (see the module doc). bound: "mma" or "gates", the
-    larger phase."""
+def _residency(launch: Launch, gpu: str, sweeps: int, registers: Optional[int], default_regs: int):
     spec = gpu_spec(gpu)
-    g, hid = cell_spec(launch.cell).gates, launch.hidden
-    hp = 16 * launch.kt
-    kk = 8 if launch.dtype == "float32" else 16
-    kernel = launch.kernel
-    ntiles, ktiles = (g * hp // 16, hp // kk) if kernel == "fwd" else (hp // 16, g * hp // kk)
-    regs = registers or 168
+    regs = registers or default_regs
     per_sm = min(spec["smem_per_sm"] // (launch.smem_bytes + 1024), spec["max_threads_per_sm"] // launch.threads,
                  spec["regs_per_sm"] // (regs * launch.threads))
     per_sm = max(1, per_sm)
     total = launch.ctas * 2 * sweeps
     concurrent = min(per_sm, math.ceil(total / spec["sm_count"]))
     waves = math.ceil(total / (spec["sm_count"] * per_sm))
+    return total, per_sm, concurrent, waves
+
+
+def estimate_mma(launch: Launch, gpu: str, sweeps: int = 1, registers: Optional[int] = None) -> Estimate:
+    """Per-step time of one tensor-core launch (see the module doc). bound: "mma" or "gates", the
+    larger phase."""
+    g, hid = cell_spec(launch.cell).gates, launch.hidden
+    hp = 16 * launch.kt
+    kk = 8 if launch.dtype == "float32" else 16
+    kernel = launch.kernel
+    ntiles, ktiles = (g * hp // 16, hp // kk) if kernel == "fwd" else (hp // 16, g * hp // kk)
+    total, per_sm, concurrent, waves = _residency(launch, gpu, sweeps, registers, 168)
     chain = 2 * launch.kpw * MMA_LATENCY + max(0, launch.nt - 1) * 2 * launch.kpw + 2 * SMEM_LATENCY
     product = max(chain, ntiles * ktiles * 2 * MMA_ISSUE_CYCLES * concurrent)
     pairs = 16 * hid * concurrent
@@ -238,7 +243,6 @@ def estimate(launch: Launch, gpu: str, sweeps: int = 1, registers: Optional[int]
     """Per-step time of one launch of `sweeps` sweeps (2 directions each) on `gpu` (see module doc)."""
     if launch.mma:
         return estimate_mma(launch, gpu, sweeps, registers)
-    spec = gpu_spec(gpu)
     g, hid = cell_spec(launch.cell).gates, launch.hidden
     elem = 4 if launch.dtype == "float32" else 2
     warps = launch.threads // 32
@@ -256,13 +260,8 @@ def estimate(launch: Launch, gpu: str, sweeps: int = 1, registers: Optional[int]
     terms = {"smem": smem, "fma": fma, "L2": l2}
     bound_name = max(terms, key=terms.get)
     bound = terms[bound_name]
-    regs = registers or 128  # __launch_bounds__(512) caps a thread at 128
-    per_sm = min(spec["smem_per_sm"] // (launch.smem_bytes + 1024), spec["max_threads_per_sm"] // launch.threads,
-                 spec["regs_per_sm"] // (regs * launch.threads))
-    per_sm = max(1, per_sm)
-    total = launch.ctas * 2 * sweeps
-    concurrent = min(per_sm, math.ceil(total / spec["sm_count"]))
-    waves = math.ceil(total / (spec["sm_count"] * per_sm))
+    # registers: __launch_bounds__(512) caps a thread at 128
+    total, per_sm, concurrent, waves = _residency(launch, gpu, sweeps, registers, 128)
     cycles = max(bound * concurrent, bound + FIXED_CYCLES[launch.kernel])
     return Estimate(launch, total, per_sm, waves, registers, bound_name, cycles / (CLOCK_GHZ[gpu] * 1e3))
 
@@ -400,18 +399,6 @@ def _sass_key(cell: str, dtype: str) -> Tuple[str, str]:
     """The measured build's counts stand in for the cells and dtypes it was not counted for: the Elman
     cells take the GRU's (more gates: an upper bound), float16 takes bfloat16's (same instructions)."""
     return ("gru" if cell.startswith("rnn") else cell), ("bfloat16" if dtype == "float16" else dtype)
-
-
-def _residency(launch: Launch, gpu: str, sweeps: int, registers: Optional[int], default_regs: int):
-    spec = gpu_spec(gpu)
-    regs = registers or default_regs
-    per_sm = min(spec["smem_per_sm"] // (launch.smem_bytes + 1024), spec["max_threads_per_sm"] // launch.threads,
-                 spec["regs_per_sm"] // (regs * launch.threads))
-    per_sm = max(1, per_sm)
-    total = launch.ctas * 2 * sweeps
-    concurrent = min(per_sm, math.ceil(total / spec["sm_count"]))
-    waves = math.ceil(total / (spec["sm_count"] * per_sm))
-    return total, per_sm, concurrent, waves
 
 
 def calibrated_cycles(launch: Launch, gpu: str, cal: Calibration, sweeps: int = 1,

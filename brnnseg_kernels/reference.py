@@ -366,6 +366,19 @@ def ce_dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
     return total.to(logits.dtype)
 
 
+def _boundary_weighted_ce(logits: Tensor, target: Tensor, boundary_weight: float, radius: int) -> Tensor:
+    """mean of cross_entropy(reduction="none") x (1 + boundary_weight x [the max-pooled label map differs
+    from the min-pooled one]): the CE term of both unfused multi-class compositions."""
+    import torch.nn.functional as F
+
+    k = 2 * radius + 1
+    lab = target.unsqueeze(1).to(logits.dtype)
+    hi = F.max_pool2d(lab, k, 1, radius)
+    lo = -F.max_pool2d(-lab, k, 1, radius)
+    bmap = 1 + boundary_weight * (hi != lo).squeeze(1).to(logits.dtype)
+    return (F.cross_entropy(logits, target, reduction="none") * bmap).mean()
+
+
 def unfused_ce_dice(logits: Tensor, target: Tensor, boundary_weight: float = 2.0, radius: int = 1,
                     smooth: float = 1e-5) -> Tensor:
     """The unfused composition users write today for an integer label map (the multi-class loss
@@ -374,12 +387,7 @@ def unfused_ce_dice(logits: Tensor, target: Tensor, boundary_weight: float = 2.0
     import torch.nn.functional as F
 
     c = logits.shape[1]
-    k = 2 * radius + 1
-    lab = target.unsqueeze(1).to(logits.dtype)
-    hi = F.max_pool2d(lab, k, 1, radius)
-    lo = -F.max_pool2d(-lab, k, 1, radius)
-    bmap = 1 + boundary_weight * (hi != lo).squeeze(1).to(logits.dtype)
-    ce = (F.cross_entropy(logits, target, reduction="none") * bmap).mean()
+    ce = _boundary_weighted_ce(logits, target, boundary_weight, radius)
     p = torch.softmax(logits, 1)
     y = F.one_hot(target, c).movedim(-1, 1).to(logits.dtype)
     inter = (p * y).sum((2, 3))
@@ -391,13 +399,7 @@ def unfused_ce_monai_dice(logits: Tensor, target: Tensor, boundary_weight: float
     """The same composition with MONAI's Dice, as MONAI users write it: ``cross_entropy`` weighted by the
     max-pooled label boundary map, plus ``monai.losses.DiceLoss(softmax=True, to_onehot_y=True)`` (Dice
     averaged over every class and sample, smooth 1e-5). Needs MONAI installed."""
-    import torch.nn.functional as F
     from monai.losses import DiceLoss
 
-    k = 2 * radius + 1
-    lab = target.unsqueeze(1).to(logits.dtype)
-    hi = F.max_pool2d(lab, k, 1, radius)
-    lo = -F.max_pool2d(-lab, k, 1, radius)
-    bmap = 1 + boundary_weight * (hi != lo).squeeze(1).to(logits.dtype)
-    ce = (F.cross_entropy(logits, target, reduction="none") * bmap).mean()
+    ce = _boundary_weighted_ce(logits, target, boundary_weight, radius)
     return ce + DiceLoss(softmax=True, to_onehot_y=True)(logits, target.unsqueeze(1))
