@@ -201,13 +201,18 @@ def sweep_path(x: Tensor, hidden: int, cell: Optional[str] = None, axis: Optiona
     gradients will flow; `autocast`: x was cast by autocast). Inside :func:`recording`, each decision is
     also appended to the record with its reason."""
     path, why = sweep_decision(x, hidden, cell, axis, training, autocast)
-    if _RECORD is not None:
-        _RECORD.append(dict(cell=cell, dtype=str(x.dtype).replace("torch.", ""), shape=tuple(x.shape), axis=axis,
-                            device=x.device.type, training=training, autocast=autocast, path=path, why=why))
+    _record(x, cell, axis, training, autocast, path, why)
     return path
 
 
 _RECORD: Optional[list] = None
+
+
+def _record(x: Tensor, cell, axis, training, autocast: bool, path: str, why: str) -> None:
+    """Appends one decision to the open :func:`recording`, if any."""
+    if _RECORD is not None:
+        _RECORD.append(dict(cell=cell, dtype=str(x.dtype).replace("torch.", ""), shape=tuple(x.shape), axis=axis,
+                            device=x.device.type, training=training, autocast=autocast, path=path, why=why))
 
 
 @contextlib.contextmanager
@@ -243,10 +248,9 @@ def pair_kernel_applies(x: Tensor, weights: Sequence[Optional[Tensor]], hidden: 
         ok = (same_dtype and has_kernel(x.device) and x.dtype in CUDA_DTYPES and hidden <= cuda_max_hidden()
               and autocast_dtype(x) is None and sweep_decision(x, hidden, cell, 3, training)[0] == "kernel"
               and sweep_decision(x, hidden, cell, 2, training)[0] == "kernel")
-    if ok and _RECORD is not None:
-        _RECORD.append(dict(cell=cell, dtype=str(x.dtype).replace("torch.", ""), shape=tuple(x.shape), axis="rows+cols",
-                            device=x.device.type, training=None, autocast=False, path="kernel",
-                            why="our pair op: both sweeps of a parallel block in one call (one launch on a GPU)"))
+    if ok:
+        _record(x, cell, "rows+cols", None, False, "kernel",
+                "our pair op: both sweeps of a parallel block in one call (one launch on a GPU)")
     return ok
 
 

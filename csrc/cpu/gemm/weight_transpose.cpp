@@ -105,41 +105,24 @@ at::Tensor position_major(const at::Tensor& x) {
 
 void sum_directions(const at::Tensor& parts, at::Tensor& dx) {
   TORCH_CHECK(parts.dim() == 5 && parts.size(0) == 2 && parts.is_contiguous(), "sum_directions: expected (2, N, H, W, C)");
-  const bool same = parts.scalar_type() == dx.scalar_type();
-  const bool typed = (same && (parts.scalar_type() == at::kDouble || parts.scalar_type() == at::kFloat)) ||
-                     (parts.scalar_type() == at::kFloat && dx.scalar_type() == at::kBFloat16);
-  if (dx.is_contiguous(at::MemoryFormat::ChannelsLast) && typed) {
-    // dx's memory is (N, H, W, C), the parts' layout: an elementwise sum (at::add_out of a float and a
-    // bfloat16 tensor takes TensorIterator's mixed-dtype path, ~12 ns an element: 25 ms at cpu-med).
-    const int64_t M = parts.numel() / 2;
-    auto run = [&](auto sv, auto dv) {
-      using S = decltype(sv);
-      using D = decltype(dv);
-      const S* a = parts.data_ptr<S>();
-      const S* b = a + M;
-      D* out = dx.data_ptr<D>();
-      at::parallel_for(0, M, 1 << 15, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) out[i] = static_cast<D>(a[i] + b[i]);
-      });
-    };
-    if (parts.scalar_type() == at::kDouble) run(double{}, double{});
-    else if (same) run(float{}, float{});
-    else run(float{}, c10::BFloat16{});
-    return;
-  }
-  if (dx.is_contiguous(at::MemoryFormat::ChannelsLast) || !dx.is_contiguous()) {
-    at::add_out(dx, parts[0].permute({0, 3, 1, 2}), parts[1].permute({0, 3, 1, 2}));
-    return;
-  }
   const int64_t N = parts.size(1), C = parts.size(4), P = parts.size(2) * parts.size(3);
-  // (N, HW, C) + (N, HW, C) -> (N, C, HW): R = HW positions, K = C; tasks over (image, chunk of positions).
-  const int64_t chunk = chunk_of(P, C), chunks = (P + chunk - 1) / chunk;
+  const bool nhwc = dx.is_contiguous(at::MemoryFormat::ChannelsLast);
   auto run = [&](auto sv, auto dv) {
     using S = decltype(sv);
     using D = decltype(dv);
     const S* a = parts.data_ptr<S>();
     const S* b = a + N * P * C;
     D* out = dx.data_ptr<D>();
+    if (nhwc) {
+      // dx's memory is (N, H, W, C), the parts' layout: an elementwise sum (at::add_out of a float and a
+      // bfloat16 tensor takes TensorIterator's mixed-dtype path, ~12 ns an element: 25 ms at cpu-med).
+      at::parallel_for(0, N * P * C, 1 << 15, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) out[i] = static_cast<D>(a[i] + b[i]);
+      });
+      return;
+    }
+    // (N, HW, C) + (N, HW, C) -> (N, C, HW): R = HW positions, K = C; tasks over (image, chunk of positions).
+    const int64_t chunk = chunk_of(P, C), chunks = (P + chunk - 1) / chunk;
     at::parallel_for(0, N * chunks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t t = b0; t < b1; ++t) {
         const int64_t n = t / chunks, r0 = (t % chunks) * chunk;
@@ -148,10 +131,13 @@ void sum_directions(const at::Tensor& parts, at::Tensor& dx) {
       }
     });
   };
-  if (parts.scalar_type() == at::kDouble && same) run(double{}, double{});
-  else if (parts.scalar_type() == at::kFloat && same) run(float{}, float{});
-  else if (parts.scalar_type() == at::kFloat && dx.scalar_type() == at::kBFloat16) run(float{}, c10::BFloat16{});
-  else at::add_out(dx, parts[0].permute({0, 3, 1, 2}), parts[1].permute({0, 3, 1, 2}));
+  const bool same = parts.scalar_type() == dx.scalar_type();
+  if (nhwc || dx.is_contiguous()) {
+    if (parts.scalar_type() == at::kDouble && same) return run(double{}, double{});
+    if (parts.scalar_type() == at::kFloat && same) return run(float{}, float{});
+    if (parts.scalar_type() == at::kFloat && dx.scalar_type() == at::kBFloat16) return run(float{}, c10::BFloat16{});
+  }
+  at::add_out(dx, parts[0].permute({0, 3, 1, 2}), parts[1].permute({0, 3, 1, 2}));  // other layouts and dtypes
 }
 
 at::Tensor weight_pairs(const at::Tensor& w, bool transposed) {
