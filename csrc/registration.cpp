@@ -106,6 +106,21 @@ TORCH_LIBRARY(brnnseg, m) {
         "Tensor pos_weight, float boundary_weight, int boundary_radius, float? ignore_index, "
         "bool squared) -> Tensor");
 
+  // The whole fused loss (lambda_ce * weighted BCE with boundary weighting + lambda_dice * Dice; the
+  // math: brnnseg_kernels/losses/seg_loss.py): the pixel pass of seg_loss_sums, then the loss from the
+  // sums, and the factors of its derivative in them (factors: N*C*3 + 1, what the backward reads).
+  //   pos_weight (C,), or None and every channel's is pos_weight_value; Dice counts channel c where
+  //   c >= dice_from and, given dice_mask (C,), dice_mask[c] != 0; reduction "mean", "sum" or "none"
+  //   (loss (N, C)). On CUDA: two launches forward, one backward, no host synchronisation.
+  m.def("bce_dice_loss(Tensor logits, Tensor target, Tensor? weight, Tensor? pos_weight, float pos_weight_value, "
+        "Tensor? dice_mask, int dice_from, float boundary_weight, int boundary_radius, float? ignore_index, "
+        "bool squared, float lambda_ce, float lambda_dice, float smooth_nr, float smooth_dr, bool batch, "
+        "bool log_dice, str reduction) -> (Tensor loss, Tensor factors)");
+  // Gradient of sum(grad * loss) with respect to the logits, from the forward's factors, in one pass.
+  m.def("bce_dice_loss_backward(Tensor grad, Tensor factors, Tensor logits, Tensor target, Tensor? weight, "
+        "Tensor? pos_weight, float pos_weight_value, float boundary_weight, int boundary_radius, "
+        "float? ignore_index, bool squared, bool batch, str reduction) -> Tensor");
+
   // Fused multi-class loss sums (softmax cross-entropy + boundary weighting + softmax Dice), one pass.
   //   logits (N, C, *S); target (N, *S) integer labels in [0, C) or ignore_index, or (N, C, *S)
   //   one-hot / soft (floating point); weight: optional per-pixel weight (N, *S); class_weights (C,)

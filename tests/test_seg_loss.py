@@ -42,12 +42,38 @@ class _TritonSums(torch.autograd.Function):
         return dx.to(logits.device), None, None, None, None, None, None, None
 
 
+class _TritonLoss(torch.autograd.Function):
+    """The whole loss from the Triton launchers (as the CUDA kernels of brnnseg::bce_dice_loss and its
+    backward are): on CPU tensors under the interpreter, else compiled on the GPU."""
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, pos_weight, *params):
+        dev = logits.device
+        loss, fac = triton_kernels.bce_dice_loss_triton(
+            *_on(TRITON_DEVICE, logits, target, weight, pos_weight), params[0],
+            *_on(TRITON_DEVICE, params[1]), *params[2:])
+        ctx.save_for_backward(logits, target, weight, pos_weight, fac)
+        ctx.params = params
+        ctx.mark_non_differentiable(fac)
+        ctx.set_materialize_grads(False)
+        return loss.to(dev), fac.to(dev)
+
+    @staticmethod
+    def backward(ctx, g, _gf):
+        if g is None:
+            return (None,) * 18
+        logits, target, weight, pos_weight, fac = ctx.saved_tensors
+        pw_value, _mask, _from, bw, r, ign, sq, _lce, _ldice, _snr, _sdr, batch, _log, reduction = ctx.params
+        dx = triton_kernels.bce_dice_loss_backward_triton(
+            *_on(TRITON_DEVICE, g, fac, logits, target, weight, pos_weight), pw_value, bw, r, ign, sq, batch,
+            reduction)
+        return (dx.to(logits.device),) + (None,) * 17
+
+
 @pytest.fixture(params=["cpu", "triton"])
 def backend(request, monkeypatch):
     if request.param == "triton":
-        def sums(logits, target, weight, pos_weight, bw, r, ign, sq):
-            return _TritonSums.apply(logits, target, weight, pos_weight, float(bw), int(r), ign, bool(sq))
-        monkeypatch.setattr(sl, "seg_loss_sums", sums)
+        monkeypatch.setattr(sl, "_loss_op", _TritonLoss.apply)
     return request.param
 
 
@@ -174,13 +200,75 @@ def test_loss_grad_output_not_one_and_two_losses_on_same_logits(backend):
     assert_verbose_allclose(g, gr, **_tol(backend, torch.float64))
 
 
-def test_loss_gradcheck_float64():
+GRADCHECK_OPTIONS = [dict(boundary_weight=2.0, pos_weight=5.0), dict(squared=True, log_dice=True, batch_dice=True),
+                     dict(reduction="none", ignore_index=1.0), dict(reduction="none", batch=True, channels=[1]),
+                     dict(reduction="sum", include_background=False, smooth_nr=0.0, log_dice=True),
+                     dict(pos_weight=torch.tensor([2.0, 0.5]), lambda_ce=0.3, lambda_dice=1.7, batch=True)]
+
+
+@pytest.mark.parametrize("kw", GRADCHECK_OPTIONS, ids=range(len(GRADCHECK_OPTIONS)))
+def test_loss_gradcheck_float64(backend, kw):
+    """The backward from the forward's factors (finish kernel / finish_from_sums) against finite
+    differences, every reduction, batch Dice with reduction "none" (the gradient summed over the batch)."""
     x = torch.randn(2, 2, 5, 4, dtype=torch.float64, requires_grad=True)
     y = torch.rand(2, 2, 5, 4, dtype=torch.float64)
     w = torch.rand(2, 2, 5, 4, dtype=torch.float64)
-    for kw in [dict(boundary_weight=2.0, pos_weight=5.0), dict(squared=True, log_dice=True, batch_dice=True),
-               dict(reduction="none", ignore_index=1.0)]:
-        assert torch.autograd.gradcheck(lambda x: bk.functional.bce_dice_loss(x, y, w, **kw), (x,))
+    assert torch.autograd.gradcheck(lambda x: bk.functional.bce_dice_loss(x, y, w, **kw), (x,),
+                                    fast_mode=backend == "triton")  # (the interpreter is slow)
+
+
+def _census_of_one_step(loss_fn, x):
+    from brnnseg_kernels.bench.census import census
+
+    loss_fn(x).sum().backward()  # warm: the channel mask is made on the first call only
+    x.grad = None  # (else the step's gradient is added into it: one more op)
+    with census(triton_kernels) as c:
+        loss = loss_fn(x)
+        loss.backward(torch.ones_like(loss))
+    return c
+
+
+@pytest.mark.parametrize("kw", [dict(pos_weight=10.0, boundary_weight=2.0), dict(reduction="none", batch=True),
+                                dict(channels=[0, 2], log_dice=True), dict(include_background=False)],
+                         ids=["pw-boundary", "none-batch", "channels", "nobg"])
+def test_loss_step_costs_three_launches_and_no_sync(backend, kw):
+    """Issue 22: on the H200 the fused loss spent 1.8 ms per forward+backward in launches and host
+    synchronisations. The CUDA path (the Triton launchers) is now two launches forward and one
+    backward, with no other device work and nothing that makes the host wait; the CPU op is one
+    op each way."""
+    x = torch.randn(2, 3, 20, 33, requires_grad=True)
+    y = (torch.rand(2, 3, 20, 33) > 0.5).float()
+    c = _census_of_one_step(lambda x: bk.functional.bce_dice_loss(x, y, **kw), x)
+    assert c.syncs == []
+    if backend == "triton":
+        assert c.launches == ["_seg_loss_fwd_kernel", "_bce_dice_finish_kernel", "_seg_loss_bwd_kernel"]
+        assert c.work == ["ones_like.default"]  # the caller's own grad_output
+    else:
+        assert c.work == ["bce_dice_loss.default", "ones_like.default", "bce_dice_loss_backward.default"]
+
+
+def test_loss_module_step_with_tensor_pos_weight_has_no_sync(backend):
+    loss_fn = bk.losses.BCEDiceLoss(pos_weight=torch.tensor([1.0, 4.0]), boundary_weight=1.0)
+    x = torch.randn(3, 2, 9, 17, requires_grad=True)
+    y = (torch.rand(3, 2, 9, 17) > 0.3).float()
+    c = _census_of_one_step(lambda x: loss_fn(x, y), x)
+    assert c.syncs == [] and len(c.work) == (1 if backend == "triton" else 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_loss_step_does_not_synchronise_on_gpu():
+    """The ground truth for the census above: CUDA's own sync detector, set to raise."""
+    x = torch.randn(4, 2, 64, 96, device="cuda", requires_grad=True)
+    y = (torch.rand(4, 2, 64, 96, device="cuda") > 0.5).float()
+    loss_fn = bk.losses.BCEDiceLoss(pos_weight=torch.tensor([1.0, 3.0]), boundary_weight=2.0, channels=[1]).cuda()
+    loss_fn(x, y).backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss_fn(x, y).backward()
+        bk.functional.bce_dice_loss(x, y, pos_weight=10.0, reduction="none", batch=True).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_loss_is_bit_identical_run_to_run(backend):
@@ -214,6 +302,16 @@ def test_loss_opcheck():
     g = torch.randn(2, 3, 5, dtype=torch.float64)
     torch.library.opcheck(torch.ops.brnnseg.seg_loss_sums_backward, (g, x.detach(), y, w, pw, 2.0, 1, None, False),
                           test_utils=("test_schema", "test_faketensor"))
+    for reduction, batch, mask, dice_from in [("mean", False, None, 0), ("none", True, torch.tensor([0.0, 1.0, 1.0]), 0),
+                                              ("sum", False, None, 1)]:
+        args = (x, y, w, None if batch else pw, 3.0, mask, dice_from, 2.0, 1, None, False, 0.7, 1.3, 1e-5, 1e-5, batch,
+                reduction == "sum", reduction)
+        torch.library.opcheck(torch.ops.brnnseg.bce_dice_loss, args)
+        loss, fac = torch.ops.brnnseg.bce_dice_loss(*args)
+        grad = torch.randn_like(loss)
+        torch.library.opcheck(torch.ops.brnnseg.bce_dice_loss_backward,
+                              (grad, fac, x.detach(), y, w, None if batch else pw, 3.0, 2.0, 1, None, False, batch,
+                               reduction), test_utils=("test_schema", "test_faketensor"))
 
 
 def test_loss_torch_compile_fullgraph():

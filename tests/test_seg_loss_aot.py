@@ -23,7 +23,7 @@ def test_variants_cover_what_the_launchers_choose():
                                                               (1, 1, 4, 6, 16), (1, 1, 2, 3, 1000)]}
     assert chosen == set(_kernels.BLOCKS)
     names = {v.name for v in _aot.variants()}
-    assert len(names) == 2 * 2 * 4 * len(_kernels.BLOCKS) * 2
+    assert len(names) == 2 * 2 * 4 * len(_kernels.BLOCKS) * 2 + 4 * 2 * 2  # + the finish kernel
 
 
 def test_every_variant_compiles_without_spills(tmp_path):

@@ -39,9 +39,13 @@ class Variant(NamedTuple):
 
 
 def variants(archs=ARCHS) -> List[Variant]:
+    """The pixel kernels (fwd, bwd) per dims, dtype and tile; the finish kernel ("finish", 2-D entry only)
+    per logits dtype with block = (batch Dice, reduction): (0, 2) mean and (1, 0) batch "none", the two
+    ends of its code."""
     from ._kernels import BLOCKS
 
-    return [Variant(k, d, t, b, a) for k, d, t, b, a in itertools.product(("fwd", "bwd"), (2, 3), DTYPES, BLOCKS, archs)]
+    pixel = [Variant(k, d, t, b, a) for k, d, t, b, a in itertools.product(("fwd", "bwd"), (2, 3), DTYPES, BLOCKS, archs)]
+    return pixel + [Variant("finish", 2, t, b, a) for t, b, a in itertools.product(DTYPES, ((0, 2), (1, 0)), archs)]
 
 
 def compile_variant(v: Variant) -> Dict:
@@ -54,21 +58,39 @@ def compile_variant(v: Variant) -> Dict:
     from . import _kernels as K
 
     acc = "fp64" if v.dtype == "fp64" else "fp32"
-    ints = {n: "i32" for n in ("C", "D", "H", "W", "tiles_w", "n_tiles")}
-    floats = {"boundary_weight": "fp32", "ignore_index": "fp32"}
-    flags = dict(HAS_WEIGHT=True, HAS_IGNORE=True, USE_BOUNDARY=True, SQUARED=True, BOUNDARY_RADIUS=1, BOUNDARY_RADIUS_Z=1 if v.dims == 3 else 0,
-                 ACC=tl.float64 if acc == "fp64" else tl.float32, BLOCK_H=v.block[0], BLOCK_W=v.block[1])
+    if v.kernel == "finish":
+        return _compile(K._bce_dice_finish_kernel, v, {
+            "part_ptr": f"*{acc}", "sel_ptr": "*fp32", "out_ptr": f"*{v.dtype}", "fac_ptr": f"*{acc}",
+            "sums_ptr": f"*{acc}", **{n: "i32" for n in ("N", "C", "T", "dice_from")},
+            **{f"{n}_{part}": "fp32" for n in ("lambda_ce", "lambda_dice", "smooth_nr", "smooth_dr")
+               for part in ("hi", "lo")}},
+            dict(HAS_SEL=True, BATCH=v.block[0] == 1, LOG_DICE=True, REDUCTION=v.block[1],
+                 ACC=tl.float64 if acc == "fp64" else tl.float32, BLOCK_NC=K.FINISH_BLOCK[0],
+                 BLOCK_T=K.FINISH_BLOCK[1]), num_warps=4)
+    ints = {n: "i32" for n in ("N", "C", "D", "H", "W", "tiles_w", "n_tiles")}
+    floats = {"boundary_weight": "fp32", "ignore_index": "fp32", "pw_value": "fp32"}
+    flags = dict(PW_TENSOR=True, HAS_WEIGHT=True, HAS_IGNORE=True, USE_BOUNDARY=True, SQUARED=True, BOUNDARY_RADIUS=1,
+                 BOUNDARY_RADIUS_Z=1 if v.dims == 3 else 0, ACC=tl.float64 if acc == "fp64" else tl.float32,
+                 BLOCK_H=v.block[0], BLOCK_W=v.block[1])
     if v.kernel == "fwd":
         fn = K._seg_loss_fwd_kernel
         ptrs = {"x_ptr": f"*{v.dtype}", "y_ptr": "*fp32", "w_ptr": "*fp32", "pw_ptr": f"*{acc}", "part_ptr": f"*{acc}"}
-    else:
+    else:  # GO_MODE 2 holds the code of modes 0 and 1 and the loop over the batch
         fn = K._seg_loss_bwd_kernel
-        ptrs = {"g_ptr": f"*{acc}", "x_ptr": f"*{v.dtype}", "y_ptr": "*fp32", "w_ptr": "*fp32", "pw_ptr": f"*{acc}",
-                "dx_ptr": f"*{v.dtype}"}
-    types = {**ptrs, **ints, **floats}
+        flags["GO_MODE"] = 2
+        ptrs = {"go_ptr": f"*{v.dtype}", "fac_ptr": f"*{acc}", "x_ptr": f"*{v.dtype}", "y_ptr": "*fp32",
+                "w_ptr": "*fp32", "pw_ptr": f"*{acc}", "dx_ptr": f"*{v.dtype}"}
+    return _compile(fn, v, {**ptrs, **ints, **floats}, flags, K.NUM_WARPS)
+
+
+def _compile(fn, v, types, flags, num_warps) -> Dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
     signature = {name: ("constexpr" if name in flags else types[name]) for name in fn.arg_names}
     src = ASTSource(fn=fn, signature=signature, constexprs=flags)
-    compiled = triton.compile(src, target=GPUTarget("cuda", v.arch, 32), options={"num_warps": K.NUM_WARPS})
+    compiled = triton.compile(src, target=GPUTarget("cuda", v.arch, 32), options={"num_warps": num_warps})
     md = compiled.metadata
     n_regs, n_spills = _ptxas_resources(compiled.asm["cubin"])  # (n_regs is only set once loaded on a GPU)
     return {"variant": v.name, "registers": int(n_regs), "spills": int(n_spills), "shared": int(md.shared),
