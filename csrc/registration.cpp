@@ -135,4 +135,17 @@ TORCH_LIBRARY(brnnseg, m) {
   m.def("ce_dice_sums_backward(Tensor grad_dice, Tensor grad_ce, Tensor logits, Tensor target, Tensor? weight, "
         "Tensor? class_weights, float boundary_weight, int boundary_radius, int? ignore_index, "
         "float label_smoothing, bool squared) -> Tensor");
+  // The whole fused multi-class loss (lambda_ce * CE + lambda_dice * Dice; the math:
+  // brnnseg_kernels/losses/ce_dice.py): the pixel pass of ce_dice_sums, then the loss from the sums and
+  // the factors of its derivative in them (factors: 2*N*C + N + 1, what the backward reads). average
+  // "present" or "all"; reduction "mean", "sum" or "none" (loss (N,)). On CUDA: two launches forward,
+  // one backward, no host synchronisation (a label outside [0, C) makes the loss NaN there; the CPU raises).
+  m.def("ce_dice_loss(Tensor logits, Tensor target, Tensor? weight, Tensor? class_weights, float boundary_weight, "
+        "int boundary_radius, int? ignore_index, float label_smoothing, bool squared, float lambda_ce, "
+        "float lambda_dice, float smooth_nr, float smooth_dr, bool batch, bool log_dice, bool include_background, "
+        "str average, str reduction) -> (Tensor loss, Tensor factors)");
+  // Gradient of sum(grad * loss) with respect to the logits, from the forward's factors, in one pass.
+  m.def("ce_dice_loss_backward(Tensor grad, Tensor factors, Tensor logits, Tensor target, Tensor? weight, "
+        "Tensor? class_weights, float boundary_weight, int boundary_radius, int? ignore_index, "
+        "float label_smoothing, bool squared, bool batch, str reduction) -> Tensor");
 }

@@ -17,6 +17,43 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 TRITON_DEVICE = "cpu" if INTERPRETED else "cuda"
 
 
+def _on(dev, *ts):
+    return [t.to(dev) if isinstance(t, torch.Tensor) else t for t in ts]
+
+
+class _TritonLoss(torch.autograd.Function):
+    """The whole loss from the Triton launchers (the CUDA kernels of brnnseg::ce_dice_loss and its backward):
+    on CPU tensors under the interpreter, else compiled on the GPU."""
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, class_weights, *params):
+        dev = logits.device
+        loss, fac = triton_kernels.ce_dice_loss_triton(*_on(TRITON_DEVICE, logits, target, weight, class_weights),
+                                                       *params)
+        ctx.save_for_backward(logits, target, weight, class_weights, fac)
+        ctx.params = params
+        ctx.mark_non_differentiable(fac)
+        ctx.set_materialize_grads(False)
+        return loss.to(dev), fac.to(dev)
+
+    @staticmethod
+    def backward(ctx, g, _gf):
+        if g is None:
+            return (None,) * 18
+        logits, target, weight, class_weights, fac = ctx.saved_tensors
+        bw, r, ign, ls, sq, _lce, _ldice, _snr, _sdr, batch, _log, _bg, _avg, reduction = ctx.params
+        dx = triton_kernels.ce_dice_loss_backward_triton(
+            *_on(TRITON_DEVICE, g, fac, logits, target, weight, class_weights), bw, r, ign, ls, sq, batch, reduction)
+        return (dx.to(logits.device),) + (None,) * 17
+
+
+@pytest.fixture(params=["cpu", "triton"])
+def backend(request, monkeypatch):
+    if request.param == "triton":
+        monkeypatch.setattr(cd, "_loss_op", _TritonLoss.apply)
+    return request.param
+
+
 def _labels(n, c, spatial, ignore=None, dtype=torch.int64):
     t = torch.randint(0, c, (n,) + tuple(spatial))
     if ignore is not None:
@@ -41,7 +78,7 @@ OPTIONS = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("spatial", [(37, 29), (1, 9), (4, 5, 6)], ids=["37x29", "1x9", "4x5x6"])
 @pytest.mark.parametrize("opts", OPTIONS, ids=range(len(OPTIONS)))
-def test_ce_dice_loss_matches_reference(opts, spatial, dtype):
+def test_ce_dice_loss_matches_reference(backend, opts, spatial, dtype):
     n, c = 2, 5
     x = torch.randn((n, c) + spatial, dtype=dtype, requires_grad=True)
     t = _labels(n, c, spatial, ignore=opts.get("ignore_index"))
@@ -122,17 +159,95 @@ def test_present_average_ignores_absent_classes():
     assert d_all > d_present
 
 
-def test_gradcheck_float64():
+GRADCHECK_OPTIONS = [dict(class_weights=[1.0, 2.0, 0.5], label_smoothing=0.1, boundary_weight=1.5, squared=True),
+                     dict(reduction="none", batch=True, log_dice=True), dict(reduction="none", average="all"),
+                     dict(reduction="sum", include_background=False, smooth_nr=0.0, lambda_ce=0.4)]
+
+
+@pytest.mark.parametrize("opts", GRADCHECK_OPTIONS, ids=range(len(GRADCHECK_OPTIONS)))
+def test_gradcheck_float64(backend, opts):
+    """The backward from the forward's factors (finish kernel / finish_from_sums) against finite
+    differences, every reduction, batch Dice with reduction "none"."""
     x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
     t = _labels(2, 3, (5, 4), ignore=-100)
     w = torch.rand(2, 5, 4, dtype=torch.float64)
-    opts = dict(class_weights=[1.0, 2.0, 0.5], label_smoothing=0.1, boundary_weight=1.5, squared=True)
-    assert torch.autograd.gradcheck(lambda v: bk.functional.ce_dice_loss(v, t, w, **opts), (x,))
-    soft = _soft(2, 3, (5, 4))
-    assert torch.autograd.gradcheck(lambda v: bk.functional.ce_dice_loss(v, soft, log_dice=True, batch=True), (x,))
-    x3 = torch.randn(1, 3, 3, 4, 2, dtype=torch.float64, requires_grad=True)
-    t3 = _labels(1, 3, (3, 4, 2))
-    assert torch.autograd.gradcheck(lambda v: bk.functional.ce_dice_loss(v, t3, boundary_weight=1.0), (x3,))
+    fast = backend == "triton"  # (the interpreter is slow)
+    assert torch.autograd.gradcheck(lambda v: bk.functional.ce_dice_loss(v, t, w, **opts), (x,), fast_mode=fast)
+    if opts.get("squared"):
+        soft = _soft(2, 3, (5, 4))
+        assert torch.autograd.gradcheck(lambda v: bk.functional.ce_dice_loss(v, soft, log_dice=True, batch=True),
+                                        (x,), fast_mode=fast)
+        x3 = torch.randn(1, 3, 3, 4, 2, dtype=torch.float64, requires_grad=True)
+        t3 = _labels(1, 3, (3, 4, 2))
+        assert torch.autograd.gradcheck(lambda v: bk.functional.ce_dice_loss(v, t3, boundary_weight=1.0), (x3,),
+                                        fast_mode=fast)
+
+
+@pytest.mark.parametrize("opts", [dict(boundary_weight=2.0, label_smoothing=0.1), dict(reduction="none", batch=True),
+                                  dict(average="all", include_background=False, log_dice=True)],
+                         ids=["boundary-ls", "none-batch", "all-nobg"])
+def test_loss_step_costs_three_launches_and_no_sync(backend, opts, monkeypatch):
+    """Issue 22: on the H200 the fused CE + Dice ran 0.42-0.50x the unfused composition, its time in
+    launches and host synchronisations (a label check and a parameter tensor copied to the device, both
+    ways). The CUDA path is now two launches forward and one backward, nothing else, nothing that waits."""
+    from brnnseg_kernels.bench.census import census
+
+    # As on a GPU: the labels are not checked on the host (on CPU tensors the launcher would).
+    monkeypatch.setattr(triton_kernels, "host_checks_labels", lambda device: False)
+    x = torch.randn(2, 5, 12, 21, requires_grad=True)
+    t = _labels(2, 5, (12, 21), ignore=-100)
+    loss_fn = bk.losses.CEDiceLoss(class_weights=torch.rand(5), **opts)
+    loss_fn(x, t).sum().backward()
+    x.grad = None
+    with census(triton_kernels) as c:
+        loss = loss_fn(x, t)
+        loss.backward(torch.ones_like(loss))
+    if backend == "triton":
+        assert c.launches == ["_ce_dice_fwd_kernel", "_ce_dice_finish_kernel", "_ce_dice_bwd_kernel"]
+        assert c.work == ["ones_like.default"]
+        assert c.syncs == []
+    else:
+        assert c.work == ["ce_dice_loss.default", "ones_like.default", "ce_dice_loss_backward.default"]
+        assert c.syncs == []
+
+
+def test_labels_are_checked_on_the_host_only_where_it_does_not_wait(monkeypatch):
+    monkeypatch.delenv("BRNNSEG_CHECK_LABELS", raising=False)
+    assert triton_kernels.host_checks_labels(torch.device("cpu"))
+    assert not triton_kernels.host_checks_labels(torch.device("cuda", 0))
+    monkeypatch.setenv("BRNNSEG_CHECK_LABELS", "1")
+    assert triton_kernels.host_checks_labels(torch.device("cuda", 0))
+
+
+def test_bad_labels_without_the_host_check_make_the_loss_nan(monkeypatch):
+    """Where the launcher does not check the labels (CUDA, without BRNNSEG_CHECK_LABELS=1) a label
+    outside [0, C) is counted by the kernel, never read through, and the loss is NaN, not garbage."""
+    monkeypatch.setattr(triton_kernels, "host_checks_labels", lambda device: False)
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    t = _labels(2, 3, (4, 5))
+    t[1, 2, 3] = 7
+    for reduction in ("mean", "none"):
+        loss = _TritonLoss.apply(x, t, None, None, 0.0, 1, -100, 0.0, False, 1.0, 1.0, 1e-5, 1e-5, False, False, True,
+                                 "present", reduction)[0]
+        assert torch.isnan(loss).all()
+        (gx,) = torch.autograd.grad(loss.sum(), x)
+        assert torch.isnan(gx).any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_loss_step_does_not_synchronise_on_gpu():
+    """The ground truth for the census above: CUDA's own sync detector, set to raise."""
+    x = torch.randn(2, 5, 64, 96, device="cuda", requires_grad=True)
+    t = torch.randint(0, 5, (2, 64, 96), device="cuda")
+    loss_fn = bk.losses.CEDiceLoss(class_weights=torch.rand(5), boundary_weight=2.0, label_smoothing=0.1).cuda()
+    loss_fn(x, t).backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss_fn(x, t).backward()
+        bk.functional.ce_dice_loss(x, t, reduction="none", batch=True).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_opcheck():
@@ -142,6 +257,14 @@ def test_opcheck():
     for args in [(x, t, None, None, 0.0, 1, -100, 0.0, False), (x, t, torch.rand(2, 6, 5), cw, 2.0, 1, -100, 0.1, True),
                  (x.double(), _soft(2, 4, (6, 5)), None, cw.double(), 1.0, 2, None, 0.05, False)]:
         torch.library.opcheck(torch.ops.brnnseg.ce_dice_sums.default, args)
+    for reduction, batch, avg in [("mean", False, "present"), ("none", True, "all"), ("sum", False, "all")]:
+        args = (x, t, torch.rand(2, 6, 5), cw, 2.0, 1, -100, 0.1, True, 0.7, 1.3, 1e-5, 1e-5, batch,
+                reduction == "sum", reduction != "sum", avg, reduction)
+        torch.library.opcheck(torch.ops.brnnseg.ce_dice_loss.default, args)
+        loss, fac = torch.ops.brnnseg.ce_dice_loss(*args)
+        torch.library.opcheck(torch.ops.brnnseg.ce_dice_loss_backward.default,
+                              (torch.randn_like(loss), fac, x, t, args[2], cw, 2.0, 1, -100, 0.1, True, batch,
+                               reduction), test_utils=("test_schema", "test_faketensor"))
 
 
 def test_integer_target_dtypes_and_reduced_precision_logits():

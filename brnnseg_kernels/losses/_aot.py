@@ -132,12 +132,16 @@ class CeVariant(NamedTuple):
 C_PADS = (2, 4, 8, 16, 32, 64, 128, 256)
 CE_SUBSET = [CeVariant(k, d, t, c, i, 90) for k in ("fwd", "bwd")
              for d, t, c, i in [(2, "bf16", 2, True), (3, "fp32", 256, True), (2, "fp64", 8, False),
-                                (3, "fp16", 16, False)] + [(2, "fp32", c, True) for c in C_PADS]]
+                                (3, "fp16", 16, False)] + [(2, "fp32", c, True) for c in C_PADS]] + \
+    [CeVariant("finish", 2, t, c, True, 90) for t in ("fp32", "fp64") for c in (2, 4)]
 
 
 def ce_variants(archs=ARCHS) -> List[CeVariant]:
+    """The pixel kernels along every axis; the finish kernel (one program, no tile) per logits dtype at its
+    two ends of code (c_pad 2: batch Dice with reduction "none"; 4: "mean")."""
     return [CeVariant(k, d, t, c, i, a) for k, d, t, c, i, a in
-            itertools.product(("fwd", "bwd"), (2, 3), DTYPES, C_PADS, (True, False), archs)]
+            itertools.product(("fwd", "bwd"), (2, 3), DTYPES, C_PADS, (True, False), archs)] + \
+        [CeVariant("finish", 2, t, c, True, a) for t, c, a in itertools.product(DTYPES, (2, 4), archs)]
 
 
 def compile_ce_variant(v: CeVariant) -> Dict:
@@ -156,24 +160,28 @@ def compile_ce_variant(v: CeVariant) -> Dict:
     flags = dict(INDEX=v.index, HAS_WEIGHT=True, HAS_IGNORE=v.index, USE_BOUNDARY=True, SQUARED=True,
                  BOUNDARY_RADIUS=1, BOUNDARY_RADIUS_Z=1 if v.dims == 3 else 0,
                  ACC=tl.float64 if acc == "fp64" else tl.float32, C_PAD=v.c_pad, BLOCK=block)
-    ints = {n: "i32" for n in ("C", "P", "D", "H", "W", "n_tiles", "ignore_index")}
+    if v.kernel == "finish":  # c_pad stands for the flags: 2 batch + "none", else mean
+        batch_none = v.c_pad == 2
+        bt, bk, bc = K.FINISH_BLOCK
+        return _compile(K._ce_dice_finish_kernel, v, {
+            "part_ptr": f"*{acc}", "sums_ptr": f"*{acc}", "out_ptr": f"*{v.dtype}", "fac_ptr": f"*{acc}",
+            **{n: "i32" for n in ("N", "C", "T")},
+            **{f"{n}_{part}": "fp32" for n in ("lce", "ldice", "snr", "sdr") for part in ("hi", "lo")}},
+            dict(BATCH=batch_none, LOG_DICE=True, PRESENT=True, NO_BACKGROUND=True, REDUCTION=0 if batch_none else 2,
+                 ACC=tl.float64 if acc == "fp64" else tl.float32, BLOCK_T=bt, BLOCK_K=bk, BLOCK_C=bc), num_warps=4)
+    ints = {n: "i32" for n in ("N", "C", "P", "D", "H", "W", "n_tiles", "ignore_index")}
+    floats = {n: "fp32" for n in ("bw_hi", "bw_lo", "ls_hi", "ls_lo")}
     t_ptr = "*i64" if v.index else f"*{v.dtype}"
     lab_ptr = "*i64" if v.index else "*i32"
-    common = {"x_ptr": f"*{v.dtype}", "t_ptr": t_ptr, "lab_ptr": lab_ptr, "w_ptr": f"*{acc}", "cw_ptr": f"*{acc}",
-              "par_ptr": f"*{acc}"}
+    common = {"x_ptr": f"*{v.dtype}", "t_ptr": t_ptr, "lab_ptr": lab_ptr, "w_ptr": f"*{acc}", "cw_ptr": f"*{acc}"}
     if v.kernel == "fwd":
         fn = K._ce_dice_fwd_kernel
         ptrs = {**common, "part_ptr": f"*{acc}"}
-    else:
+    else:  # GO_MODE 2 holds the code of modes 0 and 1 and the loop over the batch
         fn = K._ce_dice_bwd_kernel
-        ptrs = {**common, "gd_ptr": f"*{acc}", "gc_ptr": f"*{acc}", "dx_ptr": f"*{v.dtype}"}
-    types = {**ptrs, **ints}
-    signature = {name: ("constexpr" if name in flags else types[name]) for name in fn.arg_names}
-    src = ASTSource(fn=fn, signature=signature, constexprs=flags)
-    compiled = triton.compile(src, target=GPUTarget("cuda", v.arch, 32), options={"num_warps": K.NUM_WARPS})
-    n_regs, n_spills = _ptxas_resources(compiled.asm["cubin"])
-    return {"variant": v.name, "registers": int(n_regs), "spills": int(n_spills),
-            "shared": int(compiled.metadata.shared), "num_warps": int(compiled.metadata.num_warps)}
+        flags["GO_MODE"] = 2
+        ptrs = {**common, "go_ptr": f"*{v.dtype}", "fac_ptr": f"*{acc}", "dx_ptr": f"*{v.dtype}"}
+    return _compile(fn, v, {**ptrs, **ints, **floats}, flags, K.NUM_WARPS)
 
 
 def _compile_any(v) -> Dict:

@@ -27,9 +27,15 @@ Why a sibling of :class:`BCEDiceLoss` rather than a ``mode=`` switch: the target
 binary mask), the activation couples the channels (softmax, not sigmoid), and the options differ
 (``class_weights``, ``label_smoothing`` versus ``pos_weight``) -- as MONAI keeps ``DiceCELoss`` apart.
 
-The pass over pixels is one custom op, ``brnnseg::ce_dice_sums`` (C++ on the CPU, Triton on CUDA),
-returning per-(sample, class) Dice sums and per-sample CE sums; the formula above is applied to those
-with ordinary tensor ops, and the op's backward writes the logits' gradient in one more pass.
+The loss is one custom op, ``brnnseg::ce_dice_loss``, and its backward one more, both on the pixel pass
+of ``brnnseg::ce_dice_sums`` (C++ on the CPU, Triton on CUDA; per-(sample, class) Dice sums and
+per-sample CE sums). On CUDA the forward is two launches, the pixel pass and a one-program finish
+kernel that turns the sums into the loss and the factors of its derivative; the backward is one launch.
+Nothing waits for the GPU there: float options travel as kernel arguments, and labels outside [0, C)
+are counted by the kernel (never read through) and make the loss NaN -- checking them on the host
+would wait for the GPU on every call; ``BRNNSEG_CHECK_LABELS=1`` does it anyway and raises a
+ValueError naming the label, as the CPU always does. On the H200 the old path, with a label check and
+a parameter copy each way and ~48 small tensor ops, ran 0.42-0.50x the unfused composition (issue 22).
 """
 from __future__ import annotations
 
@@ -141,28 +147,139 @@ def ce_dice_sums(logits: Tensor, target: Tensor, weight: Optional[Tensor], class
                                          int(boundary_radius), ignore_index, float(label_smoothing), bool(squared))
 
 
-def _combine(dice_sums: Tensor, ce_sums: Tensor, *, lambda_ce, lambda_dice, smooth_nr, smooth_dr, batch, log_dice,
-             include_background, average, reduction) -> Tensor:
-    """The loss from the op's sums, in few ops (each is an autograd node on the way back)."""
+def finish_from_sums(dice_sums: Tensor, ce_sums: Tensor, lambda_ce: float, lambda_dice: float, smooth_nr: float,
+                     smooth_dr: float, batch: bool, log_dice: bool, include_background: bool, average: str,
+                     reduction: str):
+    """The loss from the op's sums, and the factors of its derivative in them (2*N*C + N + 1): per (n, c)
+    [f_inter, f_psum], per n f_ce, then the scale of every f_ce. The backward takes d loss / d inter[n, c]
+    = go_dice * f_inter (likewise psum) and d loss / d ce_num[n] = go * scale * f_ce, go_dice summed over
+    the batch where batch Dice meets reduction "none". The CPU kernel of ce_dice_loss, and the
+    specification of the Triton finish kernel."""
+    n, c = dice_sums.shape[:2]
     if batch:
         dice_sums = dice_sums.sum(0, keepdim=True)
     inter, psum, ysum = dice_sums.unbind(-1)
     den = psum + ysum + smooth_dr
-    # 0/0 (no prediction, no target, smooth_dr = 0) scores 1: the result stays finite.
-    score = (2 * inter + smooth_nr + (den == 0)) / (den + (den == 0))
-    dice = -torch.log(score.clamp_min(1e-7)) if log_dice else 1 - score
-    with torch.no_grad():
-        sel = (ysum > 0).to(dice.dtype) if average == "present" else torch.ones_like(dice)
-        if not include_background and dice.shape[1] > 1:
-            sel[:, 0] = 0
+    z = (den == 0).to(den.dtype)  # 0/0 (no prediction, no target, smooth_dr = 0) scores 1: finite
+    safe = den + z
+    num = 2 * inter + smooth_nr + z
+    score = num / safe
+    if log_dice:
+        clamped = score.clamp_min(1e-7)
+        dice = -torch.log(clamped)
+        dd = torch.where(score >= 1e-7, -1 / clamped, torch.zeros_like(score))
+    else:
+        dice = 1 - score
+        dd = -torch.ones_like(score)
+    sel = (ysum > 0).to(dice.dtype) if average == "present" else torch.ones_like(dice)
+    if not include_background and c > 1:
+        sel[:, 0] = 0
     ce_num, ce_den = ce_sums.unbind(-1)
+    scale = ce_sums.new_ones(1)
     if reduction == "none":
-        per = (dice * sel).sum(1) / sel.sum(1).clamp_min(1)
-        return lambda_ce * ce_num / ce_den.clamp_min(1e-12) + lambda_dice * per.expand(ce_num.shape[0])
-    if reduction == "sum":
-        return lambda_ce * ce_num.sum() + lambda_dice * (dice * sel).sum()
-    return lambda_ce * ce_num.sum() / ce_den.sum().clamp_min(1e-12) + \
-        lambda_dice * (dice * sel).sum() / sel.sum().clamp_min(1)
+        w = lambda_dice / sel.sum(1, keepdim=True).clamp_min(1)
+        f_ce = lambda_ce / ce_den.clamp_min(1e-12)
+        loss = f_ce * ce_num + (w * sel * dice).sum(1).expand(n)
+    elif reduction == "sum":
+        w = torch.full_like(ce_num[:1, None], lambda_dice)
+        f_ce = torch.full_like(ce_num, lambda_ce)
+        loss = lambda_ce * ce_num.sum() + lambda_dice * (sel * dice).sum()
+    else:
+        w = lambda_dice / sel.sum().clamp_min(1).reshape(1, 1)
+        f_ce = torch.full_like(ce_num, lambda_ce)
+        scale = 1 / ce_den.sum().clamp_min(1e-12).reshape(1)
+        loss = lambda_ce * ce_num.sum() * scale[0] + (w * sel * dice).sum()
+    f_inter = (w * sel * dd * 2 / safe).expand(n, c)
+    f_psum = (-w * sel * dd * num / (safe * safe)).expand(n, c)
+    return loss, torch.cat([torch.stack([f_inter, f_psum], -1).reshape(-1), f_ce, scale])
+
+
+@torch.library.register_fake("brnnseg::ce_dice_loss")
+def _ce_dice_loss_fake(logits, target, weight, class_weights, boundary_weight, boundary_radius, ignore_index,
+                       label_smoothing, squared, lambda_ce, lambda_dice, smooth_nr, smooth_dr, batch, log_dice,
+                       include_background, average, reduction):
+    n, c = logits.shape[:2]
+    loss = logits.new_empty((n,) if reduction == "none" else ())
+    return loss, logits.new_empty((2 * n * c + n + 1,), dtype=_sums_dtype(logits))
+
+
+@torch.library.register_fake("brnnseg::ce_dice_loss_backward")
+def _ce_dice_loss_backward_fake(grad, factors, logits, target, weight, class_weights, boundary_weight,
+                                boundary_radius, ignore_index, label_smoothing, squared, batch, reduction):
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+def _loss_setup_context(ctx, inputs, output):
+    (logits, target, weight, class_weights, boundary_weight, boundary_radius, ignore_index, label_smoothing, squared,
+     _lce, _ldice, _snr, _sdr, batch, _log, _bg, _avg, reduction) = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zeros for the factors' gradient
+    ctx.save_for_backward(output[1], logits, target, weight, class_weights)
+    ctx.params = (boundary_weight, boundary_radius, ignore_index, label_smoothing, squared, batch, reduction)
+
+
+def _loss_backward(ctx, grad, _grad_factors):
+    ops.no_double_backward("brnnseg::ce_dice_loss")
+    if grad is None:
+        return (None,) * 18
+    factors, logits, target, weight, class_weights = ctx.saved_tensors
+    dx = torch.ops.brnnseg.ce_dice_loss_backward(grad, factors, logits, target, weight, class_weights, *ctx.params)
+    return (dx,) + (None,) * 17
+
+
+torch.library.register_autograd("brnnseg::ce_dice_loss", _loss_backward, setup_context=_loss_setup_context)
+
+
+def _cpu_inputs(logits, target):
+    x = logits.float() if logits.dtype in _REDUCED else logits  # the C++ kernel computes in float32/float64
+    if target.is_floating_point() and target.dtype != x.dtype:
+        target = target.to(x.dtype)
+    return x, target
+
+
+@torch.library.register_kernel("brnnseg::ce_dice_loss", "cpu")
+def _ce_dice_loss_cpu(logits, target, weight, class_weights, boundary_weight, boundary_radius, ignore_index,
+                      label_smoothing, squared, lambda_ce, lambda_dice, smooth_nr, smooth_dr, batch, log_dice,
+                      include_background, average, reduction):
+    x, t = _cpu_inputs(logits, target)
+    dice_sums, ce_sums = torch.ops.brnnseg.ce_dice_sums(x, t, weight, class_weights, boundary_weight, boundary_radius,
+                                                        ignore_index, label_smoothing, squared)
+    loss, factors = finish_from_sums(dice_sums, ce_sums, lambda_ce, lambda_dice, smooth_nr, smooth_dr, batch,
+                                     log_dice, include_background, average, reduction)
+    return loss.to(logits.dtype), factors
+
+
+@torch.library.register_kernel("brnnseg::ce_dice_loss_backward", "cpu")
+def _ce_dice_loss_backward_cpu(grad, factors, logits, target, weight, class_weights, boundary_weight,
+                               boundary_radius, ignore_index, label_smoothing, squared, batch, reduction):
+    x, t = _cpu_inputs(logits, target)
+    n, c = x.shape[:2]
+    go = grad.to(factors.dtype)
+    f = factors[:2 * n * c].view(n, c, 2)
+    go_dice = (go.sum() if batch else go)[..., None] if reduction == "none" else go
+    grad_dice = torch.stack([go_dice * f[..., 0], go_dice * f[..., 1], torch.zeros_like(f[..., 0])], -1)
+    g_ce = go * factors[2 * n * c + n] * factors[2 * n * c:2 * n * c + n]
+    grad_ce = torch.stack([g_ce, torch.zeros_like(g_ce)], -1)
+    dx = torch.ops.brnnseg.ce_dice_sums_backward(grad_dice, grad_ce, x, t, weight, class_weights, boundary_weight,
+                                                 boundary_radius, ignore_index, label_smoothing, squared)
+    return dx.to(logits.dtype)
+
+
+def _register_loss_cuda_kernels() -> None:
+    try:
+        from . import ce_dice_kernels
+    except ImportError:
+        return
+    torch.library.register_kernel("brnnseg::ce_dice_loss", "cuda")(ce_dice_kernels.ce_dice_loss_triton)
+    torch.library.register_kernel("brnnseg::ce_dice_loss_backward", "cuda")(ce_dice_kernels.ce_dice_loss_backward_triton)
+
+
+_register_loss_cuda_kernels()
+
+
+def _loss_op(*args):
+    """The op call (a seam the tests use to run the Triton launchers on CPU tensors)."""
+    return torch.ops.brnnseg.ce_dice_loss(*args)
 
 
 def ce_dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None,
@@ -189,10 +306,10 @@ def ce_dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
     n, c = logits.shape[:2]
     cw = None
     if class_weights is not None:
-        cw = torch.as_tensor(class_weights, device=logits.device)
+        cw = class_weights if isinstance(class_weights, Tensor) else torch.as_tensor(class_weights)
         if cw.dim() != 1 or cw.numel() != c:
             raise ValueError(f"{op}: class_weights must have shape (C,) = ({c},), got {tuple(cw.shape)}")
-        cw = cw.to(_sums_dtype(logits))
+        cw = cw.to(device=logits.device, dtype=_sums_dtype(logits), non_blocking=True)
     if weight is not None:
         want = (n,) + tuple(logits.shape[2:])
         if tuple(weight.shape) != want:
@@ -201,15 +318,14 @@ def ce_dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
     index = target.dim() == logits.dim() - 1
     if index and target.dtype == torch.bool:
         target = target.to(torch.uint8)
-    # Labels outside [0, C) that are not ignore_index: the op raises a ValueError naming the value.
-    dice_sums, ce_sums = ce_dice_sums(logits, target, weight, cw, boundary_weight, boundary_radius,
-                                      int(ignore_index) if index else None, label_smoothing, squared)
-    # average="present": a class occurs in the target when its sum of y over counted pixels is > 0.
-    out = _combine(dice_sums.float() if dice_sums.dtype != torch.float64 else dice_sums,
-                   ce_sums.float() if ce_sums.dtype != torch.float64 else ce_sums,
-                   lambda_ce=lambda_ce, lambda_dice=lambda_dice, smooth_nr=smooth_nr, smooth_dr=smooth_dr, batch=batch,
-                   log_dice=log_dice, include_background=include_background, average=average, reduction=reduction)
-    return out.to(logits.dtype)
+    # Labels outside [0, C) that are not ignore_index: on the CPU the op raises a ValueError naming the value;
+    # on CUDA the loss is NaN (raising would make every call wait for the GPU), or, with
+    # BRNNSEG_CHECK_LABELS=1, the same ValueError.
+    loss, _ = _loss_op(logits, target, weight, cw, float(boundary_weight), int(boundary_radius),
+                       int(ignore_index) if index else None, float(label_smoothing), bool(squared), float(lambda_ce),
+                       float(lambda_dice), float(smooth_nr), float(smooth_dr), bool(batch), bool(log_dice),
+                       bool(include_background), average, reduction)
+    return loss
 
 
 class CEDiceLoss(nn.Module):
