@@ -163,8 +163,10 @@ def report_cudnn(records: List[dict]) -> str:
 def report_loss(rows: List[LossRow]) -> str:
     lines = ["logits: the sigmoid loss (BCEDiceLoss); ce:...: the multi-class loss (CEDiceLoss, integer labels); "
              "ce-monai:...: the same fused loss against the composition with MONAI's DiceLoss",
+             "launches: device work per forward+backward (Triton launches + ATen ops that do work); syncs: "
+             "operations in it that make the host wait for the GPU (brnnseg_kernels/bench/census.py)",
              f"{'logits':18s} {'torch ms':>9s} {'ours ms':>9s} {'speedup':>8s} {'torch MiB':>10s} {'ours MiB':>9s} "
-             f"{'grad MiB':>9s} {'floor ms':>9s}"]
+             f"{'grad MiB':>9s} {'floor ms':>9s} {'launches t/o':>13s} {'syncs t/o':>10s}"]
     by = {}
     for r in rows:
         by.setdefault(r.shape, {})[r.provider] = r
@@ -174,7 +176,8 @@ def report_loss(rows: List[LossRow]) -> str:
         for s in shape.split(":")[-1].split("x"):  # "ce:4x8x128x128", "ce-monai:...": the multi-class loss
             px *= int(s)
         lines.append(f"{shape:18s} {t.ms:9.2f} {o.ms:9.2f} {t.ms / o.ms:7.2f}x {t.peak_mib:10.1f} {o.peak_mib:9.1f} "
-                     f"{px * 4 / 2**20:9.1f} {o.floor_ms:9.3f}")
+                     f"{px * 4 / 2**20:9.1f} {o.floor_ms:9.3f} {f'{t.launches}/{o.launches}':>13s} "
+                     f"{f'{t.syncs}/{o.syncs}':>10s}")
     return "\n".join(lines)
 
 

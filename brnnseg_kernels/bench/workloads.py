@@ -35,9 +35,10 @@ GPU_SHAPES = {
     "hires-64": (2, 64, 256, 256, 64), "latency-128": (1, 256, 64, 64, 128),
 }
 # Loss shapes (logits N, C, H, W): ../shared/README.md
-LOSS_SHAPES = {"cpu": [(8, 1, 256, 256), (4, 3, 128, 128)], "cuda": [(16, 1, 512, 512), (8, 4, 512, 1024)]}
+LOSS_SHAPES = {"cpu": [(8, 1, 256, 256), (4, 3, 128, 128)],
+               "cuda": [(16, 1, 512, 512), (8, 4, 512, 1024), (8, 1, 512, 512)]}  # issue 22's targets
 # The multi-class loss (CEDiceLoss, integer label maps): logits shapes.
-LOSS_MC_SHAPES = {"cpu": [(4, 8, 128, 128)], "cuda": [(8, 19, 512, 1024)]}
+LOSS_MC_SHAPES = {"cpu": [(4, 8, 128, 128)], "cuda": [(4, 8, 256, 256), (2, 19, 512, 512)]}
 
 
 def native_dtypes(device: str) -> List[str]:
@@ -191,6 +192,20 @@ class LossRow:
     ms: float
     peak_mib: float
     floor_ms: float
+    launches: int = -1  # device work per forward+backward: Triton launches + ATen ops that do work
+    syncs: int = -1     # operations in it that make the host wait for the device (bench/census.py)
+
+
+def _step_census(step) -> tuple:
+    """(launches, host syncs) of one call of ``step`` (bench/census.py); our loss ops count by the
+    Triton kernels they launch, not as ops."""
+    from ..losses import _kernels, ce_dice_kernels
+    from .census import census
+
+    with census(_kernels, ce_dice_kernels) as c:
+        step()
+    ours = ("bce_dice_loss", "ce_dice_loss", "seg_loss_sums", "ce_dice_sums")
+    return len(c.launches) + len([w for w in c.work if not w.startswith(ours)]), len(c.syncs)
 
 
 def run_loss(device="cpu", repeat=9, threads=2, memory=True, bandwidth_gbs: float = 3000.0) -> List[LossRow]:
@@ -214,7 +229,8 @@ def run_loss(device="cpu", repeat=9, threads=2, memory=True, bandwidth_gbs: floa
                 logits.grad = None
                 fn().backward()
             peak = peak_mib(device, step) if memory else float("nan")
-            rows.append(LossRow("x".join(map(str, shape)), provider, time_ms(step, device, repeat), peak, floor))
+            rows.append(LossRow("x".join(map(str, shape)), provider, time_ms(step, device, repeat), peak, floor,
+                                *_step_census(step)))
     # Multi-class: CEDiceLoss (softmax CE + boundary weight 2, radius 1 + softmax Dice) on int64 label maps
     # against the unfused composition (reference.unfused_ce_dice) and the same with MONAI's DiceLoss.
     from ..losses import CEDiceLoss
@@ -243,11 +259,11 @@ def run_loss(device="cpu", repeat=9, threads=2, memory=True, bandwidth_gbs: floa
                 fn().backward()
             peak = peak_mib(device, step) if memory else float("nan")
             rows.append(LossRow(prefix + "x".join(map(str, shape)), provider, time_ms(step, device, repeat), peak,
-                                floor))
+                                floor, *_step_census(step)))
         if has_monai:  # the fused loss's row, timed once, stands on both comparisons
             fused_row = next(r for r in rows if r.shape == "ce:" + "x".join(map(str, shape)) and r.provider == "brnnseg")
             rows.append(LossRow("ce-monai:" + "x".join(map(str, shape)), "brnnseg", fused_row.ms, fused_row.peak_mib,
-                                floor))
+                                floor, fused_row.launches, fused_row.syncs))
     return rows
 
 
