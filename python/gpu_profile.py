@@ -13,7 +13,9 @@ MemoryWorkloadAnalysis_Tables.
 Writes DIR/profile.md: per kernel the duration and time per step, achieved occupancy, issue-slot use, the
 top warp stall reasons, shared-memory bank conflicts, DRAM and L2 throughput, and the source lines with the
 most stall samples; DIR/profile.json (the same figures), the raw reports DIR/<name>.ncu-rep and their CSV
-exports. Without a GPU (or without ncu) it exits 2 with one line.
+exports; and, timed without ncu, the tensor-core forward's time per step with its input projections
+copied one or two steps ahead (BRNNSEG_MMA_PREFETCH=1/2, issue 22). Without a GPU (or without ncu) it
+exits 2 with one line.
 """
 from __future__ import annotations
 
@@ -60,6 +62,49 @@ def workload(recurrence: str) -> int:
         torch.ops.brnnseg.sweep_backward(cell, torch.randn_like(y), x, w[0], w[1], y, ws, 3)
         torch.cuda.synchronize()
         print(f"ran {recurrence} {cell} hid {hid}", flush=True)
+    return 0
+
+
+def prefetch_ab() -> int:
+    """Issue 22's candidate for the tensor-core forward's fixed cost per step, measured both ways in one
+    process: time per step (slope over T = 64 and 256, 512 lines, CUDA events, median of 5) of the bf16
+    forward with the input projections copied one step ahead (BRNNSEG_MMA_PREFETCH=1, the build the H200
+    measured) and two steps ahead (2). Prints one JSON line."""
+    import torch
+
+    import brnnseg_kernels as bk
+
+    os.environ["BRNNSEG_CUDA_RECURRENCE"] = "mma"
+    C, rows = 16, []
+
+    def per_call_ms(cell, x, w):
+        for _ in range(2):
+            torch.ops.brnnseg.sweep(cell, x, *w, 3, False, False)
+        times = []
+        for _ in range(5):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            torch.ops.brnnseg.sweep(cell, x, *w, 3, False, False)
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b))
+        return sorted(times)[2]
+
+    for cell in ("gru", "lstm"):
+        for hid in (64, 128):
+            g = bk.cells.spec(cell).gates
+            w = [torch.randn(2, g * hid, C, device="cuda", dtype=torch.bfloat16) * 0.1,
+                 torch.randn(2, g * hid, hid, device="cuda", dtype=torch.bfloat16) * hid ** -0.5,
+                 torch.zeros(2, g * hid, device="cuda", dtype=torch.bfloat16),
+                 torch.zeros(2, g * hid, device="cuda", dtype=torch.bfloat16)]
+            row = dict(cell=cell, hidden=hid)
+            for prefetch in ("1", "2"):
+                os.environ["BRNNSEG_MMA_PREFETCH"] = prefetch
+                ms = [per_call_ms(cell, torch.randn(1, C, LINES, t, device="cuda", dtype=torch.bfloat16), w)
+                      for t in (64, 256)]
+                row[f"us_per_step_prefetch{prefetch}"] = round((ms[1] - ms[0]) * 1e3 / (256 - 64), 3)
+            rows.append(row)
+    print(json.dumps(rows))
     return 0
 
 
@@ -149,9 +194,11 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_workload"]:
         return workload(argv[1])
+    if argv[:1] == ["_prefetch"]:
+        return prefetch_ab()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--cap", type=float, default=75.0, help="seconds per ncu process (two of them)")
+    p.add_argument("--cap", type=float, default=70.0, help="seconds per ncu process (two of them)")
     args = p.parse_args(argv)
     import torch
 
@@ -192,8 +239,16 @@ def main(argv=None) -> int:
             results += summarize(ncu, rep + ".ncu-rep", names, args.out)
         except (OSError, subprocess.SubprocessError, ValueError) as e:
             notes.append(f"summary of {rec} failed: {e}")
+    prefetch = []
+    try:  # the A/B of BRNNSEG_MMA_PREFETCH (plain timings, no ncu): a few seconds
+        r = subprocess.run([sys.executable, os.path.abspath(__file__), "_prefetch"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=30, env={**os.environ, "PYTHONPATH": ROOT})
+        prefetch = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else []
+        notes.append(f"prefetch A/B: {'ok' if prefetch else 'rc %d: %s' % (r.returncode, r.stderr[-300:])}")
+    except (subprocess.TimeoutExpired, ValueError, IndexError) as e:
+        notes.append(f"prefetch A/B failed: {e}")
     with open(os.path.join(args.out, "profile.json"), "w") as f:
-        json.dump(dict(lines=LINES, T=T, results=results, notes=notes), f, indent=1)
+        json.dump(dict(lines=LINES, T=T, results=results, notes=notes, prefetch_ab=prefetch), f, indent=1)
     md = [f"# Sweep kernels under Nsight Compute ({LINES} lines x T {T}, one launch each)", ""]
     md += [f"- {n}" for n in notes] + [""]
     md += ["| kernel | us | us/step | occupancy % | issue busy % | cycles/issue | top stalls (% of samples) | "
@@ -208,6 +263,11 @@ def main(argv=None) -> int:
                   f"{f(r['issue_slots_busy_pct'])} | {f(r['warp_cycles_per_issue'])} | {stalls} | "
                   f"{f(r['smem_bank_conflicts_ld'], 0)}/{f(r['smem_bank_conflicts_st'], 0)} | {f(r['dram_pct'])} | "
                   f"{f(r['l2_pct'])} | {f(r['registers'], 0)} |")
+    if prefetch:
+        md += ["", "## Tensor-core forward, bf16: us per step with the projections copied 1 or 2 steps ahead "
+               "(BRNNSEG_MMA_PREFETCH)", "", "| cell | hidden | prefetch 1 | prefetch 2 | ratio |", "|---|---|---|---|---|"]
+        md += [f"| {r['cell']} | {r['hidden']} | {r['us_per_step_prefetch1']} | {r['us_per_step_prefetch2']} | "
+               f"{r['us_per_step_prefetch1'] / max(r['us_per_step_prefetch2'], 1e-9):.2f}x |" for r in prefetch]
     for r in results:
         md += ["", f"## {r['kernel']}: source lines with the most stall samples", ""]
         md += [f"- {pct}%  {line}" for line, pct in r["hot_lines"]]

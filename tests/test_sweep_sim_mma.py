@@ -205,3 +205,38 @@ def test_sim_mma_and_fma_agree_in_float32(recurrence):
     planted = [w[0], w[1] * 1.1] + w[2:]
     y_bad, _ = torch.ops.brnnseg_sim.sweep("lstm", x, *planted, 3, False, False, "h100", 0, False)
     assert (y_bad - y_fma).abs().max().item() > tol
+
+
+@pytest.mark.parametrize("steps", [1, 2, 9])
+@pytest.mark.parametrize("cell,dtype", [("lstm", "bfloat16"), ("gru", "float32"), ("rnn_tanh", "float16")])
+def test_sim_mma_prefetch_two_steps_ahead(cell, dtype, steps, recurrence, monkeypatch):
+    """BRNNSEG_MMA_PREFETCH=2 (issue 22): the forward copies step s+2's input projections at step s into
+    a ring of 3 buffers and waits for step s+1's group only. The simulator completes a cp.async only at
+    the wait that covers its group, so a ring that reuses a buffer too early, or waits too little,
+    computes with stale projections here. Both directions, rows and columns, T = 1, 2 and a wrapped ring."""
+    recurrence("mma")
+    dt = DTYPES[dtype]
+    hid = 20
+    x = torch.randn(2, 5, 6, steps).to(dt)
+    weights = [_weights(cell, 5, hid, dt), _weights(cell, 5, hid, dt)]
+    smem = {}
+    for prefetch in ("1", "2"):
+        monkeypatch.setenv("BRNNSEG_MMA_PREFETCH", prefetch)
+        torch.ops.brnnseg_sim.launch_log(True)
+        y, grads, g, ws = _run(cell, x, [weights[0]], [3], dt)
+        log = torch.ops.brnnseg_sim.launch_log(True)
+        fwd = _mma_launches(log, "fwd", cell, 2)
+        assert len(fwd) == 1, log
+        smem[prefetch] = fwd[0]
+        _check(cell, x, [weights[0]], [3], y, grads, g, dt, ws, hid, steps)
+        y, grads, g, ws = _run(cell, x.transpose(2, 3).contiguous(), [weights[1]], [2], dt)
+        _check(cell, x.transpose(2, 3).contiguous(), [weights[1]], [2], y, grads, g, dt, ws, hid, steps)
+    assert smem["1"] != smem["2"], smem  # the ring's third buffer is in the launch's shared memory
+
+
+def test_sim_mma_prefetch_setting_is_checked(recurrence, monkeypatch):
+    recurrence("mma")
+    monkeypatch.setenv("BRNNSEG_MMA_PREFETCH", "3")
+    x = torch.randn(1, 4, 5, 6, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="BRNNSEG_MMA_PREFETCH must be 1 or 2"):
+        _run("gru", x, [_weights("gru", 4, 8, torch.bfloat16)], [3], torch.bfloat16)

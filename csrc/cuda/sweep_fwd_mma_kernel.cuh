@@ -10,9 +10,11 @@
 //      saved slots and, unless y is stored in step 3, y;
 //   3. wait for this thread's asynchronous copies, barrier; NCHW column sweeps: y of this step is
 //      stored from the float state with lines fastest (consecutive addresses) before the next product.
-// The next step's input projections are copied global -> shared with cp.async at the start of each
-// step (the host lays them out padded, (P, 2, G, hid_pad), so a line's are whole 16-byte chunks): the
-// copies run under the product and the gate math.
+// The input projections are copied global -> shared with cp.async into a ring of p.gx_stages buffers
+// (the host lays them out padded, (P, 2, G, hid_pad), so a line's are whole 16-byte chunks): at the
+// start of step s those of step s + D (D = gx_stages - 1, BRNNSEG_MMA_PREFETCH), one cp.async group a
+// step, and the end of step s waits for step s + 1's group only. D = 1: the copy issued at the start of
+// a step must land within it; D = 2: within two (issue 22's candidate for the fixed cost per step).
 // Half/bfloat16: operands in that type, float accumulation. Float: TF32 operands (rounded), float
 // accumulation. The cell state and all gate math stay float.
 #pragma once
@@ -42,7 +44,7 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, false>::kThreads, 1)
   const smem_ptr<float> h_s = cta.state;  // [16][HP] h, float
   const smem_ptr<float> c_s = cta.cell;   // [16][HP] c (cells with a state)
   const smem_ptr<float> b_s = smem_at<float>(smem, Sh::kSmem.bias);  // [2][N]: b_ih, b_hh per padded column
-  const smem_ptr<T> gx_s = smem_at<T>(smem, Sh::kSmem.gx);            // [2][16][N] input projections
+  const smem_ptr<T> gx_s = smem_at<T>(smem, Sh::kSmem.gx);            // [stages][16][N] input projections
   const smem_ptr<int64_t> pos0 = cta.line;                            // [16] position of t = 0
   const smem_ptr<int64_t> y0 = pos0 + kMmaLines;                      // [16] y offset of t = 0
 
@@ -64,6 +66,13 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, false>::kThreads, 1)
   const int64_t y_line_stride = geo.axis == 3 ? p.y_sH : p.y_sW;
   const bool y_lines_fastest = y_line_stride == 1 && p.y_sC != 1;
 
+  // Waits until at most `pending` (0 or 1) of this thread's newest copy groups are in flight.
+  auto wait_gx_groups = [](int pending) {
+    if (pending == 0)
+      async_copy_wait_group<0>();
+    else
+      async_copy_wait_group<1>();
+  };
   // The input projections of the CTA's lines at step t into buffer `buf`: (P, 2, N) padded rows of N
   // elements, 16-byte chunks, asynchronously.
   constexpr int kChunks = N * int(sizeof(T)) / 16;  // per line
@@ -74,14 +83,21 @@ __global__ void __launch_bounds__(MmaShape<T, Cell, kKt, false>::kThreads, 1)
       async_copy16(gx_s + (buf * kMmaLines + l) * N + c * (16 / int(sizeof(T))), src);
     }
   };
-  copy_gx(step_time(d, 0, T_len), 0);
-  async_copy_wait_all();
+  const int stages = p.gx_stages, ahead = stages - 1;  // 2 or 3 buffers; prefetch distance 1 or 2
+  for (int k = 0; k < ahead; ++k) {  // steps 0 .. ahead-1, one group each (empty past the end)
+    if (k < T_len) copy_gx(step_time(d, k, T_len), k);
+    async_copy_commit();
+  }
+  wait_gx_groups(ahead - 1);  // step 0's
   __syncthreads();
 
   for (int64_t s = 0; s < T_len; ++s) {
     const int64_t t = step_time(d, s, T_len);
-    const int buf = int(s & 1);
-    if (s + 1 < T_len) copy_gx(step_time(d, s + 1, T_len), buf ^ 1);  // lands during this step
+    const int buf = int(s % stages);
+    // Step s + ahead's projections into the buffer step s - 1 read (every thread is past its gate math:
+    // the barrier that ended step s - 1). One group a step, empty at the end, so the waits count evenly.
+    if (s + ahead < T_len) copy_gx(step_time(d, s + ahead, T_len), int((s + ahead) % stages));
+    async_copy_commit();
     if (s > 0) prod.run(a_s, LDA, p_s, LDP);  // s = 0: h_prev = 0, p_s holds zeros
     __syncthreads();  // partial products complete
 BRNNSEG_NO_UNROLL
@@ -113,8 +129,8 @@ BRNNSEG_UNROLL
       }
       if (!y_lines_fastest) p.y[y0[q.l] + t * y_ts + (int64_t(d) * hid + q.u) * p.y_sC] = static_cast<T>(h);
     }
-    async_copy_wait_all();  // this thread's copies of the next step's input projections
-    __syncthreads();        // h and the next input projections complete before anyone reads them
+    wait_gx_groups(ahead - 1);  // this thread's copies of step s + 1 (step s + 2's may stay in flight)
+    __syncthreads();            // h and the next input projections complete before anyone reads them
     if (y_lines_fastest)
       for (int i = threadIdx.x; i < kMmaLines * HP; i += threads) {
         const int u = i / kMmaLines, l = i - u * kMmaLines;

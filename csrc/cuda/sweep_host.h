@@ -119,6 +119,7 @@ SweepFwdParams<T> fwd_params(const Tensor& x, const Tensor& w_ih, const Tensor& 
   p.hid = static_cast<int>(hid);
   p.tile = 0;
   p.smem_gates = 0;
+  p.gx_stages = 2;
   p.gx = keep.gx.data_ptr<T>();
   p.w_hh_t = keep.w_hh_t.defined() ? keep.w_hh_t.data_ptr<T>() : nullptr;
   p.w_mma = keep.w_mma.defined() ? keep.w_mma.data_ptr<T>() : nullptr;

@@ -21,11 +21,20 @@ template <typename Cell, typename T>
 void sweep_bwd_mma_launch(const SweepBatch<SweepBwdParams<T>>& batch, const LaunchConfig& config, void* stream);
 
 // Applies the config to every sweep of a batch: tile, shared-memory gates, blocks (tiles) per sweep.
+// The forward tensor-core kernel's input-projection ring (the other parameter sets have none).
+template <typename T>
+void set_gx_stages(SweepFwdParams<T>& p, const LaunchConfig& c) {
+  p.gx_stages = c.gx_stages;
+}
+template <typename Params>
+void set_gx_stages(Params&, const LaunchConfig&) {}
+
 template <typename Params>
 void set_batch_blocks(SweepBatch<Params>& b, const LaunchConfig& c) {
   for (int i = 0; i < b.count; ++i) {
     b.sweep[i].tile = c.tile;
     b.sweep[i].smem_gates = c.smem_gates;
+    set_gx_stages(b.sweep[i], c);
     b.blocks[i] = static_cast<int>((b.sweep[i].geo.lines() + c.tile - 1) / c.tile);
   }
 }

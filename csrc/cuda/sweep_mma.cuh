@@ -15,8 +15,9 @@ namespace brnnseg {
 
 namespace wmma = nvcuda::wmma;
 
-// 16-byte asynchronous copies global -> shared (cp.async.cg: bypasses L1), and the wait for all of a
-// thread's outstanding ones; emulated in the simulator as copies completed at the wait.
+// 16-byte asynchronous copies global -> shared (cp.async.cg: bypasses L1), their groups, and the waits
+// for all of a thread's outstanding ones or all but its newest N groups; emulated in the simulator as
+// copies completed at the wait that covers them.
 #if defined(__CUDACC__)
 __device__ __forceinline__ void async_copy16(void* dst_smem, const void* src) {
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(dst_smem));
@@ -25,11 +26,19 @@ __device__ __forceinline__ void async_copy16(void* dst_smem, const void* src) {
 __device__ __forceinline__ void async_copy_wait_all() {
   asm volatile("cp.async.commit_group;\ncp.async.wait_all;\n" ::: "memory");
 }
+// Closes this thread's open group of copies; waits until at most N of its newest groups are pending.
+__device__ __forceinline__ void async_copy_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void async_copy_wait_group() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 // A hint that brings a global address towards L2 for a later load (no register, no wait).
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 #else
 using ::brnnseg::sim::async_copy16;
+using ::brnnseg::sim::async_copy_commit;
 using ::brnnseg::sim::async_copy_wait_all;
+using ::brnnseg::sim::async_copy_wait_group;
 template <typename P>
 inline void prefetch_l2(const P&) {}
 #endif

@@ -16,7 +16,8 @@ template <typename T, typename Cell, bool kBackward, int kKt, typename Params>
 void launch_mma_kt(const SweepBatch<Params>& b, const LaunchConfig& c, void* stream) {
   using Sh = MmaShape<T, Cell, kKt, kBackward>;
   if constexpr (Sh::kFits) {
-    if (c.threads != Sh::kThreads || c.smem_bytes != Sh::kSmem.total)
+    if (c.threads != Sh::kThreads ||
+        c.smem_bytes != mma_smem<T>(kBackward, Cell::kGates, kKt, Cell::kHasCellState, c.gx_stages).total)
       throw std::logic_error("sweep: tensor-core plan and kernel disagree (threads " + std::to_string(c.threads) +
                              " vs " + std::to_string(Sh::kThreads) + ")");
     const std::string name = std::string(kBackward ? "sweep_bwd_mma_kernel<" : "sweep_fwd_mma_kernel<") +

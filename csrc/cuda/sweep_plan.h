@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -106,16 +107,17 @@ BRNNSEG_HD constexpr MmaTiling mma_bwd_tiling(int G, int kt) { return mma_tiling
 // Shared memory of the tensor-core kernels, in this order (each part 32-byte aligned):
 //   A operand [16][K + pad] (T) | partial products [ksplit][16][N + 4] (float) |
 //   state [16][hid_pad] (float: forward h, backward dh_direct) | cell state [16][hid_pad] (float, cells
-//   with one) | forward only: biases [2][N] (float) | input projections [2 steps][16][G*hid_pad] (T),
-//   the double buffer the next step's are copied into asynchronously | per line: the position of its
-//   time 0 and the offsets of its time 0 in y and grad_y ([3][16] int64: the step loop then needs no
-//   64-bit division).
+//   with one) | forward only: biases [2][N] (float) | per line: the position of its time 0 and the
+//   offsets of its time 0 in y and grad_y ([3][16] int64: the step loop then needs no 64-bit
+//   division) | forward only, last: input projections [gx_stages][16][G*hid_pad] (T), the ring the
+//   coming steps' are copied into asynchronously (gx_stages = prefetch distance + 1; last, so that
+//   the other offsets do not depend on it).
 struct MmaSmem {
   size_t a, p, state, cell, bias, gx, line, total;
 };
 BRNNSEG_HD constexpr size_t align32(size_t b) { return (b + 31) & ~size_t(31); }
 template <typename T>
-BRNNSEG_HD constexpr MmaSmem mma_smem(bool backward, int G, int kt, bool cell_state) {
+BRNNSEG_HD constexpr MmaSmem mma_smem(bool backward, int G, int kt, bool cell_state, int gx_stages = 2) {
   const int hp = 16 * kt, K = backward ? G * hp : hp, N = backward ? hp : G * hp;
   const MmaTiling t = backward ? mma_bwd_tiling<T>(G, kt) : mma_fwd_tiling<T>(G, kt);
   MmaSmem s{};
@@ -124,10 +126,21 @@ BRNNSEG_HD constexpr MmaSmem mma_smem(bool backward, int G, int kt, bool cell_st
   s.state = s.p + align32(size_t(t.ksplit) * kMmaLines * (N + 4) * sizeof(float));
   s.cell = s.state + align32(size_t(kMmaLines) * hp * sizeof(float));
   s.bias = s.cell + (cell_state ? align32(size_t(kMmaLines) * hp * sizeof(float)) : 0);
-  s.gx = s.bias + (backward ? 0 : align32(size_t(2) * N * sizeof(float)));
-  s.line = s.gx + (backward ? 0 : align32(size_t(2) * kMmaLines * G * hp * sizeof(T)));
-  s.total = s.line + align32(size_t(3) * kMmaLines * sizeof(int64_t));
+  s.line = s.bias + (backward ? 0 : align32(size_t(2) * N * sizeof(float)));
+  s.gx = s.line + align32(size_t(3) * kMmaLines * sizeof(int64_t));
+  s.total = s.gx + (backward ? 0 : align32(size_t(gx_stages) * kMmaLines * G * hp * sizeof(T)));
   return s;
+}
+
+// How many steps ahead the tensor-core forward kernel copies the input projections (cp.async):
+// BRNNSEG_MMA_PREFETCH = 1 (default: the step's wait covers the copy issued at its start, the build
+// the H200 measured) | 2 (the copy for step s+2 is issued at step s: two steps to land). Issue 22's
+// candidate for the fixed ~1 us per step; the next GPU run measures both (python/gpu_profile.py).
+inline int mma_prefetch_distance() {
+  const char* env = std::getenv("BRNNSEG_MMA_PREFETCH");
+  if (!env || !*env || std::string(env) == "1") return 1;
+  if (std::string(env) == "2") return 2;
+  throw std::invalid_argument("BRNNSEG_MMA_PREFETCH must be 1 or 2, got '" + std::string(env) + "'");
 }
 
 // Which recurrence a launch runs: the FP32-core kernels (sweep_{fwd,bwd}_kernel.cuh) or the
@@ -140,6 +153,7 @@ struct LaunchConfig {
   size_t smem_bytes = 0;
   Recurrence recurrence = Recurrence::kFma;
   int kt = 0;               // tensor-core kernels: hid_pad / 16
+  int gx_stages = 2;        // tensor-core forward: input-projection buffers (prefetch distance + 1)
   MmaTiling tiling;         // tensor-core kernels: how the warps share W_hh
 };
 
@@ -196,12 +210,16 @@ LaunchConfig mma_launch_config(bool backward, int G, bool cell_state, int hid, i
           std::to_string(kMmaMaxWarps) + " warps x " + std::to_string(kMmaMaxFrags) + " fragments of registers";
     return c;
   }
-  const MmaSmem sm = mma_smem<T>(backward, G, kt, cell_state);
+  // The deeper prefetch ring where it fits; else the double buffer (never lose the tensor-core plan to it).
+  int stages = backward ? 2 : mma_prefetch_distance() + 1;
+  if (stages > 2 && mma_smem<T>(backward, G, kt, cell_state, stages).total > smem_limit) stages = 2;
+  const MmaSmem sm = mma_smem<T>(backward, G, kt, cell_state, stages);
   if (sm.total > smem_limit) {
     why = "the tensor-core kernel needs " + std::to_string(sm.total) + " bytes of shared memory, limit " +
           std::to_string(smem_limit);
     return c;
   }
+  c.gx_stages = stages;
   c.recurrence = Recurrence::kMma;
   c.kt = kt;
   c.tiling = t;

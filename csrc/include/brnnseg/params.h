@@ -34,6 +34,7 @@ struct SweepFwdParams {
   int hid;
   int tile;                 // lines per CTA
   int smem_gates;           // gates of W_hh held in shared memory (0..G); the rest is read through L2
+  int gx_stages;            // tensor-core kernel: input-projection buffers, prefetch distance + 1 (2 or 3)
   gmem_ptr<const T> gx;              // (P, 2, G*hid) input projections W_ih x, no bias
   gmem_ptr<const T> w_hh_t;          // (2, hid, G*hid): W_hh transposed, so threads of consecutive units read
                             // consecutive addresses

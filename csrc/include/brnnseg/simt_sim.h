@@ -352,17 +352,26 @@ T* gmem_raw(T* p) {
 }
 
 // ---- asynchronous copies (cp.async) ------------------------------------------------------------------
-// cp.async.cg.shared.global of 16 bytes, emulated as a copy completed at the wait: recorded per thread
-// and performed (through the arena's checks) by async_copy_wait_all(). A kernel that reads the
-// destination before waiting reads what was there before (or an unwritten-read fault).
+// cp.async.cg.shared.global of 16 bytes, emulated as a copy completed at a wait: recorded per thread in
+// the group it was issued into and performed (through the arena's checks) by the wait that covers its
+// group. async_copy_commit() closes the open group (cp.async.commit_group); async_copy_wait_group<n>()
+// completes every committed group but the newest n (cp.async.wait_group n); async_copy_wait_all()
+// completes everything, the open group too (cp.async.commit_group + wait_all). A kernel that reads a
+// destination before the wait covering it reads what was there before (or an unwritten-read fault):
+// a prefetch pipeline that waits too little computes with stale data, which the parity tests see.
 struct PendingCopy {
   unsigned char* dst;
   const unsigned char* src;
   SharedArena* arena;
+  int64_t group;  // the group it was issued into: the number of groups committed before it
 };
 inline std::vector<PendingCopy>& pending_copies() {
   thread_local std::vector<PendingCopy> p;
   return p;
+}
+inline int64_t& committed_copy_groups() {
+  thread_local int64_t n = 0;
+  return n;
 }
 template <typename T>
 void async_copy16(const SharedPtr<T>& dst, const T* src) {
@@ -371,7 +380,7 @@ void async_copy16(const SharedPtr<T>& dst, const T* src) {
     return;
   }
   pending_copies().push_back({reinterpret_cast<unsigned char*>(dst.raw()), reinterpret_cast<const unsigned char*>(src),
-                              dst.arena()});
+                              dst.arena(), committed_copy_groups()});
 }
 template <typename T>
 void async_copy16(const SharedPtr<T>& dst, const GlobalPtr<const T>& src) {
@@ -380,10 +389,28 @@ void async_copy16(const SharedPtr<T>& dst, const GlobalPtr<const T>& src) {
   for (size_t i = 0; i < 16 / sizeof(T); ++i) check_global_read(src.raw() + i);
   async_copy16(dst, src.raw());
 }
+inline void async_copy_commit() { ++committed_copy_groups(); }
+// Completes the copies of groups older than `newest_pending` committed groups (all when `all`).
+inline void complete_copies(int64_t newest_pending, bool all) {
+  std::vector<PendingCopy>& p = pending_copies();
+  const int64_t limit = committed_copy_groups() - newest_pending;  // groups < limit complete
+  std::vector<PendingCopy> keep;
+  for (const PendingCopy& c : p) {
+    if (all || c.group < limit) {
+      if (c.arena->access(c.dst, 16, true)) std::memcpy(c.dst, c.src, 16);
+    } else {
+      keep.push_back(c);
+    }
+  }
+  p.swap(keep);
+}
+template <int N>
+void async_copy_wait_group() {
+  complete_copies(N, false);
+}
 inline void async_copy_wait_all() {
-  for (const PendingCopy& c : pending_copies())
-    if (c.arena->access(c.dst, 16, true)) std::memcpy(c.dst, c.src, 16);
-  pending_copies().clear();
+  async_copy_commit();
+  complete_copies(0, true);
 }
 
 // ---- the device a launch is checked against, and per-kernel attributes ----------------------------
