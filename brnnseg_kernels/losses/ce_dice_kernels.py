@@ -19,11 +19,11 @@ import functools
 import os
 from typing import Optional
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 
+from ._kernels import _split  # float options as float32 (hi, lo) pairs
 from .ce_dice import _sums_dtype
 
 
@@ -336,12 +336,6 @@ def _acc(dtype):
 def _ones(c: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Unit class weights, made once per (C, dtype, device) (read only)."""
     return torch.ones(c, dtype=dtype, device=device)
-
-
-def _split(v: float):
-    """v as two float32 values whose sum is v to about 48 bits (Triton passes a float as float32)."""
-    hi = float(np.float32(v))
-    return hi, float(np.float32(float(v) - hi))
 
 
 def check_labels(op: str, t: torch.Tensor, c: int, ignore_index) -> None:
