@@ -34,7 +34,6 @@ struct SweepFwdParams {
   int hid;
   int tile;                 // lines per CTA
   int smem_gates;           // gates of W_hh held in shared memory (0..G); the rest is read through L2
-  int gx_stages;            // tensor-core kernel: input-projection buffers, prefetch distance + 1 (2 or 3)
   gmem_ptr<const T> gx;              // (P, 2, G*hid) input projections W_ih x, no bias
   gmem_ptr<const T> w_hh_t;          // (2, hid, G*hid): W_hh transposed, so threads of consecutive units read
                             // consecutive addresses
@@ -45,6 +44,7 @@ struct SweepFwdParams {
   gmem_ptr<T> y;            // (N, 2*hid, H, W), strided
   int64_t y_sN, y_sC, y_sH, y_sW;
   gmem_ptr<float> ws;       // (2, T, lines, S*hid) saved gates, nullptr when not training
+  int gx_stages = 2;        // tensor-core kernel: input-projection buffers, prefetch distance + 1 (2 or 3)
 };
 
 template <typename T>
