@@ -237,8 +237,9 @@ def main(argv=None) -> int:
     pl.add_argument("--shapes", nargs="*", help="GPU shape names (default: all)")
     pl.add_argument("--cells", nargs="*", default=["gru", "lstm"], choices=list(cells.names()))
     pl.add_argument("--dtype", nargs="*", default=["float32", "bfloat16"], choices=["float32", "float16", "bfloat16"])
-    pl.add_argument("--recurrence", choices=["auto", "fma", "mma"], default="auto",
-                    help="as BRNNSEG_CUDA_RECURRENCE: the planner's choice, the FP32-core or the tensor-core kernels")
+    pl.add_argument("--recurrence", choices=["auto", "fma", "mma", "tf32x3"], default="auto",
+                    help="as BRNNSEG_CUDA_RECURRENCE: the planner's choice, the FP32-core or the tensor-core "
+                         "kernels (float32 as TF32, or as 3xTF32)")
     pl.add_argument("--tf32", action="store_true", help="as torch.backends.cuda.matmul.allow_tf32 (float32 on "
                                                          "tensor cores where a plan exists)")
     pl.add_argument("--measured", metavar="JSON", help="instead: the calibrated model's per-step budget beside "

@@ -85,10 +85,11 @@ class Launch:
     nt: int = 0          # tensor cores: column tiles of 16 a warp owns
     kpw: int = 0         # tensor cores: k tiles a warp owns (16 wide, 8 for TF32)
     ksplit: int = 0      # tensor cores: warps sharing one column tile
+    tf32x3: bool = False  # tensor cores, float32: 3xTF32 products (BRNNSEG_CUDA_RECURRENCE=tf32x3)
 
     @property
     def recurrence(self) -> str:
-        return "mma" if self.mma else "fma"
+        return ("tf32x3" if self.tf32x3 else "mma") if self.mma else "fma"
 
     @property
     def weights(self) -> str:
@@ -100,12 +101,12 @@ class Launch:
 
 def launch_plan(cell: str, dtype: str, hidden: int, lines: int, backward: bool, gpu: str,
                 recurrence: str = "auto", tf32: bool = False) -> Launch:
-    """What the CUDA op launches: `recurrence` as BRNNSEG_CUDA_RECURRENCE (auto / fma / mma), `tf32` as
-    torch.backends.cuda.matmul.allow_tf32."""
-    threads, tile, ctas, gates, smem, mma, kt, nt, kpw, ksplit = torch.ops.brnnseg.sweep_launch_plan(
+    """What the CUDA op launches: `recurrence` as BRNNSEG_CUDA_RECURRENCE (auto / fma / mma / tf32x3), `tf32`
+    as torch.backends.cuda.matmul.allow_tf32."""
+    threads, tile, ctas, gates, smem, mma, kt, nt, kpw, ksplit, x3 = torch.ops.brnnseg.sweep_launch_plan(
         cell, DTYPES[dtype], hidden, lines, backward, gpu, recurrence, tf32)
     return Launch(cell, dtype, "bwd" if backward else "fwd", hidden, threads, tile, ctas, gates, smem, bool(mma), kt,
-                  nt, kpw, ksplit)
+                  nt, kpw, ksplit, bool(x3))
 
 
 def kernel_constants() -> Dict[str, int]:
@@ -139,14 +140,15 @@ def find_cuobjdump() -> Optional[str]:
 # sweep_{fwd,bwd}_kernel<T, Cell, kLPT> and sweep_{fwd,bwd}_mma_kernel<T, Cell, kt>, mangled: the storage
 # type, then the cell's struct (NS_<len><Name>CellE; a cell named "rnn_tanh" is the struct RnnTanhCell), then
 # the integer parameter.
-_KERNEL_RE = re.compile(r"sweep_(fwd|bwd)(_mma)?_kernelI(f|N3c104HalfE|N3c108BFloat16E)NS_\d+(\w+?)CellELi(\d+)E")
+_KERNEL_RE = re.compile(
+    r"sweep_(fwd|bwd)(_mma)?_kernelI(f|N3c104HalfE|N3c108BFloat16E)NS_\d+(\w+?)CellELi(\d+)E(?:Lb([01])E)?")
 _DT = {"f": "float32", "N3c104HalfE": "float16", "N3c108BFloat16E": "bfloat16"}
 
 
 def _kernel_key(arch: str, m) -> Tuple[str, str, str, str]:
     """(arch, kernel, cell, dtype); kernel is "fwd"/"bwd" for the FP32-core kernels, "fwd_mma<kt>" /
-    "bwd_mma<kt>" for the tensor-core ones."""
-    kernel = m.group(1) + (f"_mma{m.group(5)}" if m.group(2) else "")
+    "bwd_mma<kt>" for the tensor-core ones, "fwd_mma<kt>x3" / "bwd_mma<kt>x3" for their 3xTF32 float32 ones."""
+    kernel = m.group(1) + (f"_mma{m.group(5)}" + ("x3" if m.group(6) == "1" else "") if m.group(2) else "")
     return (arch, kernel, _cell_name(m.group(4)), _DT[m.group(3)])
 
 
@@ -227,8 +229,9 @@ def estimate_mma(launch: Launch, gpu: str, sweeps: int = 1, registers: Optional[
     kernel = launch.kernel
     ntiles, ktiles = (g * hp // 16, hp // kk) if kernel == "fwd" else (hp // 16, g * hp // kk)
     total, per_sm, concurrent, waves = _residency(launch, gpu, sweeps, registers, 168)
-    chain = 2 * launch.kpw * MMA_LATENCY + max(0, launch.nt - 1) * 2 * launch.kpw + 2 * SMEM_LATENCY
-    product = max(chain, ntiles * ktiles * 2 * MMA_ISSUE_CYCLES * concurrent)
+    x3 = 3 if launch.tf32x3 else 1  # 3xTF32: three dependent products per tile and k
+    chain = x3 * (2 * launch.kpw * MMA_LATENCY + max(0, launch.nt - 1) * 2 * launch.kpw) + 2 * SMEM_LATENCY
+    product = max(chain, x3 * ntiles * ktiles * 2 * MMA_ISSUE_CYCLES * concurrent)
     pairs = 16 * hid * concurrent
     key = (kernel, g)
     gates = max(pairs * PAIR_INSTRUCTIONS[key] / 32 / 4, pairs * PAIR_MUFU[key] / 16)
@@ -280,7 +283,7 @@ def renet_plan(gpu: str, shape, cell: str, dtype: str, resources=None, recurrenc
     for kernel in ("fwd", "bwd"):
         for sweep, lines, steps in (("rows", n * h, w), ("cols", n * w, h)):
             launch = launch_plan(cell, dtype, hid, lines, kernel == "bwd", gpu, recurrence, tf32)
-            key = f"{kernel}_mma{launch.kt}" if launch.mma else kernel
+            key = f"{kernel}_mma{launch.kt}" + ("x3" if launch.tf32x3 else "") if launch.mma else kernel
             regs = (resources or {}).get((arch, key, cell, dtype), {}).get("REG")
             est = estimate_calibrated(launch, gpu, registers=regs) if model == "calibrated" else None
             out.append((sweep, est or estimate(launch, gpu, registers=regs), steps))
@@ -416,6 +419,10 @@ def calibrated_cycles(launch: Launch, gpu: str, cal: Calibration, sweeps: int = 
         parts = {"fixed": cal.mma_fixed_fwd if fwd else cal.mma_fixed_bwd,
                  "gate passes": passes * (cal.mma_pass_fwd if fwd else cal.mma_pass_bwd),
                  "gate issue": (cal.mma_cpi_fwd if fwd else cal.mma_cpi_bwd) * conc * kMmaLines * hid * pair / 128}
+        if launch.tf32x3:
+            # Not calibrated (no 3xTF32 row measured yet): the two extra dependent products per k tile of
+            # a warp's chain at the paper's MMA latency, plus splitting A (3 instructions per element).
+            parts["3xTF32 products"] = 2 * launch.kpw * (2 * MMA_LATENCY + max(0, launch.nt - 1) * 2) + 12 * launch.kpw
         return sum(parts.values()), waves, parts, total, per_sm
     total, per_sm, conc, waves = _residency(launch, gpu, sweeps, registers, 128)
     per_pass, _ = SASS_FMA[(launch.kernel, cell, dtype)]

@@ -3,8 +3,9 @@
 //   torch.ops.brnnseg.sweep_launch_plan(cell, dtype, hidden, lines, backward, gpu, recurrence="auto",
 //                                       tf32=False)
 //       -> [threads, lines_per_cta, ctas_per_direction, gates_of_W_hh_on_chip, shared_bytes,
-//           tensor_cores (0/1), kt, nt, kpw, ksplit]   (recurrence: as BRNNSEG_CUDA_RECURRENCE; tf32:
-//           as torch.backends.cuda.matmul.allow_tf32; the last four are 0 for the FP32-core kernels)
+//           tensor_cores (0/1), kt, nt, kpw, ksplit, tf32x3 (0/1)]   (recurrence: as
+//           BRNNSEG_CUDA_RECURRENCE; tf32: as torch.backends.cuda.matmul.allow_tf32; the last five are 0
+//           for the FP32-core kernels)
 //   torch.ops.brnnseg.gpu_spec(gpu) -> [sm_count, smem_per_block_default, smem_per_block_optin,
 //       smem_per_sm, regs_per_sm, max_threads_per_block, max_threads_per_sm]
 //   torch.ops.brnnseg.sweep_kernel_constants() -> [__launch_bounds__ of the kernels, lines per thread,
@@ -45,7 +46,7 @@ std::vector<int64_t> sweep_launch_plan(c10::string_view cell, at::ScalarType dty
   }
   const bool mma = c.recurrence == Recurrence::kMma;
   return {c.threads, c.tile, c.blocks, c.smem_gates, int64_t(c.smem_bytes), mma, c.kt,
-          mma ? c.tiling.nt : 0, mma ? c.tiling.kpw : 0, mma ? c.tiling.ksplit : 0};
+          mma ? c.tiling.nt : 0, mma ? c.tiling.kpw : 0, mma ? c.tiling.ksplit : 0, mma && c.tf32x3};
 }
 
 std::vector<int64_t> gpu_spec(c10::string_view gpu) {

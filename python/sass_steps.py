@@ -126,12 +126,14 @@ def analyse(so: str, arch: str, wanted) -> list:
         for cubin in sorted(glob.glob(os.path.join(tmp, f"*sweep_*.{arch}.cubin"))):
             text = subprocess.run([disasm, "-g", "-c", cubin], capture_output=True, text=True).stdout
             for fn, insns in parse(text).items():
-                m = re.search(r"sweep_(fwd|bwd)(_mma)?_kernelI(f|N3c104HalfE|N3c108BFloat16E)NS_\d+(\w+?)CellELi(\d+)E", fn)
+                m = re.search(r"sweep_(fwd|bwd)(_mma)?_kernelI(f|N3c104HalfE|N3c108BFloat16E)NS_\d+(\w+?)CellELi(\d+)E"
+                              r"(?:Lb([01])E)?", fn)
                 if not m:
                     continue
                 dtype = {"f": "float32", "N3c104HalfE": "float16", "N3c108BFloat16E": "bfloat16"}[m.group(3)]
                 cell = re.sub(r"(?<!^)([A-Z])", r"_\1", m.group(4)).lower()
-                kernel = m.group(1) + (f"_mma kt={m.group(5)}" if m.group(2) else "")
+                kernel = m.group(1) + (f"_mma kt={m.group(5)}" + (" tf32x3" if m.group(6) == "1" else "")
+                                       if m.group(2) else "")
                 if not wanted(cell, dtype):
                     continue
                 found = step_loop(insns)

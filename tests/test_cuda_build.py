@@ -21,15 +21,17 @@ VARIANTS = [(k, c, d) for k in ("fwd", "bwd") for c in bk.cells.kernel_cells() f
 
 
 def mma_variants(gpu):
-    """The tensor-core instantiations the planner can pick: (kernel key, cell, dtype, plan)."""
+    """The tensor-core instantiations the planner can pick: (kernel key, cell, dtype, plan); float32 in
+    TF32 and in 3xTF32 (key suffix x3)."""
     out = []
     for k in ("fwd", "bwd"):
         for c in bk.cells.kernel_cells():
             for d in DTYPES:
                 for kt in (1, 2, 4, 8):
-                    lp = plan.launch_plan(c, d, 16 * kt, 1, k == "bwd", gpu, tf32=True)
-                    if lp.mma:
-                        out.append((f"{k}_mma{kt}", c, d, lp))
+                    for rec in ("auto", "tf32x3") if d == "float32" else ("auto",):
+                        lp = plan.launch_plan(c, d, 16 * kt, 1, k == "bwd", gpu, rec, tf32=True)
+                        if lp.mma:
+                            out.append((f"{k}_mma{kt}" + ("x3" if lp.tf32x3 else ""), c, d, lp))
     return out
 
 
@@ -62,7 +64,8 @@ def resource_problems(resources, archs=("sm_80", "sm_90")):
             name = f"{arch} {kernel} {cell} {dtype}"
             if not _kernel_problems(problems, r, name, lp.threads, str(lp.threads), lp.smem_bytes, spec):
                 continue
-            resident = 4 * lp.nt * lp.kpw + 8 * lp.nt  # B fragments + accumulators, registers a thread
+            # B fragments + accumulators (3xTF32: two of each), registers a thread
+            resident = (2 if lp.tf32x3 else 1) * (4 * lp.nt * lp.kpw + 8 * lp.nt)
             if r["REG"] < resident:
                 problems.append(f"{name}: {r['REG']} registers cannot hold {resident} of resident W_hh "
                                 f"fragments and accumulators")

@@ -40,7 +40,7 @@ def test_launch_plan_picks_the_recurrence(cell, dtype, hid, tf32, kt, threads, m
         assert lp.tile == 16 and lp.ctas == -(-1000 // 16) and lp.weights == "regs"
         assert lp.smem_bytes <= plan.gpu_spec("h100")["smem_per_block_optin"]
         assert 4 * lp.nt * lp.kpw <= 96  # B fragments: at most 96 registers a thread
-    with pytest.raises(ValueError, match="must be 'auto', 'fma' or 'mma'"):
+    with pytest.raises(ValueError, match="must be 'auto', 'fma', 'mma' or 'tf32x3'"):
         plan.launch_plan(cell, dtype, hid, 1000, False, "h100", recurrence="tensor")
 
 

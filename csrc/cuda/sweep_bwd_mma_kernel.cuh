@@ -16,10 +16,10 @@
 
 namespace brnnseg {
 
-template <typename T, typename Cell, int kKt>
-__global__ void __launch_bounds__(MmaShape<T, Cell, kKt, true>::kThreads, 1)
+template <typename T, typename Cell, int kKt, bool kSplit = false>
+__global__ void __launch_bounds__(MmaShape<T, Cell, kKt, true, kSplit>::kThreads, 1)
     sweep_bwd_mma_kernel(SweepBatch<SweepBwdParams<T>> batch) {
-  using Sh = MmaShape<T, Cell, kKt, true>;
+  using Sh = MmaShape<T, Cell, kKt, true, kSplit>;
   using Op = MmaOperand<T>;
   using E = typename Op::elem;
   constexpr int G = Cell::kGates, S = Cell::kSaved, HP = Sh::kHidPad, K = Sh::kK;

@@ -22,10 +22,10 @@
 
 namespace brnnseg {
 
-template <typename T, typename Cell, int kKt>
-__global__ void __launch_bounds__(MmaShape<T, Cell, kKt, false>::kThreads, 1)
+template <typename T, typename Cell, int kKt, bool kSplit = false>
+__global__ void __launch_bounds__(MmaShape<T, Cell, kKt, false, kSplit>::kThreads, 1)
     sweep_fwd_mma_kernel(SweepBatch<SweepFwdParams<T>> batch) {
-  using Sh = MmaShape<T, Cell, kKt, false>;
+  using Sh = MmaShape<T, Cell, kKt, false, kSplit>;
   using Op = MmaOperand<T>;
   using E = typename Op::elem;
   constexpr int G = Cell::kGates, S = Cell::kSaved, HP = Sh::kHidPad, N = Sh::kN;

@@ -58,6 +58,17 @@ struct MmaOperand<float> {
   __device__ __forceinline__ static void round(F& f) {  // TF32 operands: rounded, not truncated
     for (int i = 0; i < f.num_elements; ++i) f.x[i] = wmma::__float_to_tf32(f.x[i]);
   }
+  // 3xTF32 (CUTLASS's tfloat32x3): f = big + small, big its TF32 rounding, small the TF32 rounding of
+  // the exact remainder f - big. big * big' + big * small' + small * big' misses only small * small'
+  // (2^-22 relative) and the accumulation's float32 rounding: float32 accuracy on TF32 tensor cores.
+  template <typename F>
+  __device__ __forceinline__ static void split(F& big, F& small) {
+    for (int i = 0; i < big.num_elements; ++i) {
+      const float v = big.x[i], hi = wmma::__float_to_tf32(v);
+      big.x[i] = hi;
+      small.x[i] = wmma::__float_to_tf32(v - hi);
+    }
+  }
 };
 
 #if defined(__CUDACC__)
@@ -99,16 +110,20 @@ struct MmaOperand<c10::BFloat16> : MmaOperandHalfSim<c10::BFloat16> {};
 // The recurrent product of one CTA and step. Warp w owns column tiles [n0, n0 + nt) (those < ntiles)
 // and k tiles [k0, k0 + kpw) of B, held in registers from load() on; run() multiplies the A operand
 // in shared memory ([16][lda], the element type of Op) by them and stores each warp's partial
-// product to its k-split slice of P ([ksplit][16][ldp] floats).
-template <typename T, int kNt, int kKpw, int kGroups, int kNtiles>
+// product to its k-split slice of P ([ksplit][16][ldp] floats). kSplit (float only): 3xTF32, B held
+// as its high and low TF32 parts, A split as it is loaded, three products per tile: the high x high
+// product (exact in float) in one accumulator, the two cross terms in a second, added at the end.
+template <typename T, int kNt, int kKpw, int kGroups, int kNtiles, bool kSplit = false>
 struct ResidentProduct {
   using Op = MmaOperand<T>;
   using E = typename Op::elem;
   using FragB = wmma::fragment<wmma::matrix_b, 16, 16, Op::kK, typename Op::frag, wmma::row_major>;
   using FragA = wmma::fragment<wmma::matrix_a, 16, 16, Op::kK, typename Op::frag, wmma::row_major>;
   using Acc = wmma::fragment<wmma::accumulator, 16, 16, Op::kK, float>;
+  static_assert(!kSplit || sizeof(E) == 4, "3xTF32 is for float storage");
 
   FragB w[kNt][kKpw];
+  FragB w_lo[kSplit ? kNt : 1][kSplit ? kKpw : 1];  // 3xTF32: the low parts of w
   int n0, k0, kslice;
   static constexpr int ntiles = kNtiles;
 
@@ -127,24 +142,47 @@ BRNNSEG_UNROLL
       for (int k = 0; k < kKpw; ++k)
         if (n0 + i < ntiles) {  // warp-uniform
           wmma::load_matrix_sync(w[i][k], b + int64_t(k0 + k) * Op::kK * ldb + (n0 + i) * 16, ldb);
-          Op::round(w[i][k]);
+          if constexpr (kSplit)
+            Op::split(w[i][k], w_lo[i][k]);
+          else
+            Op::round(w[i][k]);
         }
   }
 
   template <typename APtr, typename PPtr>
   __device__ __forceinline__ void run(const APtr& a, int lda, const PPtr& p, int ldp) const {
     Acc acc[kNt];
+    Acc acc_lo[kSplit ? kNt : 1];  // 3xTF32: the cross terms, summed apart (their roundings stay 2^-11 smaller)
 BRNNSEG_UNROLL
-    for (int i = 0; i < kNt; ++i) wmma::fill_fragment(acc[i], 0.f);
+    for (int i = 0; i < kNt; ++i) {
+      wmma::fill_fragment(acc[i], 0.f);
+      if constexpr (kSplit) wmma::fill_fragment(acc_lo[i], 0.f);
+    }
 BRNNSEG_UNROLL
     for (int k = 0; k < kKpw; ++k) {
       FragA fa;
       wmma::load_matrix_sync(fa, a + (k0 + k) * Op::kK, lda);
-      Op::round(fa);
+      if constexpr (kSplit) {
+        FragA fa_lo;
+        Op::split(fa, fa_lo);
 BRNNSEG_UNROLL
-      for (int i = 0; i < kNt; ++i)
-        if (n0 + i < ntiles) wmma::mma_sync(acc[i], fa, w[i][k], acc[i]);
+        for (int i = 0; i < kNt; ++i)
+          if (n0 + i < ntiles) {  // big x big is exact in float: acc rounds as a float32 dot product
+            wmma::mma_sync(acc_lo[i], fa_lo, w[i][k], acc_lo[i]);
+            wmma::mma_sync(acc_lo[i], fa, w_lo[i][k], acc_lo[i]);
+            wmma::mma_sync(acc[i], fa, w[i][k], acc[i]);
+          }
+      } else {
+        Op::round(fa);
+BRNNSEG_UNROLL
+        for (int i = 0; i < kNt; ++i)
+          if (n0 + i < ntiles) wmma::mma_sync(acc[i], fa, w[i][k], acc[i]);
+      }
     }
+    if constexpr (kSplit)
+BRNNSEG_UNROLL
+      for (int i = 0; i < kNt; ++i)  // accumulators of one shape share their element layout
+        for (int e = 0; e < acc[i].num_elements; ++e) acc[i].x[e] += acc_lo[i].x[e];
 BRNNSEG_UNROLL
     for (int i = 0; i < kNt; ++i)
       if (n0 + i < ntiles) wmma::store_matrix_sync(p + kslice * 16 * ldp + (n0 + i) * 16, acc[i], ldp, wmma::mem_row_major);
@@ -165,23 +203,24 @@ struct LineOffsets {
   }
 };
 
-// Compile-time shape of a tensor-core kernel instantiation.
-template <typename T, typename Cell, int kKt, bool kBackward>
+// Compile-time shape of a tensor-core kernel instantiation (kSplit: 3xTF32, float storage only).
+template <typename T, typename Cell, int kKt, bool kBackward, bool kSplit = false>
 struct MmaShape {
   static constexpr int G = Cell::kGates;
   static constexpr int kHidPad = 16 * kKt;
   static constexpr int kK = kBackward ? G * kHidPad : kHidPad;
   static constexpr int kN = kBackward ? kHidPad : G * kHidPad;
-  static constexpr MmaTiling kTiling = kBackward ? mma_bwd_tiling<T>(G, kKt) : mma_fwd_tiling<T>(G, kKt);
+  static constexpr MmaTiling kTiling =
+      kBackward ? mma_bwd_tiling<T>(G, kKt, kSplit) : mma_fwd_tiling<T>(G, kKt, kSplit);
   static constexpr bool kFits = kTiling.warps > 0;
   static constexpr int kThreads = kFits ? 32 * kTiling.warps : 32;
   static constexpr int kNt = kFits ? kTiling.nt : 1, kKpw = kFits ? kTiling.kpw : 1;
   static constexpr int kGroups = kFits ? kTiling.groups() : 1, kNtiles = kTiling.ntiles, kKsplit = kTiling.ksplit;
-  using Product = ResidentProduct<T, kNt, kKpw, kGroups, kNtiles>;
+  using Product = ResidentProduct<T, kNt, kKpw, kGroups, kNtiles, kSplit>;
   static constexpr int kLda = kK + mma_a_pad<T>(), kLdp = kN + 4;
   // (line, unit) pairs of the gate math per thread.
   static constexpr int kPairs = (kMmaLines * kHidPad + kThreads - 1) / kThreads;
-  static constexpr MmaSmem kSmem = mma_smem<T>(kBackward, G, kKt, Cell::kHasCellState);
+  static constexpr MmaSmem kSmem = mma_smem<T>(kBackward, G, kKt, Cell::kHasCellState, 2, kSplit);
 };
 
 // The gate math's (line, unit) pair i of this thread: units fastest (coalesced gx, workspace and

@@ -62,6 +62,7 @@ inline size_t dynamic_smem_budget(size_t optin_limit) {
 // threads: up to 168 registers a thread under __launch_bounds__(384, 1), so nothing spills).
 constexpr int kMmaLines = 16;
 constexpr int kMmaMaxFrags = 24;
+constexpr int kMmaMaxSplitFrags = 10;  // 3xTF32: (high, low) B fragment pairs a warp
 constexpr int kMmaMaxWarps = 12;
 constexpr int kMmaMaxKt = 8;  // hidden <= 128 (kt = 1, 2, 4, 8); larger hidden sizes take the FMA kernel
 
@@ -75,16 +76,20 @@ struct MmaTiling {
 
 // The split with the fewest registers a thread spends on the product (4 per B fragment, 8 per
 // accumulator tile), ties to the fewest k splits (fewest partial products): at most kMmaMaxWarps warps
-// with at most kMmaMaxFrags fragments each.
-BRNNSEG_HD constexpr MmaTiling mma_tiling(int ntiles, int ktiles) {
+// with at most kMmaMaxFrags fragments each. `split` (3xTF32): each B fragment is held twice, its TF32
+// high part and the TF32 rounding of what that leaves (8 registers), and each column tile has two
+// accumulators (16 registers): at most kMmaMaxSplitFrags pairs a warp (12 spilled on sm_80 and sm_90:
+// an LSTM forward and the Elman cells at kt 4 and 8).
+BRNNSEG_HD constexpr MmaTiling mma_tiling(int ntiles, int ktiles, bool split = false) {
   MmaTiling best{ntiles, ktiles, 0, 0, 0, 0};
+  const int max_frags = split ? kMmaMaxSplitFrags : kMmaMaxFrags, regs = split ? 8 : 4, acc = split ? 16 : 8;
   for (int ksplit = 1; ksplit <= ktiles; ++ksplit) {
     if (ktiles % ksplit) continue;
     const int kpw = ktiles / ksplit;
-    for (int nt = 1; nt * kpw <= kMmaMaxFrags; ++nt) {
+    for (int nt = 1; nt * kpw <= max_frags; ++nt) {
       const int warps = (ntiles + nt - 1) / nt * ksplit;
       if (warps > kMmaMaxWarps) continue;
-      if (best.warps == 0 || nt * (4 * kpw + 8) < best.nt * (4 * best.kpw + 8))
+      if (best.warps == 0 || nt * (regs * kpw + acc) < best.nt * (regs * best.kpw + acc))
         best = MmaTiling{ntiles, ktiles, nt, kpw, ksplit, warps};
       break;  // a larger nt only adds fragments
     }
@@ -100,9 +105,13 @@ template <typename T>
 BRNNSEG_HD constexpr int mma_a_pad() { return 16 / int(sizeof(T)); }
 
 template <typename T>
-BRNNSEG_HD constexpr MmaTiling mma_fwd_tiling(int G, int kt) { return mma_tiling(G * kt, 16 * kt / mma_k<T>()); }
+BRNNSEG_HD constexpr MmaTiling mma_fwd_tiling(int G, int kt, bool split = false) {
+  return mma_tiling(G * kt, 16 * kt / mma_k<T>(), split);
+}
 template <typename T>
-BRNNSEG_HD constexpr MmaTiling mma_bwd_tiling(int G, int kt) { return mma_tiling(kt, G * 16 * kt / mma_k<T>()); }
+BRNNSEG_HD constexpr MmaTiling mma_bwd_tiling(int G, int kt, bool split = false) {
+  return mma_tiling(kt, G * 16 * kt / mma_k<T>(), split);
+}
 
 // Shared memory of the tensor-core kernels, in this order (each part 32-byte aligned):
 //   A operand [16][K + pad] (T) | partial products [ksplit][16][N + 4] (float) |
@@ -117,9 +126,10 @@ struct MmaSmem {
 };
 BRNNSEG_HD constexpr size_t align32(size_t b) { return (b + 31) & ~size_t(31); }
 template <typename T>
-BRNNSEG_HD constexpr MmaSmem mma_smem(bool backward, int G, int kt, bool cell_state, int gx_stages = 2) {
+BRNNSEG_HD constexpr MmaSmem mma_smem(bool backward, int G, int kt, bool cell_state, int gx_stages = 2,
+                                      bool split = false) {
   const int hp = 16 * kt, K = backward ? G * hp : hp, N = backward ? hp : G * hp;
-  const MmaTiling t = backward ? mma_bwd_tiling<T>(G, kt) : mma_fwd_tiling<T>(G, kt);
+  const MmaTiling t = backward ? mma_bwd_tiling<T>(G, kt, split) : mma_fwd_tiling<T>(G, kt, split);
   MmaSmem s{};
   s.a = 0;
   s.p = s.a + align32(size_t(kMmaLines) * (K + mma_a_pad<T>()) * sizeof(T));
@@ -154,6 +164,7 @@ struct LaunchConfig {
   Recurrence recurrence = Recurrence::kFma;
   int kt = 0;               // tensor-core kernels: hid_pad / 16
   int gx_stages = 2;        // tensor-core forward: input-projection buffers (prefetch distance + 1)
+  bool tf32x3 = false;      // tensor-core float32: 3xTF32 products (float32 accuracy), else TF32
   MmaTiling tiling;         // tensor-core kernels: how the warps share W_hh
 };
 
@@ -192,10 +203,11 @@ LaunchConfig sweep_launch_config(bool backward, int G, int hid, int64_t lines, s
 }
 
 // The tensor-core plan for (cell, hidden, storage type), or why there is none (`why` non-empty).
-// T = float plans the TF32 kernel.
+// T = float plans the TF32 kernel, or with tf32x3 the 3xTF32 one (ignored for half types).
 template <typename T>
 LaunchConfig mma_launch_config(bool backward, int G, bool cell_state, int hid, int64_t lines, size_t smem_limit,
-                               std::string& why) {
+                               std::string& why, bool tf32x3 = false) {
+  const bool split = tf32x3 && sizeof(T) == 4;
   LaunchConfig c;
   int kt = 1;
   while (16 * kt < hid) kt *= 2;
@@ -204,22 +216,25 @@ LaunchConfig mma_launch_config(bool backward, int G, bool cell_state, int hid, i
           " (W_hh no longer fits the registers of one CTA)";
     return c;
   }
-  const MmaTiling t = backward ? mma_bwd_tiling<T>(G, kt) : mma_fwd_tiling<T>(G, kt);
+  const MmaTiling t = backward ? mma_bwd_tiling<T>(G, kt, split) : mma_fwd_tiling<T>(G, kt, split);
   if (t.warps == 0) {
-    why = "W_hh of hidden " + std::to_string(hid) + (sizeof(T) == 4 ? " in TF32" : "") + " needs more than " +
-          std::to_string(kMmaMaxWarps) + " warps x " + std::to_string(kMmaMaxFrags) + " fragments of registers";
+    why = "W_hh of hidden " + std::to_string(hid) + (split ? " in 3xTF32" : sizeof(T) == 4 ? " in TF32" : "") +
+          " needs more than " + std::to_string(kMmaMaxWarps) + " warps x " +
+          std::to_string(split ? kMmaMaxSplitFrags : kMmaMaxFrags) + (split ? " fragment pairs" : " fragments") +
+          " of registers";
     return c;
   }
   // The deeper prefetch ring where it fits; else the double buffer (never lose the tensor-core plan to it).
   int stages = backward ? 2 : mma_prefetch_distance() + 1;
-  if (stages > 2 && mma_smem<T>(backward, G, kt, cell_state, stages).total > smem_limit) stages = 2;
-  const MmaSmem sm = mma_smem<T>(backward, G, kt, cell_state, stages);
+  if (stages > 2 && mma_smem<T>(backward, G, kt, cell_state, stages, split).total > smem_limit) stages = 2;
+  const MmaSmem sm = mma_smem<T>(backward, G, kt, cell_state, stages, split);
   if (sm.total > smem_limit) {
     why = "the tensor-core kernel needs " + std::to_string(sm.total) + " bytes of shared memory, limit " +
           std::to_string(smem_limit);
     return c;
   }
   c.gx_stages = stages;
+  c.tf32x3 = split;
   c.recurrence = Recurrence::kMma;
   c.kt = kt;
   c.tiling = t;
@@ -234,23 +249,32 @@ LaunchConfig mma_launch_config(bool backward, int G, bool cell_state, int hid, i
 
 namespace brnnseg {
 
-// The launch the op makes: the tensor-core recurrence when `request` ("auto", "fma" or "mma", from
-// BRNNSEG_CUDA_RECURRENCE) and the dtype allow it and it has a plan, else the FP32-core one.
-//   auto: tensor cores for half/bfloat16; for float32 only when TF32 is allowed (allow_tf32).
-//   mma:  tensor cores (float32 as TF32); std::invalid_argument where there is no plan.
-//   fma:  the FP32-core kernels.
+// The launch the op makes: the tensor-core recurrence when `request` ("auto", "fma", "mma" or "tf32x3",
+// from BRNNSEG_CUDA_RECURRENCE) and the dtype allow it and it has a plan, else the FP32-core one.
+//   auto:   tensor cores for half/bfloat16; for float32 only when TF32 is allowed (allow_tf32).
+//   mma:    tensor cores (float32 as TF32); std::invalid_argument where there is no plan.
+//   tf32x3: tensor cores, float32 as 3xTF32 (each operand a TF32 high part plus a TF32 low part, three
+//           products: float32 accuracy) where W_hh's two parts fit the registers, else the FP32-core
+//           kernels (float32 accuracy either way; e.g. an LSTM at hidden 64 runs its forward in 3xTF32
+//           and its backward on FP32 cores); half types as mma. Opt-in until a GPU has measured it
+//           against the FP32-core kernels (issue 22).
+//   fma:    the FP32-core kernels.
 template <typename T>
 LaunchConfig plan_recurrence(const std::string& request, bool tf32_allowed, bool backward, int G, bool cell_state,
                              int hid, int64_t lines, size_t smem_limit, bool force_global_weights = false) {
-  if (request != "auto" && request != "fma" && request != "mma")
-    throw std::invalid_argument("BRNNSEG_CUDA_RECURRENCE must be 'auto', 'fma' or 'mma', got '" + request + "'");
-  const bool want = !force_global_weights &&
-                    (request == "mma" || (request == "auto" && (sizeof(T) == 2 || tf32_allowed)));
+  if (request != "auto" && request != "fma" && request != "mma" && request != "tf32x3")
+    throw std::invalid_argument("BRNNSEG_CUDA_RECURRENCE must be 'auto', 'fma', 'mma' or 'tf32x3', got '" + request +
+                                "'");
+  const bool forced = request == "mma" || request == "tf32x3";
+  const bool want = !force_global_weights && (forced || (request == "auto" && (sizeof(T) == 2 || tf32_allowed)));
   if (want) {
     std::string why;
-    const LaunchConfig c = mma_launch_config<T>(backward, G, cell_state, hid, lines, smem_limit, why);
+    const LaunchConfig c =
+        mma_launch_config<T>(backward, G, cell_state, hid, lines, smem_limit, why, request == "tf32x3");
     if (c.recurrence == Recurrence::kMma) return c;
     if (request == "mma") throw std::invalid_argument("BRNNSEG_CUDA_RECURRENCE=mma: no tensor-core kernel: " + why);
+    if (request == "tf32x3" && sizeof(T) == 2)
+      throw std::invalid_argument("BRNNSEG_CUDA_RECURRENCE=tf32x3: no tensor-core kernel: " + why);
   }
   return sweep_launch_config<T>(backward, G, hid, lines, smem_limit, force_global_weights);
 }
