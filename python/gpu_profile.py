@@ -67,7 +67,7 @@ def workload(recurrence: str) -> int:
 
 def prefetch_ab() -> int:
     """Issue 22's candidate for the tensor-core forward's fixed cost per step, measured both ways in one
-    process: time per step (slope over T = 64 and 256, 512 lines, CUDA events, median of 5) of the bf16
+    process (then the float32 recurrences: FP32 cores, TF32, 3xTF32): time per step (slope over T = 64 and 256, 512 lines, CUDA events, median of 5) of the bf16
     forward with the input projections copied one step ahead (BRNNSEG_MMA_PREFETCH=1, the build the H200
     measured) and two steps ahead (2). Prints one JSON line."""
     import torch
@@ -104,7 +104,21 @@ def prefetch_ab() -> int:
                       for t in (64, 256)]
                 row[f"us_per_step_prefetch{prefetch}"] = round((ms[1] - ms[0]) * 1e3 / (256 - 64), 3)
             rows.append(row)
-    print(json.dumps(rows))
+    # float32 forward, the three recurrences (issue 22's 3xTF32 against the FP32-core kernel and TF32): us
+    # per step where 3xTF32 has a plan (GRU 32, 64; LSTM 32).
+    os.environ["BRNNSEG_MMA_PREFETCH"] = "1"
+    f32 = []
+    for cell, hid in (("gru", 32), ("gru", 64), ("lstm", 32)):
+        g = bk.cells.spec(cell).gates
+        w = [torch.randn(2, g * hid, C, device="cuda") * 0.1, torch.randn(2, g * hid, hid, device="cuda") * hid ** -0.5,
+             torch.zeros(2, g * hid, device="cuda"), torch.zeros(2, g * hid, device="cuda")]
+        row = dict(cell=cell, hidden=hid)
+        for rec in ("fma", "mma", "tf32x3"):
+            os.environ["BRNNSEG_CUDA_RECURRENCE"] = rec
+            ms = [per_call_ms(cell, torch.randn(1, C, LINES, t, device="cuda"), w) for t in (64, 256)]
+            row[f"us_per_step_{rec}"] = round((ms[1] - ms[0]) * 1e3 / (256 - 64), 3)
+        f32.append(row)
+    print(json.dumps(dict(prefetch=rows, float32=f32)))
     return 0
 
 
@@ -239,16 +253,18 @@ def main(argv=None) -> int:
             results += summarize(ncu, rep + ".ncu-rep", names, args.out)
         except (OSError, subprocess.SubprocessError, ValueError) as e:
             notes.append(f"summary of {rec} failed: {e}")
-    prefetch = []
-    try:  # the A/B of BRNNSEG_MMA_PREFETCH (plain timings, no ncu): a few seconds
+    prefetch, f32 = [], []
+    try:  # the A/Bs of BRNNSEG_MMA_PREFETCH and of the float32 recurrences (plain timings, no ncu): seconds
         r = subprocess.run([sys.executable, os.path.abspath(__file__), "_prefetch"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=30, env={**os.environ, "PYTHONPATH": ROOT})
-        prefetch = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else []
-        notes.append(f"prefetch A/B: {'ok' if prefetch else 'rc %d: %s' % (r.returncode, r.stderr[-300:])}")
+                           text=True, timeout=40, env={**os.environ, "PYTHONPATH": ROOT})
+        ab = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {}
+        prefetch, f32 = ab.get("prefetch", []), ab.get("float32", [])
+        notes.append(f"prefetch and float32 A/B: {'ok' if prefetch else 'rc %d: %s' % (r.returncode, r.stderr[-300:])}")
     except (subprocess.TimeoutExpired, ValueError, IndexError) as e:
         notes.append(f"prefetch A/B failed: {e}")
     with open(os.path.join(args.out, "profile.json"), "w") as f:
-        json.dump(dict(lines=LINES, T=T, results=results, notes=notes, prefetch_ab=prefetch), f, indent=1)
+        json.dump(dict(lines=LINES, T=T, results=results, notes=notes, prefetch_ab=prefetch, float32_ab=f32), f,
+                  indent=1)
     md = [f"# Sweep kernels under Nsight Compute ({LINES} lines x T {T}, one launch each)", ""]
     md += [f"- {n}" for n in notes] + [""]
     md += ["| kernel | us | us/step | occupancy % | issue busy % | cycles/issue | top stalls (% of samples) | "
@@ -268,6 +284,12 @@ def main(argv=None) -> int:
                "(BRNNSEG_MMA_PREFETCH)", "", "| cell | hidden | prefetch 1 | prefetch 2 | ratio |", "|---|---|---|---|---|"]
         md += [f"| {r['cell']} | {r['hidden']} | {r['us_per_step_prefetch1']} | {r['us_per_step_prefetch2']} | "
                f"{r['us_per_step_prefetch1'] / max(r['us_per_step_prefetch2'], 1e-9):.2f}x |" for r in prefetch]
+    if f32:
+        md += ["", "## float32 forward: us per step, FP32 cores / TF32 / 3xTF32 (BRNNSEG_CUDA_RECURRENCE)", "",
+               "| cell | hidden | fma | mma (TF32) | tf32x3 | fma / tf32x3 |", "|---|---|---|---|---|---|"]
+        md += [f"| {r['cell']} | {r['hidden']} | {r['us_per_step_fma']} | {r['us_per_step_mma']} | "
+               f"{r['us_per_step_tf32x3']} | {r['us_per_step_fma'] / max(r['us_per_step_tf32x3'], 1e-9):.2f}x |"
+               for r in f32]
     for r in results:
         md += ["", f"## {r['kernel']}: source lines with the most stall samples", ""]
         md += [f"- {pct}%  {line}" for line, pct in r["hot_lines"]]
