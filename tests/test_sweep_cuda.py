@@ -316,6 +316,37 @@ def test_cuda_tensor_core_recurrence_matches_reference(cell, hid, dtype, monkeyp
             assert gerr <= (4 * tol if dtype == torch.float32 else 5e-2) * (exp.abs().max().item() + 1e-6), gerr
 
 
+# Under the simulator one case and one axis (tests/test_sweep_sim_mma.py covers the rest there).
+@pytest.mark.parametrize("cell,hid", [("gru", 40), ("lstm", 20), ("rnn_tanh", 40)] if not SIMULATED else [("lstm", 20)])
+def test_cuda_tf32x3_has_float32_accuracy(cell, hid, monkeypatch):
+    """BRNNSEG_CUDA_RECURRENCE=tf32x3 (3xTF32 on tensor cores): forward and every gradient within 2x the
+    error of torch's float32 reference against float64, plus 8 float32 ulps of the largest value (as in
+    tests/test_sweep_sim_mma.py, where the simulator's accumulation rounds every addition; a GPU's tensor
+    cores are checked here)."""
+    monkeypatch.setenv("BRNNSEG_CUDA_RECURRENCE", "tf32x3")
+    n, c, h, w = sized((2, 8, 37, 29), (1, 4, 17, 9))
+    x = torch.randn(n, c, h, w, dtype=torch.float64)
+    weights = stacked_weights(cell, c, hid, scale=hid ** -0.5, requires_grad=False)
+    g = None
+    for axis in (2, 3) if not SIMULATED else (3,):
+        results = {}
+        for name, dtype, dev in (("float64", torch.float64, "cpu"), ("torch32", torch.float32, "cpu"),
+                                 ("ours", torch.float32, DEV)):
+            xi = x.to(dev, dtype).requires_grad_()
+            wi = [t.to(dev, dtype).requires_grad_() for t in weights]
+            if name == "ours":
+                y = bk.ops.sweep(cell, xi, *wi, axis=axis)
+            else:
+                with cpu_kernels():
+                    y = reference.sweep(cell, xi, *wi, axis=axis)
+            g = torch.randn(y.shape, dtype=torch.float64) if name == "float64" else g
+            grads = torch.autograd.grad(y, [xi] + wi, g.to(dev, dtype))
+            results[name] = [t.detach().double().cpu() for t in (y, *grads)]
+        for i, (ours, ref, exp) in enumerate(zip(results["ours"], results["torch32"], results["float64"])):
+            err, ref_err = (ours - exp).abs().max().item(), (ref - exp).abs().max().item()
+            assert err <= 2 * ref_err + 8 * 2.0 ** -24 * exp.abs().max().item(), (axis, i, err, ref_err)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_cuda_tensor_core_and_fp32_core_blocks_agree(cell, monkeypatch):
     """A bfloat16 ReNet block (pair mode, channels_last) through both recurrences."""
