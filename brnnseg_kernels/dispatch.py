@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["CPU_DTYPES", "CUDA_DTYPES", "cuda_max_hidden", "has_kernel", "sweep_path", "sweep_decision", "cuda_backend",
-           "recording", "explain", "pair_kernel_applies",
+           "recording", "explain", "loss_path", "pair_kernel_applies",
            "sequence_kernel_applies", "sequence_autocast_dtype", "cpu_bf16_lstm_path"]
 
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
@@ -171,6 +171,34 @@ def _cuda_decision(cell: str, dtype: str, hidden: int, lines: int, steps: int, t
     return tuning.cuda_choice(cell, dtype, hidden, lines, steps, training, arch, autocast, gpu)
 
 
+def loss_path(logits: Tensor, loss: str) -> str:
+    """"fused" or "unfused" for a call of a loss ("bce_dice", "ce_dice") on ``logits``: on CUDA, the side the
+    measured table says is faster (:func:`brnnseg_kernels.tuning.loss_choice`); on every other device the
+    fused op (the CPU kernels are measured 3.4-8x faster than the composition). Inside :func:`recording`,
+    the decision is appended to the record with its reason."""
+    if _device_type(logits.device) != "cuda":
+        path, why = "fused", f"{logits.device.type}: the fused op"
+    else:
+        training = torch.is_grad_enabled() and logits.requires_grad
+        index = logits.device.index if logits.device.type == "cuda" else -1
+        path, why = _loss_decision(loss, tuple(int(s) for s in logits.shape), str(logits.dtype).replace("torch.", ""),
+                                   bool(training), -1 if index is None else int(index))
+    if _RECORD is not None:
+        _RECORD.append(dict(loss=loss, dtype=str(logits.dtype).replace("torch.", ""), shape=tuple(logits.shape),
+                            device=logits.device.type, path=path, why=why))
+    return path
+
+
+@torch.compiler.assume_constant_result
+def _loss_decision(loss: str, shape: tuple, dtype: str, training: bool, index: int) -> tuple:
+    """:func:`loss_path`'s CUDA decision from plain values (a constant of a torch.compile graph)."""
+    from . import tuning
+
+    device = torch.device("cuda", index) if index >= 0 and torch.cuda.is_available() else torch.device("cpu")
+    arch, _ = _cuda_arch(device)
+    return tuning.loss_choice(loss, shape, dtype, training, arch)
+
+
 def sweep_decision(x: Tensor, hidden: int, cell: Optional[str] = None, axis: Optional[int] = 3,
                    training: bool = False, autocast: bool = False) -> tuple:
     """(path, why) for a sweep of x: see :func:`sweep_path`."""
@@ -289,9 +317,14 @@ def explain(module, *inputs, **kwargs) -> str:
     with recording() as rec:
         module(*inputs, **kwargs)
     if not rec:
-        return "no sweep ran (no ReNet layer of brnnseg_kernels in this call)"
+        return "no sweep or loss ran (no ReNet layer or loss of brnnseg_kernels in this call)"
     lines = []
-    for i, r in enumerate(rec):
+    sweeps = [r for r in rec if "loss" not in r]
+    for r in rec:
+        if "loss" in r:
+            lines.append(f"loss {r['loss']}: {r['device']} {r['dtype']} {tuple(r['shape'])} -> "
+                         f"{_PATH_NAMES[r['path']]}: {r['why']}")
+    for i, r in enumerate(sweeps):
         axis = {3: "rows", 2: "cols"}.get(r["axis"], r["axis"])
         mode = "" if r["training"] is None else (" training" if r["training"] else " inference")
         lines.append(f"sweep {i}: {r['cell']} {axis} of {r['device']} {r['dtype']} {tuple(r['shape'])}{mode}"
@@ -299,5 +332,6 @@ def explain(module, *inputs, **kwargs) -> str:
     return "\n".join(lines)
 
 
-_PATH_NAMES = {"kernel": "our fused kernel", "kernel-float32": "our fused kernel (float32 copy)",
+_PATH_NAMES = {"fused": "the fused loss op", "unfused": "the unfused composition (losses.unfused)",
+               "kernel": "our fused kernel", "kernel-float32": "our fused kernel (float32 copy)",
                "torch": "torch's fused RNN (cuDNN on a GPU, oneDNN on the CPU)", "reference": "the PyTorch reference"}

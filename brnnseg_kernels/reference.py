@@ -186,15 +186,15 @@ class ReNetBaseline(nn.Module):
 # Segmentation loss (weighted BCE + boundary weighting + Dice), the exact formula of
 # brnnseg_kernels.losses, written with plain PyTorch ops.
 
-def boundary_map(target: Tensor, radius: int, ignore_index=None) -> Tensor:
+def boundary_map(target: Tensor, radius: int, ignore_index=None, dtype: torch.dtype = torch.float64) -> Tensor:
     """1.0 where the clipped (2r+1)^d neighbourhood holds foreground (target > 0.5) and background
     (ignored pixels count as neither), else 0.0. target: (N, C, H, W) or (N, C, D, H, W)."""
     import torch.nn.functional as F
 
-    t = target.double()
+    t = target.to(dtype)
     valid = torch.ones_like(t, dtype=torch.bool) if ignore_index is None else t != float(ignore_index)
-    fg = ((t > 0.5) & valid).double()
-    bg = ((t <= 0.5) & valid).double()
+    fg = ((t > 0.5) & valid).to(dtype)
+    bg = ((t <= 0.5) & valid).to(dtype)
     pool = F.max_pool2d if t.dim() == 4 else F.max_pool3d
     k = 2 * radius + 1
     # max_pool pads with -inf, so windows are clipped at the border.
@@ -205,22 +205,28 @@ def seg_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, po
              boundary_weight: float = 0.0, boundary_radius: int = 1, dice_weight: float = 1.0,
              bce_weight: float = 1.0, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch_dice: bool = False,
              squared: bool = False, log_dice: bool = False, include_background: bool = True, channels=None,
-             ignore_index=None, reduction: str = "mean") -> Tensor:
-    """Reference of :func:`brnnseg_kernels.functional.bce_dice_loss` (see its docstring for the math)."""
+             ignore_index=None, reduction: str = "mean", compute_dtype: torch.dtype = torch.float64) -> Tensor:
+    """Reference of :func:`brnnseg_kernels.functional.bce_dice_loss` (see its docstring for the math),
+    computed in ``compute_dtype`` (float64 for the tests; float32 where it serves as the unfused CUDA
+    path, ``losses.unfused``). Nothing in it waits for a GPU unless ``channels`` is given."""
     import torch.nn.functional as F
 
+    cd = compute_dtype
     n, c = logits.shape[:2]
     spatial = (1,) * (logits.dim() - 2)
-    x = logits.double()
-    y = target.double()
+    x = logits.to(cd)
+    y = target.to(cd)
     valid = torch.ones_like(y, dtype=torch.bool) if ignore_index is None else y != float(ignore_index)
     y = torch.where(valid, y, torch.zeros_like(y))
-    pw = torch.as_tensor(pos_weight, dtype=torch.float64, device=x.device).expand(c).reshape(c, *spatial)
-    m = 1.0 + boundary_weight * boundary_map(target, boundary_radius, ignore_index) if boundary_weight else 1.0
+    if isinstance(pos_weight, Tensor):
+        pw = pos_weight.to(device=x.device, dtype=cd).expand(c).reshape(c, *spatial)
+    else:  # a float: no host-to-device copy
+        pw = x.new_full((c,) + spatial, float(pos_weight))
+    m = 1.0 + boundary_weight * boundary_map(target, boundary_radius, ignore_index, cd) if boundary_weight else 1.0
     if weight is not None:
-        m = m * weight.double()
+        m = m * weight.to(cd)
     bce = F.binary_cross_entropy_with_logits(x, y, pos_weight=pw, reduction="none") * m
-    vf = valid.double()
+    vf = valid.to(cd)
     dims = tuple(range(2, x.dim()))
     s_bce = (bce * vf).sum(dims)
     count = vf.sum(dims)
@@ -234,10 +240,12 @@ def seg_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, po
     score = torch.where(den > 0, (2 * inter + smooth_nr) / torch.where(den > 0, den, torch.ones_like(den)),
                         torch.ones_like(den))
     dice = -torch.log(score.clamp_min(1e-7)) if log_dice else 1 - score
-    sel = torch.ones(c, dtype=torch.float64, device=x.device)
-    if channels is not None or (not include_background and c > 1):
+    sel = torch.ones(c, dtype=cd, device=x.device)
+    if channels is not None:
         sel = torch.zeros_like(sel)
-        sel[list(range(1, c)) if channels is None else list(channels)] = 1.0
+        sel[list(channels)] = 1.0
+    elif not include_background and c > 1:
+        sel = (torch.arange(c, device=x.device) >= 1).to(cd)
     if reduction == "none":
         dice_nc = (dice * sel).expand(n, c)
         return (bce_weight * s_bce / count.clamp_min(1) + dice_weight * dice_nc).to(logits.dtype)
@@ -273,51 +281,58 @@ def unfused_bce_dice(logits: Tensor, target: Tensor, pos_weight: float = 10.0, b
 # Multi-class loss (softmax cross-entropy + boundary weighting + softmax Dice), the exact formula of
 # brnnseg_kernels.losses.ce_dice, written with plain PyTorch ops.
 
-def label_boundary_map(labels: Tensor, radius: int) -> Tensor:
+def label_boundary_map(labels: Tensor, radius: int, dtype: torch.dtype = torch.float64) -> Tensor:
     """1.0 where the clipped (2r+1)^d neighbourhood of a pixel holds more than one label, else 0.0.
     labels: (N, H, W) or (N, D, H, W) integers, -1 for ignored pixels (which count as no label)."""
     import torch.nn.functional as F
 
-    lab = labels.double().unsqueeze(1)
+    lab = labels.to(dtype).unsqueeze(1)
     pool = F.max_pool2d if lab.dim() == 4 else F.max_pool3d
     k = 2 * radius + 1
     big = float(2 ** 31)
     hi = pool(lab, k, 1, radius)                                         # ignored are -1: never the max
     lo = -pool(-torch.where(lab < 0, torch.full_like(lab, big), lab), k, 1, radius)
-    return ((hi >= 0) & (hi != lo)).double().squeeze(1)
+    return ((hi >= 0) & (hi != lo)).to(dtype).squeeze(1)
 
 
 def ce_dice_targets(logits: Tensor, target: Tensor, ignore_index: int = -100):
-    """(y one-hot or soft (N, C, ...) float64 with ignored pixels zeroed, labels (N, ...) long with -1
-    where ignored, valid (N, ...) bool, is_index)."""
-    import torch.nn.functional as F
-
+    """(y one-hot or soft (N, C, ...) in logits' dtype with ignored pixels zeroed, labels (N, ...) long
+    with -1 where ignored, valid (N, ...) bool, is_index, bad (N, ...) bool: labels outside [0, C) that
+    are not ignore_index, or None). No one_hot and no gather: nothing waits for a GPU, and a bad label
+    cannot index out of bounds (the loss is NaN where one is, as the fused CUDA op's)."""
     c = logits.shape[1]
     if target.dim() == logits.dim() and target.shape[1] == 1 and not target.is_floating_point():
         target = target[:, 0]
     if target.dim() == logits.dim() - 1:
         valid = target != ignore_index
-        lab = torch.where(valid, target.long(), torch.zeros_like(target, dtype=torch.long))
-        y = F.one_hot(lab, c).movedim(-1, 1).double() * valid.unsqueeze(1)
-        return y, torch.where(valid, lab, torch.full_like(lab, -1)), valid, True
-    y = target.double()
-    return y, y.argmax(1), torch.ones_like(y[:, 0], dtype=torch.bool), False
+        bad = valid & ((target < 0) | (target >= c))
+        valid = valid & ~bad
+        lab = torch.where(valid, target.long(), torch.full_like(target, -1, dtype=torch.long))
+        classes = torch.arange(c, device=target.device).view((1, c) + (1,) * (target.dim() - 1))
+        y = (lab.unsqueeze(1) == classes).to(logits.dtype)
+        return y, lab, valid, True, bad
+    y = target.to(logits.dtype)
+    return y, y.argmax(1), torch.ones_like(y[:, 0], dtype=torch.bool), False, None
 
 
 def ce_dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, class_weights=None,
                  ignore_index: int = -100, label_smoothing: float = 0.0, boundary_weight: float = 0.0,
                  boundary_radius: int = 1, lambda_ce: float = 1.0, lambda_dice: float = 1.0, smooth_nr: float = 1e-5,
                  smooth_dr: float = 1e-5, batch: bool = False, squared: bool = False, log_dice: bool = False,
-                 include_background: bool = True, average: str = "present", reduction: str = "mean") -> Tensor:
-    """Reference of :func:`brnnseg_kernels.functional.ce_dice_loss` (see its docstring for the math)."""
-    x = logits.double()
+                 include_background: bool = True, average: str = "present", reduction: str = "mean",
+                 compute_dtype: torch.dtype = torch.float64) -> Tensor:
+    """Reference of :func:`brnnseg_kernels.functional.ce_dice_loss` (see its docstring for the math),
+    computed in ``compute_dtype`` (float64 for the tests; float32 where it serves as the unfused CUDA
+    path, ``losses.unfused``)."""
+    cd = compute_dtype
+    x = logits.to(cd)
     n, c = x.shape[:2]
-    y, lab, valid, is_index = ce_dice_targets(x, target, ignore_index)
+    y, lab, valid, is_index, bad = ce_dice_targets(x, target, ignore_index)
     logp = torch.log_softmax(x, 1)
     p = logp.exp()
     view = (1, c) + (1,) * (x.dim() - 2)
-    w = (torch.ones(c, dtype=torch.float64, device=x.device) if class_weights is None
-         else torch.as_tensor(class_weights, dtype=torch.float64, device=x.device))
+    w = (torch.ones(c, dtype=cd, device=x.device) if class_weights is None
+         else torch.as_tensor(class_weights, dtype=cd, device=x.device))
     eps = float(label_smoothing)
     if is_index:
         lab0 = lab.clamp_min(0)
@@ -326,6 +341,7 @@ def ce_dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
         ce = (1 - eps) * wy * nll
         if eps:  # (without smoothing, a -inf logit of another class must not turn 0 * inf into NaN)
             ce = ce - eps / c * (logp * w.view(view)).sum(1)
+        ce = torch.where(bad, torch.full_like(ce, float("nan")), ce)  # NaN * 0 below stays NaN
         norm = wy
     else:
         t = y * (1 - eps) + eps / c
@@ -333,10 +349,10 @@ def ce_dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
         norm = torch.ones_like(ce)
     m = torch.ones_like(ce)
     if boundary_weight:
-        m = m + boundary_weight * label_boundary_map(lab, boundary_radius)
+        m = m + boundary_weight * label_boundary_map(lab, boundary_radius, cd)
     if weight is not None:
-        m = m * weight.double()
-    vf = valid.double()
+        m = m * weight.to(cd)
+    vf = valid.to(cd)
     sp = tuple(range(1, ce.dim()))
     ce_num = (ce * m * vf).sum(sp)
     ce_den = (norm * vf).sum(sp)

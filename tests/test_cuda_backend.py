@@ -151,7 +151,7 @@ def test_hidden_beyond_our_kernel_goes_to_cudnn_not_the_reference():
 def test_explain_on_the_cpu():
     text = bk.explain(bk.BiGRU2d(3, 4), torch.randn(1, 3, 5, 6))
     assert text.splitlines()[0].startswith("sweep 0: gru rows of cpu float32") and "our CPU kernel" in text
-    assert bk.explain(torch.nn.Conv2d(3, 3, 1), torch.randn(1, 3, 4, 4)).startswith("no sweep ran")
+    assert bk.explain(torch.nn.Conv2d(3, 3, 1), torch.randn(1, 3, 4, 4)).startswith("no sweep or loss ran")
 
 
 @needs_sim
@@ -192,12 +192,19 @@ def test_tune_writes_a_table_the_choice_reads(tmp_path, monkeypatch):
     path = tmp_path / "sm90.json"
     with bk.testing.simulated_cuda("h100"):
         doc = measure.tune(str(path), device="cpu", budget_s=600, shapes=[(1, 3, 5, 6, 8)], cells=("gru",),
-                           dtypes=("float32", "bfloat16"), step_hidden=(8,), repeat=1)
-    assert doc["complete"] and len(doc["block"]) == 2 and len(doc["cudnn_steps"]) == 2
+                           dtypes=("float32", "bfloat16"), step_hidden=(8,), repeat=1,
+                           loss_shapes=[("bce_dice", (1, 2, 5, 6), "float32"), ("ce_dice", (1, 3, 5, 6), "float32")])
+    assert doc["complete"] and len(doc["block"]) == 2 and len(doc["cudnn_steps"]) == 2 and len(doc["loss"]) == 2
     shipped = tuning.table("sm_90")
     assert set(doc["block"][0]) == set(shipped["block"][0]) and set(doc["cudnn_steps"][0]) == set(shipped["cudnn_steps"][0])
+    assert set(doc["loss"][0]) == set(shipped["loss"][0])
+    assert [r["revision"] for r in doc["loss"]] == [tuning.LOSS_REVISION["bce_dice"], tuning.LOSS_REVISION["ce_dice"]]
     monkeypatch.setattr(tuning, "_TABLES", {"sm_90": json.loads(path.read_text())})
     row = doc["block"][0]
     side, why = tuning.cuda_choice("gru", "float32", 8, 5, 6, True)
     assert side == ("kernel" if row["cudnn_ms"]["fwd+bwd"] >= row["ours_ms"]["fwd+bwd"] else "cudnn")
     assert "measured on simulated" in why
+    lrow = doc["loss"][0]  # a row of the current revision: it decides, not the H200's older ones
+    side, why = tuning.loss_choice("bce_dice", (1, 2, 5, 6), "float32", True)
+    assert side == ("fused" if lrow["fused_ms"]["fwd+bwd"] <= lrow["unfused_ms"]["fwd+bwd"] else "unfused")
+    assert "measured on simulated" in why and "not yet measured" not in why

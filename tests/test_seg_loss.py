@@ -70,6 +70,13 @@ class _TritonLoss(torch.autograd.Function):
         return (dx.to(logits.device),) + (None,) * 17
 
 
+@pytest.fixture(autouse=True)
+def _fused(monkeypatch):
+    """These tests test the fused op: on a GPU, BRNNSEG_CUDA_LOSS=fused keeps CUDA calls on it where the
+    shipped table would send them to the unfused composition (tests/test_loss_backend.py tests that choice)."""
+    monkeypatch.setenv("BRNNSEG_CUDA_LOSS", "fused")
+
+
 @pytest.fixture(params=["cpu", "triton"])
 def backend(request, monkeypatch):
     if request.param == "triton":

@@ -118,6 +118,21 @@ def forced_cuda_backend(backend: str):
             os.environ["BRNNSEG_CUDA_BACKEND"] = old
 
 
+@contextlib.contextmanager
+def forced_loss_backend(backend: str):
+    """BRNNSEG_CUDA_LOSS=backend inside the block (the loss benchmark's fused rows: the fused op whatever
+    the table says, so that the benchmark measures it)."""
+    old = os.environ.get("BRNNSEG_CUDA_LOSS")
+    os.environ["BRNNSEG_CUDA_LOSS"] = backend
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("BRNNSEG_CUDA_LOSS", None)
+        else:
+            os.environ["BRNNSEG_CUDA_LOSS"] = old
+
+
 def time_module(module, x, flops: float, key, device: str, repeat: int, memory: bool) -> List[Row]:
     """Three rows for one provider: forward+backward (with its peak memory), forward with grad (the graph
     and what backward needs are built and saved, no backward) and forward under no_grad. ``flops`` is
@@ -227,7 +242,8 @@ def run_loss(device="cpu", repeat=9, threads=2, memory=True, bandwidth_gbs: floa
         for provider, fn in (("torch", lambda: unfused_bce_dice(logits, target)), ("brnnseg", lambda: fused(logits, target))):
             def step():
                 logits.grad = None
-                fn().backward()
+                with forced_loss_backend("fused"):  # the fused op, whatever auto would pick
+                    fn().backward()
             peak = peak_mib(device, step) if memory else float("nan")
             rows.append(LossRow("x".join(map(str, shape)), provider, time_ms(step, device, repeat), peak, floor,
                                 *_step_census(step)))
@@ -256,7 +272,8 @@ def run_loss(device="cpu", repeat=9, threads=2, memory=True, bandwidth_gbs: floa
         for prefix, provider, fn in providers:
             def step():
                 logits.grad = None
-                fn().backward()
+                with forced_loss_backend("fused"):
+                    fn().backward()
             peak = peak_mib(device, step) if memory else float("nan")
             rows.append(LossRow(prefix + "x".join(map(str, shape)), provider, time_ms(step, device, repeat), peak,
                                 floor, *_step_census(step)))

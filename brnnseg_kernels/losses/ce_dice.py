@@ -39,13 +39,15 @@ a parameter copy each way and ~48 small tensor ops, ran 0.42-0.50x the unfused c
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from .. import _C  # noqa: F401  (registers the op schemas and CPU kernels)
-from .. import ops
+from .. import dispatch, ops
+from . import unfused
 
 __all__ = ["ce_dice_loss", "ce_dice_sums", "CEDiceLoss"]
 
@@ -321,6 +323,15 @@ def ce_dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
     # Labels outside [0, C) that are not ignore_index: on the CPU the op raises a ValueError naming the value;
     # on CUDA the loss is NaN (raising would make every call wait for the GPU), or, with
     # BRNNSEG_CHECK_LABELS=1, the same ValueError.
+    if dispatch.loss_path(logits, "ce_dice") == "unfused":  # CUDA, where the fused op is not measured faster
+        if index and os.environ.get("BRNNSEG_CHECK_LABELS", "0") == "1":  # else NaN, as the fused CUDA op
+            from .ce_dice_kernels import check_labels
+
+            check_labels(op, target, c, int(ignore_index))
+        return unfused.ce_dice_loss(logits, target, weight, cw, int(ignore_index), float(label_smoothing),
+                                    float(boundary_weight), int(boundary_radius), float(lambda_ce), float(lambda_dice),
+                                    float(smooth_nr), float(smooth_dr), bool(batch), bool(squared), bool(log_dice),
+                                    bool(include_background), average, reduction)
     loss, _ = _loss_op(logits, target, weight, cw, float(boundary_weight), int(boundary_radius),
                        int(ignore_index) if index else None, float(label_smoothing), bool(squared), float(lambda_ce),
                        float(lambda_dice), float(smooth_nr), float(smooth_dr), bool(batch), bool(log_dice),

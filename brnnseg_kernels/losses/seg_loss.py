@@ -40,7 +40,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import _C  # noqa: F401  (registers the op schemas and CPU kernels)
-from .. import ops
+from .. import dispatch, ops
+from . import unfused
 from ..checks import check_seg_loss_inputs
 
 __all__ = ["bce_dice_loss", "seg_loss_sums", "BCEDiceLoss", "WeightedBCEWithLogitsLoss", "DiceLoss",
@@ -300,6 +301,11 @@ def bce_dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = Non
         mask = _channel_mask(idx, c, logits.device)
     elif not include_background and c > 1:
         dice_from = 1
+    if dispatch.loss_path(logits, "bce_dice") == "unfused":  # CUDA, where the fused op is not measured faster
+        return unfused.bce_dice_loss(logits, target, weight, pos_weight if pw is None else pw, float(boundary_weight),
+                                     int(boundary_radius), float(dice_weight), float(bce_weight), float(smooth_nr),
+                                     float(smooth_dr), bool(batch_dice), bool(squared), bool(log_dice),
+                                     include_background, None if channels is None else idx, ignore_index, reduction)
     loss, _ = _loss_op(logits, target, weight, pw, pw_value, mask, dice_from, float(boundary_weight),
                        int(boundary_radius), None if ignore_index is None else float(ignore_index), bool(squared),
                        float(bce_weight), float(dice_weight), float(smooth_nr), float(smooth_dr), bool(batch_dice),

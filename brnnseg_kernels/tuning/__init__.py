@@ -12,6 +12,14 @@ exists (an architecture without a table), ours runs, as before.
 
 ``BRNNSEG_CUDA_BACKEND=kernel|cudnn`` forces a side (``auto``: the default); :func:`explain` says which
 backend an input takes and why.
+
+The losses the same way (:func:`loss_choice`): the fused op (``bce_dice_loss`` / ``ce_dice_loss``) or the
+unfused composition of plain tensor ops (``losses.unfused``), by the table's ``loss`` rows, forward+backward,
+fused against unfused in the same process. A row records the ``revision`` of the fused path it timed
+(:data:`LOSS_REVISION`). A row of the current revision near the call decides. Until the current revision has
+been measured on that GPU, the last measurement of an older one decides, and says so: a fused path measured
+slower stays behind the unfused one until a GPU shows the new one faster (``tune`` measures it).
+``BRNNSEG_CUDA_LOSS=fused|unfused`` forces a side.
 """
 from __future__ import annotations
 
@@ -20,9 +28,15 @@ import math
 import os
 from typing import Dict, List, Optional, Tuple
 
-__all__ = ["BACKENDS", "backend_env", "table", "cuda_choice"]
+__all__ = ["BACKENDS", "LOSS_BACKENDS", "LOSS_REVISION", "backend_env", "loss_backend_env", "table", "cuda_choice",
+           "loss_choice"]
 
 BACKENDS = ("auto", "kernel", "cudnn")
+LOSS_BACKENDS = ("auto", "fused", "unfused")
+# The fused CUDA path of each loss, as timed by a table row's "revision". 1: the sums op plus ~47 small tensor
+# ops and a host synchronisation per call (the H200 run of 2026-12-04). 2: one op each way, two Triton
+# launches forward and one backward, no synchronisation (2026-12-05). Bump it when the fused path changes.
+LOSS_REVISION = {"bce_dice": 2, "ce_dice": 2}
 # A measured row decides for sizes near it: hidden within 2x, positions (lines x steps) within 16x.
 HIDDEN_SPAN = math.log(2.0)
 POSITIONS_SPAN = math.log(16.0)
@@ -32,6 +46,13 @@ def backend_env() -> str:
     choice = os.environ.get("BRNNSEG_CUDA_BACKEND", "auto") or "auto"
     if choice not in BACKENDS:
         raise ValueError(f"BRNNSEG_CUDA_BACKEND must be one of {', '.join(BACKENDS)}, got {choice!r}")
+    return choice
+
+
+def loss_backend_env() -> str:
+    choice = os.environ.get("BRNNSEG_CUDA_LOSS", "auto") or "auto"
+    if choice not in LOSS_BACKENDS:
+        raise ValueError(f"BRNNSEG_CUDA_LOSS must be one of {', '.join(LOSS_BACKENDS)}, got {choice!r}")
     return choice
 
 
@@ -129,3 +150,38 @@ def cuda_choice(cell: str, dtype: str, hidden: int, lines: int, steps: int, trai
     side = "kernel" if ours_us <= cudnn_us else "cudnn"
     return side, (f"no measured row near {cell} {key} hidden {hidden}; calibrated model: ours {ours_us:.2f} us/step "
                   f"forward vs cuDNN {cudnn_us:.2f} (measured, {ref['cell']} {ref['dtype']} hidden {ref['hidden']})")
+
+
+def _loss_row_text(row: Dict, mode: str) -> str:
+    u, f = row["unfused_ms"][mode], row["fused_ms"][mode]
+    return (f"{row['loss']} {row['dtype']} {tuple(row['shape'])} {mode}: unfused {u} ms, fused {f} ms "
+            f"({u / f:.2f}x), fused revision {row.get('revision', 1)}")
+
+
+def loss_choice(loss: str, shape, dtype: str, training: bool, arch: str = "sm_90") -> Tuple[str, str]:
+    """("fused" | "unfused", why) for one CUDA call of a loss ("bce_dice" or "ce_dice") on logits of
+    ``shape`` and ``dtype`` ("float32", ...). The measured ``loss`` row of this loss nearest in size (the
+    loss's dtype first, else float32's: both losses compute in float32) decides: rows that timed the
+    current fused revision first, else the newest older revision. With no table for the architecture, or no
+    row of this loss, the fused op runs, as before."""
+    forced = loss_backend_env()
+    if forced != "auto":
+        return forced, f"BRNNSEG_CUDA_LOSS={forced}"
+    data = table(arch)
+    rows = [r for r in (data or {}).get("loss", []) if r["loss"] == loss]
+    if data is None or not rows:
+        return "fused", f"no measured {loss} row for {arch}: the fused op"
+    same = [r for r in rows if r["dtype"] == dtype] or [r for r in rows if r["dtype"] == "float32"] or rows
+    current = LOSS_REVISION[loss]
+    size = max(1, math.prod(int(s) for s in shape))
+    revs = {r.get("revision", 1) for r in same}
+    rev = current if current in revs else max(revs)
+    pool = [r for r in same if r.get("revision", 1) == rev]
+    row = min(pool, key=lambda r: abs(math.log(size / math.prod(r["shape"]))))
+    mode = "fwd+bwd" if training or "fwd" not in row["fused_ms"] else "fwd"
+    side = "fused" if row["fused_ms"][mode] <= row["unfused_ms"][mode] else "unfused"
+    where = f"measured on {data['gpu']} ({data['date']}): {_loss_row_text(row, mode)}"
+    if row.get("revision", 1) != current:
+        return side, (f"{where}; the fused path is now revision {current}, not yet measured on a GPU "
+                      f"(python -m brnnseg_kernels tune): the older measurement decides")
+    return side, where

@@ -3,7 +3,8 @@ choice reads (``tuning/sm90.json`` is one): the ReNet block (rows then columns),
 (``BRNNSEG_CUDA_BACKEND=kernel``) against the permute + cuDNN block (``reference.ReNetBaseline``) with the
 same weights, forward+backward and under no_grad, in float32, float16, bfloat16 and float32 modules under
 ``torch.autocast("cuda", dtype=torch.bfloat16)``, GRU and LSTM, on the GPU benchmark shapes; then the cuDNN
-forward time per step (512 lines) the calibrated model compares against where no row is near.
+forward time per step (512 lines) the calibrated model compares against where no row is near; first, the
+fused losses against their unfused composition (``loss`` rows, :func:`brnnseg_kernels.tuning.loss_choice`).
 
 Each timing is a median over a few calls (CUDA events through ``bench.timing.time_ms``); the whole run
 stops at ``--budget`` seconds (default 170) and writes what it has. Copy the file to
@@ -87,8 +88,41 @@ def measure_cudnn_steps(cell: str, dtype: str, hidden: int, device: str = "cuda"
     return dict(cell=cell, dtype=dtype, hidden=hidden, lines=lines, cudnn_fwd_us_per_step=round(slope, 3))
 
 
+def measure_loss(loss: str, shape, dtype: str, device: str = "cuda", repeat: int = 5) -> Dict:
+    """One ``loss`` row: the fused op (``BRNNSEG_CUDA_LOSS=fused``) against the unfused composition with the
+    same options (``=unfused``, ``losses.unfused``), forward+backward and forward alone, in ms; the options of
+    ``bench --op seg_loss`` (boundary weight 2, radius 1; BCE: pos_weight 10, uint8 targets; CE: int64 labels)."""
+    from .. import functional
+    from ..bench.timing import time_ms
+    from ..bench.workloads import forced_loss_backend
+    from . import LOSS_REVISION
+
+    torch.manual_seed(0)
+    logits = torch.randn(*shape, device=device, dtype=getattr(torch, dtype), requires_grad=True)
+    if loss == "bce_dice":
+        target = (torch.rand(*shape, device=device) > 0.7).to(torch.uint8)
+        fn = lambda: functional.bce_dice_loss(logits, target, pos_weight=10.0, boundary_weight=2.0)  # noqa: E731
+    else:
+        target = torch.randint(0, shape[1], (shape[0],) + tuple(shape[2:]), device=device)
+        fn = lambda: functional.ce_dice_loss(logits, target, boundary_weight=2.0, average="all")  # noqa: E731
+    out = dict(loss=loss, shape=list(shape), dtype=dtype, unfused_ms={}, fused_ms={}, revision=LOSS_REVISION[loss])
+    for side in ("unfused", "fused"):
+        with forced_loss_backend(side):
+            def train():
+                logits.grad = None
+                fn().backward()
+
+            def forward():
+                with torch.no_grad():
+                    fn()
+
+            out[f"{side}_ms"]["fwd+bwd"] = round(time_ms(train, device, repeat), 4)
+            out[f"{side}_ms"]["fwd"] = round(time_ms(forward, device, repeat), 4)
+    return out
+
+
 def tune(out: str, device: str = "cuda", budget_s: float = 170.0, shapes=None, cells=("gru", "lstm"),
-         dtypes=DTYPES, step_hidden=STEP_HIDDEN, repeat: int = 5) -> Dict:
+         dtypes=DTYPES, step_hidden=STEP_HIDDEN, repeat: int = 5, loss_shapes=None) -> Dict:
     """Measure and write the table (JSON, the format of sm90.json); returns it."""
     t_end = time.time() + budget_s
     if device == "cuda":
@@ -98,7 +132,7 @@ def tune(out: str, device: str = "cuda", budget_s: float = 170.0, shapes=None, c
     else:  # the simulator's CUDA rules on CPU tensors (CI): the code path, not the figures
         gpu, arch, cudnn = "simulated", "sm_90", None
     doc = dict(gpu=gpu, arch=arch, date=time.strftime("%Y-%m-%d"), torch=torch.__version__, cudnn=cudnn,
-               source="python -m brnnseg_kernels tune", block=[], cudnn_steps=[], complete=False,
+               source="python -m brnnseg_kernels tune", block=[], cudnn_steps=[], loss=[], complete=False,
                note="dtype 'autocast-bfloat16': float32 modules on both sides under torch.autocast('cuda', "
                     "dtype=torch.bfloat16)")
 
@@ -106,6 +140,15 @@ def tune(out: str, device: str = "cuda", budget_s: float = 170.0, shapes=None, c
         with open(out, "w") as f:
             json.dump(doc, f, indent=1)
 
+    from ..bench.workloads import LOSS_MC_SHAPES, LOSS_SHAPES
+
+    losses = ([("bce_dice", s, d) for s in LOSS_SHAPES["cuda"] for d in ("float32", "bfloat16")]
+              + [("ce_dice", s, "float32") for s in LOSS_MC_SHAPES["cuda"]]) if loss_shapes is None else loss_shapes
+    for loss, shape, dtype in losses:  # first: a few seconds, and the loss decision reads them
+        if time.time() > t_end:
+            break
+        doc["loss"].append(measure_loss(loss, shape, dtype, device, repeat))
+        write()
     jobs = [(c, s, d) for s in (shapes or TUNE_SHAPES) for c in cells for d in dtypes]
     steps = [(c, d, h) for c in cells for d in ("float32", "bfloat16") for h in step_hidden]
     for cell, shape, dtype in jobs:
@@ -118,7 +161,8 @@ def tune(out: str, device: str = "cuda", budget_s: float = 170.0, shapes=None, c
             break
         doc["cudnn_steps"].append(measure_cudnn_steps(cell, dtype, hid, device, repeat=repeat))
         write()
-    doc["complete"] = len(doc["block"]) == len(jobs) and len(doc["cudnn_steps"]) == len(steps)
+    doc["complete"] = (len(doc["block"]) == len(jobs) and len(doc["cudnn_steps"]) == len(steps)
+                       and len(doc["loss"]) == len(losses))
     write()
     return doc
 
@@ -133,7 +177,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("tune: no GPU here (torch.cuda.is_available() is False): nothing to measure")
         return 2
     doc = tune(args.out, budget_s=args.budget, repeat=args.repeat)
-    print(f"tune: {len(doc['block'])} block rows, {len(doc['cudnn_steps'])} cuDNN step rows on {doc['gpu']} "
+    print(f"tune: {len(doc['loss'])} loss rows, {len(doc['block'])} block rows, {len(doc['cudnn_steps'])} cuDNN "
+          f"step rows on {doc['gpu']} "
           f"({doc['arch']}){'' if doc['complete'] else ' (budget spent: partial)'} -> {args.out}")
     return 0
 
