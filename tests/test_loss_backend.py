@@ -231,3 +231,21 @@ def test_unfused_ce_checks_labels_on_request(monkeypatch):
     t[0, 1, 2] = 5
     with bk.testing.simulated_cuda(), pytest.raises(ValueError, match="label 5, outside"):
         functional.ce_dice_loss(torch.randn(1, 3, 4, 4), t)
+
+
+def test_tune_losses_only_writes_loss_rows_that_decide(tmp_path, monkeypatch):
+    """``tune --losses-only``'s code path on CPU tensors under the CUDA rules (the figures mean nothing
+    here): loss rows in the shipped format, of the current revision, which then decide."""
+    from brnnseg_kernels.tuning import measure
+
+    path = tmp_path / "t.json"
+    with bk.testing.simulated_cuda():
+        doc = measure.tune(str(path), device="cpu", shapes=[], step_hidden=(), repeat=1,
+                           loss_shapes=[("bce_dice", (1, 2, 6, 7), "float32"), ("ce_dice", (1, 3, 6, 7), "float32")])
+    assert doc["complete"] and doc["block"] == [] and len(doc["loss"]) == 2
+    assert set(doc["loss"][0]) == set(_loss_rows()[0])
+    monkeypatch.setattr(tuning, "_TABLES", {"sm_90": json.loads(path.read_text())})
+    for r in doc["loss"]:
+        side, why = tuning.loss_choice(r["loss"], r["shape"], "float32", True)
+        assert side == ("fused" if r["fused_ms"]["fwd+bwd"] <= r["unfused_ms"]["fwd+bwd"] else "unfused")
+        assert "not yet measured" not in why

@@ -149,7 +149,7 @@ def tune(out: str, device: str = "cuda", budget_s: float = 170.0, shapes=None, c
             break
         doc["loss"].append(measure_loss(loss, shape, dtype, device, repeat))
         write()
-    jobs = [(c, s, d) for s in (shapes or TUNE_SHAPES) for c in cells for d in dtypes]
+    jobs = [(c, s, d) for s in (TUNE_SHAPES if shapes is None else shapes) for c in cells for d in dtypes]
     steps = [(c, d, h) for c in cells for d in ("float32", "bfloat16") for h in step_hidden]
     for cell, shape, dtype in jobs:
         if time.time() > t_end:
@@ -172,11 +172,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", required=True, help="JSON file to write (the format of tuning/sm90.json)")
     p.add_argument("--budget", type=float, default=170.0, help="seconds; stops and writes what it has")
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--losses-only", action="store_true",
+                   help="only the loss rows (fused against unfused, ~10-20 s on a GPU): merge them into the shipped "
+                        "table's \"loss\" list")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("tune: no GPU here (torch.cuda.is_available() is False): nothing to measure")
         return 2
-    doc = tune(args.out, budget_s=args.budget, repeat=args.repeat)
+    doc = tune(args.out, budget_s=args.budget, repeat=args.repeat,
+               **(dict(shapes=[], step_hidden=()) if args.losses_only else {}))
     print(f"tune: {len(doc['loss'])} loss rows, {len(doc['block'])} block rows, {len(doc['cudnn_steps'])} cuDNN "
           f"step rows on {doc['gpu']} "
           f"({doc['arch']}){'' if doc['complete'] else ' (budget spent: partial)'} -> {args.out}")
