@@ -94,7 +94,7 @@ def _bench(args) -> int:
     # bfloat16 on the CPU: products on AVX512-BF16 where it has it, whose roof is the dot-product peak.
     bf16_peak = (bench.bf16_peak_gflops() if args.device == "cpu" and "bfloat16" in dtypes
                  else float("nan"))
-    all_rows, records = [], []
+    all_rows, records, cell_floor = [], [], {}
     for name in dtypes:
         dtype = getattr(torch, name)
         row_peak = bf16_peak if name == "bfloat16" and bf16_peak == bf16_peak else peak
@@ -103,7 +103,15 @@ def _bench(args) -> int:
         rec: list = []
         rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, not args.no_memory, dtype,
                          cudnn_records=rec)
-        print(bench.report(rows, sgemm, kgemm, row_peak))
+        cell_ms = None
+        if args.device == "cpu":  # the gate math at its measured rate: float32 in every dtype (bf16 keeps f32 state)
+            cell_ms = {}
+            for shape_name, cell in {(r.shape, r.cell) for r in rows}:
+                key = f"{shape_name} {cell}"
+                floor = cell_floor.get(key) or bench.cell_floor_ms(bench.CPU_SHAPES[shape_name], cell, args.threads)
+                cell_ms.update({(shape_name, cell, mode): ms for mode, ms in floor.items()})
+                cell_floor[key] = floor
+        print(bench.report(rows, sgemm, kgemm, row_peak, cell_ms))
         if rec:
             print(bench.report_cudnn(rec))
         records += rec
@@ -116,6 +124,7 @@ def _bench(args) -> int:
     _save(args, [all_rows], f"ReNet block vs PyTorch, {bench.device_name(args.device)}, {'/'.join(dtypes)}",
           sgemm_gflops=sgemm, kernel_gemm_gflops=kgemm, fma_peak_gflops=peak, bf16_peak_gflops=bf16_peak,
           cpu_isa=(__import__("brnnseg_kernels").cpu_isa() if args.device == "cpu" else None), dtypes=dtypes,
+          cell_floor_ms=cell_floor,
           **({"cudnn": records} if args.device == "cuda" else {}))
     return 0
 

@@ -3,8 +3,11 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
 #include "cpu/runtime/buffer_cache.h"
 #include "cpu/gemm/fma_peak.h"
+#include "cpu/recurrence/cell_step_rate.h"
 
 extern "C" {
 static PyObject* release_cpu_buffers(PyObject*, PyObject*) {
@@ -31,6 +34,28 @@ static PyObject* cpu_bf16_peak_gflops(PyObject*, PyObject* arg) {
   return PyFloat_FromDouble(g);
 }
 
+// (cell, hidden, lines, seconds) -> (forward, forward with saved slots, backward) ns per unit-step.
+static PyObject* cpu_cell_step_ns(PyObject*, PyObject* args) {
+  const char* cell = nullptr;
+  long long hid = 0, lines = 0;
+  double seconds = 0;
+  if (!PyArg_ParseTuple(args, "sLLd", &cell, &hid, &lines, &seconds)) return nullptr;
+  brnnseg::cpu::CellStepNs r{};
+  std::string err;
+  Py_BEGIN_ALLOW_THREADS
+  try {  // (caught inside: the GIL must be taken back before Python sees the error)
+    r = brnnseg::cpu::cell_step_ns(cell, hid, lines, seconds);
+  } catch (const c10::Error& e) {
+    err = e.what_without_backtrace();
+  }
+  Py_END_ALLOW_THREADS
+  if (!err.empty()) {
+    PyErr_SetString(PyExc_ValueError, err.c_str());
+    return nullptr;
+  }
+  return Py_BuildValue("(ddd)", r.forward, r.forward_saved, r.backward);
+}
+
 // Importing the module loads the shared library (which registers the ops). Its functions: return
 // the CPU kernels' idle cached buffers to the system (cpu/runtime/buffer_cache.h); measure the CPU's FMA
 // peak for the benchmarks (cpu/gemm/fma_peak.h).
@@ -43,6 +68,9 @@ PyObject* PyInit__C(void) {
       {"cpu_bf16_peak_gflops", cpu_bf16_peak_gflops, METH_O,
        "bfloat16 dot-product GFLOP/s of all intra-op threads at once (AVX512-BF16); 0 where bfloat16 products "
        "run in float32."},
+      {"cpu_cell_step_ns", cpu_cell_step_ns, METH_VARARGS,
+       "(cell, hidden, lines, seconds) -> ns per hidden unit and step of the CPU cell math, single-threaded: "
+       "(forward, forward saving for backward, backward)."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);

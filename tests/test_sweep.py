@@ -229,6 +229,31 @@ def test_fma_peak_probe_and_roof_column():
     assert line[6:12] == ["2.00x", "200.0", "200%", "80%", "50%", "4.00x"], line
 
 
+def test_cell_step_rate_and_roof_plus_cell_column():
+    """The gate math's measured rate (bench.cell_step_ns: ns per hidden unit and step, one thread) and the
+    "roof+cell" column built from it: torch's time over (products at the peak + the gate math at that
+    rate), 4 x positions x hidden unit-steps over the threads."""
+    from brnnseg_kernels import bench
+    lstm = bench.cell_step_ns("lstm", 32, 64, 0.03)
+    elman = bench.cell_step_ns("rnn_tanh", 32, 64, 0.03)
+    assert len(lstm) == 3 and all(0 < v < 1e4 for v in lstm + elman), (lstm, elman)
+    # four gates, five activations a unit against one: the LSTM's forward costs more per unit
+    assert lstm[0] > 1.5 * elman[0], (lstm, elman)
+    with pytest.raises(ValueError, match="cell must be one of"):
+        bench.cell_step_ns("gruu", 8)
+    with pytest.raises(ValueError, match="hidden and lines must be positive"):
+        bench.cell_step_ns("gru", 0)
+    floor = bench.cell_floor_ms((2, 3, 10, 20, 8), "lstm", 2, rates=(1.0, 2.0, 3.0))
+    units = 4 * 2 * 10 * 20 * 8 / 2 / 1e6  # ms at 1 ns per unit-step
+    assert floor == pytest.approx({"fwd no_grad": units, "fwd grad": 2 * units, "fwd+bwd": 5 * units})
+    flops = 1e9  # products 2.5 ms at the peak (as above) + 2.5 ms of gate math: roof+cell 10 / 5 = 2x
+    rows = [bench.Row("s", "lstm", "torch", "fwd no_grad", 10.0, flops / 10.0 / 1e6, float("nan")),
+            bench.Row("s", "lstm", "brnnseg", "fwd no_grad", 5.0, flops / 5.0 / 1e6, float("nan"))]
+    text = bench.report(rows, sgemm=100.0, kernel_gemm=250.0, peak=400.0, cell_ms={("s", "lstm", "fwd no_grad"): 2.5})
+    assert "roof+cell" in text.splitlines()[0]
+    assert text.splitlines()[1].split()[11:13] == ["4.00x", "2.00x"], text
+
+
 def test_report_processes_spread():
     """bench --processes: per (shape, cell, mode), the median and range over processes of each
     side's time and of the per-process speed-up (not the ratio of the medians)."""

@@ -18,13 +18,16 @@ from .timing import machine
 from .workloads import LossRow, Row
 
 
-def report(rows: List[Row], sgemm: float, kernel_gemm: float = float("nan"), peak: float = float("nan")) -> str:
+def report(rows: List[Row], sgemm: float, kernel_gemm: float = float("nan"), peak: float = float("nan"),
+           cell_ms: dict = None) -> str:
     """Speed-up table; GFLOP/s as % of torch's sgemm rate, of our kernels' GEMM rate and of the
     CPU's FMA peak. "roof" is the speed-up ours would reach if its GEMM FLOPs ran at the FMA peak
-    with nothing else costing time: torch's time over FLOPs / peak. No kernel can beat it."""
+    with nothing else costing time: torch's time over FLOPs / peak. No kernel can beat it.
+    ``cell_ms`` ((shape, cell, mode) -> ms, :func:`cell_floor_ms`) adds "roof+cell": the same with the
+    gate math at its measured rate added to the products' time."""
     lines = [f"{'shape':10s} {'cell':4s} {'mode':11s} {'torch ms':>9s} {'ours ms':>9s} {'speedup':>8s} "
              f"{'ours GF/s':>9s} {'% sgemm':>7s} {'% kGEMM':>7s} {'% peak':>6s} {'roof':>6s} "
-             f"{'torch MiB':>9s} {'ours MiB':>9s}"]
+             + (f"{'roof+cell':>9s} " if cell_ms else "") + f"{'torch MiB':>9s} {'ours MiB':>9s}"]
     key = lambda r: (r.shape, r.cell, r.mode)  # noqa: E731
     by = {}
     for r in rows:
@@ -37,7 +40,9 @@ def report(rows: List[Row], sgemm: float, kernel_gemm: float = float("nan"), pea
         line = (f"{shape:10s} {cell:4s} {mode:11s} {t.ms:9.1f} {o.ms:9.1f} {t.ms / o.ms:7.2f}x "
                 f"{o.gflops:9.1f} {100 * o.gflops / sgemm:6.0f}% {100 * o.gflops / kernel_gemm:6.0f}% "
                 f"{100 * o.gflops / peak:5.0f}% {t.ms * peak / (o.gflops * o.ms):5.2f}x "
-                f"{t.peak_mib:9.1f} {o.peak_mib:9.1f}")
+                + (f"{t.ms / (o.gflops * o.ms / peak + cell_ms[(shape, cell, mode)]):8.2f}x "
+                   if cell_ms else "")
+                + f"{t.peak_mib:9.1f} {o.peak_mib:9.1f}")
         if forced and "brnnseg-kernel" in d:
             k = d["brnnseg-kernel"]
             line += f" {k.ms:9.1f} {t.ms / k.ms:7.2f}x"
