@@ -104,11 +104,12 @@ def _bench(args) -> int:
         rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, not args.no_memory, dtype,
                          cudnn_records=rec)
         cell_ms = None
-        if args.device == "cpu":  # the gate math at its measured rate: float32 in every dtype (bf16 keeps f32 state)
-            cell_ms = {}
+        if args.device == "cpu":  # the gate math at its measured rate (state float32 in every dtype; bfloat16
+            cell_ms = {}          # ops with bfloat16 products run it to bfloat16's accuracy)
             for shape_name, cell in {(r.shape, r.cell) for r in rows}:
-                key = f"{shape_name} {cell}"
-                floor = cell_floor.get(key) or bench.cell_floor_ms(bench.CPU_SHAPES[shape_name], cell, args.threads)
+                key = f"{shape_name} {cell} {name}"
+                floor = cell_floor.get(key) or bench.cell_floor_ms(bench.CPU_SHAPES[shape_name], cell, args.threads,
+                                                                   bf16_gates=row_peak is bf16_peak)
                 cell_ms.update({(shape_name, cell, mode): ms for mode, ms in floor.items()})
                 cell_floor[key] = floor
         print(bench.report(rows, sgemm, kgemm, row_peak, cell_ms))

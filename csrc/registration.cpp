@@ -34,17 +34,19 @@ static PyObject* cpu_bf16_peak_gflops(PyObject*, PyObject* arg) {
   return PyFloat_FromDouble(g);
 }
 
-// (cell, hidden, lines, seconds) -> (forward, forward with saved slots, backward) ns per unit-step.
+// (cell, hidden, lines, seconds[, bf16_gates]) -> (forward, forward with saved slots, backward) ns per
+// unit-step; bf16_gates: the forward as bfloat16 ops run it.
 static PyObject* cpu_cell_step_ns(PyObject*, PyObject* args) {
   const char* cell = nullptr;
   long long hid = 0, lines = 0;
   double seconds = 0;
-  if (!PyArg_ParseTuple(args, "sLLd", &cell, &hid, &lines, &seconds)) return nullptr;
+  int bf16_gates = 0;
+  if (!PyArg_ParseTuple(args, "sLLd|p", &cell, &hid, &lines, &seconds, &bf16_gates)) return nullptr;
   brnnseg::cpu::CellStepNs r{};
   std::string err;
   Py_BEGIN_ALLOW_THREADS
   try {  // (caught inside: the GIL must be taken back before Python sees the error)
-    r = brnnseg::cpu::cell_step_ns(cell, hid, lines, seconds);
+    r = brnnseg::cpu::cell_step_ns(cell, hid, lines, seconds, bf16_gates != 0);
   } catch (const c10::Error& e) {
     err = e.what_without_backtrace();
   }

@@ -80,13 +80,15 @@ def bf16_peak_gflops(seconds: float = 0.3) -> float:
     return _C.cpu_bf16_peak_gflops(seconds) or float("nan")
 
 
-def cell_step_ns(cell: str, hidden: int, lines: int = 128, seconds: float = 0.15) -> tuple:
+def cell_step_ns(cell: str, hidden: int, lines: int = 128, seconds: float = 0.15, bf16_gates: bool = False) -> tuple:
     """(forward, forward saving for backward, backward) nanoseconds per hidden unit and time step of
     our CPU cell math (the vectorised gate math of one tile, cell_steps.h, in cache), one thread: the
-    second term of the roof beside the products (:func:`brnnseg_kernels.bench.cell_floor_ms`)."""
+    second term of the roof beside the products (:func:`brnnseg_kernels.bench.cell_floor_ms`).
+    ``bf16_gates``: the forward as bfloat16 ops with bfloat16 products run it (gate math to bfloat16's
+    accuracy, on AVX-512)."""
     from .. import _C
 
-    return _C.cpu_cell_step_ns(cell, int(hidden), int(lines), float(seconds))
+    return _C.cpu_cell_step_ns(cell, int(hidden), int(lines), float(seconds), bool(bf16_gates))
 
 
 @contextlib.contextmanager

@@ -81,16 +81,18 @@ def renet_flops(shape, cell: str) -> float:
     return sum(2 * 2 * p * g * (cin + hid) for cin in (c, 2 * hid))
 
 
-def cell_floor_ms(shape, cell: str, threads: int, rates=None) -> dict:
+def cell_floor_ms(shape, cell: str, threads: int, rates=None, bf16_gates: bool = False) -> dict:
     """The ReNet block's gate math alone, per mode, in ms on ``threads`` threads, at the measured rate of
     our cell steps (``cell_step_ns``): 2 sweeps x 2 directions x positions x hidden unit-steps, each at
     its forward (no_grad), forward-with-saving (fwd grad) or forward-with-saving + backward (fwd+bwd)
     cost. Beside the products at the peak it makes the "roof+cell" of ``bench``: the gate math runs on
-    the same vector units the products need, so the two add."""
+    the same vector units the products need, so the two add. ``bf16_gates``: at the rate of bfloat16 ops
+    (their gate math to bfloat16's accuracy)."""
     from .timing import cell_step_ns
 
     n, c, h, w, hid = shape
-    fwd, fwd_saved, bwd = rates or cell_step_ns(cell_table.family(cell).kernel(), hid, min(128, n * max(h, w)))
+    fwd, fwd_saved, bwd = rates or cell_step_ns(cell_table.family(cell).kernel(), hid, min(128, n * max(h, w)),
+                                                bf16_gates=bf16_gates)
     units = 4 * n * h * w * hid / max(1, threads) / 1e6
     return {"fwd no_grad": units * fwd, "fwd grad": units * fwd_saved, "fwd+bwd": units * (fwd_saved + bwd)}
 

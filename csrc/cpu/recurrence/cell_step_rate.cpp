@@ -41,7 +41,7 @@ double time_ns(Step step, Reset reset, int64_t units, double seconds) {
 }
 
 template <typename Cell>
-CellStepNs measure(int64_t hid, int64_t L, double seconds) {
+CellStepNs measure(int64_t hid, int64_t L, double seconds, bool bf16_gates) {
   constexpr int G = Cell::kGates, S = Cell::kSaved;
   const int64_t Gh = G * hid;
   std::vector<float> gx = filled(L * Gh, 1, 2.0f), gh = filled(L * Gh, 2, 1.0f);
@@ -49,6 +49,7 @@ CellStepNs measure(int64_t hid, int64_t L, double seconds) {
   const std::vector<float> h0 = filled(L * hid, 5, 0.9f), c0 = filled(L * hid, 6, 1.0f);
   std::vector<float> h_prev = h0, h_out(L * hid), c = c0, ws(L * S * hid);
   StepArgs<float> a{L, hid, gx.data(), gh.data(), bi.data(), bh.data(), nullptr};
+  a.bf16_gates = bf16_gates;
   auto reset_c = [&] { std::memcpy(c.data(), c0.data(), c.size() * sizeof(float)); };
   auto fwd = [&] { step_forward(Cell{}, a, h_out.data(), h_prev.data(), c.data()); };
   CellStepNs out{};
@@ -71,9 +72,9 @@ CellStepNs measure(int64_t hid, int64_t L, double seconds) {
 
 }  // namespace
 
-CellStepNs cell_step_ns(const std::string& cell, int64_t hid, int64_t lines, double seconds) {
+CellStepNs cell_step_ns(const std::string& cell, int64_t hid, int64_t lines, double seconds, bool bf16_gates) {
   TORCH_CHECK(hid > 0 && lines > 0, "cell_step_ns: hidden and lines must be positive, got ", hid, " and ", lines);
-  return CELL_SWITCH("cell_step_ns", cell, Cell, [&] { return measure<Cell>(hid, lines, seconds); });
+  return CELL_SWITCH("cell_step_ns", cell, Cell, [&] { return measure<Cell>(hid, lines, seconds, bf16_gates); });
 }
 
 }  // namespace brnnseg::cpu

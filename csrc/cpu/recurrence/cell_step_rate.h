@@ -14,8 +14,8 @@ struct CellStepNs {
   double backward;       // the backward step (gate gradients, bias sums)
 };
 
-// About `seconds` in all; `lines` rows of the tile, `hid` units; ValueError-style RuntimeError naming an
-// unknown cell.
-CellStepNs cell_step_ns(const std::string& cell, int64_t hid, int64_t lines, double seconds);
+// About `seconds` in all; `lines` rows of the tile, `hid` units; `bf16_gates`: the forward as bfloat16 ops
+// run it (StepArgs::bf16_gates). ValueError-style RuntimeError naming an unknown cell.
+CellStepNs cell_step_ns(const std::string& cell, int64_t hid, int64_t lines, double seconds, bool bf16_gates = false);
 
 }  // namespace brnnseg::cpu

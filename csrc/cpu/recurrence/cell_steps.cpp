@@ -3,6 +3,10 @@
 // units, once for every cell of BRNNSEG_FOR_EACH_CELL.
 #include "cpu/recurrence/cell_steps.h"
 
+#include <type_traits>
+
+#include "cpu/runtime/isa.h"
+
 // Float steps are built for AVX-512, AVX2 and baseline x86-64 and dispatched at load time (by CPU
 // features, so AMD and Intel both get their widest clone); the rest of the extension is compiled
 // for the baseline so the wheel runs anywhere. The ISA levels are those of cpu/runtime/isa.h, which
@@ -104,10 +108,33 @@ BRNNSEG_ALWAYS_INLINE void backward_dispatch(const StepBackwardArgs<T>& a, T* dh
 
 }  // namespace
 
+// The float forward: the generic step (target clones), or the AVX-512 one (cell_steps_avx512.cpp) for the
+// cells it covers where cpu/runtime/isa.h says AVX-512.
+#define BRNNSEG_DEFINE_GENERIC_FORWARD(C)                                                                    \
+  BRNNSEG_ISA_CLONES void step_forward_generic(C, const StepArgs<float>& a, float* h_out, const float* h_prev, \
+                                               float* c) {                                                      \
+    forward_dispatch<C>(a, h_out, h_prev, c);                                                                 \
+  }
+BRNNSEG_FOR_EACH_CELL(BRNNSEG_DEFINE_GENERIC_FORWARD)
+#undef BRNNSEG_DEFINE_GENERIC_FORWARD
+
+namespace {
+template <typename C>
+constexpr bool kVectorCell = std::is_same_v<C, GruCell> || std::is_same_v<C, LstmCell> ||
+                             std::is_same_v<C, RnnTanhCell>;  // BRNNSEG_FOR_EACH_VECTOR_CELL
+
+template <typename C>
+void float_forward(const StepArgs<float>& a, float* h_out, const float* h_prev, float* c) {
+  if constexpr (kVectorCell<C>) {
+    if (cpu_isa() == Isa::kAvx512) return step_forward_avx512(C{}, a, h_out, h_prev, c);
+  }
+  step_forward_generic(C{}, a, h_out, h_prev, c);
+}
+}  // namespace
+
 #define BRNNSEG_DEFINE_CELL_STEPS(C)                                                                           \
-  BRNNSEG_ISA_CLONES void step_forward(C, const StepArgs<float>& a, float* h_out, const float* h_prev,        \
-                                       float* c) {                                                             \
-    forward_dispatch<C>(a, h_out, h_prev, c);                                                                  \
+  void step_forward(C, const StepArgs<float>& a, float* h_out, const float* h_prev, float* c) {                \
+    float_forward<C>(a, h_out, h_prev, c);                                                                     \
   }                                                                                                            \
   void step_forward(C, const StepArgs<double>& a, double* h_out, const double* h_prev, double* c) {            \
     forward_dispatch<C>(a, h_out, h_prev, c);                                                                  \

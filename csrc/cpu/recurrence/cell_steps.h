@@ -16,6 +16,7 @@ struct StepArgs {
   const T* gh;                  // L x G*hid recurrent products W_hh h_prev (no bias)
   const T* b_ih; const T* b_hh; // G*hid biases (zeros when the layer has none)
   T* ws;                        // L x S*hid saved slots of this step, or nullptr (not training)
+  bool bf16_gates = false;      // a bfloat16 op: gate math to bfloat16's accuracy where that is faster
 };
 
 template <typename T>
@@ -42,5 +43,14 @@ struct StepBackwardArgs {
                      const double* c_prev, int64_t c_prev_ld);
 BRNNSEG_FOR_EACH_CELL(BRNNSEG_DECLARE_CELL_STEPS)
 #undef BRNNSEG_DECLARE_CELL_STEPS
+
+// The float forward step on AVX-512 (cell_steps_avx512.cpp): the cells with transcendental activations
+// (the ReLU cell has none; GCC vectorises it well). step_forward takes it where cpu/runtime/isa.h says
+// AVX-512 (BRNNSEG_CPU_ISA caps that); call it directly only on such a CPU.
+#define BRNNSEG_FOR_EACH_VECTOR_CELL(X) X(GruCell) X(LstmCell) X(RnnTanhCell)
+#define BRNNSEG_DECLARE_AVX512_STEP(C) \
+  void step_forward_avx512(C, const StepArgs<float>& a, float* h_out, const float* h_prev, float* c);
+BRNNSEG_FOR_EACH_VECTOR_CELL(BRNNSEG_DECLARE_AVX512_STEP)
+#undef BRNNSEG_DECLARE_AVX512_STEP
 
 }  // namespace brnnseg::cpu

@@ -120,6 +120,7 @@ T* forward_tile(const TileWeights<T>& w, int d, int64_t L, int64_t T_len, bool h
   const uint32_t* pih_d = w.w_ih_pairs ? w.w_ih_pairs + d * pairs_of(C) * Gh : nullptr;
   const uint32_t* phh_d = w.w_hh_pairs ? w.w_hh_pairs + d * pairs_of(hid) * Gh : nullptr;
   StepArgs<T> a{0, hid, s.gx.data(), s.gh.data(), w.b_ih + d * Gh, w.b_hh + d * Gh, nullptr};
+  a.bf16_gates = w.bf16();  // products in bfloat16: the gate math to bfloat16's accuracy (cell_steps.h)
   for (int64_t step = 0; step < T_len; ++step) {
     const int64_t t = step_time(d, step, T_len);
     const int64_t Lt = io.active(t);

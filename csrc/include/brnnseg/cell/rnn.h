@@ -20,7 +20,9 @@ struct ElmanCell {
     (void)h_prev;
     (void)c;
     const T a = ax[0] + ah[0];
-    const T h = kRelu ? (a > T(0) ? a : T(0)) : tanh_act(a);
+    T h;
+    if constexpr (kRelu) h = a > T(0) ? a : T(0);
+    else h = tanh_act(a);  // (not one ?: : the tanh cell also runs on a vector type, cpu/recurrence)
     saved[0] = h;
     return h;
   }

@@ -1,0 +1,170 @@
+// The forward cell step on AVX-512 (see cell_steps.h): the cell's own math (include/brnnseg/cell/*.h,
+// the code the CUDA kernels and the generic CPU step run) instantiated on a 16-lane vector type, with the
+// activations written for the vector unit:
+//   exp(y) = 2^k p(r): k = round(y log2 e) by vrndscaleps, r = y - k ln2 (two parts), p a polynomial,
+//   2^k applied by vscalefps (no clamp of k, no integer exponent arithmetic); y is clamped to [-88, 88];
+//   sigmoid(x) = 1 / (1 + exp(-x)), tanh(x) = 2 / (1 + exp(-2x)) - 1.
+// GCC's auto-vectorised generic step spends a third of its instructions on the clamps it if-converts into
+// compares, masks and blends, and on pointers it spills (perf of cpu-hires LSTM: 250 instructions per 16
+// units, against ~100 here).
+//
+// Two accuracies (StepArgs::bf16_gates):
+//   float32 ops: the generic step's polynomial (degree 6) and a true division: within a few ulp of it;
+//   bfloat16 ops: degree 4 and vrcp14ps without a Newton step: relative error ~1e-4 in each gate, 40x
+//     under bfloat16's rounding of the products and of the outputs (2^-9); the ops' parity tests against
+//     float64 hold it to 2x the error of PyTorch's own bfloat16.
+//
+// Built for AVX-512 as a whole file (the pragma comes before every include, so the cell templates
+// instantiated here carry the target too); the caller runs it only where cpu/runtime/isa.h says
+// AVX-512. Everything this file defines has internal linkage (the vector type lives in an anonymous
+// namespace, so do the cell templates' instantiations on it), so no AVX-512 copy of an inline function
+// can be chosen by the linker for code that runs on other CPUs.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
+#define BRNNSEG_CELL_AVX512 1
+#endif
+
+#include "cpu/recurrence/cell_steps.h"
+
+#if defined(BRNNSEG_CELL_AVX512)
+#include <immintrin.h>
+// GCC 12 reports its own _mm512_max_ps / _mm512_min_ps (an undefined pass-through operand) as maybe
+// uninitialised once they are inlined into the cell templates.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace brnnseg::cpu {
+namespace {
+
+// 16 float lanes. kBf16: the bfloat16-grade activations.
+template <bool kBf16>
+struct V {
+  __m512 v;
+  V() = default;
+  V(__m512 x) : v(x) {}
+  V(float f) : v(_mm512_set1_ps(f)) {}
+};
+template <bool B> inline V<B> operator+(V<B> a, V<B> b) { return _mm512_add_ps(a.v, b.v); }
+template <bool B> inline V<B> operator-(V<B> a, V<B> b) { return _mm512_sub_ps(a.v, b.v); }
+template <bool B> inline V<B> operator*(V<B> a, V<B> b) { return _mm512_mul_ps(a.v, b.v); }
+template <bool B> inline V<B> operator/(V<B> a, V<B> b) { return _mm512_div_ps(a.v, b.v); }
+
+// exp(s x) for a constant s. float32 ops: Cody-Waite reduction and the generic step's degree-6
+// polynomial (brnnseg/cell/activations.h). bfloat16 ops: t = s x log2(e) in one product, 2^(t - round(t))
+// by a degree-3 fit (relative error 7.5e-5; the product's rounding adds under 1e-5 where |t| < 126).
+template <bool kBf16>
+inline __m512 vexp_scaled(__m512 x, float s) {
+  if constexpr (kBf16) {
+    __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(s * 1.44269504088896341f));
+    t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-126.0f)), _mm512_set1_ps(126.0f));
+    const __m512 k = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, k);
+    __m512 p = _mm512_set1_ps(0.05517166480f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.24261112511f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.69326096773f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.99992805719f));
+    return _mm512_scalef_ps(p, k);
+  } else {
+    __m512 y = _mm512_mul_ps(x, _mm512_set1_ps(s));
+    y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-88.0f)), _mm512_set1_ps(88.0f));
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145751953125f), y);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428606765330187045e-06f), r);
+    __m512 p = _mm512_set1_ps(1.3981999507e-3f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, k);
+  }
+}
+
+// num / d for d >= 1 (d = 1 + exp(.)): a division, or for bfloat16 ops vrcp14ps (relative error < 2^-14).
+// A Newton step instead of the division measured slower: the FMA pipes are what the step is bound by.
+template <bool kBf16>
+inline __m512 vdiv(__m512 num, __m512 d) {
+  if constexpr (kBf16) return _mm512_mul_ps(num, _mm512_rcp14_ps(d));
+  else return _mm512_div_ps(num, d);
+}
+
+// Found by argument-dependent lookup from the cell templates (a better match than brnnseg::sigmoid<T>).
+template <bool B>
+inline V<B> sigmoid(V<B> x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return vdiv<B>(one, _mm512_add_ps(one, vexp_scaled<B>(x.v, -1.0f)));
+}
+template <bool B>
+inline V<B> tanh_act(V<B> x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_sub_ps(vdiv<B>(_mm512_set1_ps(2.0f), _mm512_add_ps(one, vexp_scaled<B>(x.v, -2.0f))), one);
+}
+
+template <bool B>
+inline V<B> load(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+template <bool B>
+inline void store(float* p, V<B> x, __mmask16 m) { _mm512_mask_storeu_ps(p, m, x.v); }
+
+template <typename Cell, bool kBf16, bool kSave>
+void forward_vec(const StepArgs<float>& a, float* __restrict h_out, const float* __restrict h_prev,
+                 float* __restrict c_state) {
+  using Vf = V<kBf16>;
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  const int64_t hid = a.hid;
+  for (int64_t l = 0; l < a.L; ++l) {
+    const float* gx = a.gx + l * G * hid;
+    const float* gh = a.gh + l * G * hid;
+    const float* hp = h_prev + l * hid;
+    float* ho = h_out + l * hid;
+    float* cs = Cell::kHasCellState ? c_state + l * hid : nullptr;
+    float* ws = kSave ? a.ws + l * S * hid : nullptr;
+    for (int64_t u = 0; u < hid; u += 16) {
+      const __mmask16 m = hid - u >= 16 ? __mmask16(0xffff) : __mmask16((1u << (hid - u)) - 1u);
+      Vf ax[G], ah[G], saved[S];
+      for (int g = 0; g < G; ++g) {
+        ax[g] = load<kBf16>(gx + g * hid + u, m) + load<kBf16>(a.b_ih + g * hid + u, m);
+        ah[g] = load<kBf16>(gh + g * hid + u, m) + load<kBf16>(a.b_hh + g * hid + u, m);
+      }
+      Vf c = Cell::kHasCellState ? load<kBf16>(cs + u, m) : Vf(0.0f);
+      const Vf h = Cell::forward(ax, ah, load<kBf16>(hp + u, m), c, saved);
+      store(ho + u, h, m);
+      if constexpr (Cell::kHasCellState) store(cs + u, c, m);
+      if constexpr (kSave)
+        for (int s = 0; s < S; ++s) store(ws + s * hid + u, saved[s], m);
+    }
+  }
+}
+
+template <typename Cell>
+void forward_dispatch(const StepArgs<float>& a, float* h_out, const float* h_prev, float* c) {
+  if (a.bf16_gates) {
+    if (a.ws) forward_vec<Cell, true, true>(a, h_out, h_prev, c);
+    else forward_vec<Cell, true, false>(a, h_out, h_prev, c);
+  } else {
+    if (a.ws) forward_vec<Cell, false, true>(a, h_out, h_prev, c);
+    else forward_vec<Cell, false, false>(a, h_out, h_prev, c);
+  }
+}
+
+}  // namespace
+
+#define BRNNSEG_DEFINE_AVX512_STEP(C)                                                                   \
+  void step_forward_avx512(C, const StepArgs<float>& a, float* h_out, const float* h_prev, float* c) { \
+    forward_dispatch<C>(a, h_out, h_prev, c);                                                          \
+  }
+BRNNSEG_FOR_EACH_VECTOR_CELL(BRNNSEG_DEFINE_AVX512_STEP)
+#undef BRNNSEG_DEFINE_AVX512_STEP
+
+}  // namespace brnnseg::cpu
+
+#else  // not GCC on x86-64: never called (vector_cell_steps() is false)
+
+namespace brnnseg::cpu {
+#define BRNNSEG_DEFINE_AVX512_STEP(C) \
+  void step_forward_avx512(C, const StepArgs<float>&, float*, const float*, float*) {}
+BRNNSEG_FOR_EACH_VECTOR_CELL(BRNNSEG_DEFINE_AVX512_STEP)
+#undef BRNNSEG_DEFINE_AVX512_STEP
+}  // namespace brnnseg::cpu
+
+#endif

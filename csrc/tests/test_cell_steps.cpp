@@ -1,0 +1,112 @@
+// The CPU forward cell steps against the same cells in double (cell_steps.h): the AVX-512 step at both
+// accuracies (float32 ops; bfloat16 ops, StepArgs::bf16_gates) and step_forward, the entry point (run a
+// second time by ctest under BRNNSEG_CPU_ISA=avx2, where it takes the generic step), every
+// cell it covers, hidden sizes with and without a 16-lane tail, saved slots, pre-activations from the
+// linear range to saturation (|a| up to 1e30). Stores past the last unit must not happen (a guard band
+// after every output is checked).
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <vector>
+
+#include "check.h"
+#include "cpu/recurrence/cell_steps.h"
+#include "cpu/runtime/isa.h"
+
+using namespace brnnseg;
+using namespace brnnseg::cpu;
+
+namespace {
+
+constexpr float kGuard = -12345.0f;
+constexpr int64_t kPad = 16;
+
+struct Rng {
+  uint64_t s;
+  double next() {  // uniform in [0, 1)
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<double>(s >> 11) / 9007199254740992.0;
+  }
+};
+
+template <typename Cell>
+void check_cell(const char* name, int64_t hid, bool vector, bool bf16_gates, bool save, double tol, uint64_t seed) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  const int64_t L = 5, Gh = G * hid;
+  Rng rng{seed};
+  std::vector<float> gx(L * Gh), gh(L * Gh), bi(Gh), bh(Gh), hp(L * hid), c0(L * hid);
+  for (int64_t i = 0; i < L * Gh; ++i) {
+    const double r = rng.next();
+    // mostly the working range, some saturation, a few far beyond exp's range
+    gx[i] = r < 0.04 ? (r < 0.02 ? 1e30f : -1e30f) : r < 0.1 ? (r < 0.07 ? 95.0f : -95.0f)
+                                                              : static_cast<float>(24 * rng.next() - 12);
+    gh[i] = static_cast<float>(4 * rng.next() - 2);
+  }
+  for (auto& v : bi) v = static_cast<float>(rng.next() - 0.5);
+  for (auto& v : bh) v = static_cast<float>(rng.next() - 0.5);
+  for (auto& v : hp) v = static_cast<float>(2 * rng.next() - 1);
+  for (auto& v : c0) v = static_cast<float>(6 * rng.next() - 3);
+
+  std::vector<float> h(L * hid + kPad, kGuard), c(c0), ws(L * S * hid + kPad, kGuard);
+  c.resize(L * hid + kPad, kGuard);
+  StepArgs<float> a{L, hid, gx.data(), gh.data(), bi.data(), bh.data(), save ? ws.data() : nullptr};
+  a.bf16_gates = bf16_gates;
+  if (vector) step_forward_avx512(Cell{}, a, h.data(), hp.data(), c.data());
+  else step_forward(Cell{}, a, h.data(), hp.data(), c.data());
+
+  std::vector<double> gxd(gx.begin(), gx.end()), ghd(gh.begin(), gh.end()), bid(bi.begin(), bi.end()),
+      bhd(bh.begin(), bh.end()), hpd(hp.begin(), hp.end()), cd(c0.begin(), c0.end()), hd(L * hid), wsd(L * S * hid);
+  StepArgs<double> ad{L, hid, gxd.data(), ghd.data(), bid.data(), bhd.data(), wsd.data()};
+  step_forward(Cell{}, ad, hd.data(), hpd.data(), cd.data());
+
+  double worst = 0;
+  auto compare = [&](const float* got, const double* want, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      const double err = std::fabs(got[i] - want[i]) / (1.0 + std::fabs(want[i]));
+      if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err;
+    }
+  };
+  compare(h.data(), hd.data(), L * hid);
+  if (Cell::kHasCellState) compare(c.data(), cd.data(), L * hid);
+  if (save) compare(ws.data(), wsd.data(), L * S * hid);
+  const char* path = vector ? (bf16_gates ? "avx512 bf16-grade" : "avx512 float32") : "step_forward";
+  CHECK(worst <= tol, "%s %s hid %lld save %d: error %.3g over %.3g", name, path, (long long)hid, (int)save, worst,
+        tol);
+  bool guard_ok = true;
+  for (int64_t i = 0; i < kPad; ++i) {
+    guard_ok &= h[L * hid + i] == kGuard;
+    if (Cell::kHasCellState) guard_ok &= c[L * hid + i] == kGuard;
+    if (save) guard_ok &= ws[L * S * hid + i] == kGuard;
+  }
+  CHECK(guard_ok, "%s %s hid %lld: a store past the last unit", name, path, (long long)hid);
+}
+
+template <typename Cell>
+void check_all(const char* name, bool avx512) {
+  uint64_t seed = 1;
+  for (int64_t hid : {1, 7, 16, 21, 40, 64}) {
+    for (bool save : {false, true}) {
+      check_cell<Cell>(name, hid, false, false, save, 2e-6, ++seed);
+      if (!avx512) continue;
+      check_cell<Cell>(name, hid, true, false, save, 2e-6, ++seed);
+      // bfloat16 grade: 7.5e-5 (polynomial) + 6e-5 (vrcp14ps) per activation, through the cell's products
+      check_cell<Cell>(name, hid, true, true, save, 4e-4, ++seed);
+    }
+  }
+}
+
+}  // namespace
+
+int main() {
+  const bool avx512 = detected_isa() == Isa::kAvx512;
+  if (!avx512) std::printf("SKIP the AVX-512 steps: this CPU has no AVX-512 (the generic step is checked)\n");
+  check_all<GruCell>("gru", avx512);
+  check_all<LstmCell>("lstm", avx512);
+  check_all<RnnTanhCell>("rnn_tanh", avx512);
+  if (failures) {
+    std::printf("%d failures\n", failures);
+    return 1;
+  }
+  std::printf("cell steps: all checks passed\n");
+  return 0;
+}
