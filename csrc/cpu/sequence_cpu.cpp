@@ -277,7 +277,7 @@ std::vector<Tensor> sequence_backward(const OptTensor& grad_y_in, const OptTenso
   Tensor dh0 = at::empty({D, B, hid}, x.options());
   Tensor dc0 = Cell::kHasCellState ? at::empty({D, B, hid}, x.options()) : at::empty({0}, x.options());
   const WeightGradParts wgrad{D, Gh, C, hid};
-  Tensor parts = wgrad.zeros(plan.items(), x.options());
+  Tensor parts = wgrad.empty(plan.items(), x.options());  // each work item zeroes its own
 
   const RowMap xm(x, batch_first), ym(y, batch_first), dxm(dx_dir[0], batch_first);
   const RowMap gm = grad_y.has_value() ? RowMap(*grad_y, batch_first) : ym;
@@ -314,6 +314,7 @@ std::vector<Tensor> sequence_backward(const OptTensor& grad_y_in, const OptTenso
       const int64_t j0 = (item / D) * tile, L = std::min(tile, B - j0);
       load_state(ghn_p, plan, d, j0, L, hid, scratch.dh.data());
       if (Cell::kHasCellState) load_state(gcn_p, plan, d, j0, L, hid, scratch.dc.data());
+      wgrad.zero(parts_p, item);
       const auto [dwih, dwhh, dbih, dbhh] = wgrad.slots(parts_p, item);
       SequenceBackwardIO<Cell, T> io{plan, xm, ym, gm, dxm, x_p, y_p, gy_p, ws_p, h0_p, c0_p,
                                      dx_p + d * dx_dir_stride, dxrows.data(), C, hid, S, j0, L, d};
@@ -323,7 +324,7 @@ std::vector<Tensor> sequence_backward(const OptTensor& grad_y_in, const OptTenso
     }
   });
 
-  auto [dw_ih, dw_hh, db_ih, db_hh] = wgrad.sum(parts, Cell::kSplitRecurrentGrad);
+  auto [dw_ih, dw_hh, db_ih, db_hh] = wgrad.sum(parts, Cell::kSplitRecurrentGrad, parts.scalar_type());
   Tensor dx = D == 2 ? dx_dir[0].add_(dx_dir[1]) : dx_dir[0];
   return {dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0};
 }

@@ -289,7 +289,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
   const auto t_opts = x.options().dtype(c10::CppTypeToScalarType<T>::value);
   Tensor dx_dir = empty_large({2, N, H, W, C}, t_opts);
   const WeightGradParts wgrad{2, Gh, C, hid};
-  Tensor parts = wgrad.zeros(tiling.items, t_opts);
+  Tensor parts = wgrad.empty(tiling.items, t_opts);
+  if (geo.positions() == 0) parts.zero_();  // (no work item runs to zero its part)
 
   if (geo.positions() > 0) {
     // y and grad_y position-major: each step's rows are then contiguous copies. Gathered in place from
@@ -320,6 +321,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
         const auto [d, l0, L] = tiling.item(item);
         std::fill(scratch.dh.begin(), scratch.dh.end(), T(0));
         std::fill(scratch.dc.begin(), scratch.dc.end(), T(0));
+        wgrad.zero(parts_p, item);
         const auto [dwih, dwhh, dbih, dbhh] = wgrad.slots(parts_p, item);
         SweepBackwardIO<Cell, T, Y> io{geo, ymap, gmap, x_p, y_p, gy_p, ws_p, dx_p + d * P * C,
                                     C, hid, S, T_len, lines, l0, L, d};
@@ -328,7 +330,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
     });
   }
 
-  auto [dw_ih, dw_hh, db_ih, db_hh] = wgrad.sum(parts, Cell::kSplitRecurrentGrad);
+  // in the op's dtype (bfloat16 ops: cast once, from the parts)
+  auto [dw_ih, dw_hh, db_ih, db_hh] = wgrad.sum(parts, Cell::kSplitRecurrentGrad, c10::CppTypeToScalarType<Y>::value);
   // dx = both directions' parts, in the memory format of x.
   Tensor dx = empty_large(x.sizes(), x.options(),
                           is_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
