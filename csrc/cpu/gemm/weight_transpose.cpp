@@ -144,6 +144,41 @@ at::Tensor weight_pairs(const at::Tensor& w, bool transposed) {
   TORCH_CHECK(w.dim() == 3, "weight_pairs: expected (D, R, K), got ", w.sizes());
   const int64_t D = w.size(0), R = w.size(1), K = w.size(2);
   at::Tensor b = w.to(at::kBFloat16);  // round to nearest even, as the per-step operands
+  // Even sizes (every benchmark shape) by the blocked transpose / a row interleave on every thread; the
+  // ATen copies below took ~0.1 ms of a 1.9 ms cpu-wide bfloat16 LSTM forward (transposed int32 views).
+  if (transposed && K % 2 == 0) {
+    // The pairs of row r are the int32 view of its values: (D, R, K2) -> (D, K2, R), a 32-bit transpose.
+    const at::Tensor src = b.contiguous();
+    const int64_t K2 = K / 2, blocks = (R + kBlock - 1) / kBlock;
+    at::Tensor out = empty_large({D, K2, R}, w.options().dtype(at::kInt));
+    const uint32_t* s = static_cast<const uint32_t*>(src.data_ptr());
+    uint32_t* o = static_cast<uint32_t*>(out.data_ptr());
+    at::parallel_for(0, D * blocks, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, kBlock * K2)),
+                     [&](int64_t b0, int64_t b1) {
+                       for (int64_t t = b0; t < b1; ++t) {
+                         const int64_t d = t / blocks, r0 = (t % blocks) * kBlock;
+                         transpose_rows(s + d * R * K2, o + d * K2 * R, R, K2, r0, std::min(r0 + kBlock, R));
+                       }
+                     });
+    return out;
+  }
+  if (!transposed && R % 2 == 0) {
+    // Rows 2j and 2j+1 interleaved: pair (j, k) = row 2j's value in the low half, row 2j+1's in the high.
+    const at::Tensor src = b.contiguous();
+    const int64_t R2 = R / 2;
+    at::Tensor out = empty_large({D, R2, K}, w.options().dtype(at::kInt));
+    const uint16_t* s = static_cast<const uint16_t*>(src.data_ptr());
+    uint32_t* o = static_cast<uint32_t*>(out.data_ptr());
+    at::parallel_for(0, D * R2, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, K)), [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) {
+        const uint16_t* lo = s + 2 * j * K;
+        const uint16_t* hi = lo + K;
+        uint32_t* dst = o + j * K;
+        for (int64_t k = 0; k < K; ++k) dst[k] = static_cast<uint32_t>(lo[k]) | (static_cast<uint32_t>(hi[k]) << 16);
+      }
+    });
+    return out;
+  }
   if (transposed) {
     if (K % 2) b = at::constant_pad_nd(b, {0, 1});
     // (D, R, K2) pairs -> (D, K2, R)
