@@ -1,9 +1,9 @@
-// The CPU forward cell steps against the same cells in double (cell_steps.h): the AVX-512 step at both
+// The CPU cell steps against the same cells in double (cell_steps.h): the AVX-512 forward at both
 // accuracies (float32 ops; bfloat16 ops, StepArgs::bf16_gates) and step_forward, the entry point (run a
 // second time by ctest under BRNNSEG_CPU_ISA=avx2, where it takes the generic step), every
 // cell it covers, hidden sizes with and without a 16-lane tail, saved slots, pre-activations from the
-// linear range to saturation (|a| up to 1e30). Stores past the last unit must not happen (a guard band
-// after every output is checked).
+// linear range to saturation (|a| up to 1e30); the AVX-512 backward and step_backward likewise. Stores
+// past the last unit must not happen (a guard band after every output is checked).
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -81,6 +81,44 @@ void check_cell(const char* name, int64_t hid, bool vector, bool bf16_gates, boo
   CHECK(guard_ok, "%s %s hid %lld: a store past the last unit", name, path, (long long)hid);
 }
 
+// The backward step: gate gradients, bias sums (onto non-zero sums), dh and dc, with and without c_prev.
+template <typename Cell>
+void check_backward(const char* name, int64_t hid, bool vector, bool first, uint64_t seed) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  const int64_t L = 5, Gh = G * hid;
+  Rng rng{seed};
+  auto fill = [&](std::vector<float>& v, double lo, double hi) {
+    for (auto& x : v) x = static_cast<float>(lo + (hi - lo) * rng.next());
+  };
+  std::vector<float> ws(L * S * hid), dh(L * hid), dc(L * hid), hp(L * hid), cp(L * hid), dbi(Gh), dbh(Gh);
+  fill(ws, 0.02, 0.98);  // gates in (0, 1); the tanh slots and c are in range too
+  fill(dh, -1, 1), fill(dc, -1, 1), fill(hp, -1, 1), fill(cp, -3, 3), fill(dbi, -1, 1), fill(dbh, -1, 1);
+  std::vector<double> wsd(ws.begin(), ws.end()), dhd(dh.begin(), dh.end()), dcd(dc.begin(), dc.end()),
+      hpd(hp.begin(), hp.end()), cpd(cp.begin(), cp.end()), dbid(dbi.begin(), dbi.end()), dbhd(dbh.begin(), dbh.end()),
+      dgxd(L * Gh), dghd(L * Gh);
+  std::vector<float> dgx(L * Gh + kPad, kGuard), dgh(L * Gh + kPad, kGuard);
+  const StepBackwardArgs<float> b{L, hid, ws.data(), dgx.data(), dgh.data(), dbi.data(), dbh.data()};
+  const StepBackwardArgs<double> bd{L, hid, wsd.data(), dgxd.data(), dghd.data(), dbid.data(), dbhd.data()};
+  if (vector) step_backward_avx512(Cell{}, b, dh.data(), dc.data(), hp.data(), first ? nullptr : cp.data(), hid);
+  else step_backward(Cell{}, b, dh.data(), dc.data(), hp.data(), first ? nullptr : cp.data(), hid);
+  step_backward(Cell{}, bd, dhd.data(), dcd.data(), hpd.data(), first ? nullptr : cpd.data(), hid);
+  double worst = 0;
+  auto compare = [&](const std::vector<float>& got, const std::vector<double>& want, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      const double err = std::fabs(got[i] - want[i]) / (1.0 + std::fabs(want[i]));
+      if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err;
+    }
+  };
+  compare(dgx, dgxd, L * Gh), compare(dbi, dbid, Gh), compare(dh, dhd, L * hid);
+  if (Cell::kSplitRecurrentGrad) compare(dgh, dghd, L * Gh), compare(dbh, dbhd, Gh);
+  if (Cell::kHasCellState) compare(dc, dcd, L * hid);
+  const char* path = vector ? "avx512 backward" : "step_backward";
+  CHECK(worst <= 2e-6, "%s %s hid %lld first %d: error %.3g", name, path, (long long)hid, (int)first, worst);
+  bool guard_ok = true;
+  for (int64_t i = 0; i < kPad; ++i) guard_ok &= dgx[L * Gh + i] == kGuard && dgh[L * Gh + i] == kGuard;
+  CHECK(guard_ok, "%s %s hid %lld: a store past the last gate", name, path, (long long)hid);
+}
+
 template <typename Cell>
 void check_all(const char* name, bool avx512) {
   uint64_t seed = 1;
@@ -91,6 +129,10 @@ void check_all(const char* name, bool avx512) {
       check_cell<Cell>(name, hid, true, false, save, 2e-6, ++seed);
       // bfloat16 grade: 7.5e-5 (polynomial) + 6e-5 (vrcp14ps) per activation, through the cell's products
       check_cell<Cell>(name, hid, true, true, save, 4e-4, ++seed);
+    }
+    for (bool first : {false, true}) {
+      check_backward<Cell>(name, hid, false, first, ++seed);
+      if (avx512) check_backward<Cell>(name, hid, true, first, ++seed);
     }
   }
 }

@@ -108,8 +108,8 @@ BRNNSEG_ALWAYS_INLINE void backward_dispatch(const StepBackwardArgs<T>& a, T* dh
 
 }  // namespace
 
-// The float forward: the generic step (target clones), or the AVX-512 one (cell_steps_avx512.cpp) for the
-// cells it covers where cpu/runtime/isa.h says AVX-512.
+// The float steps: the generic ones (target clones), or the AVX-512 ones (cell_steps_avx512.cpp) for the
+// cells they cover where cpu/runtime/isa.h says AVX-512.
 #define BRNNSEG_DEFINE_GENERIC_FORWARD(C)                                                                    \
   BRNNSEG_ISA_CLONES void step_forward_generic(C, const StepArgs<float>& a, float* h_out, const float* h_prev, \
                                                float* c) {                                                      \
@@ -117,6 +117,13 @@ BRNNSEG_ALWAYS_INLINE void backward_dispatch(const StepBackwardArgs<T>& a, T* dh
   }
 BRNNSEG_FOR_EACH_CELL(BRNNSEG_DEFINE_GENERIC_FORWARD)
 #undef BRNNSEG_DEFINE_GENERIC_FORWARD
+#define BRNNSEG_DEFINE_GENERIC_BACKWARD(C)                                                                   \
+  BRNNSEG_ISA_CLONES void step_backward_generic(C, const StepBackwardArgs<float>& a, float* dh, float* dc,   \
+                                                const float* h_prev, const float* c_prev, int64_t c_prev_ld) { \
+    backward_dispatch<C>(a, dh, dc, h_prev, c_prev, c_prev_ld);                                              \
+  }
+BRNNSEG_FOR_EACH_CELL(BRNNSEG_DEFINE_GENERIC_BACKWARD)
+#undef BRNNSEG_DEFINE_GENERIC_BACKWARD
 
 namespace {
 template <typename C>
@@ -130,6 +137,15 @@ void float_forward(const StepArgs<float>& a, float* h_out, const float* h_prev, 
   }
   step_forward_generic(C{}, a, h_out, h_prev, c);
 }
+
+template <typename C>
+void float_backward(const StepBackwardArgs<float>& a, float* dh, float* dc, const float* h_prev, const float* c_prev,
+                    int64_t c_prev_ld) {
+  if constexpr (kVectorCell<C>) {
+    if (cpu_isa() == Isa::kAvx512) return step_backward_avx512(C{}, a, dh, dc, h_prev, c_prev, c_prev_ld);
+  }
+  step_backward_generic(C{}, a, dh, dc, h_prev, c_prev, c_prev_ld);
+}
 }  // namespace
 
 #define BRNNSEG_DEFINE_CELL_STEPS(C)                                                                           \
@@ -139,9 +155,9 @@ void float_forward(const StepArgs<float>& a, float* h_out, const float* h_prev, 
   void step_forward(C, const StepArgs<double>& a, double* h_out, const double* h_prev, double* c) {            \
     forward_dispatch<C>(a, h_out, h_prev, c);                                                                  \
   }                                                                                                            \
-  BRNNSEG_ISA_CLONES void step_backward(C, const StepBackwardArgs<float>& a, float* dh, float* dc,            \
-                                        const float* h_prev, const float* c_prev, int64_t c_prev_ld) {        \
-    backward_dispatch<C>(a, dh, dc, h_prev, c_prev, c_prev_ld);                                                \
+  void step_backward(C, const StepBackwardArgs<float>& a, float* dh, float* dc, const float* h_prev,           \
+                     const float* c_prev, int64_t c_prev_ld) {                                                 \
+    float_backward<C>(a, dh, dc, h_prev, c_prev, c_prev_ld);                                                   \
   }                                                                                                            \
   void step_backward(C, const StepBackwardArgs<double>& a, double* dh, double* dc, const double* h_prev,       \
                      const double* c_prev, int64_t c_prev_ld) {                                                \

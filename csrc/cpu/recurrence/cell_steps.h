@@ -44,12 +44,14 @@ struct StepBackwardArgs {
 BRNNSEG_FOR_EACH_CELL(BRNNSEG_DECLARE_CELL_STEPS)
 #undef BRNNSEG_DECLARE_CELL_STEPS
 
-// The float forward step on AVX-512 (cell_steps_avx512.cpp): the cells with transcendental activations
+// The float forward and backward steps on AVX-512 (cell_steps_avx512.cpp): the cells with transcendental activations
 // (the ReLU cell has none; GCC vectorises it well). step_forward takes it where cpu/runtime/isa.h says
 // AVX-512 (BRNNSEG_CPU_ISA caps that); call it directly only on such a CPU.
 #define BRNNSEG_FOR_EACH_VECTOR_CELL(X) X(GruCell) X(LstmCell) X(RnnTanhCell)
-#define BRNNSEG_DECLARE_AVX512_STEP(C) \
-  void step_forward_avx512(C, const StepArgs<float>& a, float* h_out, const float* h_prev, float* c);
+#define BRNNSEG_DECLARE_AVX512_STEP(C)                                                                  \
+  void step_forward_avx512(C, const StepArgs<float>& a, float* h_out, const float* h_prev, float* c); \
+  void step_backward_avx512(C, const StepBackwardArgs<float>& a, float* dh, float* dc, const float* h_prev, \
+                            const float* c_prev, int64_t c_prev_ld);
 BRNNSEG_FOR_EACH_VECTOR_CELL(BRNNSEG_DECLARE_AVX512_STEP)
 #undef BRNNSEG_DECLARE_AVX512_STEP
 

@@ -136,6 +136,45 @@ void forward_vec(const StepArgs<float>& a, float* __restrict h_out, const float*
   }
 }
 
+// The backward step: the cell's backward on vectors (float32 accuracy; only the LSTM has an activation,
+// tanh of the saved cell state). As the generic step: dgx (and dgh where the cell splits) written, the
+// bias gradients accumulated, dh replaced by the part that bypasses W_hh, dc by dc_prev.
+template <typename Cell, bool kFirst>
+void backward_vec(const StepBackwardArgs<float>& a, float* __restrict dh, float* __restrict dc,
+                  const float* __restrict h_prev, const float* __restrict c_prev, int64_t c_prev_ld) {
+  using Vf = V<false>;
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
+  constexpr bool kSplit = Cell::kSplitRecurrentGrad;
+  const int64_t hid = a.hid;
+  for (int64_t l = 0; l < a.L; ++l) {
+    const float* ws = a.ws + l * S * hid;
+    const float* hp = h_prev + l * hid;
+    const float* cp = (Cell::kHasCellState && !kFirst) ? c_prev + l * c_prev_ld : nullptr;
+    float* dgx = a.dgx + l * G * hid;
+    float* dgh = kSplit ? a.dgh + l * G * hid : nullptr;
+    float* dhl = dh + l * hid;
+    float* dcl = Cell::kHasCellState ? dc + l * hid : nullptr;
+    for (int64_t u = 0; u < hid; u += 16) {
+      const __mmask16 m = hid - u >= 16 ? __mmask16(0xffff) : __mmask16((1u << (hid - u)) - 1u);
+      Vf saved[S], dax[G], dah[G], dh_direct;
+      for (int s = 0; s < S; ++s) saved[s] = load<false>(ws + s * hid + u, m);
+      Vf dcv = Cell::kHasCellState ? load<false>(dcl + u, m) : Vf(0.0f);
+      const Vf cpv = (Cell::kHasCellState && !kFirst) ? load<false>(cp + u, m) : Vf(0.0f);
+      Cell::backward(load<false>(dhl + u, m), dcv, saved, load<false>(hp + u, m), cpv, dax, dah, dh_direct);
+      for (int g = 0; g < G; ++g) {
+        store(dgx + g * hid + u, dax[g], m);
+        store(a.db_ih + g * hid + u, load<false>(a.db_ih + g * hid + u, m) + dax[g], m);
+        if constexpr (kSplit) {
+          store(dgh + g * hid + u, dah[g], m);
+          store(a.db_hh + g * hid + u, load<false>(a.db_hh + g * hid + u, m) + dah[g], m);
+        }
+      }
+      store(dhl + u, dh_direct, m);
+      if constexpr (Cell::kHasCellState) store(dcl + u, dcv, m);
+    }
+  }
+}
+
 template <typename Cell>
 void forward_dispatch(const StepArgs<float>& a, float* h_out, const float* h_prev, float* c) {
   if (a.bf16_gates) {
@@ -149,9 +188,14 @@ void forward_dispatch(const StepArgs<float>& a, float* h_out, const float* h_pre
 
 }  // namespace
 
-#define BRNNSEG_DEFINE_AVX512_STEP(C)                                                                   \
-  void step_forward_avx512(C, const StepArgs<float>& a, float* h_out, const float* h_prev, float* c) { \
-    forward_dispatch<C>(a, h_out, h_prev, c);                                                          \
+#define BRNNSEG_DEFINE_AVX512_STEP(C)                                                                       \
+  void step_forward_avx512(C, const StepArgs<float>& a, float* h_out, const float* h_prev, float* c) {     \
+    forward_dispatch<C>(a, h_out, h_prev, c);                                                              \
+  }                                                                                                        \
+  void step_backward_avx512(C, const StepBackwardArgs<float>& a, float* dh, float* dc, const float* h_prev, \
+                            const float* c_prev, int64_t c_prev_ld) {                                      \
+    if (c_prev) backward_vec<C, false>(a, dh, dc, h_prev, c_prev, c_prev_ld);                              \
+    else backward_vec<C, true>(a, dh, dc, h_prev, c_prev, c_prev_ld);                                      \
   }
 BRNNSEG_FOR_EACH_VECTOR_CELL(BRNNSEG_DEFINE_AVX512_STEP)
 #undef BRNNSEG_DEFINE_AVX512_STEP
@@ -161,8 +205,9 @@ BRNNSEG_FOR_EACH_VECTOR_CELL(BRNNSEG_DEFINE_AVX512_STEP)
 #else  // not GCC on x86-64: never called (vector_cell_steps() is false)
 
 namespace brnnseg::cpu {
-#define BRNNSEG_DEFINE_AVX512_STEP(C) \
-  void step_forward_avx512(C, const StepArgs<float>&, float*, const float*, float*) {}
+#define BRNNSEG_DEFINE_AVX512_STEP(C)                                                 \
+  void step_forward_avx512(C, const StepArgs<float>&, float*, const float*, float*) {} \
+  void step_backward_avx512(C, const StepBackwardArgs<float>&, float*, float*, const float*, const float*, int64_t) {}
 BRNNSEG_FOR_EACH_VECTOR_CELL(BRNNSEG_DEFINE_AVX512_STEP)
 #undef BRNNSEG_DEFINE_AVX512_STEP
 }  // namespace brnnseg::cpu

@@ -34,7 +34,8 @@ struct ElmanCell {
     (void)h_prev;
     (void)c_prev;
     const T h = saved[0];
-    dax[0] = dah[0] = kRelu ? (h > T(0) ? dh : T(0)) : dh * (T(1) - h * h);
+    if constexpr (kRelu) dax[0] = dah[0] = h > T(0) ? dh : T(0);
+    else dax[0] = dah[0] = dh * (T(1) - h * h);
     dh_direct = T(0);
   }
 };
