@@ -47,9 +47,12 @@ void check_cell(const char* name, int64_t hid, bool vector, bool bf16_gates, boo
   for (auto& v : hp) v = static_cast<float>(2 * rng.next() - 1);
   for (auto& v : c0) v = static_cast<float>(6 * rng.next() - 3);
 
-  std::vector<float> h(L * hid + kPad, kGuard), c(c0), ws(L * S * hid + kPad, kGuard);
+  std::vector<float> h(L * hid + kPad, kGuard), c(c0), ws_buf(L * S * hid + kPad + 16, kGuard);
   c.resize(L * hid + kPad, kGuard);
-  StepArgs<float> a{L, hid, gx.data(), gh.data(), bi.data(), bh.data(), save ? ws.data() : nullptr};
+  // 64-byte aligned, as the kernels' workspaces are: the AVX-512 step streams whole aligned vectors there
+  float* ws = ws_buf.data();
+  while (reinterpret_cast<uintptr_t>(ws) & 63) ++ws;
+  StepArgs<float> a{L, hid, gx.data(), gh.data(), bi.data(), bh.data(), save ? ws : nullptr};
   a.bf16_gates = bf16_gates;
   if (vector) step_forward_avx512(Cell{}, a, h.data(), hp.data(), c.data());
   else step_forward(Cell{}, a, h.data(), hp.data(), c.data());
@@ -68,7 +71,7 @@ void check_cell(const char* name, int64_t hid, bool vector, bool bf16_gates, boo
   };
   compare(h.data(), hd.data(), L * hid);
   if (Cell::kHasCellState) compare(c.data(), cd.data(), L * hid);
-  if (save) compare(ws.data(), wsd.data(), L * S * hid);
+  if (save) compare(ws, wsd.data(), L * S * hid);
   const char* path = vector ? (bf16_gates ? "avx512 bf16-grade" : "avx512 float32") : "step_forward";
   CHECK(worst <= tol, "%s %s hid %lld save %d: error %.3g over %.3g", name, path, (long long)hid, (int)save, worst,
         tol);

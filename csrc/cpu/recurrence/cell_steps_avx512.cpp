@@ -28,6 +28,8 @@
 
 #if defined(BRNNSEG_CELL_AVX512)
 #include <immintrin.h>
+
+#include <cstdint>
 // GCC 12 reports its own _mm512_max_ps / _mm512_min_ps (an undefined pass-through operand) as maybe
 // uninitialised once they are inlined into the cell templates.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -112,6 +114,10 @@ void forward_vec(const StepArgs<float>& a, float* __restrict h_out, const float*
   using Vf = V<kBf16>;
   constexpr int G = Cell::kGates, S = Cell::kSaved;
   const int64_t hid = a.hid;
+  // The saved slots are written once here and read back only by the backward, long after (megabytes per
+  // sweep, out of every cache by then): non-temporal stores skip the read-for-ownership of each line.
+  // Whole aligned vectors only (the ws rows of a tile are 64-byte aligned when hid is a multiple of 16).
+  const bool stream = kSave && hid % 16 == 0 && (reinterpret_cast<uintptr_t>(a.ws) & 63) == 0;
   for (int64_t l = 0; l < a.L; ++l) {
     const float* gx = a.gx + l * G * hid;
     const float* gh = a.gh + l * G * hid;
@@ -130,9 +136,17 @@ void forward_vec(const StepArgs<float>& a, float* __restrict h_out, const float*
       const Vf h = Cell::forward(ax, ah, load<kBf16>(hp + u, m), c, saved);
       store(ho + u, h, m);
       if constexpr (Cell::kHasCellState) store(cs + u, c, m);
-      if constexpr (kSave)
-        for (int s = 0; s < S; ++s) store(ws + s * hid + u, saved[s], m);
+      if constexpr (kSave) {
+        if (stream) {
+          for (int s = 0; s < S; ++s) _mm512_stream_ps(ws + s * hid + u, saved[s].v);
+        } else {
+          for (int s = 0; s < S; ++s) store(ws + s * hid + u, saved[s], m);
+        }
+      }
     }
+  }
+  if constexpr (kSave) {
+    if (stream) _mm_sfence();  // the streamed lines are ordered before anything after the step
   }
 }
 
