@@ -121,32 +121,28 @@ class Row:
 
 
 @contextlib.contextmanager
-def forced_cuda_backend(backend: str):
-    """BRNNSEG_CUDA_BACKEND=backend inside the block (the benchmark's our-kernel rows)."""
-    old = os.environ.get("BRNNSEG_CUDA_BACKEND")
-    os.environ["BRNNSEG_CUDA_BACKEND"] = backend
+def _env(name: str, value: str):
+    """os.environ[name] = value inside the block, restored (or removed) after."""
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("BRNNSEG_CUDA_BACKEND", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["BRNNSEG_CUDA_BACKEND"] = old
+            os.environ[name] = old
 
 
-@contextlib.contextmanager
+def forced_cuda_backend(backend: str):
+    """BRNNSEG_CUDA_BACKEND=backend inside the block (the benchmark's our-kernel rows)."""
+    return _env("BRNNSEG_CUDA_BACKEND", backend)
+
+
 def forced_loss_backend(backend: str):
     """BRNNSEG_CUDA_LOSS=backend inside the block (the loss benchmark's fused rows: the fused op whatever
     the table says, so that the benchmark measures it)."""
-    old = os.environ.get("BRNNSEG_CUDA_LOSS")
-    os.environ["BRNNSEG_CUDA_LOSS"] = backend
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("BRNNSEG_CUDA_LOSS", None)
-        else:
-            os.environ["BRNNSEG_CUDA_LOSS"] = old
+    return _env("BRNNSEG_CUDA_LOSS", backend)
 
 
 def time_module(module, x, flops: float, key, device: str, repeat: int, memory: bool) -> List[Row]:

@@ -50,6 +50,20 @@ int64_t chunk_of(int64_t len, int64_t width) {
   return std::max<int64_t>(kRows, std::min(len, kTask / std::max<int64_t>(1, width)) / kRows * kRows);
 }
 
+// dst[d] = src[d]^T for d < D, each (R x K) row-major: blocks of kBlock rows on every thread (a few
+// blocks a task, so small weights stay on one thread).
+template <typename E>
+void transpose_each(const E* src, E* dst, int64_t D, int64_t R, int64_t K) {
+  const int64_t blocks = (R + kBlock - 1) / kBlock;
+  at::parallel_for(0, D * blocks, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, kBlock * K)),
+                   [&](int64_t b0, int64_t b1) {
+                     for (int64_t b = b0; b < b1; ++b) {
+                       const int64_t d = b / blocks, r0 = (b % blocks) * kBlock;
+                       transpose_rows(src + d * R * K, dst + d * K * R, R, K, r0, std::min(r0 + kBlock, R));
+                     }
+                   });
+}
+
 }  // namespace
 
 at::Tensor transposed_weights(const at::Tensor& w_in) {
@@ -57,19 +71,9 @@ at::Tensor transposed_weights(const at::Tensor& w_in) {
   const at::Tensor w = w_in.contiguous();
   const int64_t D = w.size(0), R = w.size(1), K = w.size(2);
   at::Tensor out = empty_large({D, K, R}, w.options());
-  const int64_t blocks = (R + kBlock - 1) / kBlock;
   dispatch_float_double("transposed_weights", w.scalar_type(), [&](auto v) {
     using T = decltype(v);
-    const T* src = w.data_ptr<T>();
-    T* dst = out.data_ptr<T>();
-    // Grain: a few blocks per task, so small weights stay on one thread.
-    at::parallel_for(0, D * blocks, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, kBlock * K)),
-                     [&](int64_t b0, int64_t b1) {
-                       for (int64_t b = b0; b < b1; ++b) {
-                         const int64_t d = b / blocks, r0 = (b % blocks) * kBlock;
-                         transpose_rows(src + d * R * K, dst + d * K * R, R, K, r0, std::min(r0 + kBlock, R));
-                       }
-                     });
+    transpose_each(w.data_ptr<T>(), out.data_ptr<T>(), D, R, K);
   });
   return out;
 }
@@ -149,17 +153,9 @@ at::Tensor weight_pairs(const at::Tensor& w, bool transposed) {
   if (transposed && K % 2 == 0) {
     // The pairs of row r are the int32 view of its values: (D, R, K2) -> (D, K2, R), a 32-bit transpose.
     const at::Tensor src = b.contiguous();
-    const int64_t K2 = K / 2, blocks = (R + kBlock - 1) / kBlock;
+    const int64_t K2 = K / 2;
     at::Tensor out = empty_large({D, K2, R}, w.options().dtype(at::kInt));
-    const uint32_t* s = static_cast<const uint32_t*>(src.data_ptr());
-    uint32_t* o = static_cast<uint32_t*>(out.data_ptr());
-    at::parallel_for(0, D * blocks, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, kBlock * K2)),
-                     [&](int64_t b0, int64_t b1) {
-                       for (int64_t t = b0; t < b1; ++t) {
-                         const int64_t d = t / blocks, r0 = (t % blocks) * kBlock;
-                         transpose_rows(s + d * R * K2, o + d * K2 * R, R, K2, r0, std::min(r0 + kBlock, R));
-                       }
-                     });
+    transpose_each(static_cast<const uint32_t*>(src.data_ptr()), static_cast<uint32_t*>(out.data_ptr()), D, R, K2);
     return out;
   }
   if (!transposed && R % 2 == 0) {
