@@ -126,14 +126,21 @@ BRNNSEG_FOR_EACH_CELL(BRNNSEG_DEFINE_GENERIC_BACKWARD)
 #undef BRNNSEG_DEFINE_GENERIC_BACKWARD
 
 namespace {
+#define BRNNSEG_IS_VECTOR_CELL(V) std::is_same_v<C, V> ||
 template <typename C>
-constexpr bool kVectorCell = std::is_same_v<C, GruCell> || std::is_same_v<C, LstmCell> ||
-                             std::is_same_v<C, RnnTanhCell>;  // BRNNSEG_FOR_EACH_VECTOR_CELL
+constexpr bool kVectorCell = BRNNSEG_FOR_EACH_VECTOR_CELL(BRNNSEG_IS_VECTOR_CELL) false;
+#undef BRNNSEG_IS_VECTOR_CELL
+
+// Decided once: the CPU (as capped by BRNNSEG_CPU_ISA) runs AVX-512 and this build has the steps.
+bool use_avx512_steps() {
+  static const bool use = cpu_isa() == Isa::kAvx512 && avx512_steps_built();
+  return use;
+}
 
 template <typename C>
 void float_forward(const StepArgs<float>& a, float* h_out, const float* h_prev, float* c) {
   if constexpr (kVectorCell<C>) {
-    if (cpu_isa() == Isa::kAvx512) return step_forward_avx512(C{}, a, h_out, h_prev, c);
+    if (use_avx512_steps()) return step_forward_avx512(C{}, a, h_out, h_prev, c);
   }
   step_forward_generic(C{}, a, h_out, h_prev, c);
 }
@@ -142,7 +149,7 @@ template <typename C>
 void float_backward(const StepBackwardArgs<float>& a, float* dh, float* dc, const float* h_prev, const float* c_prev,
                     int64_t c_prev_ld) {
   if constexpr (kVectorCell<C>) {
-    if (cpu_isa() == Isa::kAvx512) return step_backward_avx512(C{}, a, dh, dc, h_prev, c_prev, c_prev_ld);
+    if (use_avx512_steps()) return step_backward_avx512(C{}, a, dh, dc, h_prev, c_prev, c_prev_ld);
   }
   step_backward_generic(C{}, a, dh, dc, h_prev, c_prev, c_prev_ld);
 }

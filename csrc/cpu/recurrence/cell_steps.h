@@ -54,5 +54,7 @@ BRNNSEG_FOR_EACH_CELL(BRNNSEG_DECLARE_CELL_STEPS)
                             const float* c_prev, int64_t c_prev_ld);
 BRNNSEG_FOR_EACH_VECTOR_CELL(BRNNSEG_DECLARE_AVX512_STEP)
 #undef BRNNSEG_DECLARE_AVX512_STEP
+// False where the compiler could not build them (not GCC on x86-64): step_forward never calls them then.
+bool avx512_steps_built();
 
 }  // namespace brnnseg::cpu

@@ -1,18 +1,18 @@
-// The forward cell step on AVX-512 (see cell_steps.h): the cell's own math (include/brnnseg/cell/*.h,
-// the code the CUDA kernels and the generic CPU step run) instantiated on a 16-lane vector type, with the
-// activations written for the vector unit:
-//   exp(y) = 2^k p(r): k = round(y log2 e) by vrndscaleps, r = y - k ln2 (two parts), p a polynomial,
-//   2^k applied by vscalefps (no clamp of k, no integer exponent arithmetic); y is clamped to [-88, 88];
+// The cell steps on AVX-512, forward and backward (see cell_steps.h): the cell's own math
+// (include/brnnseg/cell/*.h, the code the CUDA kernels and the generic CPU step run) instantiated on a
+// 16-lane vector type, with the activations written for the vector unit:
+//   exp = 2^k p(r), k rounded by vrndscaleps and applied by vscalefps (no integer exponent arithmetic);
 //   sigmoid(x) = 1 / (1 + exp(-x)), tanh(x) = 2 / (1 + exp(-2x)) - 1.
 // GCC's auto-vectorised generic step spends a third of its instructions on the clamps it if-converts into
 // compares, masks and blends, and on pointers it spills (perf of cpu-hires LSTM: 250 instructions per 16
-// units, against ~100 here).
+// units, against ~150 here, where the FMA pipes bound the step).
 //
-// Two accuracies (StepArgs::bf16_gates):
-//   float32 ops: the generic step's polynomial (degree 6) and a true division: within a few ulp of it;
-//   bfloat16 ops: degree 4 and vrcp14ps without a Newton step: relative error ~1e-4 in each gate, 40x
-//     under bfloat16's rounding of the products and of the outputs (2^-9); the ops' parity tests against
-//     float64 hold it to 2x the error of PyTorch's own bfloat16.
+// Two accuracies of the forward (StepArgs::bf16_gates; the backward is float32-grade):
+//   float32 ops: Cody-Waite reduction, the generic step's degree-6 polynomial and a true division, within
+//     a few ulp of the generic step;
+//   bfloat16 ops: exp2 of the reduced argument by a degree-3 fit and vrcp14ps without a Newton step:
+//     relative error ~1e-4 in each gate, 40x under bfloat16's rounding of the products and of the outputs
+//     (2^-9); the ops' parity tests against float64 hold it to 2x the error of PyTorch's own bfloat16.
 //
 // Built for AVX-512 as a whole file (the pragma comes before every include, so the cell templates
 // instantiated here carry the target too); the caller runs it only where cpu/runtime/isa.h says
@@ -214,11 +214,14 @@ void forward_dispatch(const StepArgs<float>& a, float* h_out, const float* h_pre
 BRNNSEG_FOR_EACH_VECTOR_CELL(BRNNSEG_DEFINE_AVX512_STEP)
 #undef BRNNSEG_DEFINE_AVX512_STEP
 
+bool avx512_steps_built() { return true; }
+
 }  // namespace brnnseg::cpu
 
-#else  // not GCC on x86-64: never called (vector_cell_steps() is false)
+#else  // not GCC on x86-64: empty definitions, never called (avx512_steps_built() is false)
 
 namespace brnnseg::cpu {
+bool avx512_steps_built() { return false; }
 #define BRNNSEG_DEFINE_AVX512_STEP(C)                                                 \
   void step_forward_avx512(C, const StepArgs<float>&, float*, const float*, float*) {} \
   void step_backward_avx512(C, const StepBackwardArgs<float>&, float*, float*, const float*, const float*, int64_t) {}
