@@ -70,7 +70,7 @@ def family_class(name: str, bases: tuple, fam: Family, module: str, doc: str) ->
 class CellSpec:
     name: str
     gates: int            # G: rows of W_ih / W_hh per hidden unit
-    saved: int            # S: floats saved per unit and step for backward (the workspace's last dim / hid)
+    saved: int            # S: values saved per unit and step for backward (the workspace's last dim / hid)
     cell_slot: int        # the saved slot holding the cell state, -1 when the cell has none
     split_recurrent_grad: bool
 

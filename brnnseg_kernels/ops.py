@@ -53,9 +53,19 @@ def _needs_workspace(*tensors: Optional[Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _workspace_dtype(x: Tensor) -> torch.dtype:
-    # Saved slots are float32 (float64 for float64 input): half/bfloat16 sweeps keep fp32 state.
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def _workspace_dtype(x: Tensor, sweep: bool = False) -> torch.dtype:
+    """The dtype of the saved slots: float32 (float64 for float64 input): half/bfloat16 ops keep float32
+    state. bfloat16 sweeps on the CPU save theirs in bfloat16 (csrc/cpu/recurrence/tile_engine.h,
+    SavedSlot: the backward's cell step waits on reading them back); under simulated_cuda, CPU tensors
+    follow the CUDA kernels' rules."""
+    if x.dtype == torch.float64:
+        return torch.float64
+    if sweep and x.dtype == torch.bfloat16 and x.device.type == "cpu":
+        from . import dispatch
+
+        if not dispatch._SIMULATED_CUDA:
+            return torch.bfloat16
+    return torch.float32
 
 
 def _missing_workspace(op: str) -> RuntimeError:
@@ -81,7 +91,7 @@ def _sweep_workspace_fake(cell: str, x: Tensor, hid: int, axis: int, training: b
     n, _, h, w = x.shape
     steps, lines = (w, n * h) if axis == 3 else (h, n * w)
     shape = (2, steps, lines, spec(cell).saved * hid) if training else (0,)
-    return x.new_empty(shape, dtype=_workspace_dtype(x))
+    return x.new_empty(shape, dtype=_workspace_dtype(x, sweep=True))
 
 
 @torch.library.register_fake("brnnseg::sweep")

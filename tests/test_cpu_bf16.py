@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import brnnseg_kernels as bk
-from brnnseg_kernels import ops, reference
+from brnnseg_kernels import ops, reference, testing
 from brnnseg_kernels.cells import spec
 
 from utils import assert_within_reference_error
@@ -155,6 +155,32 @@ def test_sequence_bf16_packed_lengths():
         outs[tag] = [out.data, h_n, c_n]
     for i in range(3):
         assert_within_reference_error(outs["ours"][i], outs["f64"][i], outs["ref"][i], atol=1e-3, name=f"packed {i}")
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_bf16_sweep_saves_bfloat16(cell):
+    """bfloat16 sweeps keep float32 state but save their slots in bfloat16 (half the workspace: the
+    largest tensor a training step keeps); the fake kernel agrees (opcheck below); the backward names a
+    workspace of the wrong dtype; under simulated_cuda the CUDA rule holds (float32 slots)."""
+    gen = torch.Generator().manual_seed(17)
+    x = torch.randn(2, 3, 5, 7, generator=gen).bfloat16()
+    w = [t.bfloat16() for t in _weights(cell, 3, 8, gen)]
+    y, ws = torch.ops.brnnseg.sweep(cell, x, *w, 3, False, True)
+    assert ws.dtype == torch.bfloat16 and ws.shape == (2, 7, 10, spec(cell).saved * 8)
+    y2, ws_r, ws_c = torch.ops.brnnseg.sweep_pair(cell, x, *w, *w, False, True)
+    assert ws_r.dtype == ws_c.dtype == torch.bfloat16
+    y32, ws32 = torch.ops.brnnseg.sweep(cell, x.float(), *[t.float() for t in w], 3, False, True)
+    assert ws32.dtype == torch.float32
+    # the slots hold the run's gates: within bfloat16's rounding (and the products') of float32's
+    assert (ws.float() - ws32).abs().max() < 0.05
+    gy = torch.randn(y.shape, generator=gen).bfloat16()
+    with pytest.raises(RuntimeError, match="workspace must be a contiguous BFloat16"):
+        torch.ops.brnnseg.sweep_backward(cell, gy, x, w[0], w[1], y, ws.float(), 3)
+    if testing.simulator_available():
+        with testing.simulated_cuda():
+            assert ops._workspace_dtype(x, sweep=True) == torch.float32
+    assert ops._workspace_dtype(x, sweep=True) == torch.bfloat16
+    assert ops._workspace_dtype(x) == torch.float32  # the sequence op: float32 slots
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

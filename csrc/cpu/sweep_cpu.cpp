@@ -134,6 +134,12 @@ void gather_rows(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t 
   }
 }
 
+// The dtype of the saved slots (SavedSlot, tile_engine.h): bfloat16 for bfloat16 ops, else T.
+template <typename T, typename Y>
+constexpr at::ScalarType saved_dtype() {
+  return std::is_same_v<SavedSlot<T, Y>, T> ? c10::CppTypeToScalarType<T>::value : at::kBFloat16;
+}
+
 // Workspace layout: (2, T, lines, S*hid), time-major per direction, so the rows a tile saves (forward)
 // and reads back (backward) at one step are one contiguous block, whatever the sweep axis.
 template <typename T>
@@ -143,14 +149,15 @@ T* ws_block(T* ws, int d, int64_t t, int64_t line0, int64_t T_len, int64_t lines
 
 // The tile engine's forward IO for a sweep: every line of the tile runs every step; its input rows are
 // one strided matrix of the position-major x; outputs go to the strided y. Y: the dtype of x and y (T,
-// or bfloat16 with T = float: the state, the workspace and every sum stay float32).
+// or bfloat16 with T = float: the state and every sum stay float32, the saved slots are bfloat16).
 template <typename T, typename Y>
 struct SweepForwardIO {
+  using W = SavedSlot<T, Y>;
   const SweepGeometry& geo;
   const StridedMap& ymap;
   const Y* x;      // position-major (N, H, W, C)
   Y* y;
-  T* ws_base;      // nullptr when not training
+  W* ws_base;      // nullptr when not training
   int64_t C, hid, S, T_len, lines, l0, L;
   int d;
   int64_t active(int64_t) const { return L; }
@@ -158,7 +165,7 @@ struct SweepForwardIO {
     ld = geo.line_stride() * C;
     return x + geo.pos(l0, t) * C;
   }
-  T* ws(int64_t t) const { return ws_base ? ws_block(ws_base, d, t, l0, T_len, lines, S * hid) : nullptr; }
+  W* ws(int64_t t) const { return ws_base ? ws_block(ws_base, d, t, l0, T_len, lines, S * hid) : nullptr; }
   void store(int64_t t, int64_t, const T* h) const { scatter_tile(ymap, l0, L, t, d * hid, hid, h, y); }
   void idle(int64_t, int64_t) const {}
 };
@@ -174,7 +181,8 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
 
   auto fmt = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   Tensor y = empty_large({N, 2 * hid, H, W}, x.options(), fmt);
-  const auto ws_opts = x.options().dtype(c10::CppTypeToScalarType<T>::value);
+  const auto t_opts = x.options().dtype(c10::CppTypeToScalarType<T>::value);
+  const auto ws_opts = x.options().dtype(saved_dtype<T, Y>());
   Tensor ws = training ? empty_large({2, T_len, lines, S * hid}, ws_opts) : at::empty({0}, ws_opts);
   if (geo.positions() == 0) return {y, ws};
 
@@ -186,8 +194,8 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
   // Position-major input (a no-op for channels_last x): the rows a tile needs at one step are then
   // one strided matrix, projected right before use instead of through a full-size gx buffer.
   const Tensor xcl = position_major(x);
-  const Tensor bi = b_ih.has_value() ? b_ih->to(ws_opts.dtype()).contiguous() : at::zeros({2, Gh}, ws_opts);
-  const Tensor bh = b_hh.has_value() ? b_hh->to(ws_opts.dtype()).contiguous() : at::zeros({2, Gh}, ws_opts);
+  const Tensor bi = b_ih.has_value() ? b_ih->to(t_opts.dtype()).contiguous() : at::zeros({2, Gh}, t_opts);
+  const Tensor bh = b_hh.has_value() ? b_hh->to(t_opts.dtype()).contiguous() : at::zeros({2, Gh}, t_opts);
 
   const StridedMap ymap(geo, y);
   // bfloat16 ops: the same B operands in pairs (the per-step products then run in bfloat16).
@@ -204,7 +212,7 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
                            bf16_products ? pairs_ptr(phh) : nullptr};
   const Y* x_p = xcl.data_ptr<Y>();
   Y* y_p = y.data_ptr<Y>();
-  T* ws_p = training ? ws.data_ptr<T>() : nullptr;
+  auto* ws_p = training ? static_cast<SavedSlot<T, Y>*>(ws.data_ptr()) : nullptr;
   const Tiling tiling = choose_tiling(geo);
 
   at::parallel_for(0, tiling.items, 1, [&](int64_t begin, int64_t end) {
@@ -224,10 +232,11 @@ std::tuple<Tensor, Tensor> sweep_forward(const Tensor& x, const Tensor& w_ih, co
 // c_prev from the workspace, dx rows go to this direction's position-major dx.
 template <typename Cell, typename T, typename Y>
 struct SweepBackwardIO {
+  using W = SavedSlot<T, Y>;
   const SweepGeometry& geo;
   const StridedMap &ymap, &gmap;
   const Y *x, *y, *grad_y;
-  const T* ws_base;
+  const W* ws_base;
   T* dx;  // position-major (N, H, W, C) of this direction
   int64_t C, hid, S, T_len, lines, l0, L;
   int d;
@@ -244,11 +253,14 @@ struct SweepBackwardIO {
     }
     gather_rows<T, false>(ymap, l0, L, prev(t), d * hid, hid, y, hp);
     if constexpr (Cell::kHasCellState) {
-      const T* src = ws_block(ws_base, d, prev(t), l0, T_len, lines, S * hid) + Cell::kCellSlot * hid;
-      for (int64_t l = 0; l < L; ++l) std::memcpy(cp + l * hid, src + l * S * hid, hid * sizeof(T));
+      const W* src = ws_block(ws_base, d, prev(t), l0, T_len, lines, S * hid) + Cell::kCellSlot * hid;
+      for (int64_t l = 0; l < L; ++l) {
+        if constexpr (std::is_same_v<W, T>) std::memcpy(cp + l * hid, src + l * S * hid, hid * sizeof(T));
+        else float_from_bf16(src + l * S * hid, cp + l * hid, hid, false);
+      }
     }
   }
-  const T* ws(int64_t t) const { return ws_block(ws_base, d, t, l0, T_len, lines, S * hid); }
+  const W* ws(int64_t t) const { return ws_block(ws_base, d, t, l0, T_len, lines, S * hid); }
   T* dx_rows(int64_t t, int64_t, int64_t& ld) const {
     ld = geo.line_stride() * C;
     return dx + geo.pos(l0, t) * C;  // each position is visited once per direction: the GEMM's beta = 0
@@ -309,7 +321,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward(const Tensor& 
                              bf16_products ? pairs_ptr(pih) : nullptr, bf16_products ? pairs_ptr(phh) : nullptr};
     const Y* gy_p = gy_pm.data_ptr<Y>();
     const Y* y_p = y_pm.data_ptr<Y>();
-    const T* ws_p = ws.data_ptr<T>();
+    const auto* ws_p = static_cast<const SavedSlot<T, Y>*>(ws.data_ptr());
     const Y* x_p = xcl.data_ptr<Y>();
     T* dx_p = dx_dir.data_ptr<T>();
     T* parts_p = parts.data_ptr<T>();
@@ -368,7 +380,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sweep_backward_cpu(c10::strin
     check_sweep_inputs(op, x, w_ih, w_hh, std::nullopt, std::nullopt, Cell::kGates, axis);
     const Tensor gy = grad_y.to(x.scalar_type());
     const bool bf16 = x.scalar_type() == at::kBFloat16;
-    check_sweep_backward_inputs(op, Cell::kSaved, gy, x, w_hh, y, ws, axis, bf16 ? at::kFloat : x.scalar_type());
+    check_sweep_backward_inputs(op, Cell::kSaved, gy, x, w_hh, y, ws, axis, bf16 ? at::kBFloat16 : x.scalar_type());
     if (bf16) {
       const BFloat16Op b;
       auto [dx, dwi, dwh, dbi, dbh] = sweep_backward<Cell, float, c10::BFloat16>(gy, x, b.weight(w_ih), b.weight(w_hh), y,

@@ -4,7 +4,9 @@
 #include "cpu/recurrence/cell_steps.h"
 
 #include <type_traits>
+#include <vector>
 
+#include "cpu/gemm/gemm_bf16.h"
 #include "cpu/runtime/isa.h"
 
 // Float steps are built for AVX-512, AVX2 and baseline x86-64 and dispatched at load time (by CPU
@@ -137,12 +139,26 @@ bool use_avx512_steps() {
   return use;
 }
 
+// Saved slots in bfloat16 (StepArgs::ws_bf16) on the generic step: the step saves into (or reads from)
+// this thread's float32 rows, converted after (before) it. The AVX-512 steps convert in registers.
+float* saved_rows(int64_t n) {
+  thread_local std::vector<float> rows;
+  if (static_cast<int64_t>(rows.size()) < n) rows.resize(n);
+  return rows.data();
+}
+
 template <typename C>
 void float_forward(const StepArgs<float>& a, float* h_out, const float* h_prev, float* c) {
   if constexpr (kVectorCell<C>) {
     if (use_avx512_steps()) return step_forward_avx512(C{}, a, h_out, h_prev, c);
   }
-  step_forward_generic(C{}, a, h_out, h_prev, c);
+  if (a.ws_bf16 == nullptr) return step_forward_generic(C{}, a, h_out, h_prev, c);
+  const int64_t n = a.L * C::kSaved * a.hid;
+  StepArgs<float> f = a;
+  f.ws = saved_rows(n);
+  f.ws_bf16 = nullptr;
+  step_forward_generic(C{}, f, h_out, h_prev, c);
+  bf16_from_float(f.ws, a.ws_bf16, n);
 }
 
 template <typename C>
@@ -151,7 +167,14 @@ void float_backward(const StepBackwardArgs<float>& a, float* dh, float* dc, cons
   if constexpr (kVectorCell<C>) {
     if (use_avx512_steps()) return step_backward_avx512(C{}, a, dh, dc, h_prev, c_prev, c_prev_ld);
   }
-  step_backward_generic(C{}, a, dh, dc, h_prev, c_prev, c_prev_ld);
+  if (a.ws_bf16 == nullptr) return step_backward_generic(C{}, a, dh, dc, h_prev, c_prev, c_prev_ld);
+  const int64_t n = a.L * C::kSaved * a.hid;
+  float* rows = saved_rows(n);
+  float_from_bf16(a.ws_bf16, rows, n, false);
+  StepBackwardArgs<float> f = a;
+  f.ws = rows;
+  f.ws_bf16 = nullptr;
+  step_backward_generic(C{}, f, dh, dc, h_prev, c_prev, c_prev_ld);
 }
 }  // namespace
 

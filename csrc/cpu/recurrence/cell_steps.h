@@ -17,6 +17,7 @@ struct StepArgs {
   const T* b_ih; const T* b_hh; // G*hid biases (zeros when the layer has none)
   T* ws;                        // L x S*hid saved slots of this step, or nullptr (not training)
   bool bf16_gates = false;      // a bfloat16 op: gate math to bfloat16's accuracy where that is faster
+  uint16_t* ws_bf16 = nullptr;  // or the saved slots in bfloat16 (bits; bfloat16 ops, ws then nullptr)
 };
 
 template <typename T>
@@ -26,6 +27,7 @@ struct StepBackwardArgs {
   T* dgx;                       // out: L x G*hid pre-activation grads, input side
   T* dgh;                       // out: L x G*hid recurrent side (cells with kSplitRecurrentGrad; else unused)
   T* db_ih; T* db_hh;           // G*hid bias-gradient accumulators (db_hh: kSplitRecurrentGrad only)
+  const uint16_t* ws_bf16 = nullptr;  // or the saved slots in bfloat16 (bits; ws then nullptr)
 };
 
 // Forward: h_out (L x hid) receives the new hidden state; h_prev (L x hid); c (L x hid): the cell

@@ -108,7 +108,23 @@ inline V<B> load(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, 
 template <bool B>
 inline void store(float* p, V<B> x, __mmask16 m) { _mm512_mask_storeu_ps(p, m, x.v); }
 
-template <typename Cell, bool kBf16, bool kSave>
+// Saved slots in bfloat16 (bfloat16 ops): rounded to nearest even, as c10::BFloat16 and to_bf16_bits
+// (gemm_bf16.cpp) round, NaN kept quiet; integer AVX-512F/BW, so no AVX512-BF16 is needed.
+inline __m256i bf16_bits(__m512 x) {
+  const __m512i b = _mm512_castps_si512(x);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_or_si512(b, _mm512_set1_epi32(0x400000)));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+}
+inline __m512 from_bf16_bits(const uint16_t* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+// Where the saved slots go: nowhere (not training), float32, or bfloat16 (StepArgs::ws_bf16).
+enum Save { kNoSave, kSaveF32, kSaveBf16 };
+
+template <typename Cell, bool kBf16, Save kSave>
 void forward_vec(const StepArgs<float>& a, float* __restrict h_out, const float* __restrict h_prev,
                  float* __restrict c_state) {
   using Vf = V<kBf16>;
@@ -116,15 +132,19 @@ void forward_vec(const StepArgs<float>& a, float* __restrict h_out, const float*
   const int64_t hid = a.hid;
   // The saved slots are written once here and read back only by the backward, long after (megabytes per
   // sweep, out of every cache by then): non-temporal stores skip the read-for-ownership of each line.
-  // Whole aligned vectors only (the ws rows of a tile are 64-byte aligned when hid is a multiple of 16).
-  const bool stream = kSave && hid % 16 == 0 && (reinterpret_cast<uintptr_t>(a.ws) & 63) == 0;
+  // Whole aligned vectors only (the ws rows of a tile are 64-byte aligned when hid is a multiple of 16;
+  // bfloat16 rows 32-byte aligned, the width of their 16 lanes).
+  const bool stream = kSave == kSaveF32   ? hid % 16 == 0 && (reinterpret_cast<uintptr_t>(a.ws) & 63) == 0
+                      : kSave == kSaveBf16 ? hid % 16 == 0 && (reinterpret_cast<uintptr_t>(a.ws_bf16) & 31) == 0
+                                           : false;
   for (int64_t l = 0; l < a.L; ++l) {
     const float* gx = a.gx + l * G * hid;
     const float* gh = a.gh + l * G * hid;
     const float* hp = h_prev + l * hid;
     float* ho = h_out + l * hid;
     float* cs = Cell::kHasCellState ? c_state + l * hid : nullptr;
-    float* ws = kSave ? a.ws + l * S * hid : nullptr;
+    float* ws = kSave == kSaveF32 ? a.ws + l * S * hid : nullptr;
+    uint16_t* ws16 = kSave == kSaveBf16 ? a.ws_bf16 + l * S * hid : nullptr;
     for (int64_t u = 0; u < hid; u += 16) {
       const __mmask16 m = hid - u >= 16 ? __mmask16(0xffff) : __mmask16((1u << (hid - u)) - 1u);
       Vf ax[G], ah[G], saved[S];
@@ -136,16 +156,23 @@ void forward_vec(const StepArgs<float>& a, float* __restrict h_out, const float*
       const Vf h = Cell::forward(ax, ah, load<kBf16>(hp + u, m), c, saved);
       store(ho + u, h, m);
       if constexpr (Cell::kHasCellState) store(cs + u, c, m);
-      if constexpr (kSave) {
+      if constexpr (kSave == kSaveF32) {
         if (stream) {
           for (int s = 0; s < S; ++s) _mm512_stream_ps(ws + s * hid + u, saved[s].v);
         } else {
           for (int s = 0; s < S; ++s) store(ws + s * hid + u, saved[s], m);
         }
+      } else if constexpr (kSave == kSaveBf16) {
+        if (stream) {
+          for (int s = 0; s < S; ++s)
+            _mm256_stream_si256(reinterpret_cast<__m256i*>(ws16 + s * hid + u), bf16_bits(saved[s].v));
+        } else {
+          for (int s = 0; s < S; ++s) _mm256_mask_storeu_epi16(ws16 + s * hid + u, m, bf16_bits(saved[s].v));
+        }
       }
     }
   }
-  if constexpr (kSave) {
+  if constexpr (kSave != kNoSave) {
     if (stream) _mm_sfence();  // the streamed lines are ordered before anything after the step
   }
 }
@@ -153,7 +180,7 @@ void forward_vec(const StepArgs<float>& a, float* __restrict h_out, const float*
 // The backward step: the cell's backward on vectors (float32 accuracy; only the LSTM has an activation,
 // tanh of the saved cell state). As the generic step: dgx (and dgh where the cell splits) written, the
 // bias gradients accumulated, dh replaced by the part that bypasses W_hh, dc by dc_prev.
-template <typename Cell, bool kFirst>
+template <typename Cell, bool kFirst, bool kSaved16>
 void backward_vec(const StepBackwardArgs<float>& a, float* __restrict dh, float* __restrict dc,
                   const float* __restrict h_prev, const float* __restrict c_prev, int64_t c_prev_ld) {
   using Vf = V<false>;
@@ -161,7 +188,8 @@ void backward_vec(const StepBackwardArgs<float>& a, float* __restrict dh, float*
   constexpr bool kSplit = Cell::kSplitRecurrentGrad;
   const int64_t hid = a.hid;
   for (int64_t l = 0; l < a.L; ++l) {
-    const float* ws = a.ws + l * S * hid;
+    const float* ws = kSaved16 ? nullptr : a.ws + l * S * hid;
+    const uint16_t* ws16 = kSaved16 ? a.ws_bf16 + l * S * hid : nullptr;
     const float* hp = h_prev + l * hid;
     const float* cp = (Cell::kHasCellState && !kFirst) ? c_prev + l * c_prev_ld : nullptr;
     float* dgx = a.dgx + l * G * hid;
@@ -171,7 +199,11 @@ void backward_vec(const StepBackwardArgs<float>& a, float* __restrict dh, float*
     for (int64_t u = 0; u < hid; u += 16) {
       const __mmask16 m = hid - u >= 16 ? __mmask16(0xffff) : __mmask16((1u << (hid - u)) - 1u);
       Vf saved[S], dax[G], dah[G], dh_direct;
-      for (int s = 0; s < S; ++s) saved[s] = load<false>(ws + s * hid + u, m);
+      if constexpr (kSaved16) {
+        for (int s = 0; s < S; ++s) saved[s] = from_bf16_bits(ws16 + s * hid + u, m);
+      } else {
+        for (int s = 0; s < S; ++s) saved[s] = load<false>(ws + s * hid + u, m);
+      }
       Vf dcv = Cell::kHasCellState ? load<false>(dcl + u, m) : Vf(0.0f);
       const Vf cpv = (Cell::kHasCellState && !kFirst) ? load<false>(cp + u, m) : Vf(0.0f);
       Cell::backward(load<false>(dhl + u, m), dcv, saved, load<false>(hp + u, m), cpv, dax, dah, dh_direct);
@@ -192,11 +224,25 @@ void backward_vec(const StepBackwardArgs<float>& a, float* __restrict dh, float*
 template <typename Cell>
 void forward_dispatch(const StepArgs<float>& a, float* h_out, const float* h_prev, float* c) {
   if (a.bf16_gates) {
-    if (a.ws) forward_vec<Cell, true, true>(a, h_out, h_prev, c);
-    else forward_vec<Cell, true, false>(a, h_out, h_prev, c);
+    if (a.ws_bf16) forward_vec<Cell, true, kSaveBf16>(a, h_out, h_prev, c);
+    else if (a.ws) forward_vec<Cell, true, kSaveF32>(a, h_out, h_prev, c);
+    else forward_vec<Cell, true, kNoSave>(a, h_out, h_prev, c);
   } else {
-    if (a.ws) forward_vec<Cell, false, true>(a, h_out, h_prev, c);
-    else forward_vec<Cell, false, false>(a, h_out, h_prev, c);
+    if (a.ws_bf16) forward_vec<Cell, false, kSaveBf16>(a, h_out, h_prev, c);
+    else if (a.ws) forward_vec<Cell, false, kSaveF32>(a, h_out, h_prev, c);
+    else forward_vec<Cell, false, kNoSave>(a, h_out, h_prev, c);
+  }
+}
+
+template <typename Cell>
+void backward_dispatch(const StepBackwardArgs<float>& a, float* dh, float* dc, const float* h_prev,
+                       const float* c_prev, int64_t c_prev_ld) {
+  if (a.ws_bf16) {
+    if (c_prev) backward_vec<Cell, false, true>(a, dh, dc, h_prev, c_prev, c_prev_ld);
+    else backward_vec<Cell, true, true>(a, dh, dc, h_prev, c_prev, c_prev_ld);
+  } else {
+    if (c_prev) backward_vec<Cell, false, false>(a, dh, dc, h_prev, c_prev, c_prev_ld);
+    else backward_vec<Cell, true, false>(a, dh, dc, h_prev, c_prev, c_prev_ld);
   }
 }
 
@@ -208,8 +254,7 @@ void forward_dispatch(const StepArgs<float>& a, float* h_out, const float* h_pre
   }                                                                                                        \
   void step_backward_avx512(C, const StepBackwardArgs<float>& a, float* dh, float* dc, const float* h_prev, \
                             const float* c_prev, int64_t c_prev_ld) {                                      \
-    if (c_prev) backward_vec<C, false>(a, dh, dc, h_prev, c_prev, c_prev_ld);                              \
-    else backward_vec<C, true>(a, dh, dc, h_prev, c_prev, c_prev_ld);                                      \
+    backward_dispatch<C>(a, dh, dc, h_prev, c_prev, c_prev_ld);                                            \
   }
 BRNNSEG_FOR_EACH_VECTOR_CELL(BRNNSEG_DEFINE_AVX512_STEP)
 #undef BRNNSEG_DEFINE_AVX512_STEP

@@ -12,8 +12,8 @@
 //                        a prefix of the tile      void before_step(t, Lt)   e.g. zero dx rows past the end
 //   const X* x_rows(t, Lt, int64_t& ld)            void add_grad_y(t, Lt, T* dh)
 //                        X = T, or bfloat16 (T float)
-//   T* ws(t)             saved slots or nullptr    void load_prev(t, Lt, T* h_prev, T* c_prev)   (L x hid)
-//   void store(t, Lt, const T* h)                  const T* ws(t)
+//   W* ws(t)             saved slots or nullptr    void load_prev(t, Lt, T* h_prev, T* c_prev)   (L x hid)
+//   void store(t, Lt, const T* h)                  const W* ws(t)      W: T, or uint16_t (SavedSlot)
 //   void idle(t, Lt)     rows [Lt, L) at t         T* dx_rows(t, Lt, int64_t& ld), void dx_done(t, Lt, const T* rows)
 //                                                  void copy_x(t, Lt, T* dst)   x rows for dW_ih (Lt x C)
 //
@@ -98,6 +98,25 @@ inline void grad_product(bool bf16, int64_t M, int64_t N, int64_t K, const T* A,
 
 inline int64_t pairs_of(int64_t k) { return (k + 1) / 2; }
 
+// The saved slots of a step, as the IO keeps them: in T, or for bfloat16 ops (T float) in bfloat16
+// (uint16_t bits; see SavedSlot).
+template <typename Args, typename W>
+inline void set_saved(Args& a, W* ws) {
+  if constexpr (std::is_same_v<std::remove_const_t<W>, uint16_t>) {
+    a.ws = nullptr;
+    a.ws_bf16 = ws;
+  } else {
+    a.ws = ws;
+  }
+}
+
+// What the saved slots of an op are stored in: T, or for bfloat16 ops (X = bfloat16, T = float state)
+// bfloat16 bits. They are written once per step and read back once by the backward, megabytes after:
+// the backward's cell step waits on that stream (perf, cpu-hires LSTM: 80 % of its samples on the
+// loads of the slots), and bfloat16 halves it. The products already round their operands to bfloat16.
+template <typename T, typename X>
+using SavedSlot = std::conditional_t<std::is_same_v<T, X>, T, uint16_t>;
+
 // Per-thread buffers of the forward engine. The caller puts the initial state in h0() / c().
 template <typename T>
 struct ForwardScratch {
@@ -132,7 +151,7 @@ T* forward_tile(const TileWeights<T>& w, int d, int64_t L, int64_t T_len, bool h
       if (step == 0 && h0_zero) std::fill(s.gh.begin(), s.gh.end(), T(0));
       else weight_product(Lt, Gh, hid, h_prev, hid, whh_d, phh_d, s.gh.data(), Gh, false);
       a.L = Lt;
-      a.ws = io.ws(t);
+      set_saved(a, io.ws(t));
       step_forward(Cell{}, a, h_cur, h_prev, s.c.data());
       io.store(t, Lt, h_cur);
     }
@@ -202,7 +221,8 @@ void backward_tile(const TileWeights<T>& w, int d, int64_t T_len, BackwardScratc
     T* dgh_j = kSplit ? s.dgh.data() + buffered * Gh : dgx_j;  // else the recurrent side = the input side
     io.add_grad_y(t, Lt, s.dh.data());
     io.load_prev(t, Lt, hp_j, s.cp.data());
-    const StepBackwardArgs<T> a{Lt, hid, io.ws(t), dgx_j, dgh_j, g.b_ih, g.b_hh};
+    StepBackwardArgs<T> a{Lt, hid, nullptr, dgx_j, dgh_j, g.b_ih, g.b_hh};
+    set_saved(a, io.ws(t));
     step_backward(Cell{}, a, s.dh.data(), s.dc.data(), hp_j, Cell::kHasCellState ? s.cp.data() : nullptr, hid);
     if (C > 0) {
       int64_t ld = 0;

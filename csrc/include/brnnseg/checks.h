@@ -41,7 +41,8 @@ inline void check_sweep_inputs(const char* op, const at::Tensor& x, const at::Te
 
 // The saved state a sweep's backward reads, and the forward's output: one rule for the CPU and the
 // device kernels. grad_y is converted to the dtype of x by the caller (autograd may hand back
-// another floating dtype); the workspace holds ws_dtype (x's dtype on the CPU, float32 on a GPU).
+// another floating dtype); the workspace holds ws_dtype (on the CPU x's dtype, bfloat16 included; on a
+// GPU float32).
 inline void check_sweep_backward_inputs(const char* op, int64_t saved, const at::Tensor& grad_y, const at::Tensor& x,
                                         const at::Tensor& w_hh, const at::Tensor& y, const at::Tensor& ws,
                                         int64_t axis, at::ScalarType ws_dtype) {
