@@ -55,15 +55,15 @@ def _needs_workspace(*tensors: Optional[Tensor]) -> bool:
 
 def _workspace_dtype(x: Tensor, sweep: bool = False) -> torch.dtype:
     """The dtype of the saved slots: float32 (float64 for float64 input): half/bfloat16 ops keep float32
-    state. bfloat16 sweeps on the CPU save theirs in bfloat16 (csrc/cpu/recurrence/tile_engine.h,
-    SavedSlot: the backward's cell step waits on reading them back); under simulated_cuda, CPU tensors
-    follow the CUDA kernels' rules."""
+    state. bfloat16 ops on the CPU save theirs in bfloat16 (csrc/cpu/recurrence/tile_engine.h, SavedSlot:
+    half the largest tensor a training step keeps). Under simulated_cuda, CPU sweeps run the CUDA
+    kernels and follow their rule (float32)."""
     if x.dtype == torch.float64:
         return torch.float64
-    if sweep and x.dtype == torch.bfloat16 and x.device.type == "cpu":
+    if x.dtype == torch.bfloat16 and x.device.type == "cpu":
         from . import dispatch
 
-        if not dispatch._SIMULATED_CUDA:
+        if not (sweep and dispatch._SIMULATED_CUDA):
             return torch.bfloat16
     return torch.float32
 

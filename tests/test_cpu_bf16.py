@@ -159,9 +159,10 @@ def test_sequence_bf16_packed_lengths():
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_bf16_sweep_saves_bfloat16(cell):
-    """bfloat16 sweeps keep float32 state but save their slots in bfloat16 (half the workspace: the
-    largest tensor a training step keeps); the fake kernel agrees (opcheck below); the backward names a
-    workspace of the wrong dtype; under simulated_cuda the CUDA rule holds (float32 slots)."""
+    """bfloat16 sweeps and sequences keep float32 state but save their slots in bfloat16 (half the
+    workspace: the largest tensor a training step keeps); the fake kernels agree (opcheck below); the
+    backward names a workspace of the wrong dtype; under simulated_cuda sweeps follow the CUDA rule
+    (float32 slots)."""
     gen = torch.Generator().manual_seed(17)
     x = torch.randn(2, 3, 5, 7, generator=gen).bfloat16()
     w = [t.bfloat16() for t in _weights(cell, 3, 8, gen)]
@@ -180,7 +181,10 @@ def test_bf16_sweep_saves_bfloat16(cell):
         with testing.simulated_cuda():
             assert ops._workspace_dtype(x, sweep=True) == torch.float32
     assert ops._workspace_dtype(x, sweep=True) == torch.bfloat16
-    assert ops._workspace_dtype(x) == torch.float32  # the sequence op: float32 slots
+    xs = torch.randn(4, 3, 3, generator=gen).bfloat16()  # the sequence op (drop-in nn.GRU / nn.LSTM) too
+    outs = torch.ops.brnnseg.sequence(cell, xs, *w, None, None, None, False, True)
+    assert outs[-1].dtype == torch.bfloat16 and outs[-1].shape == (2, 4, 3, spec(cell).saved * 8)
+    assert ops._workspace_dtype(xs) == torch.bfloat16
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

@@ -96,8 +96,9 @@ void store_state(const T* src, const SeqPlan& p, int d, int64_t j0, int64_t L, i
 template <typename T>
 const T* opt_ptr(const OptTensor& t) { return t.has_value() ? t->data_ptr<T>() : nullptr; }
 
-// The tile engine's forward IO for a tile of sequences [j0, j0 + L) in sorted order.
-template <typename T>
+// The tile engine's forward IO for a tile of sequences [j0, j0 + L) in sorted order. W: the saved
+// slots' type (T, or bfloat16 bits for bfloat16 ops: SavedSlot, tile_engine.h).
+template <typename T, typename W = T>
 struct SequenceForwardIO {
   const SeqPlan& plan;
   const RowMap &xm, &ym;
@@ -106,7 +107,7 @@ struct SequenceForwardIO {
   T* xrows;  // scratch (tile x C) when rows must be gathered
   int64_t C, hid, S, j0, L;
   int d;
-  T* ws_;    // saved slots (D, T, B, S*hid), nullptr when not training
+  W* ws_;    // saved slots (D, T, B, S*hid), nullptr when not training
   int64_t active(int64_t t) const { return plan.active(j0, L, t); }
   const T* x_rows(int64_t t, int64_t Lt, int64_t& ld) const {
     if (plan.identity) {
@@ -118,15 +119,15 @@ struct SequenceForwardIO {
     ld = C;
     return xrows;
   }
-  T* ws(int64_t t) const { return ws_ ? ws_rows(ws_, d, t, j0, plan, S * hid) : nullptr; }
+  W* ws(int64_t t) const { return ws_ ? ws_rows(ws_, d, t, j0, plan, S * hid) : nullptr; }
   void store(int64_t t, int64_t Lt, const T* h) const {
     for (int64_t l = 0; l < Lt; ++l)
       std::memcpy(y + ym.at(t, plan.order[j0 + l]) + d * hid, h + l * hid, hid * sizeof(T));
   }
   void idle(int64_t t, int64_t Lt) const {  // finished (or not yet started) sequences: output 0
     if (ws_) {  // unused rows, zeroed so the workspace is deterministic
-      T* w = ws_rows(ws_, d, t, j0, plan, S * hid);
-      std::fill(w + Lt * S * hid, w + L * S * hid, T(0));
+      W* w = ws_rows(ws_, d, t, j0, plan, S * hid);
+      std::fill(w + Lt * S * hid, w + L * S * hid, W(0));  // (bfloat16 bits 0: +0.0)
     }
     for (int64_t l = Lt; l < L; ++l) {
       T* out = y + ym.at(t, plan.order[j0 + l]) + d * hid;
@@ -135,7 +136,13 @@ struct SequenceForwardIO {
   }
 };
 
-template <typename Cell, typename T>
+// The saved slots' dtype: W = uint16_t means bfloat16.
+template <typename T, typename W>
+at::ScalarType saved_dtype() {
+  return std::is_same_v<W, T> ? c10::CppTypeToScalarType<T>::value : at::kBFloat16;
+}
+
+template <typename Cell, typename T, typename W = T>
 std::vector<Tensor> sequence_forward(const Tensor& x_in, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
                                      const OptTensor& b_hh, const OptTensor& h0_in, const OptTensor& c0_in,
                                      const OptTensor& lengths, bool batch_first, bool training,
@@ -149,7 +156,8 @@ std::vector<Tensor> sequence_forward(const Tensor& x_in, const Tensor& w_ih, con
   Tensor y = empty_large({x.size(0), x.size(1), D * hid}, x.options());
   Tensor h_n = at::empty({D, B, hid}, x.options());
   Tensor c_n = Cell::kHasCellState ? at::empty({D, B, hid}, x.options()) : at::empty({0}, x.options());
-  Tensor ws = training ? empty_large({D, T_len, B, S * hid}, x.options()) : at::empty({0}, x.options());
+  const auto ws_opts = x.options().dtype(saved_dtype<T, W>());
+  Tensor ws = training ? empty_large({D, T_len, B, S * hid}, ws_opts) : at::empty({0}, ws_opts);
   // Transposed weights (C x Gh, hid x Gh per direction): B row-major for the GEMMs (blas.h).
   const Tensor wih = bf16_products ? Tensor() : transposed_weights(w_ih);  // bfloat16 products read the pairs
   const Tensor whh = bf16_products ? Tensor() : transposed_weights(w_hh);
@@ -174,7 +182,7 @@ std::vector<Tensor> sequence_forward(const Tensor& x_in, const Tensor& w_ih, con
   const T* h0_p = opt_ptr<T>(h0);
   const T* c0_p = opt_ptr<T>(c0);
   T* y_p = y.data_ptr<T>();
-  T* ws_p = training ? ws.data_ptr<T>() : nullptr;
+  W* ws_p = training ? static_cast<W*>(ws.data_ptr()) : nullptr;
   T* hn_p = h_n.data_ptr<T>();
   T* cn_p = Cell::kHasCellState ? c_n.data_ptr<T>() : nullptr;
 
@@ -187,7 +195,7 @@ std::vector<Tensor> sequence_forward(const Tensor& x_in, const Tensor& w_ih, con
       const int64_t j0 = (i / D) * tile, L = std::min(tile, B - j0);
       load_state(h0_p, plan, d, j0, L, hid, scratch.h0());
       if (Cell::kHasCellState) load_state(c0_p, plan, d, j0, L, hid, scratch.c.data());
-      SequenceForwardIO<T> io{plan, xm, ym, x_p, y_p, xrows.data(), C, hid, S, j0, L, d, ws_p};
+      SequenceForwardIO<T, W> io{plan, xm, ym, x_p, y_p, xrows.data(), C, hid, S, j0, L, d, ws_p};
       const T* h_last = forward_tile<Cell>(wts, d, L, T_len, /*h0_zero=*/h0_p == nullptr, scratch, io);
       store_state(h_last, plan, d, j0, L, hid, hn_p);
       if (Cell::kHasCellState) store_state(scratch.c.data(), plan, d, j0, L, hid, cn_p);
@@ -198,11 +206,13 @@ std::vector<Tensor> sequence_forward(const Tensor& x_in, const Tensor& w_ih, con
 
 // The tile engine's backward IO for a tile of sequences: per row, the state before a step is h0/c0 at
 // the sequence's first step and the previous output (and saved c) otherwise.
-template <typename Cell, typename T>
+template <typename Cell, typename T, typename W = T>
 struct SequenceBackwardIO {
   const SeqPlan& plan;
   const RowMap &xm, &ym, &gm, &dxm;
-  const T *x, *y, *grad_y, *ws_p, *h0, *c0;
+  const T *x, *y, *grad_y;
+  const W* ws_p;
+  const T *h0, *c0;
   T* dx;       // this direction's dx
   T* dxrows;   // scratch (tile x C) when rows must be scattered
   int64_t C, hid, S, j0, L;
@@ -230,13 +240,15 @@ struct SequenceBackwardIO {
         if (Cell::kHasCellState) load_state(c0, plan, d, j0 + l, 1, hid, cp + l * hid);
       } else {
         std::memcpy(hp + l * hid, y + ym.at(t_prev, plan.order[j0 + l]) + d * hid, hid * sizeof(T));
-        if (Cell::kHasCellState)
-          std::memcpy(cp + l * hid, ws_rows(ws_p, d, t_prev, j0 + l, plan, S * hid) + Cell::kCellSlot * hid,
-                      hid * sizeof(T));
+        if constexpr (Cell::kHasCellState) {
+          const W* src = ws_rows(ws_p, d, t_prev, j0 + l, plan, S * hid) + Cell::kCellSlot * hid;
+          if constexpr (std::is_same_v<W, T>) std::memcpy(cp + l * hid, src, hid * sizeof(T));
+          else float_from_bf16(src, cp + l * hid, hid, false);
+        }
       }
     }
   }
-  const T* ws(int64_t t) const { return ws_rows(ws_p, d, t, j0, plan, S * hid); }
+  const W* ws(int64_t t) const { return ws_rows(ws_p, d, t, j0, plan, S * hid); }
   T* dx_rows(int64_t t, int64_t, int64_t& ld) const {
     if (plan.identity) {
       ld = dxm.sB;
@@ -256,7 +268,7 @@ struct SequenceBackwardIO {
 
 // Backward: each (direction, tile) walks its processing order in reverse through the tile engine;
 // dh/dc left at the end are the gradients of h0/c0.
-template <typename Cell, typename T>
+template <typename Cell, typename T, typename W = T>
 std::vector<Tensor> sequence_backward(const OptTensor& grad_y_in, const OptTensor& grad_hn_in,
                                       const OptTensor& grad_cn_in, const Tensor& x_in, const Tensor& w_ih,
                                       const Tensor& w_hh, const OptTensor& h0_in, const OptTensor& c0_in,
@@ -294,7 +306,7 @@ std::vector<Tensor> sequence_backward(const OptTensor& grad_y_in, const OptTenso
   const T* x_p = x.data_ptr<T>();
   const T* y_p = y.data_ptr<T>();
   const T* gy_p = opt_ptr<T>(grad_y);
-  const T* ws_p = ws.data_ptr<T>();
+  const W* ws_p = static_cast<const W*>(ws.data_ptr());
   const T* h0_p = opt_ptr<T>(h0);
   const T* c0_p = opt_ptr<T>(c0);
   const T* ghn_p = opt_ptr<T>(grad_hn);
@@ -316,7 +328,7 @@ std::vector<Tensor> sequence_backward(const OptTensor& grad_y_in, const OptTenso
       if (Cell::kHasCellState) load_state(gcn_p, plan, d, j0, L, hid, scratch.dc.data());
       wgrad.zero(parts_p, item);
       const auto [dwih, dwhh, dbih, dbhh] = wgrad.slots(parts_p, item);
-      SequenceBackwardIO<Cell, T> io{plan, xm, ym, gm, dxm, x_p, y_p, gy_p, ws_p, h0_p, c0_p,
+      SequenceBackwardIO<Cell, T, W> io{plan, xm, ym, gm, dxm, x_p, y_p, gy_p, ws_p, h0_p, c0_p,
                                      dx_p + d * dx_dir_stride, dxrows.data(), C, hid, S, j0, L, d};
       backward_tile<Cell>(wts, d, T_len, scratch, GradSlots<T>{dwih, dwhh, dbih, dbhh}, io);
       store_state(scratch.dh.data(), plan, d, j0, L, hid, dh0_p);
@@ -400,9 +412,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> sequence_cpu(c10::string_view cell, c
       check_sequence_inputs<Cell>(op, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, batch_first);
       const BFloat16Op b;
       std::vector<Tensor> r =
-          sequence_forward<Cell, float>(b.in(x), b.weight(w_ih), b.weight(w_hh), b.in(b_ih), b.in(b_hh), b.in(h0), b.in(c0),
-                                        lengths, batch_first, training, b.products);
-      for (int i = 0; i < 3; ++i) r[i] = b.out(r[i]);  // y, h_n, c_n; the workspace stays float32
+          sequence_forward<Cell, float, uint16_t>(b.in(x), b.weight(w_ih), b.weight(w_hh), b.in(b_ih), b.in(b_hh),
+                                                  b.in(h0), b.in(c0), lengths, batch_first, training, b.products);
+      for (int i = 0; i < 3; ++i) r[i] = b.out(r[i]);  // y, h_n, c_n; the workspace is bfloat16 already
       return r;
     }
     return DTYPE_SWITCH(op, x.scalar_type(), T, CpuDtypes, [&] {
@@ -438,13 +450,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sequence_back
                     ": grad_y and y must match x in dtype and device (", x.scalar_type(), ", ", x.device(), "), got ",
                     t->scalar_type(), ", ", t->device());
     const bool bf16 = x.scalar_type() == at::kBFloat16;
-    const at::ScalarType ws_dtype = bf16 ? at::kFloat : x.scalar_type();  // bfloat16 ops keep float32 state
+    const at::ScalarType ws_dtype = x.scalar_type();  // bfloat16 ops: float32 state, bfloat16 saved slots
     TORCH_CHECK(ws.scalar_type() == ws_dtype && ws.device() == x.device(), op, ": workspace must be ", ws_dtype,
                 " on ", x.device(), ", got ", ws.scalar_type(), " on ", ws.device());
     const OptTensor gcn = Cell::kHasCellState ? grad_cn : std::nullopt;
     if (bf16) {
       const BFloat16Op b;
-      std::vector<Tensor> r = sequence_backward<Cell, float>(b.in(grad_y), b.in(grad_hn), b.in(gcn), b.in(x),
+      std::vector<Tensor> r = sequence_backward<Cell, float, uint16_t>(b.in(grad_y), b.in(grad_hn), b.in(gcn), b.in(x),
                                                              b.weight(w_ih), b.weight(w_hh), b.in(h0), b.in(c0), lengths,
                                                              b.in(y), ws, batch_first, b.products);
       for (Tensor& t : r) t = b.out(t);

@@ -154,9 +154,9 @@ void check_saved_bf16(const char* name, int64_t hid, bool vector, bool bf16_gate
   };
   std::vector<float> ws(n), h32, c32, h16, c16;
   run(ws.data(), nullptr, h32, c32);
-  std::vector<uint16_t> buf(n + kPad + 16, kGuard16);
-  uint16_t* ws16 = buf.data();  // 32-byte aligned, as the kernels' workspaces: the streamed path
-  while (reinterpret_cast<uintptr_t>(ws16) & 31) ++ws16;
+  std::vector<uint16_t> buf(n + kPad + 32, kGuard16);
+  uint16_t* ws16 = buf.data();  // 64-byte aligned, as the kernels' workspaces: the streamed path
+  while (reinterpret_cast<uintptr_t>(ws16) & 63) ++ws16;
   run(nullptr, ws16, h16, c16);
   auto widen = [](uint16_t b) {
     const uint32_t u = static_cast<uint32_t>(b) << 16;

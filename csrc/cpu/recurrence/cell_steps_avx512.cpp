@@ -132,11 +132,13 @@ void forward_vec(const StepArgs<float>& a, float* __restrict h_out, const float*
   const int64_t hid = a.hid;
   // The saved slots are written once here and read back only by the backward, long after (megabytes per
   // sweep, out of every cache by then): non-temporal stores skip the read-for-ownership of each line.
-  // Whole aligned vectors only (the ws rows of a tile are 64-byte aligned when hid is a multiple of 16;
-  // bfloat16 rows 32-byte aligned, the width of their 16 lanes).
+  // Whole aligned lines only: the ws rows of a tile are 64-byte aligned when hid is a multiple of 16
+  // (float32) or 32 (bfloat16, whose 16 lanes are half a line: two steps of u are joined into one
+  // 64-byte store, since a half-line non-temporal store can leave the line to be merged in memory).
   const bool stream = kSave == kSaveF32   ? hid % 16 == 0 && (reinterpret_cast<uintptr_t>(a.ws) & 63) == 0
-                      : kSave == kSaveBf16 ? hid % 16 == 0 && (reinterpret_cast<uintptr_t>(a.ws_bf16) & 31) == 0
+                      : kSave == kSaveBf16 ? hid % 32 == 0 && (reinterpret_cast<uintptr_t>(a.ws_bf16) & 63) == 0
                                            : false;
+  [[maybe_unused]] __m256i low_half[S];  // bfloat16, streamed: the slots' first 16 lanes of the line
   for (int64_t l = 0; l < a.L; ++l) {
     const float* gx = a.gx + l * G * hid;
     const float* gh = a.gh + l * G * hid;
@@ -164,8 +166,13 @@ void forward_vec(const StepArgs<float>& a, float* __restrict h_out, const float*
         }
       } else if constexpr (kSave == kSaveBf16) {
         if (stream) {
-          for (int s = 0; s < S; ++s)
-            _mm256_stream_si256(reinterpret_cast<__m256i*>(ws16 + s * hid + u), bf16_bits(saved[s].v));
+          if ((u & 16) == 0) {
+            for (int s = 0; s < S; ++s) low_half[s] = bf16_bits(saved[s].v);
+          } else {
+            for (int s = 0; s < S; ++s)
+              _mm512_stream_si512(reinterpret_cast<__m512i*>(ws16 + s * hid + u - 16),
+                                  _mm512_inserti64x4(_mm512_castsi256_si512(low_half[s]), bf16_bits(saved[s].v), 1));
+          }
         } else {
           for (int s = 0; s < S; ++s) _mm256_mask_storeu_epi16(ws16 + s * hid + u, m, bf16_bits(saved[s].v));
         }
