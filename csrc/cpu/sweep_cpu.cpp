@@ -101,6 +101,16 @@ void scatter_tile(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t
   }
 }
 
+// Rows read one per line, a line stride apart (a whole image row for a sweep along W): each is a cache
+// miss the hardware prefetchers do not foresee, so the row kRowsAhead lines on is prefetched (as the
+// backward cell step prefetches its saved slots, cell_steps_avx512.cpp).
+constexpr int64_t kRowsAhead = 4;
+template <typename E>
+inline void prefetch_row(const E* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t o = 0; o < n * static_cast<int64_t>(sizeof(E)); o += 64) __builtin_prefetch(c + o);
+}
+
 // Reads a tile's rows (L x hid, row-major) from the strided tensor: dst = (or +=) src rows. For
 // NCHW tensors swept along H, a channel's values for the tile's lines are adjacent in memory, so the
 // loop runs along the lines of each channel (the mirror of scatter_tile) instead of across channels.
@@ -127,6 +137,7 @@ void gather_rows(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t 
   }
   for (int64_t l = 0; l < L; ++l) {
     const Y* in = src + m.offset(l0 + l, t) + c0 * m.sC;
+    if (m.sC == 1 && l + kRowsAhead < L) prefetch_row(in + kRowsAhead * ls, hid);
     T* out = dst + l * hid;
     for (int64_t u = 0; u < hid; ++u) {
       if (kAdd) out[u] += static_cast<T>(in[u * m.sC]); else out[u] = static_cast<T>(in[u * m.sC]);
@@ -255,6 +266,7 @@ struct SweepBackwardIO {
     if constexpr (Cell::kHasCellState) {
       const W* src = ws_block(ws_base, d, prev(t), l0, T_len, lines, S * hid) + Cell::kCellSlot * hid;
       for (int64_t l = 0; l < L; ++l) {
+        if (l + kRowsAhead < L) prefetch_row(src + (l + kRowsAhead) * S * hid, hid);
         if constexpr (std::is_same_v<W, T>) std::memcpy(cp + l * hid, src + l * S * hid, hid * sizeof(T));
         else float_from_bf16(src + l * S * hid, cp + l * hid, hid, false);
       }
