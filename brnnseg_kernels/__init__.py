@@ -34,9 +34,10 @@ __all__ = [f.layer2d for f in cells.FAMILIES] + ["cells", "dispatch", "checks", 
 
 def cpu_isa() -> dict:
     """What the CPU kernels run on: ``vector`` (baseline, avx2, avx512: the GEMMs' and the loss loops'
-    width), ``bf16`` (avx512_bf16 where bfloat16 products run on vdpbf16ps, none where bfloat16 sweeps'
-    products run in float32), whether the CPU has AVX512-BF16 and AMX-BF16 (detected, not used yet), and
-    the cap ``BRNNSEG_CPU_ISA`` set (baseline, avx2, avx512, avx512_bf16; none when unset)."""
+    width), ``bf16`` (amx_bf16 where bfloat16 products run on AMX tiles, avx512_bf16 where on vdpbf16ps,
+    none where bfloat16 sweeps' products run in float32), whether the CPU has AVX512-BF16 and AMX-BF16
+    (``amx_bf16``: yes, no, or refused where the OS denied the tile state), and the cap
+    ``BRNNSEG_CPU_ISA`` set (baseline, avx2, avx512, avx512_bf16, amx_bf16; none when unset)."""
     return dict(kv.split("=", 1) for kv in torch.ops.brnnseg.cpu_isa().split(";"))
 
 

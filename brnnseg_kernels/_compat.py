@@ -46,7 +46,7 @@ def check_build(build: dict) -> None:
         raise ImportError(reason)
 
 
-ISA_RUNGS = ("baseline", "avx2", "avx512", "avx512_bf16")
+ISA_RUNGS = ("baseline", "avx2", "avx512", "avx512_bf16", "amx_bf16")
 
 
 def check_isa_env(environ=None) -> None:

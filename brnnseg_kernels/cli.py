@@ -21,10 +21,13 @@ def _info(_args) -> int:
     print(f"GPU visible     {torch.cuda.is_available()}")
     print(f"CPU threads     {torch.get_num_threads()}")
     isa = bk.cpu_isa()
-    bf16 = ("bfloat16 on AVX512-BF16" if isa["bf16"] == "avx512_bf16" else
-            "float32 (" + ("capped by BRNNSEG_CPU_ISA" if isa["avx512_bf16_cpu"] == "yes" else "no AVX512-BF16") + ")")
-    print(f"CPU ISA         {isa['vector']}; bfloat16 sweeps' products in {bf16}; AMX-BF16 "
-          f"{'present, not used (no AMX kernel)' if isa['amx_bf16'] == 'yes' else 'absent'}"
+    bf16 = {"amx_bf16": "bfloat16 on AMX-BF16 tiles (edges on AVX512-BF16)",
+            "avx512_bf16": "bfloat16 on AVX512-BF16"}.get(isa["bf16"])
+    if bf16 is None:
+        bf16 = "float32 (" + ("capped by BRNNSEG_CPU_ISA" if isa["avx512_bf16_cpu"] == "yes" else "no AVX512-BF16") + ")"
+    amx = {"yes": "present" + (", not used (capped)" if isa["bf16"] != "amx_bf16" else ""),
+           "refused": "present, refused by the OS (arch_prctl ARCH_REQ_XCOMP_PERM): not used"}.get(isa["amx_bf16"], "absent")
+    print(f"CPU ISA         {isa['vector']}; bfloat16 sweeps' products in {bf16}; AMX-BF16 {amx}"
           + (f"; BRNNSEG_CPU_ISA={isa['cap']}" if isa["cap"] != "none" else ""))
     ops = sorted(n for n in dir(torch.ops.brnnseg) if hasattr(getattr(torch.ops.brnnseg, n), "default"))
     print(f"ops             {', '.join(ops)}")

@@ -82,6 +82,16 @@ def test_sweep_bf16_long_and_wide(cell):
     _check_sweep(cell, (1, 16, 6, 6), 128, 2, seed=6)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_sweep_bf16_tile_blocks(cell):
+    # Sizes where the products run on AMX tiles (16-blocks) on CPUs that have them, with every edge:
+    # 39 lines (two 16-row tiles, one more, 7 rows left), 35 channels (16 pairs and 2 left), hidden 48
+    # (24 pairs: one 16-pair block and 8 left; 144-192 gate columns). Elsewhere the AVX512-BF16 kernel
+    # runs them: the same check.
+    _check_sweep(cell, (3, 35, 13, 11), 48, 3, seed=8)
+    _check_sweep(cell, (1, 64, 40, 33), 32, 2, channels_last=True, seed=9)
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_renet_parallel_bf16(cell):
     # mode="parallel" takes the pair op for bfloat16 too
@@ -136,6 +146,27 @@ def test_sequence_bf16_matches_float64(name, batch_first):
         outs[tag] = [y, h_last, xi.grad] + [p.grad for p in m.parameters()]
     for i in range(len(outs["f64"])):
         assert outs["ours"][i].dtype == torch.bfloat16
+        assert_within_reference_error(outs["ours"][i], outs["f64"][i], outs["ref"][i], atol=2e-3,
+                                      name=f"{name} output {i}")
+
+
+@pytest.mark.parametrize("name", ["GRU", "LSTM"])
+def test_sequence_bf16_tile_blocks(name):
+    # batch 37 and 33 inputs: the drop-ins' products on AMX tiles where the CPU has them, edges included
+    torch_cls, ours_cls = getattr(nn, name), getattr(bk.nn, name)
+    c, hid, t_len, b = 33, 64, 19, 37
+    ref64 = _seq_modules(torch_cls, c, hid, bidirectional=True)
+    x = torch.randn(t_len, b, c, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+    outs = {}
+    for tag, cls, dt in (("f64", torch_cls, torch.float64), ("ref", torch_cls, torch.bfloat16),
+                         ("ours", ours_cls, torch.bfloat16)):
+        m = cls(c, hid, bidirectional=True).to(dt)
+        m.load_state_dict({k: v.to(dt) for k, v in ref64.state_dict().items()})
+        xi = x.detach().to(dt).requires_grad_()
+        y, _ = m(xi)
+        y.double().sin().sum().backward()
+        outs[tag] = [y, xi.grad] + [p.grad for p in m.parameters()]
+    for i in range(len(outs["f64"])):
         assert_within_reference_error(outs["ours"][i], outs["f64"][i], outs["ref"][i], atol=2e-3,
                                       name=f"{name} output {i}")
 
@@ -258,7 +289,7 @@ def test_isa_fallback_chain():
     y64 = reference.sweep("lstm", ts[0], *ts[1:], 3)
     y64.sum().backward()
     results = {}
-    order = ["baseline", "avx2", "avx512", "avx512_bf16"]
+    order = ["baseline", "avx2", "avx512", "avx512_bf16", "amx_bf16"]
     procs = {rung: _start_rung(rung) for rung in order}  # the imports overlap
     for rung in order:
         r = results[rung] = _result(procs[rung])
@@ -266,7 +297,11 @@ def test_isa_fallback_chain():
         want_vector = {"baseline": "baseline", "avx2": "avx2"}.get(rung, "avx512")
         if order.index(want_vector) <= order.index(rung) and detected["vector"] == "avx512":
             assert r["isa"]["vector"] == want_vector, r["isa"]
-        want_bf16 = "avx512_bf16" if (rung == "avx512_bf16" and detected["avx512_bf16_cpu"] == "yes") else "none"
+        want_bf16 = "none"
+        if rung in ("avx512_bf16", "amx_bf16") and detected["avx512_bf16_cpu"] == "yes":
+            want_bf16 = "avx512_bf16"
+        if rung == "amx_bf16" and detected["amx_bf16"] == "yes":  # the CPU has the tiles, the OS granted them
+            want_bf16 = "amx_bf16"
         assert r["isa"]["bf16"] == want_bf16, r["isa"]
         for key, ref in (("y", y64), ("gx", ts[0].grad), ("gw", ts[2].grad)):
             got = torch.tensor(r[key], dtype=torch.float64).view(ref.shape)

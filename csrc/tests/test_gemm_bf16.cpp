@@ -1,8 +1,10 @@
 // C++ test of the bfloat16 GEMM (cpu/gemm/gemm_bf16.cpp) against a double-precision loop over the same
 // operands rounded to bfloat16: row tails (M = 1..13 and beyond), column tails, odd K (a padded pair),
 // K = 0 and 1, A as given and transposed, overwrite and accumulate, strided operands, pre-packed B.
-// Run twice by ctest: on the CPU's own rung (AVX512-BF16 where it has it) and with BRNNSEG_CPU_ISA=avx512
-// (the plain loops). No torch needed.
+// Run three times by ctest: on the CPU's own rung (AMX-BF16 tiles for the 16-blocks where it has them,
+// AVX512-BF16 for the rest), with BRNNSEG_CPU_ISA=avx512_bf16 and with BRNNSEG_CPU_ISA=avx512 (the plain
+// loops). M, N and K reach 64, 100 and 601, so the tiles run 2 x 2, 2 x 1, 1 x 2 and 1 x 1 blocks with
+// every kind of edge. No torch needed.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "cpu/gemm/gemm_bf16.h"
+#include "cpu/runtime/isa.h"
 
 namespace {
 // Round to nearest even, independently of the code under test.
@@ -27,7 +30,10 @@ double bf16(float f) {
 
 int main() {
   using namespace brnnseg::cpu;
-  std::printf("bfloat16 GEMM on %s\n", bf16_gemm_supported() ? "AVX512-BF16" : "plain loops");
+  const Bf16Isa isa = cpu_bf16_isa();
+  std::printf("bfloat16 GEMM on %s\n", isa == Bf16Isa::kAmxBf16      ? "AMX-BF16 tiles + AVX512-BF16"
+                                       : isa == Bf16Isa::kAvx512Bf16 ? "AVX512-BF16"
+                                                                     : "plain loops");
   std::mt19937 rng(4321);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   int failures = 0, cases = 0;

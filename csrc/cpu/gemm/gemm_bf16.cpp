@@ -4,6 +4,14 @@
 // Each K2 x 32 panel of B (kKC2 pairs deep, 16 KiB) stays in L1 across the row blocks. Column tails use
 // masked loads and stores, row tails a kernel instantiated for fewer rows.
 //
+// On a CPU with AMX-BF16 (and the OS's permission, runtime/isa.h) the whole 16-blocks of a product run on
+// the tiles: each tdpbf16ps adds a 16 x 32 by 32 x 16 bfloat16 product into a 16 x 16 float32 tile, and
+// the pairs layout above is already the tiles' (an A tile row is 16 pairs of one row; a B tile row 16
+// columns of one pair). Four accumulator tiles hold a 32 x 32 block of C, two A and two B tiles feed them
+// (tmm0-3 C, tmm4-5 A, tmm6-7 B). What is left over -- K2 % 16 pairs, N % 16 columns, M % 16 rows --
+// runs on the AVX512-BF16 kernel above, so no operand is copied to pad it; a transposed A (the weight
+// gradients' [K2][M]) is transposed into pairs rows first, once per product.
+//
 // Where the CPU lacks AVX512-BF16 the same functions run as plain loops with the same rounding (round
 // to nearest even, then exact products summed in float32); the tile engine does not call them there
 // (bfloat16 sweeps then run their products in float32: recurrence/tile_engine.h), but ctest compares
@@ -204,6 +212,107 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void float_from_bf16_avx512
   }
 }
 
+#define BRNNSEG_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512bf16")))
+
+// The tile configuration (palette 1): eight tiles of 16 rows x 64 bytes.
+struct alignas(64) AmxConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// C[0:16*MT, 0:16*NT] (=, or += where accumulate) A . B over K2 pairs (a multiple of 16); A rows of pairs
+// (stride sam), B [K2][ldb] pairs, C float32 (stride ldc). The tile numbers are immediates.
+template <int MT, int NT>
+BRNNSEG_AMX_TARGET void amx_block(int64_t K2, const uint32_t* A, int64_t sam, const uint32_t* B, int64_t ldb,
+                                  float* C, int64_t ldc, bool accumulate) {
+  const int64_t sa = sam * 4, sb = ldb * 4, sc = ldc * 4;
+  float* c1 = C + 16;
+  float* c2 = C + 16 * ldc;
+  float* c3 = c2 + 16;
+  if (accumulate) {
+    _tile_loadd(0, C, sc);
+    if constexpr (NT == 2) _tile_loadd(1, c1, sc);
+    if constexpr (MT == 2) _tile_loadd(2, c2, sc);
+    if constexpr (MT == 2 && NT == 2) _tile_loadd(3, c3, sc);
+  } else {
+    _tile_zero(0);
+    if constexpr (NT == 2) _tile_zero(1);
+    if constexpr (MT == 2) _tile_zero(2);
+    if constexpr (MT == 2 && NT == 2) _tile_zero(3);
+  }
+  for (int64_t k = 0; k < K2; k += 16) {
+    _tile_loadd(4, A + k, sa);
+    _tile_loadd(6, B + k * ldb, sb);
+    if constexpr (NT == 2) _tile_loadd(7, B + k * ldb + 16, sb);
+    if constexpr (MT == 2) _tile_loadd(5, A + 16 * sam + k, sa);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (NT == 2) _tile_dpbf16ps(1, 4, 7);
+    if constexpr (MT == 2) _tile_dpbf16ps(2, 5, 6);
+    if constexpr (MT == 2 && NT == 2) _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, C, sc);
+  if constexpr (NT == 2) _tile_stored(1, c1, sc);
+  if constexpr (MT == 2) _tile_stored(2, c2, sc);
+  if constexpr (MT == 2 && NT == 2) _tile_stored(3, c3, sc);
+}
+
+// The 16-blocks: M, N and K2 multiples of 16. The configuration is loaded per product (tens of cycles
+// against the thousands of a product) and released after it, so no thread carries tile state between
+// calls.
+BRNNSEG_AMX_TARGET void amx_blocks(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t sam,
+                                   const uint32_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  AmxConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+  for (int64_t n0 = 0; n0 < N; n0 += 32) {
+    const bool n2 = n0 + 32 <= N;
+    for (int64_t m0 = 0; m0 < M; m0 += 32) {
+      const bool m2 = m0 + 32 <= M;
+      const uint32_t* a = A + m0 * sam;
+      const uint32_t* b = B + n0;
+      float* c = C + m0 * ldc + n0;
+      if (m2 && n2) amx_block<2, 2>(K2, a, sam, b, ldb, c, ldc, accumulate);
+      else if (m2) amx_block<2, 1>(K2, a, sam, b, ldb, c, ldc, accumulate);
+      else if (n2) amx_block<1, 2>(K2, a, sam, b, ldb, c, ldc, accumulate);
+      else amx_block<1, 1>(K2, a, sam, b, ldb, c, ldc, accumulate);
+    }
+  }
+  _tile_release();
+}
+
+std::vector<uint32_t>& amx_rows_scratch() {
+  thread_local std::vector<uint32_t> v;
+  return v;
+}
+
+void gemm_pairs_amx(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t sam, int64_t sak,
+                    const uint32_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  const int64_t Mf = M & ~int64_t(15), Nf = N & ~int64_t(15), Kf = K2 & ~int64_t(15);
+  if (Mf == 0 || Nf == 0 || Kf == 0) return gemm_pairs_avx512(M, N, K2, A, sam, sak, B, ldb, C, ldc, accumulate);
+  const uint32_t* a = A;
+  int64_t as = sam;
+  if (sak != 1) {  // tiles read rows of pairs: [K2][M] (or any stride) -> [Mf][Kf]
+    std::vector<uint32_t>& t = amx_rows_scratch();
+    if (static_cast<int64_t>(t.size()) < Mf * Kf) t.resize(Mf * Kf);
+    for (int64_t m = 0; m < Mf; ++m)
+      for (int64_t k = 0; k < Kf; ++k) t[m * Kf + k] = A[m * sam + k * sak];
+    a = t.data();
+    as = Kf;
+  }
+  amx_blocks(Mf, Nf, Kf, a, as, B, ldb, C, ldc, accumulate);
+  if (Kf < K2)  // the last K2 % 16 pairs of the 16-blocks
+    gemm_pairs_avx512(Mf, Nf, K2 - Kf, A + Kf * sak, sam, sak, B + Kf * ldb, ldb, C, ldc, true);
+  if (Nf < N)  // the last N % 16 columns, every row
+    gemm_pairs_avx512(M, N - Nf, K2, A, sam, sak, B + Nf, ldb, C + Nf, ldc, accumulate);
+  if (Mf < M)  // the last M % 16 rows, the 16-block columns
+    gemm_pairs_avx512(M - Mf, Nf, K2, A + Mf * sam, sam, sak, B, ldb, C + Mf * ldc, ldc, accumulate);
+}
+
 #endif  // BRNNSEG_HAVE_X86
 
 struct Scratch {
@@ -240,7 +349,7 @@ void float_from_bf16(const uint16_t* src, float* dst, int64_t n, bool accumulate
   }
 }
 
-bool bf16_gemm_supported() { return cpu_bf16_isa() == Bf16Isa::kAvx512Bf16; }
+bool bf16_gemm_supported() { return cpu_bf16_isa() != Bf16Isa::kNone; }
 
 void pack_pairs_along_rows(const float* src, int64_t ld, int64_t M, int64_t K, uint32_t* dst) {
 #ifdef BRNNSEG_HAVE_X86
@@ -260,7 +369,9 @@ void gemm_bf16_pairs(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_
                      const uint32_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
   if (M <= 0 || N <= 0) return;
 #ifdef BRNNSEG_HAVE_X86
-  if (bf16_gemm_supported()) return gemm_pairs_avx512(M, N, K2, A, sam, sak, B, ldb, C, ldc, accumulate);
+  static const Bf16Isa isa = cpu_bf16_isa();
+  if (isa == Bf16Isa::kAmxBf16) return gemm_pairs_amx(M, N, K2, A, sam, sak, B, ldb, C, ldc, accumulate);
+  if (isa == Bf16Isa::kAvx512Bf16) return gemm_pairs_avx512(M, N, K2, A, sam, sak, B, ldb, C, ldc, accumulate);
 #endif
   gemm_pairs_plain(M, N, K2, A, sam, sak, B, ldb, C, ldc, accumulate);
 }

@@ -1,4 +1,5 @@
-// torch.ops.brnnseg.cpu_isa() -> "vector=avx512;bf16=avx512_bf16;amx_bf16=no;cap=none": what the CPU
+// torch.ops.brnnseg.cpu_isa() -> "vector=avx512;bf16=amx_bf16;avx512_bf16_cpu=yes;amx_bf16=yes;cap=none":
+// what the CPU
 // kernels run on (runtime/isa.h), for brnnseg_kernels.cpu_isa(), `info`, the benchmarks and the tests.
 #include <torch/library.h>
 
@@ -16,11 +17,13 @@ std::string cpu_isa_info() {
   std::string s = "vector=";
   s += kVector[static_cast<int>(cpu_isa())];
   s += ";bf16=";
-  s += cpu_bf16_isa() == Bf16Isa::kAvx512Bf16 ? "avx512_bf16" : "none";
+  const Bf16Isa b = cpu_bf16_isa();
+  s += b == Bf16Isa::kAmxBf16 ? "amx_bf16" : b == Bf16Isa::kAvx512Bf16 ? "avx512_bf16" : "none";
   s += ";avx512_bf16_cpu=";
   s += detected_avx512_bf16() ? "yes" : "no";
   s += ";amx_bf16=";
-  s += detected_amx_bf16() ? "yes" : "no";
+  // yes: the CPU has the tiles and the OS granted them; refused: it has them, the OS said no.
+  s += !detected_amx_bf16() ? "no" : amx_permitted() ? "yes" : "refused";
   s += ";cap=";
   s += cap != nullptr && *cap != '\0' ? cap : "none";
   return s;
