@@ -94,14 +94,16 @@ def _bench(args) -> int:
         print(f"TF32: matmul {torch.backends.cuda.matmul.allow_tf32}, cuDNN {torch.backends.cudnn.allow_tf32} "
               "(cuDNN RNNs use TF32 for float32 when allowed)")
     dtypes = args.dtype or bench.native_dtypes(args.device)
-    # bfloat16 on the CPU: products on AVX512-BF16 where it has it, whose roof is the dot-product peak.
+    # bfloat16 on the CPU: products on AMX tiles or AVX512-BF16 where it has them, whose roof is that unit's peak.
     bf16_peak = (bench.bf16_peak_gflops() if args.device == "cpu" and "bfloat16" in dtypes
                  else float("nan"))
     all_rows, records, cell_floor = [], [], {}
     for name in dtypes:
         dtype = getattr(torch, name)
         row_peak = bf16_peak if name == "bfloat16" and bf16_peak == bf16_peak else peak
-        print(f"-- {name}" + (f" (products on AVX512-BF16: % peak and roof against its dot-product peak, "
+        unit = "AMX-BF16 tiles" if name == "bfloat16" and args.device == "cpu" and \
+            __import__("brnnseg_kernels").cpu_isa()["bf16"] == "amx_bf16" else "AVX512-BF16"
+        print(f"-- {name}" + (f" (products on {unit}: % peak and roof against its product peak, "
                               f"{bf16_peak:.0f} GFLOP/s)" if row_peak is bf16_peak else ""))
         rec: list = []
         rows = bench.run(args.device, args.shapes, args.cells, args.repeat, args.threads, not args.no_memory, dtype,

@@ -73,8 +73,9 @@ def fma_peak_gflops(seconds: float = 0.3) -> float:
 
 
 def bf16_peak_gflops(seconds: float = 0.3) -> float:
-    """bfloat16 dot-product rate of all intra-op threads at once (vdpbf16ps chains, 32 products per
-    instruction): the roof of the bfloat16 ops' GEMMs. NaN where their products run in float32."""
+    """bfloat16 product rate of all intra-op threads at once (tdpbf16ps chains on four AMX tiles, 8,192
+    products per instruction, where the products run there; else vdpbf16ps chains, 32 per instruction):
+    the roof of the bfloat16 ops' GEMMs. NaN where their products run in float32."""
     from .. import _C
 
     return _C.cpu_bf16_peak_gflops(seconds) or float("nan")

@@ -17,6 +17,9 @@ namespace brnnseg::cpu {
 namespace {
 
 constexpr int kChains = 16;
+// Multiply-adds per iteration and chain of the AMX loop, as peak_gflops counts them (width x kChains):
+// 4 tdpbf16ps x 8,192 = 32,768.
+constexpr int kAmxWidth = 4 * 16 * 16 * 32 / kChains;
 
 #if defined(__x86_64__) && defined(__GNUC__)
 typedef float F32x16 __attribute__((vector_size(64)));
@@ -74,10 +77,50 @@ __attribute__((target("avx512f,avx512bf16"))) float chains_bf16(int64_t iters, f
   for (int i = 0; i < kChains; ++i) s += _mm512_reduce_add_ps(acc[i]);
   return s;
 }
+// tdpbf16ps chains on AMX: four accumulator tiles (16 x 16 float32), each += a 16 x 32 by 32 x 16 bfloat16
+// product per instruction (8,192 multiply-adds), fed by two A and two B tiles loaded once: the tiles'
+// issue rate with no memory traffic, as the GEMM's 2 x 2 blocks use them (gemm_bf16.cpp).
+__attribute__((target("amx-tile,amx-bf16"))) float chains_amx(int64_t iters, float seed) {
+  struct alignas(64) {
+    uint8_t palette = 1, start_row = 0;
+    uint8_t reserved[14] = {};
+    uint16_t colsb[16] = {};
+    uint8_t rows[16] = {};
+  } cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  alignas(64) static thread_local uint16_t ops[16 * 32];
+  alignas(64) static thread_local float out[4][16 * 16];
+  for (int i = 0; i < 16 * 32; ++i) ops[i] = 0x3f00;  // 0.5 in bfloat16
+  _tile_loadconfig(&cfg);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, ops, 64);
+  _tile_loadd(5, ops, 64);
+  _tile_loadd(6, ops, 64);
+  _tile_loadd(7, ops, 64);
+  for (int64_t it = 0; it < iters; ++it) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, out[0], 64);
+  _tile_stored(1, out[1], 64);
+  _tile_stored(2, out[2], 64);
+  _tile_stored(3, out[3], 64);
+  _tile_release();
+  return seed + out[0][0] + out[1][17] + out[2][34] + out[3][255];
+}
 #else
 int lanes() { return 0; }
 float run_chains(int, int64_t, float) { return 0; }
 float chains_bf16(int64_t, float) { return 0; }
+float chains_amx(int64_t, float) { return 0; }
 #endif
 
 // The chains' results land here and their seeds come from here: a volatile the compiler can
@@ -85,14 +128,15 @@ float chains_bf16(int64_t, float) { return 0; }
 volatile float g_sink = 0.0f;
 
 // Seconds for `iters` iterations on every thread at once (the slowest thread counts); width 32: the
-// bfloat16 dot-product chains.
+// bfloat16 dot-product chains; kAmxWidth: the tile chains.
 double timed_run(int width, int64_t iters) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const auto t0 = std::chrono::steady_clock::now();
   at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i)
-      g_sink = width == 32 ? chains_bf16(iters, 1.0f + g_sink * 1e-30f)
-                           : run_chains(width, iters, 1.0f + g_sink * 1e-30f);
+      g_sink = width == kAmxWidth ? chains_amx(iters, 1.0f + g_sink * 1e-30f)
+               : width == 32      ? chains_bf16(iters, 1.0f + g_sink * 1e-30f)
+                                  : run_chains(width, iters, 1.0f + g_sink * 1e-30f);
   });
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -118,7 +162,11 @@ double peak_gflops(int width, double seconds) {
 double fma_peak_gflops(double seconds) { return peak_gflops(lanes(), seconds); }
 
 double bf16_dot_peak_gflops(double seconds) {
-  return peak_gflops(cpu_bf16_isa() == Bf16Isa::kAvx512Bf16 ? 32 : 0, seconds);
+  switch (cpu_bf16_isa()) {
+    case Bf16Isa::kAmxBf16: return peak_gflops(kAmxWidth, seconds);
+    case Bf16Isa::kAvx512Bf16: return peak_gflops(32, seconds);
+    default: return 0.0;
+  }
 }
 
 }  // namespace brnnseg::cpu
