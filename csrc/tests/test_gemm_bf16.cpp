@@ -74,6 +74,43 @@ int main() {
             std::printf("FAIL M=%d N=%d K=%d: wrote past column N at (%d,%d)\n", M, N, K, i, j);
       }
     }
+  // Two products summed into one C (gemm_bf16_pairs_sum: the input and recurrent products of a cell that
+  // adds them): rows and columns with and without 16-block edges, either K with or without a tail.
+  for (int M : {1, 17, 40, 64}) for (int N : {16, 33, 100}) for (int Ka : {3, 16, 21, 32}) for (int Kb : {8, 16, 24}) {
+    const int sa1 = Ka + 2, sa2 = Kb + 1, ldc = N + 3;
+    std::vector<float> a1(M * 2 * Ka), a2(M * 2 * Kb), b1(2 * Ka * N), b2(2 * Kb * N);
+    for (auto* v : {&a1, &a2, &b1, &b2}) for (float& x : *v) x = u(rng);
+    std::vector<uint32_t> p1(M * sa1), p2(M * sa2), q1(Ka * N), q2(Kb * N);
+    for (int i = 0; i < M; ++i) {
+      pack_pairs_along_rows(a1.data() + i * 2 * Ka, 2 * Ka, 1, 2 * Ka, p1.data() + i * sa1);
+      pack_pairs_along_rows(a2.data() + i * 2 * Kb, 2 * Kb, 1, 2 * Kb, p2.data() + i * sa2);
+    }
+    pack_pairs_across_rows(b1.data(), N, 2 * Ka, N, q1.data());
+    pack_pairs_across_rows(b2.data(), N, 2 * Kb, N, q2.data());
+    std::vector<float> C(M * ldc, 7.f);
+    gemm_bf16_pairs_sum(M, N, Ka, p1.data(), sa1, q1.data(), Kb, p2.data(), sa2, q2.data(), C.data(), ldc);
+    ++cases;
+    for (int i = 0; i < M; ++i) {
+      for (int j = 0; j < N; ++j) {
+        double want = 0, mag = 0;
+        for (int k = 0; k < 2 * Ka; ++k) {
+          const double p = bf16(a1[i * 2 * Ka + k]) * bf16(b1[k * N + j]);
+          want += p;
+          mag += std::fabs(p);
+        }
+        for (int k = 0; k < 2 * Kb; ++k) {
+          const double p = bf16(a2[i * 2 * Kb + k]) * bf16(b2[k * N + j]);
+          want += p;
+          mag += std::fabs(p);
+        }
+        if (std::fabs(C[i * ldc + j] - want) > 1e-6 * (8 + 2 * (Ka + Kb)) * (mag + 1e-30) && failures++ < 10)
+          std::printf("FAIL sum M=%d N=%d K2a=%d K2b=%d at (%d,%d): %.9g vs %.9g\n", M, N, Ka, Kb, i, j,
+                      C[i * ldc + j], want);
+      }
+      for (int j = N; j < ldc; ++j)
+        if (C[i * ldc + j] != 7.f && failures++ < 10) std::printf("FAIL sum: wrote past column N at (%d,%d)\n", i, j);
+    }
+  }
   // Rounding: ties go to even, as the hardware's vcvtne2ps2bf16.
   {
     const float vals[] = {1.00390625f, 1.01171875f, -1.00390625f, 3.0f, 1e-3f};  // 1 + 2^-8 is a tie

@@ -222,12 +222,21 @@ struct alignas(64) AmxConfig {
   uint8_t rows[16] = {};
 };
 
-// C[0:16*MT, 0:16*NT] (=, or += where accumulate) A . B over K2 pairs (a multiple of 16); A rows of pairs
-// (stride sam), B [K2][ldb] pairs, C float32 (stride ldc). The tile numbers are immediates.
+// One product of a 16-block region: A rows of pairs (A[m*sam + k2]), B [K2][ldb] pairs, K2 a multiple of 16.
+struct AmxOperands {
+  int64_t K2;
+  const uint32_t* A;
+  int64_t sam;
+  const uint32_t* B;
+  int64_t ldb;
+};
+
+// C[0:16*MT, 0:16*NT] (=, or += where accumulate) the sum of n products (1 or 2), at row m0 and column n0
+// of each; C float32 (stride ldc). The tile numbers are immediates.
 template <int MT, int NT>
-BRNNSEG_AMX_TARGET void amx_block(int64_t K2, const uint32_t* A, int64_t sam, const uint32_t* B, int64_t ldb,
-                                  float* C, int64_t ldc, bool accumulate) {
-  const int64_t sa = sam * 4, sb = ldb * 4, sc = ldc * 4;
+BRNNSEG_AMX_TARGET void amx_block(const AmxOperands* ops, int n, int64_t m0, int64_t n0, float* C, int64_t ldc,
+                                  bool accumulate) {
+  const int64_t sc = ldc * 4;
   float* c1 = C + 16;
   float* c2 = C + 16 * ldc;
   float* c3 = c2 + 16;
@@ -242,15 +251,21 @@ BRNNSEG_AMX_TARGET void amx_block(int64_t K2, const uint32_t* A, int64_t sam, co
     if constexpr (MT == 2) _tile_zero(2);
     if constexpr (MT == 2 && NT == 2) _tile_zero(3);
   }
-  for (int64_t k = 0; k < K2; k += 16) {
-    _tile_loadd(4, A + k, sa);
-    _tile_loadd(6, B + k * ldb, sb);
-    if constexpr (NT == 2) _tile_loadd(7, B + k * ldb + 16, sb);
-    if constexpr (MT == 2) _tile_loadd(5, A + 16 * sam + k, sa);
-    _tile_dpbf16ps(0, 4, 6);
-    if constexpr (NT == 2) _tile_dpbf16ps(1, 4, 7);
-    if constexpr (MT == 2) _tile_dpbf16ps(2, 5, 6);
-    if constexpr (MT == 2 && NT == 2) _tile_dpbf16ps(3, 5, 7);
+  for (int i = 0; i < n; ++i) {
+    const AmxOperands& o = ops[i];
+    const uint32_t* A = o.A + m0 * o.sam;
+    const uint32_t* B = o.B + n0;
+    const int64_t sa = o.sam * 4, sb = o.ldb * 4, sam = o.sam, ldb = o.ldb;
+    for (int64_t k = 0; k < o.K2; k += 16) {
+      _tile_loadd(4, A + k, sa);
+      _tile_loadd(6, B + k * ldb, sb);
+      if constexpr (NT == 2) _tile_loadd(7, B + k * ldb + 16, sb);
+      if constexpr (MT == 2) _tile_loadd(5, A + 16 * sam + k, sa);
+      _tile_dpbf16ps(0, 4, 6);
+      if constexpr (NT == 2) _tile_dpbf16ps(1, 4, 7);
+      if constexpr (MT == 2) _tile_dpbf16ps(2, 5, 6);
+      if constexpr (MT == 2 && NT == 2) _tile_dpbf16ps(3, 5, 7);
+    }
   }
   _tile_stored(0, C, sc);
   if constexpr (NT == 2) _tile_stored(1, c1, sc);
@@ -258,11 +273,11 @@ BRNNSEG_AMX_TARGET void amx_block(int64_t K2, const uint32_t* A, int64_t sam, co
   if constexpr (MT == 2 && NT == 2) _tile_stored(3, c3, sc);
 }
 
-// The 16-blocks: M, N and K2 multiples of 16. The configuration is loaded per product (tens of cycles
-// against the thousands of a product) and released after it, so no thread carries tile state between
-// calls.
-BRNNSEG_AMX_TARGET void amx_blocks(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t sam,
-                                   const uint32_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+// The 16-blocks (M, N and every K2 multiples of 16) of the sum of n products. The configuration is
+// loaded per call (tens of cycles against the thousands of a product) and released after it, so no
+// thread carries tile state between calls.
+BRNNSEG_AMX_TARGET void amx_blocks(int64_t M, int64_t N, const AmxOperands* ops, int n, float* C, int64_t ldc,
+                                   bool accumulate) {
   AmxConfig cfg;
   for (int t = 0; t < 8; ++t) {
     cfg.colsb[t] = 64;
@@ -273,13 +288,11 @@ BRNNSEG_AMX_TARGET void amx_blocks(int64_t M, int64_t N, int64_t K2, const uint3
     const bool n2 = n0 + 32 <= N;
     for (int64_t m0 = 0; m0 < M; m0 += 32) {
       const bool m2 = m0 + 32 <= M;
-      const uint32_t* a = A + m0 * sam;
-      const uint32_t* b = B + n0;
       float* c = C + m0 * ldc + n0;
-      if (m2 && n2) amx_block<2, 2>(K2, a, sam, b, ldb, c, ldc, accumulate);
-      else if (m2) amx_block<2, 1>(K2, a, sam, b, ldb, c, ldc, accumulate);
-      else if (n2) amx_block<1, 2>(K2, a, sam, b, ldb, c, ldc, accumulate);
-      else amx_block<1, 1>(K2, a, sam, b, ldb, c, ldc, accumulate);
+      if (m2 && n2) amx_block<2, 2>(ops, n, m0, n0, c, ldc, accumulate);
+      else if (m2) amx_block<2, 1>(ops, n, m0, n0, c, ldc, accumulate);
+      else if (n2) amx_block<1, 2>(ops, n, m0, n0, c, ldc, accumulate);
+      else amx_block<1, 1>(ops, n, m0, n0, c, ldc, accumulate);
     }
   }
   _tile_release();
@@ -337,13 +350,39 @@ void gemm_pairs_amx(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t
     a = t.data();
     as = Kf;
   }
-  amx_blocks(Mf, Nf, Kf, a, as, B, ldb, C, ldc, accumulate);
+  const AmxOperands op{Kf, a, as, B, ldb};
+  amx_blocks(Mf, Nf, &op, 1, C, ldc, accumulate);
   if (Kf < K2)  // the last K2 % 16 pairs of the 16-blocks
     gemm_pairs_avx512(Mf, Nf, K2 - Kf, A + Kf * sak, sam, sak, B + Kf * ldb, ldb, C, ldc, true);
   if (Nf < N)  // the last N % 16 columns, every row
     gemm_pairs_avx512(M, N - Nf, K2, A, sam, sak, B + Nf, ldb, C + Nf, ldc, accumulate);
   if (Mf < M)  // the last M % 16 rows, the 16-block columns
     gemm_pairs_avx512(M - Mf, Nf, K2, A + Mf * sam, sam, sak, B, ldb, C + Mf * ldc, ldc, accumulate);
+}
+
+// C = A1 . B1 + A2 . B2 (rows of pairs, B [K2][N]): the 16-blocks accumulate both products in the same
+// tiles and store once; the edges run on AVX512-BF16, the first product overwriting, the second adding.
+void gemm_pairs_sum_amx(int64_t M, int64_t N, int64_t K2a, const uint32_t* A1, int64_t sa1, const uint32_t* B1,
+                        int64_t K2b, const uint32_t* A2, int64_t sa2, const uint32_t* B2, float* C, int64_t ldc) {
+  const int64_t Mf = M & ~int64_t(15), Nf = N & ~int64_t(15);
+  const int64_t Ka = K2a & ~int64_t(15), Kb = K2b & ~int64_t(15);
+  if (Mf == 0 || Nf == 0 || Ka == 0 || Kb == 0) {
+    gemm_pairs_amx(M, N, K2a, A1, sa1, 1, B1, N, C, ldc, false);
+    gemm_pairs_amx(M, N, K2b, A2, sa2, 1, B2, N, C, ldc, true);
+    return;
+  }
+  const AmxOperands ops[2] = {{Ka, A1, sa1, B1, N}, {Kb, A2, sa2, B2, N}};
+  amx_blocks(Mf, Nf, ops, 2, C, ldc, false);
+  if (Ka < K2a) gemm_pairs_avx512(Mf, Nf, K2a - Ka, A1 + Ka, sa1, 1, B1 + Ka * N, N, C, ldc, true);
+  if (Kb < K2b) gemm_pairs_avx512(Mf, Nf, K2b - Kb, A2 + Kb, sa2, 1, B2 + Kb * N, N, C, ldc, true);
+  if (Nf < N) {
+    gemm_pairs_avx512(M, N - Nf, K2a, A1, sa1, 1, B1 + Nf, N, C + Nf, ldc, false);
+    gemm_pairs_avx512(M, N - Nf, K2b, A2, sa2, 1, B2 + Nf, N, C + Nf, ldc, true);
+  }
+  if (Mf < M) {
+    gemm_pairs_avx512(M - Mf, Nf, K2a, A1 + Mf * sa1, sa1, 1, B1, N, C + Mf * ldc, ldc, false);
+    gemm_pairs_avx512(M - Mf, Nf, K2b, A2 + Mf * sa2, sa2, 1, B2, N, C + Mf * ldc, ldc, true);
+  }
 }
 
 #endif  // BRNNSEG_HAVE_X86
@@ -407,6 +446,17 @@ void gemm_bf16_pairs(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_
   if (isa == Bf16Isa::kAvx512Bf16) return gemm_pairs_avx512(M, N, K2, A, sam, sak, B, ldb, C, ldc, accumulate);
 #endif
   gemm_pairs_plain(M, N, K2, A, sam, sak, B, ldb, C, ldc, accumulate);
+}
+
+void gemm_bf16_pairs_sum(int64_t M, int64_t N, int64_t K2a, const uint32_t* A1, int64_t sa1, const uint32_t* B1,
+                         int64_t K2b, const uint32_t* A2, int64_t sa2, const uint32_t* B2, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+#ifdef BRNNSEG_HAVE_X86
+  if (cpu_bf16_isa() == Bf16Isa::kAmxBf16)
+    return gemm_pairs_sum_amx(M, N, K2a, A1, sa1, B1, K2b, A2, sa2, B2, C, ldc);
+#endif
+  gemm_bf16_pairs(M, N, K2a, A1, sa1, 1, B1, N, C, ldc, false);
+  gemm_bf16_pairs(M, N, K2b, A2, sa2, 1, B2, N, C, ldc, true);
 }
 
 void gemm_bf16_packed_b(bool ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,

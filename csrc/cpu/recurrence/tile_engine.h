@@ -117,10 +117,37 @@ inline void set_saved(Args& a, W* ws) {
 template <typename T, typename X>
 using SavedSlot = std::conditional_t<std::is_same_v<T, X>, T, uint16_t>;
 
+// The x rows of a step as rows of bfloat16 pairs (gemm_bf16.h) for the summed products: bfloat16 rows
+// with an even C and stride are pairs as they lie; others are packed into `buf`. Returns the rows, their
+// stride in pairs in `stride`.
+template <typename X>
+inline const uint32_t* x_pairs(const X* x, int64_t L, int64_t C, int64_t lda, std::vector<uint32_t>& buf,
+                               int64_t& stride) {
+  const int64_t C2 = pairs_of(C);
+  if constexpr (sizeof(X) == 2) {
+    if (C % 2 == 0 && lda % 2 == 0 && reinterpret_cast<uintptr_t>(x) % 4 == 0) {
+      stride = lda / 2;
+      return reinterpret_cast<const uint32_t*>(x);
+    }
+    buf.resize(L * C2);
+    const uint16_t* b = reinterpret_cast<const uint16_t*>(x);
+    for (int64_t m = 0; m < L; ++m)
+      for (int64_t j = 0; j < C2; ++j)
+        buf[m * C2 + j] = static_cast<uint32_t>(b[m * lda + 2 * j]) |
+                          (2 * j + 1 < C ? static_cast<uint32_t>(b[m * lda + 2 * j + 1]) << 16 : 0u);
+  } else {
+    buf.resize(L * C2);
+    pack_pairs_along_rows(x, lda, L, C, buf.data());
+  }
+  stride = C2;
+  return buf.data();
+}
+
 // Per-thread buffers of the forward engine. The caller puts the initial state in h0() / c().
 template <typename T>
 struct ForwardScratch {
   std::vector<T> h_a, h_b, c, gx, gh;
+  std::vector<uint32_t> x_pairs, h_pairs;  // summed bfloat16 products: the step's operands in pairs
   ForwardScratch(int64_t tile, int64_t hid, int64_t Gh, bool cell_state)
       : h_a(tile * hid), h_b(tile * hid), c(cell_state ? tile * hid : 0), gx(tile * Gh), gh(tile * Gh) {}
   T* h0() { return h_a.data(); }
@@ -140,16 +167,34 @@ T* forward_tile(const TileWeights<T>& w, int d, int64_t L, int64_t T_len, bool h
   const uint32_t* phh_d = w.w_hh_pairs ? w.w_hh_pairs + d * pairs_of(hid) * Gh : nullptr;
   StepArgs<T> a{0, hid, s.gx.data(), s.gh.data(), w.b_ih + d * Gh, w.b_hh + d * Gh, nullptr};
   a.bf16_gates = w.bf16();  // products in bfloat16: the gate math to bfloat16's accuracy (cell_steps.h)
+  // Cells whose gates take W_ih x + W_hh h_prev (no split recurrent gradient), with bfloat16 products:
+  // both products in one pass into gx (on AMX one tile store per block instead of two, and the step
+  // reads one buffer); the step gets gh = nullptr.
+  const bool summed = std::is_same_v<T, float> && !Cell::kSplitRecurrentGrad && w.bf16() && C > 0;
   for (int64_t step = 0; step < T_len; ++step) {
     const int64_t t = step_time(d, step, T_len);
     const int64_t Lt = io.active(t);
     if (Lt > 0) {
       int64_t lda = 0;
       const auto* xa = io.x_rows(t, Lt, lda);  // T, or bfloat16 for bfloat16 layers
-      if (C > 0) input_product(Lt, Gh, C, xa, lda, wih_d, pih_d, s.gx.data(), Gh);
-      else std::fill(s.gx.begin(), s.gx.end(), T(0));
-      if (step == 0 && h0_zero) std::fill(s.gh.begin(), s.gh.end(), T(0));
-      else weight_product(Lt, Gh, hid, h_prev, hid, whh_d, phh_d, s.gh.data(), Gh, false);
+      const bool first = step == 0 && h0_zero;
+      if constexpr (std::is_same_v<T, float>) {
+        if (summed && !first) {
+          int64_t sx = 0;
+          const uint32_t* xp = x_pairs(xa, Lt, C, lda, s.x_pairs, sx);
+          s.h_pairs.resize(Lt * pairs_of(hid));
+          pack_pairs_along_rows(h_prev, hid, Lt, hid, s.h_pairs.data());
+          gemm_bf16_pairs_sum(Lt, Gh, pairs_of(C), xp, sx, pih_d, pairs_of(hid), s.h_pairs.data(), pairs_of(hid),
+                              phh_d, s.gx.data(), Gh);
+        }
+      }
+      a.gh = summed && !first ? nullptr : s.gh.data();
+      if (a.gh != nullptr) {
+        if (C > 0) input_product(Lt, Gh, C, xa, lda, wih_d, pih_d, s.gx.data(), Gh);
+        else std::fill(s.gx.begin(), s.gx.end(), T(0));
+        if (first) std::fill(s.gh.begin(), s.gh.end(), T(0));
+        else weight_product(Lt, Gh, hid, h_prev, hid, whh_d, phh_d, s.gh.data(), Gh, false);
+      }
       a.L = Lt;
       set_saved(a, io.ws(t));
       step_forward(Cell{}, a, h_cur, h_prev, s.c.data());
