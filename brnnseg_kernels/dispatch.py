@@ -1,9 +1,10 @@
 """Which kernel an input takes, and in which dtype: the one place that decides.
 
 * Sweeps (``functional.sweep`` / ``renet``): the fused CPU kernel in float32/float64/bfloat16 (bfloat16
-  keeps float32 state and runs its products in bfloat16 on AVX512-BF16; float16 inputs are computed in
-  float32 and cast back), except bfloat16 LSTM sweeps on CPUs with AMX-BF16, which go to torch's fused
-  LSTM (faster there: :func:`cpu_bf16_lstm_path`); the fused CUDA kernel in float32/float16/bfloat16 when the build has CUDA and
+  keeps float32 state and runs its products in bfloat16 on AMX tiles or AVX512-BF16; float16 inputs are
+  computed in float32 and cast back), except bfloat16 LSTM sweeps on CPUs whose AMX-BF16 tiles torch uses
+  and ours may not (capped, or refused by the OS), which go to torch's fused LSTM (faster there:
+  :func:`cpu_bf16_lstm_path`); the fused CUDA kernel in float32/float16/bfloat16 when the build has CUDA and
   the hidden size fits it (``torch.ops.brnnseg.sweep_limits``, from the C++ planner) and it is not
   slower than permute + cuDNN there (measured per GPU, else the calibrated model: :func:`cuda_backend`,
   :mod:`brnnseg_kernels.tuning`; else cuDNN, through torch's own RNN op, runs it); under autocast
@@ -108,17 +109,26 @@ BF16_LSTM_CHOICES = ("auto", "kernel", "torch")
 def cpu_bf16_lstm_path() -> str:
     """Who runs bfloat16 LSTM sweeps on the CPU: "kernel" (ours) or "torch" (permute + torch's fused
     ``torch.lstm``, oneDNN's). ``BRNNSEG_CPU_BF16_LSTM=kernel|torch`` decides; ``auto`` (the default)
-    takes torch's where the CPU has AMX-BF16: oneDNN runs its LSTM GEMMs on AMX tiles there (16.6 / 15.2 /
-    4.0 ms under no_grad on the benchmark shapes of a 2-core Xeon, against our 0.53-0.70x of it with
-    float32 products, benchmarks/README.md) and ours has no AMX kernel yet, so it would be slower than
-    what users have. Everywhere else (AVX512-BF16 without AMX, or no bfloat16 unit) ours: 1.5-2.5x
-    torch's on this repository's EPYC."""
+    takes ours wherever our products run on the best unit the CPU has, and torch's on a CPU with
+    AMX-BF16 whose tiles ours may not use (BRNNSEG_CPU_ISA below amx_bf16, or the OS refused the tile
+    state): oneDNN runs its LSTM GEMMs on AMX there, and ours on AVX512-BF16 measured 0.53-0.70x of it
+    under no_grad on a 2-core Xeon. With our products on AMX, the same Xeon measured ours at 2.3-2.6x
+    torch's forward+backward and 1.5-1.8x under no_grad on cpu-med, cpu-hires and cpu-wide
+    (benchmarks/README.md); without AMX (an EPYC with AVX512-BF16) 1.3-3.3x."""
     choice = os.environ.get("BRNNSEG_CPU_BF16_LSTM", "auto") or "auto"
     if choice not in BF16_LSTM_CHOICES:
         raise ValueError(f"BRNNSEG_CPU_BF16_LSTM must be one of {', '.join(BF16_LSTM_CHOICES)}, got {choice!r}")
     if choice != "auto":
         return choice
-    return "torch" if _cpu_has_amx_bf16() else "kernel"
+    return "torch" if _cpu_has_amx_bf16() and not _amx_products() else "kernel"
+
+
+@functools.lru_cache(maxsize=None)
+def _amx_products() -> bool:
+    """Our bfloat16 products run on AMX tiles (the CPU has them, the OS granted them, no cap)."""
+    from . import cpu_isa
+
+    return cpu_isa().get("bf16") == "amx_bf16"
 
 
 @functools.lru_cache(maxsize=None)
@@ -214,7 +224,8 @@ def sweep_decision(x: Tensor, hidden: int, cell: Optional[str] = None, axis: Opt
         return ("kernel" if backend == "kernel" else "torch"), why
     if x.dtype == torch.bfloat16 and cell == "lstm" and x.device.type == "cpu" and cpu_bf16_lstm_path() == "torch":
         why = ("BRNNSEG_CPU_BF16_LSTM=torch" if os.environ.get("BRNNSEG_CPU_BF16_LSTM") == "torch" else
-               "bfloat16 LSTM on a CPU with AMX-BF16: torch's fused LSTM (oneDNN on AMX tiles) is faster there")
+               "bfloat16 LSTM on a CPU with AMX-BF16 that our products may not use (capped or refused): torch's "
+               "fused LSTM (oneDNN on AMX tiles) is faster there")
         return "torch", why
     if x.dtype in CPU_DTYPES:
         return "kernel", f"our CPU kernel in {str(x.dtype).replace('torch.', '')}"

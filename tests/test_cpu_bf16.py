@@ -319,15 +319,20 @@ def test_isa_env_rejects_unknown():
 
 
 def test_bf16_lstm_dispatch_to_torch(monkeypatch):
-    """Never slower: bfloat16 LSTM sweeps go to torch's fused LSTM on CPUs with AMX-BF16 (auto), or when
-    BRNNSEG_CPU_BF16_LSTM=torch; that path is exactly nn.LSTM over the lines, gradients included."""
+    """Never slower: bfloat16 LSTM sweeps go to torch's fused LSTM on CPUs with AMX-BF16 whose tiles our
+    products may not use (auto), or when BRNNSEG_CPU_BF16_LSTM=torch; that path is exactly nn.LSTM over the
+    lines, gradients included. With our products on the tiles, or on a CPU without them, ours."""
     from brnnseg_kernels import dispatch, functional
 
     x = torch.randn(2, 5, 4, 6).bfloat16()
     monkeypatch.delenv("BRNNSEG_CPU_BF16_LSTM", raising=False)
     monkeypatch.setattr(dispatch, "_cpu_has_amx_bf16", lambda: False)
+    monkeypatch.setattr(dispatch, "_amx_products", lambda: False)
     assert dispatch.sweep_path(x, 8, "lstm") == "kernel"
     monkeypatch.setattr(dispatch, "_cpu_has_amx_bf16", lambda: True)
+    monkeypatch.setattr(dispatch, "_amx_products", lambda: True)
+    assert dispatch.sweep_path(x, 8, "lstm") == "kernel"
+    monkeypatch.setattr(dispatch, "_amx_products", lambda: False)  # capped, or refused by the OS
     assert dispatch.sweep_path(x, 8, "lstm") == "torch"
     assert dispatch.sweep_path(x, 8, "gru") == "kernel"  # torch's bfloat16 GRU has no such path
     assert dispatch.sweep_path(x.float(), 8, "lstm") == "kernel"
