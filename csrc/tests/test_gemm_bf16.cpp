@@ -111,6 +111,30 @@ int main() {
         if (C[i * ldc + j] != 7.f && failures++ < 10) std::printf("FAIL sum: wrote past column N at (%d,%d)\n", i, j);
     }
   }
+  // Weight gradients: C (M x N) += A^T . B over K rows, A (K x M) packed and transposed in one pass
+  // (pack_pairs_transposed: rows of pairs, AMX's layout) and B packed by gemm_bf16_packed_a.
+  for (int K : {1, 3, 31, 64, 129, 1000}) for (int M : {5, 16, 33, 96}) for (int N : {7, 32, 40}) {
+    const int lda = M + 1, ldb = N + 2, ldc = N + 1, K2 = (K + 1) / 2;
+    std::vector<float> A(K * lda), B(K * ldb), C(M * ldc), C0;
+    for (auto* v : {&A, &B, &C}) for (float& x : *v) x = u(rng);
+    C0 = C;
+    std::vector<uint32_t> ap(M * K2 + 1, 0xdeadbeefu);
+    pack_pairs_transposed(A.data(), lda, K, M, ap.data());
+    if (ap[M * K2] != 0xdeadbeefu && failures++ < 10) std::printf("FAIL transposed pack wrote past M*K2 (K=%d M=%d)\n", K, M);
+    gemm_bf16_packed_a(M, N, K, ap.data(), K2, 1, B.data(), ldb, C.data(), ldc, true);
+    ++cases;
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) {
+        double want = C0[i * ldc + j], mag = std::fabs(want);
+        for (int k = 0; k < K; ++k) {
+          const double p = bf16(A[k * lda + i]) * bf16(B[k * ldb + j]);
+          want += p;
+          mag += std::fabs(p);
+        }
+        if (std::fabs(C[i * ldc + j] - want) > 1e-6 * (4 + K) * (mag + 1e-30) && failures++ < 10)
+          std::printf("FAIL transposed K=%d M=%d N=%d at (%d,%d): %.9g vs %.9g\n", K, M, N, i, j, C[i * ldc + j], want);
+      }
+  }
   // Rounding: ties go to even, as the hardware's vcvtne2ps2bf16.
   {
     const float vals[] = {1.00390625f, 1.01171875f, -1.00390625f, 3.0f, 1e-3f};  // 1 + 2^-8 is a tie

@@ -326,6 +326,36 @@ __attribute__((target("avx512f"))) void transpose16(const uint32_t* src, int64_t
   for (int i = 0; i < 16; ++i) _mm512_storeu_si512(dst + i * ld, r[i]);
 }
 
+// (K x N) float32 -> [N][K2] rows of pairs, dst[n*K2 + j] = (src[2j][n], src[2j+1][n]): the transposed A
+// of a weight gradient (K = the buffered rows) packed and transposed in one pass, 16 pairs x 16 columns
+// at a time: rounded and interleaved as pack_across_avx512 does, then transpose16.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_transposed_avx512(const float* src, int64_t ld,
+                                                                                     int64_t K, int64_t N,
+                                                                                     uint32_t* dst) {
+  const int64_t K2 = (K + 1) / 2;
+  alignas(64) static const uint16_t kIdx[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i idx = _mm512_load_si512(kIdx);
+  alignas(64) uint32_t block[16 * 16], out[16 * 16];
+  for (int64_t n0 = 0; n0 < N; n0 += 16) {
+    const __mmask16 mn = lane_mask(N - n0);
+    const int64_t nn = std::min<int64_t>(16, N - n0);
+    for (int64_t j0 = 0; j0 < K2; j0 += 16) {
+      const int64_t jj = std::min<int64_t>(16, K2 - j0);
+      for (int64_t j = 0; j < 16; ++j) {
+        const int64_t r = 2 * (j0 + j);
+        const __m512 a = r < K ? _mm512_maskz_loadu_ps(mn, src + r * ld + n0) : _mm512_setzero_ps();
+        const __m512 b = r + 1 < K ? _mm512_maskz_loadu_ps(mn, src + (r + 1) * ld + n0) : _mm512_setzero_ps();
+        _mm512_store_si512(block + j * 16, _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(b, a)));
+      }
+      transpose16(block, 16, out, 16);
+      const __mmask16 mj = lane_mask(jj);
+      for (int64_t i = 0; i < nn; ++i)
+        _mm512_mask_storeu_epi32(dst + (n0 + i) * K2 + j0, mj, _mm512_load_si512(out + i * 16));
+    }
+  }
+}
+
 std::vector<uint32_t>& amx_rows_scratch() {
   thread_local std::vector<uint32_t> v;
   return v;
@@ -428,6 +458,16 @@ void pack_pairs_along_rows(const float* src, int64_t ld, int64_t M, int64_t K, u
   if (bf16_gemm_supported()) return pack_along_avx512(src, ld, M, K, dst);
 #endif
   pack_along_plain(src, ld, M, K, dst);
+}
+
+void pack_pairs_transposed(const float* src, int64_t ld, int64_t K, int64_t N, uint32_t* dst) {
+#ifdef BRNNSEG_HAVE_X86
+  if (bf16_gemm_supported()) return pack_transposed_avx512(src, ld, K, N, dst);
+#endif
+  const int64_t K2 = (K + 1) / 2;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < K2; ++j)
+      dst[n * K2 + j] = pair_bits(src[2 * j * ld + n], 2 * j + 1 < K ? src[(2 * j + 1) * ld + n] : 0.f);
 }
 
 void pack_pairs_across_rows(const float* src, int64_t ld, int64_t K, int64_t N, uint32_t* dst) {

@@ -21,6 +21,11 @@ void pack_pairs_along_rows(const float* src, int64_t ld, int64_t M, int64_t K, u
 // Float32 (K x N, row stride ld) -> pairs [K2][N]: rows 2j and 2j+1 interleaved.
 void pack_pairs_across_rows(const float* src, int64_t ld, int64_t K, int64_t N, uint32_t* dst);
 
+// Float32 (K x N, row stride ld) -> pairs [N][K2], transposed: dst[n*K2 + j] = rows 2j and 2j+1 of column
+// n. The A of a weight gradient (A^T . B over K buffered rows) as rows of pairs, the layout AMX tiles
+// read without a transpose.
+void pack_pairs_transposed(const float* src, int64_t ld, int64_t K, int64_t N, uint32_t* dst);
+
 // C (M x N, row stride ldc) = A . B [+ C], A and B in pairs (above), K2 pairs deep.
 void gemm_bf16_pairs(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t sam, int64_t sak,
                      const uint32_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);

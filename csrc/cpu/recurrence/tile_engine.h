@@ -215,6 +215,7 @@ template <typename T>
 struct BackwardScratch {
   std::vector<T> dh, dc, cp, hp, dgx, dgh, xs;
   std::vector<uint32_t> gate_pairs;  // bfloat16 products: the buffered gate gradients, transposed, in pairs
+  std::vector<uint32_t> step_pairs;  // and one step's (cells without a split: the A of dx and of dh_prev)
   BackwardScratch(int64_t tile, int64_t hid, int64_t Gh, int64_t C, bool cell_state, bool split)
       : dh(tile * hid), dc(cell_state ? tile * hid : 0), cp(cell_state ? tile * hid : 0),
         hp(kChunk * tile * hid), dgx(kChunk * tile * Gh), dgh(split ? kChunk * tile * Gh : 0),
@@ -241,13 +242,15 @@ void backward_tile(const TileWeights<T>& w, int d, int64_t T_len, BackwardScratc
   auto flush = [&] {
     if (buffered == 0) return;
     if constexpr (std::is_same_v<T, float>) {
-      if (bf16) {  // dgx^T packed once: it is the A of dW_ih and (cells without a split) of dW_hh
-        s.gate_pairs.resize(pairs_of(buffered) * Gh);
+      if (bf16) {  // dgx^T packed once (as rows of pairs, [Gh][K2]: AMX tiles read it as it lies): it is
+                   // the A of dW_ih and (cells without a split) of dW_hh
+        const int64_t K2 = pairs_of(buffered);
+        s.gate_pairs.resize(K2 * Gh);
         uint32_t* ap = s.gate_pairs.data();
-        pack_pairs_across_rows(s.dgx.data(), Gh, buffered, Gh, ap);
-        if (C > 0) gemm_bf16_packed_a(Gh, C, buffered, ap, 1, Gh, s.xs.data(), C, g.w_ih, C, true);
-        if (kSplit) pack_pairs_across_rows(s.dgh.data(), Gh, buffered, Gh, ap);
-        gemm_bf16_packed_a(Gh, hid, buffered, ap, 1, Gh, s.hp.data(), hid, g.w_hh, hid, true);
+        pack_pairs_transposed(s.dgx.data(), Gh, buffered, Gh, ap);
+        if (C > 0) gemm_bf16_packed_a(Gh, C, buffered, ap, K2, 1, s.xs.data(), C, g.w_ih, C, true);
+        if (kSplit) pack_pairs_transposed(s.dgh.data(), Gh, buffered, Gh, ap);
+        gemm_bf16_packed_a(Gh, hid, buffered, ap, K2, 1, s.hp.data(), hid, g.w_hh, hid, true);
         buffered = steps = 0;
         return;
       }
@@ -269,14 +272,29 @@ void backward_tile(const TileWeights<T>& w, int d, int64_t T_len, BackwardScratc
     StepBackwardArgs<T> a{Lt, hid, nullptr, dgx_j, dgh_j, g.b_ih, g.b_hh};
     set_saved(a, io.ws(t));
     step_backward(Cell{}, a, s.dh.data(), s.dc.data(), hp_j, Cell::kHasCellState ? s.cp.data() : nullptr, hid);
+    // Cells without a split: dx and dh_prev take the same A (dgx), packed into pairs once for both.
+    const uint32_t* gp = nullptr;
+    if constexpr (!kSplit && std::is_same_v<T, float>) {
+      if (bf16) {
+        s.step_pairs.resize(Lt * pairs_of(Gh));
+        pack_pairs_along_rows(dgx_j, Gh, Lt, Gh, s.step_pairs.data());
+        gp = s.step_pairs.data();
+      }
+    }
     if (C > 0) {
       int64_t ld = 0;
       T* dst = io.dx_rows(t, Lt, ld);
-      weight_product(Lt, C, Gh, dgx_j, Gh, wih_d, pih_d, dst, ld, false);
+      if constexpr (std::is_same_v<T, float>) {
+        if (gp) gemm_bf16_pairs(Lt, C, pairs_of(Gh), gp, pairs_of(Gh), 1, pih_d, C, dst, ld, false);
+      }
+      if (!gp) weight_product(Lt, C, Gh, dgx_j, Gh, wih_d, pih_d, dst, ld, false);
       io.dx_done(t, Lt, dst);
       io.copy_x(t, Lt, s.xs.data() + buffered * C);
     }
-    weight_product(Lt, hid, Gh, dgh_j, Gh, whh_d, phh_d, s.dh.data(), hid, true);
+    if constexpr (std::is_same_v<T, float>) {
+      if (gp) gemm_bf16_pairs(Lt, hid, pairs_of(Gh), gp, pairs_of(Gh), 1, phh_d, hid, s.dh.data(), hid, true);
+    }
+    if (!gp) weight_product(Lt, hid, Gh, dgh_j, Gh, whh_d, phh_d, s.dh.data(), hid, true);
     buffered += Lt;
     if (++steps == kChunk) flush();
   }
