@@ -298,11 +298,10 @@ BRNNSEG_AMX_TARGET void amx_blocks(int64_t M, int64_t N, const AmxOperands* ops,
   _tile_release();
 }
 
-// dst[j][i] = src[i][j] for a 16 x 16 block of 32-bit values (rows ls / ld apart): three rounds of
-// unpacks (32-bit, 64-bit) and two rounds of 128-bit lane shuffles.
-__attribute__((target("avx512f"))) void transpose16(const uint32_t* src, int64_t ls, uint32_t* dst, int64_t ld) {
-  __m512i r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(src + i * ls);
+// r[j] lane i <- r[i] lane j: a 16 x 16 block of 32-bit values transposed in registers, by unpacks
+// (32-bit, 64-bit) and two rounds of 128-bit lane shuffles.
+__attribute__((target("avx512f"), always_inline)) inline void transpose16_regs(__m512i* r) {
+  __m512i t[16];
   for (int i = 0; i < 16; i += 2) {  // 32-bit interleave of row pairs
     t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
     t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
@@ -323,6 +322,13 @@ __attribute__((target("avx512f"))) void transpose16(const uint32_t* src, int64_t
     r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
     r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
   }
+}
+
+// dst[j][i] = src[i][j] for a 16 x 16 block of 32-bit values (rows ls / ld apart).
+__attribute__((target("avx512f"))) void transpose16(const uint32_t* src, int64_t ls, uint32_t* dst, int64_t ld) {
+  __m512i r[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(src + i * ls);
+  transpose16_regs(r);
   for (int i = 0; i < 16; ++i) _mm512_storeu_si512(dst + i * ld, r[i]);
 }
 
@@ -336,22 +342,21 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_transposed_avx5
   alignas(64) static const uint16_t kIdx[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
                                                 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
   const __m512i idx = _mm512_load_si512(kIdx);
-  alignas(64) uint32_t block[16 * 16], out[16 * 16];
   for (int64_t n0 = 0; n0 < N; n0 += 16) {
     const __mmask16 mn = lane_mask(N - n0);
     const int64_t nn = std::min<int64_t>(16, N - n0);
     for (int64_t j0 = 0; j0 < K2; j0 += 16) {
       const int64_t jj = std::min<int64_t>(16, K2 - j0);
+      __m512i r[16];
       for (int64_t j = 0; j < 16; ++j) {
-        const int64_t r = 2 * (j0 + j);
-        const __m512 a = r < K ? _mm512_maskz_loadu_ps(mn, src + r * ld + n0) : _mm512_setzero_ps();
-        const __m512 b = r + 1 < K ? _mm512_maskz_loadu_ps(mn, src + (r + 1) * ld + n0) : _mm512_setzero_ps();
-        _mm512_store_si512(block + j * 16, _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(b, a)));
+        const int64_t k = 2 * (j0 + j);
+        const __m512 a = k < K ? _mm512_maskz_loadu_ps(mn, src + k * ld + n0) : _mm512_setzero_ps();
+        const __m512 b = k + 1 < K ? _mm512_maskz_loadu_ps(mn, src + (k + 1) * ld + n0) : _mm512_setzero_ps();
+        r[j] = _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(b, a));
       }
-      transpose16(block, 16, out, 16);
+      transpose16_regs(r);
       const __mmask16 mj = lane_mask(jj);
-      for (int64_t i = 0; i < nn; ++i)
-        _mm512_mask_storeu_epi32(dst + (n0 + i) * K2 + j0, mj, _mm512_load_si512(out + i * 16));
+      for (int64_t i = 0; i < nn; ++i) _mm512_mask_storeu_epi32(dst + (n0 + i) * K2 + j0, mj, r[i]);
     }
   }
 }
