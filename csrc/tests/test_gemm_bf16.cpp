@@ -77,29 +77,29 @@ int main() {
   // Two products summed into one C (gemm_bf16_pairs_sum: the input and recurrent products of a cell that
   // adds them): rows and columns with and without 16-block edges, either K with or without a tail.
   for (int M : {1, 17, 40, 64}) for (int N : {16, 33, 100}) for (int Ka : {3, 16, 21, 32}) for (int Kb : {8, 16, 24}) {
-    const int sa1 = Ka + 2, sa2 = Kb + 1, ldc = N + 3;
-    std::vector<float> a1(M * 2 * Ka), a2(M * 2 * Kb), b1(2 * Ka * N), b2(2 * Kb * N);
+    const int sa1 = Ka + 2, sa2 = Kb + 1, ldc = N + 3, ldb = N + 5;  // B: N of ldb columns (a gate slice)
+    std::vector<float> a1(M * 2 * Ka), a2(M * 2 * Kb), b1(2 * Ka * ldb), b2(2 * Kb * ldb);
     for (auto* v : {&a1, &a2, &b1, &b2}) for (float& x : *v) x = u(rng);
-    std::vector<uint32_t> p1(M * sa1), p2(M * sa2), q1(Ka * N), q2(Kb * N);
+    std::vector<uint32_t> p1(M * sa1), p2(M * sa2), q1(Ka * ldb), q2(Kb * ldb);
     for (int i = 0; i < M; ++i) {
       pack_pairs_along_rows(a1.data() + i * 2 * Ka, 2 * Ka, 1, 2 * Ka, p1.data() + i * sa1);
       pack_pairs_along_rows(a2.data() + i * 2 * Kb, 2 * Kb, 1, 2 * Kb, p2.data() + i * sa2);
     }
-    pack_pairs_across_rows(b1.data(), N, 2 * Ka, N, q1.data());
-    pack_pairs_across_rows(b2.data(), N, 2 * Kb, N, q2.data());
+    pack_pairs_across_rows(b1.data(), ldb, 2 * Ka, ldb, q1.data());
+    pack_pairs_across_rows(b2.data(), ldb, 2 * Kb, ldb, q2.data());
     std::vector<float> C(M * ldc, 7.f);
-    gemm_bf16_pairs_sum(M, N, Ka, p1.data(), sa1, q1.data(), Kb, p2.data(), sa2, q2.data(), C.data(), ldc);
+    gemm_bf16_pairs_sum(M, N, Ka, p1.data(), sa1, q1.data(), Kb, p2.data(), sa2, q2.data(), ldb, C.data(), ldc);
     ++cases;
     for (int i = 0; i < M; ++i) {
       for (int j = 0; j < N; ++j) {
         double want = 0, mag = 0;
         for (int k = 0; k < 2 * Ka; ++k) {
-          const double p = bf16(a1[i * 2 * Ka + k]) * bf16(b1[k * N + j]);
+          const double p = bf16(a1[i * 2 * Ka + k]) * bf16(b1[k * ldb + j]);
           want += p;
           mag += std::fabs(p);
         }
         for (int k = 0; k < 2 * Kb; ++k) {
-          const double p = bf16(a2[i * 2 * Kb + k]) * bf16(b2[k * N + j]);
+          const double p = bf16(a2[i * 2 * Kb + k]) * bf16(b2[k * ldb + j]);
           want += p;
           mag += std::fabs(p);
         }

@@ -398,25 +398,25 @@ void gemm_pairs_amx(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t
 // C = A1 . B1 + A2 . B2 (rows of pairs, B [K2][N]): the 16-blocks accumulate both products in the same
 // tiles and store once; the edges run on AVX512-BF16, the first product overwriting, the second adding.
 void gemm_pairs_sum_amx(int64_t M, int64_t N, int64_t K2a, const uint32_t* A1, int64_t sa1, const uint32_t* B1,
-                        int64_t K2b, const uint32_t* A2, int64_t sa2, const uint32_t* B2, float* C, int64_t ldc) {
+                        int64_t K2b, const uint32_t* A2, int64_t sa2, const uint32_t* B2, int64_t ldb, float* C, int64_t ldc) {
   const int64_t Mf = M & ~int64_t(15), Nf = N & ~int64_t(15);
   const int64_t Ka = K2a & ~int64_t(15), Kb = K2b & ~int64_t(15);
   if (Mf == 0 || Nf == 0 || Ka == 0 || Kb == 0) {
-    gemm_pairs_amx(M, N, K2a, A1, sa1, 1, B1, N, C, ldc, false);
-    gemm_pairs_amx(M, N, K2b, A2, sa2, 1, B2, N, C, ldc, true);
+    gemm_pairs_amx(M, N, K2a, A1, sa1, 1, B1, ldb, C, ldc, false);
+    gemm_pairs_amx(M, N, K2b, A2, sa2, 1, B2, ldb, C, ldc, true);
     return;
   }
-  const AmxOperands ops[2] = {{Ka, A1, sa1, B1, N}, {Kb, A2, sa2, B2, N}};
+  const AmxOperands ops[2] = {{Ka, A1, sa1, B1, ldb}, {Kb, A2, sa2, B2, ldb}};
   amx_blocks(Mf, Nf, ops, 2, C, ldc, false);
-  if (Ka < K2a) gemm_pairs_avx512(Mf, Nf, K2a - Ka, A1 + Ka, sa1, 1, B1 + Ka * N, N, C, ldc, true);
-  if (Kb < K2b) gemm_pairs_avx512(Mf, Nf, K2b - Kb, A2 + Kb, sa2, 1, B2 + Kb * N, N, C, ldc, true);
+  if (Ka < K2a) gemm_pairs_avx512(Mf, Nf, K2a - Ka, A1 + Ka, sa1, 1, B1 + Ka * ldb, ldb, C, ldc, true);
+  if (Kb < K2b) gemm_pairs_avx512(Mf, Nf, K2b - Kb, A2 + Kb, sa2, 1, B2 + Kb * ldb, ldb, C, ldc, true);
   if (Nf < N) {
-    gemm_pairs_avx512(M, N - Nf, K2a, A1, sa1, 1, B1 + Nf, N, C + Nf, ldc, false);
-    gemm_pairs_avx512(M, N - Nf, K2b, A2, sa2, 1, B2 + Nf, N, C + Nf, ldc, true);
+    gemm_pairs_avx512(M, N - Nf, K2a, A1, sa1, 1, B1 + Nf, ldb, C + Nf, ldc, false);
+    gemm_pairs_avx512(M, N - Nf, K2b, A2, sa2, 1, B2 + Nf, ldb, C + Nf, ldc, true);
   }
   if (Mf < M) {
-    gemm_pairs_avx512(M - Mf, Nf, K2a, A1 + Mf * sa1, sa1, 1, B1, N, C + Mf * ldc, ldc, false);
-    gemm_pairs_avx512(M - Mf, Nf, K2b, A2 + Mf * sa2, sa2, 1, B2, N, C + Mf * ldc, ldc, true);
+    gemm_pairs_avx512(M - Mf, Nf, K2a, A1 + Mf * sa1, sa1, 1, B1, ldb, C + Mf * ldc, ldc, false);
+    gemm_pairs_avx512(M - Mf, Nf, K2b, A2 + Mf * sa2, sa2, 1, B2, ldb, C + Mf * ldc, ldc, true);
   }
 }
 
@@ -494,14 +494,15 @@ void gemm_bf16_pairs(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_
 }
 
 void gemm_bf16_pairs_sum(int64_t M, int64_t N, int64_t K2a, const uint32_t* A1, int64_t sa1, const uint32_t* B1,
-                         int64_t K2b, const uint32_t* A2, int64_t sa2, const uint32_t* B2, float* C, int64_t ldc) {
+                         int64_t K2b, const uint32_t* A2, int64_t sa2, const uint32_t* B2, int64_t ldb, float* C,
+                         int64_t ldc) {
   if (M <= 0 || N <= 0) return;
 #ifdef BRNNSEG_HAVE_X86
   if (cpu_bf16_isa() == Bf16Isa::kAmxBf16)
-    return gemm_pairs_sum_amx(M, N, K2a, A1, sa1, B1, K2b, A2, sa2, B2, C, ldc);
+    return gemm_pairs_sum_amx(M, N, K2a, A1, sa1, B1, K2b, A2, sa2, B2, ldb, C, ldc);
 #endif
-  gemm_bf16_pairs(M, N, K2a, A1, sa1, 1, B1, N, C, ldc, false);
-  gemm_bf16_pairs(M, N, K2b, A2, sa2, 1, B2, N, C, ldc, true);
+  gemm_bf16_pairs(M, N, K2a, A1, sa1, 1, B1, ldb, C, ldc, false);
+  gemm_bf16_pairs(M, N, K2b, A2, sa2, 1, B2, ldb, C, ldc, true);
 }
 
 void gemm_bf16_packed_b(bool ta, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,

@@ -30,11 +30,12 @@ void pack_pairs_transposed(const float* src, int64_t ld, int64_t K, int64_t N, u
 void gemm_bf16_pairs(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int64_t sam, int64_t sak,
                      const uint32_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
 
-// C = A1 . B1 + A2 . B2, both A rows of pairs (A[m*sa + k2]), both B [K2][N]: the input and recurrent
-// products of a cell whose gates take their sum, in one pass (on AMX the tiles accumulate both and C is
-// stored once).
+// C = A1 . B1 + A2 . B2, both A rows of pairs (A[m*sa + k2]), both B [K2][ldb] pairs (N columns used):
+// the input and recurrent products of gates that take their sum, in one pass (on AMX the tiles
+// accumulate both and C is stored once).
 void gemm_bf16_pairs_sum(int64_t M, int64_t N, int64_t K2a, const uint32_t* A1, int64_t sa1, const uint32_t* B1,
-                         int64_t K2b, const uint32_t* A2, int64_t sa2, const uint32_t* B2, float* C, int64_t ldc);
+                         int64_t K2b, const uint32_t* A2, int64_t sa2, const uint32_t* B2, int64_t ldb, float* C,
+                         int64_t ldc);
 
 // C = op(A) . B [+ C] with float32 operands rounded to bfloat16: op(A) = A (M x K, stride lda) or A^T
 // (A stored K x M). B is float32 (K x N, row stride ldb), or already packed (B_pairs, [K2][N]).

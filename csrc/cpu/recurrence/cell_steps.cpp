@@ -37,7 +37,7 @@ BRNNSEG_ALWAYS_INLINE void forward_impl(const StepArgs<T>& a, T* __restrict h_ou
   const T* __restrict bh = a.b_hh;
   for (int64_t l = 0; l < a.L; ++l) {
     const T* __restrict gx = a.gx + l * G * hid;
-    const T* __restrict gh = kSummed ? nullptr : a.gh + l * G * hid;
+    const T* __restrict gh = a.gh ? a.gh + l * G * hid : nullptr;
     const T* __restrict hp = h_prev + l * hid;
     T* __restrict ho = h_out + l * hid;
     T* __restrict cs = Cell::kHasCellState ? c_state + l * hid : nullptr;
@@ -47,7 +47,7 @@ BRNNSEG_ALWAYS_INLINE void forward_impl(const StepArgs<T>& a, T* __restrict h_ou
       T ax[G], ah[G], saved[S];
       for (int g = 0; g < G; ++g) {
         ax[g] = gx[g * hid + u] + bi[g * hid + u];
-        ah[g] = kSummed ? bh[g * hid + u] : gh[g * hid + u] + bh[g * hid + u];
+        ah[g] = kSummed && g < a.summed ? bh[g * hid + u] : gh[g * hid + u] + bh[g * hid + u];
       }
       T c = Cell::kHasCellState ? cs[u] : T(0);
       ho[u] = Cell::forward(ax, ah, hp[u], c, saved);
@@ -97,12 +97,10 @@ BRNNSEG_ALWAYS_INLINE void backward_impl(const StepBackwardArgs<T>& a, T* __rest
 
 template <typename Cell, typename T>
 BRNNSEG_ALWAYS_INLINE void forward_dispatch(const StepArgs<T>& a, T* h_out, const T* h_prev, T* c) {
-  if constexpr (!Cell::kSplitRecurrentGrad) {  // gh == nullptr: gx holds both products (StepArgs)
-    if (a.gh == nullptr) {
-      if (a.ws) forward_impl<Cell, T, true, true>(a, h_out, h_prev, c);
-      else forward_impl<Cell, T, false, true>(a, h_out, h_prev, c);
-      return;
-    }
+  if (a.summed > 0) {  // gates whose gx holds both products (StepArgs::summed)
+    if (a.ws) forward_impl<Cell, T, true, true>(a, h_out, h_prev, c);
+    else forward_impl<Cell, T, false, true>(a, h_out, h_prev, c);
+    return;
   }
   if (a.ws) forward_impl<Cell, T, true, false>(a, h_out, h_prev, c);
   else forward_impl<Cell, T, false, false>(a, h_out, h_prev, c);

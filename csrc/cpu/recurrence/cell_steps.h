@@ -13,13 +13,14 @@ template <typename T>
 struct StepArgs {
   int64_t L, hid;
   const T* gx;                  // L x G*hid input projections W_ih x (no bias)
-  const T* gh;                  // L x G*hid recurrent products W_hh h_prev (no bias); nullptr: gx holds
-                                // W_ih x + W_hh h_prev (cells without kSplitRecurrentGrad, whose gates
-                                // take the sum: one product into one buffer, tile_engine.h)
+  const T* gh;                  // L x G*hid recurrent products W_hh h_prev (no bias); nullptr when every
+                                // gate is summed (below)
   const T* b_ih; const T* b_hh; // G*hid biases (zeros when the layer has none)
   T* ws;                        // L x S*hid saved slots of this step, or nullptr (not training)
   bool bf16_gates = false;      // a bfloat16 op: gate math to bfloat16's accuracy where that is faster
   uint16_t* ws_bf16 = nullptr;  // or the saved slots in bfloat16 (bits; bfloat16 ops, ws then nullptr)
+  int summed = 0;               // the first `summed` gates (<= Cell::kSummedGates) hold W_ih x + W_hh h_prev
+                                // in gx, their gh columns unread: both products in one pass (tile_engine.h)
 };
 
 template <typename T>

@@ -141,7 +141,7 @@ void forward_vec(const StepArgs<float>& a, float* __restrict h_out, const float*
   [[maybe_unused]] __m256i low_half[S];  // bfloat16, streamed: the slots' first 16 lanes of the line
   for (int64_t l = 0; l < a.L; ++l) {
     const float* gx = a.gx + l * G * hid;
-    const float* gh = a.gh ? a.gh + l * G * hid : nullptr;  // nullptr: summed into gx (StepArgs)
+    const float* gh = a.gh ? a.gh + l * G * hid : nullptr;  // nullptr: every gate summed into gx
     const float* hp = h_prev + l * hid;
     float* ho = h_out + l * hid;
     float* cs = Cell::kHasCellState ? c_state + l * hid : nullptr;
@@ -152,8 +152,8 @@ void forward_vec(const StepArgs<float>& a, float* __restrict h_out, const float*
       Vf ax[G], ah[G], saved[S];
       for (int g = 0; g < G; ++g) {
         ax[g] = load<kBf16>(gx + g * hid + u, m) + load<kBf16>(a.b_ih + g * hid + u, m);
-        ah[g] = gh ? load<kBf16>(gh + g * hid + u, m) + load<kBf16>(a.b_hh + g * hid + u, m)
-                   : load<kBf16>(a.b_hh + g * hid + u, m);
+        ah[g] = g < a.summed ? load<kBf16>(a.b_hh + g * hid + u, m)  // summed into gx (StepArgs)
+                             : load<kBf16>(gh + g * hid + u, m) + load<kBf16>(a.b_hh + g * hid + u, m);
       }
       Vf c = Cell::kHasCellState ? load<kBf16>(cs + u, m) : Vf(0.0f);
       const Vf h = Cell::forward(ax, ah, load<kBf16>(hp + u, m), c, saved);

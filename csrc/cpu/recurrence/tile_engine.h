@@ -167,10 +167,11 @@ T* forward_tile(const TileWeights<T>& w, int d, int64_t L, int64_t T_len, bool h
   const uint32_t* phh_d = w.w_hh_pairs ? w.w_hh_pairs + d * pairs_of(hid) * Gh : nullptr;
   StepArgs<T> a{0, hid, s.gx.data(), s.gh.data(), w.b_ih + d * Gh, w.b_hh + d * Gh, nullptr};
   a.bf16_gates = w.bf16();  // products in bfloat16: the gate math to bfloat16's accuracy (cell_steps.h)
-  // Cells whose gates take W_ih x + W_hh h_prev (no split recurrent gradient), with bfloat16 products:
-  // both products in one pass into gx (on AMX one tile store per block instead of two, and the step
-  // reads one buffer); the step gets gh = nullptr.
-  const bool summed = std::is_same_v<T, float> && !Cell::kSplitRecurrentGrad && w.bf16() && C > 0;
+  // With bfloat16 products, the gates that take W_ih x + W_hh h_prev as it is (Cell::kSummedGates: all of
+  // the LSTM's, the GRU's r and z) get both products in one pass into gx (on AMX one tile store per
+  // block instead of two, and the step reads one buffer); the others (the GRU's n) keep two.
+  constexpr int kS = Cell::kSummedGates;
+  const bool summed = std::is_same_v<T, float> && w.bf16() && C > 0;
   for (int64_t step = 0; step < T_len; ++step) {
     const int64_t t = step_time(d, step, T_len);
     const int64_t Lt = io.active(t);
@@ -182,14 +183,21 @@ T* forward_tile(const TileWeights<T>& w, int d, int64_t L, int64_t T_len, bool h
         if (summed && !first) {
           int64_t sx = 0;
           const uint32_t* xp = x_pairs(xa, Lt, C, lda, s.x_pairs, sx);
-          s.h_pairs.resize(Lt * pairs_of(hid));
+          const int64_t H2 = pairs_of(hid), C2 = pairs_of(C);
+          s.h_pairs.resize(Lt * H2);
+          const uint32_t* hp = s.h_pairs.data();
           pack_pairs_along_rows(h_prev, hid, Lt, hid, s.h_pairs.data());
-          gemm_bf16_pairs_sum(Lt, Gh, pairs_of(C), xp, sx, pih_d, pairs_of(hid), s.h_pairs.data(), pairs_of(hid),
-                              phh_d, s.gx.data(), Gh);
+          gemm_bf16_pairs_sum(Lt, kS * hid, C2, xp, sx, pih_d, H2, hp, H2, phh_d, Gh, s.gx.data(), Gh);
+          if constexpr (kS < Cell::kGates) {  // the rest: input and recurrent products apart
+            const int64_t n = (Cell::kGates - kS) * hid, o = kS * hid;
+            gemm_bf16_pairs(Lt, n, C2, xp, sx, 1, pih_d + o, Gh, s.gx.data() + o, Gh, false);
+            gemm_bf16_pairs(Lt, n, H2, hp, H2, 1, phh_d + o, Gh, s.gh.data() + o, Gh, false);
+          }
         }
       }
-      a.gh = summed && !first ? nullptr : s.gh.data();
-      if (a.gh != nullptr) {
+      a.summed = summed && !first ? kS : 0;
+      a.gh = a.summed == Cell::kGates ? nullptr : s.gh.data();
+      if (a.summed == 0) {
         if (C > 0) input_product(Lt, Gh, C, xa, lda, wih_d, pih_d, s.gx.data(), Gh);
         else std::fill(s.gx.begin(), s.gx.end(), T(0));
         if (first) std::fill(s.gh.begin(), s.gh.end(), T(0));

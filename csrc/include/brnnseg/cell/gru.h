@@ -20,6 +20,7 @@ struct GruCell {
   static constexpr int kCellSlot = -1;          // saved slot holding a cell state c (-1: none)
   static constexpr bool kHasCellState = kCellSlot >= 0;
   static constexpr bool kSplitRecurrentGrad = true;  // gradient of ah differs from that of ax (n gate)
+  static constexpr int kSummedGates = 2;  // leading gates whose pre-activation is ax + ah (r, z)
   static constexpr bool kBackwardReadsHPrev = true;  // backward needs h_prev (besides the saved slots)
 
   // ax, ah: the gates' input- and recurrent-side pre-activations (biases included). c: the cell

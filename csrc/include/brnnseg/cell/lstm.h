@@ -16,6 +16,7 @@ struct LstmCell {
   static constexpr int kCellSlot = 4;
   static constexpr bool kHasCellState = kCellSlot >= 0;
   static constexpr bool kSplitRecurrentGrad = false;
+  static constexpr int kSummedGates = 4;  // leading gates whose pre-activation is ax + ah (all)
   static constexpr bool kBackwardReadsHPrev = false;
 
   // c: c_prev on entry, the new cell state on return.

@@ -13,6 +13,7 @@ struct ElmanCell {
   static constexpr int kCellSlot = -1;
   static constexpr bool kHasCellState = false;
   static constexpr bool kSplitRecurrentGrad = false;
+  static constexpr int kSummedGates = 1;  // leading gates whose pre-activation is ax + ah (all)
   static constexpr bool kBackwardReadsHPrev = false;
 
   template <typename T>
