@@ -143,6 +143,13 @@ inline const uint32_t* x_pairs(const X* x, int64_t L, int64_t C, int64_t lda, st
   return buf.data();
 }
 
+// Rows per block of the blocked forward step (summed bfloat16 products): the block's gate rows fill at
+// most 32 KiB (L1 holds 32-48 KiB), in multiples of 16 (AMX tile rows), at least 16.
+inline int64_t gate_block_rows(int64_t Gh, int64_t L) {
+  const int64_t fit = (32768 / (Gh * 4)) & ~int64_t(15);
+  return std::min<int64_t>(L, std::max<int64_t>(16, fit));
+}
+
 // Per-thread buffers of the forward engine. The caller puts the initial state in h0() / c().
 template <typename T>
 struct ForwardScratch {
@@ -179,33 +186,46 @@ T* forward_tile(const TileWeights<T>& w, int d, int64_t L, int64_t T_len, bool h
       int64_t lda = 0;
       const auto* xa = io.x_rows(t, Lt, lda);  // T, or bfloat16 for bfloat16 layers
       const bool first = step == 0 && h0_zero;
-      if constexpr (std::is_same_v<T, float>) {
-        if (summed && !first) {
-          int64_t sx = 0;
-          const uint32_t* xp = x_pairs(xa, Lt, C, lda, s.x_pairs, sx);
-          const int64_t H2 = pairs_of(hid), C2 = pairs_of(C);
-          s.h_pairs.resize(Lt * H2);
-          const uint32_t* hp = s.h_pairs.data();
-          pack_pairs_along_rows(h_prev, hid, Lt, hid, s.h_pairs.data());
-          gemm_bf16_pairs_sum(Lt, kS * hid, C2, xp, sx, pih_d, H2, hp, H2, phh_d, Gh, s.gx.data(), Gh);
-          if constexpr (kS < Cell::kGates) {  // the rest: input and recurrent products apart
-            const int64_t n = (Cell::kGates - kS) * hid, o = kS * hid;
-            gemm_bf16_pairs(Lt, n, C2, xp, sx, 1, pih_d + o, Gh, s.gx.data() + o, Gh, false);
-            gemm_bf16_pairs(Lt, n, H2, hp, H2, 1, phh_d + o, Gh, s.gh.data() + o, Gh, false);
-          }
-        }
-      }
+      auto* ws = io.ws(t);
       a.summed = summed && !first ? kS : 0;
       a.gh = a.summed == Cell::kGates ? nullptr : s.gh.data();
-      if (a.summed == 0) {
+      if (a.summed == 0) {  // one block of Lt rows
         if (C > 0) input_product(Lt, Gh, C, xa, lda, wih_d, pih_d, s.gx.data(), Gh);
         else std::fill(s.gx.begin(), s.gx.end(), T(0));
         if (first) std::fill(s.gh.begin(), s.gh.end(), T(0));
         else weight_product(Lt, Gh, hid, h_prev, hid, whh_d, phh_d, s.gh.data(), Gh, false);
+        a.L = Lt;
+        set_saved(a, ws);
+        step_forward(Cell{}, a, h_cur, h_prev, s.c.data());
       }
-      a.L = Lt;
-      set_saved(a, io.ws(t));
-      step_forward(Cell{}, a, h_cur, h_prev, s.c.data());
+      if constexpr (std::is_same_v<T, float>) {
+        if (a.summed > 0) {
+          // Rows are independent within a step (each row's gates take its own x and h_prev), so the
+          // summed products and the cell step run block by block: the block's gates (rows x Gh floats,
+          // <= 32 KiB) are still in L1 when the step reads them, where a whole tile's went out to L2.
+          int64_t sx = 0;
+          const uint32_t* xp = x_pairs(xa, Lt, C, lda, s.x_pairs, sx);
+          const int64_t H2 = pairs_of(hid), C2 = pairs_of(C);
+          s.h_pairs.resize(Lt * H2);
+          pack_pairs_along_rows(h_prev, hid, Lt, hid, s.h_pairs.data());
+          const int64_t rows = gate_block_rows(Gh, Lt);
+          for (int64_t r0 = 0; r0 < Lt; r0 += rows) {
+            const int64_t rb = std::min(rows, Lt - r0);
+            const uint32_t* xr = xp + r0 * sx;
+            const uint32_t* hr = s.h_pairs.data() + r0 * H2;
+            gemm_bf16_pairs_sum(rb, kS * hid, C2, xr, sx, pih_d, H2, hr, H2, phh_d, Gh, s.gx.data(), Gh);
+            if constexpr (kS < Cell::kGates) {  // the rest: input and recurrent products apart
+              const int64_t n = (Cell::kGates - kS) * hid, o = kS * hid;
+              gemm_bf16_pairs(rb, n, C2, xr, sx, 1, pih_d + o, Gh, s.gx.data() + o, Gh, false);
+              gemm_bf16_pairs(rb, n, H2, hr, H2, 1, phh_d + o, Gh, s.gh.data() + o, Gh, false);
+            }
+            a.L = rb;
+            set_saved(a, ws ? ws + r0 * Cell::kSaved * hid : ws);
+            step_forward(Cell{}, a, h_cur + r0 * hid, h_prev + r0 * hid,
+                         Cell::kHasCellState ? s.c.data() + r0 * hid : s.c.data());
+          }
+        }
+      }
       io.store(t, Lt, h_cur);
     }
     if (Lt < L) {  // finished (or not yet started) rows keep their state
