@@ -111,10 +111,10 @@ def cpu_bf16_lstm_path() -> str:
     ``torch.lstm``, oneDNN's). ``BRNNSEG_CPU_BF16_LSTM=kernel|torch`` decides; ``auto`` (the default)
     takes ours wherever our products run on the best unit the CPU has, and torch's on a CPU with
     AMX-BF16 whose tiles ours may not use (BRNNSEG_CPU_ISA below amx_bf16, or the OS refused the tile
-    state): oneDNN runs its LSTM GEMMs on AMX there, and ours on AVX512-BF16 measured 0.53-0.70x of it
-    under no_grad on a 2-core Xeon. With our products on AMX, the same Xeon measured ours at 2.3-2.6x
-    torch's forward+backward and 1.5-1.8x under no_grad on cpu-med, cpu-hires and cpu-wide
-    (benchmarks/README.md); without AMX (an EPYC with AVX512-BF16) 1.3-3.3x."""
+    state): oneDNN runs its LSTM GEMMs on AMX there, and ours on AVX512-BF16 measured 0.40-0.67x of it
+    under no_grad on a 2-core Xeon. With our products on AMX, the same Xeon measured ours at 1.8-2.7x
+    torch's forward+backward and 1.55-2.1x under no_grad on cpu-med, cpu-hires and cpu-wide
+    (benchmarks/README.md, 2026-12-07); without AMX (an EPYC with AVX512-BF16) 1.3-3.3x."""
     choice = os.environ.get("BRNNSEG_CPU_BF16_LSTM", "auto") or "auto"
     if choice not in BF16_LSTM_CHOICES:
         raise ValueError(f"BRNNSEG_CPU_BF16_LSTM must be one of {', '.join(BF16_LSTM_CHOICES)}, got {choice!r}")
