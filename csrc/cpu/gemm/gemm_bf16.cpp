@@ -112,14 +112,18 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_along_avx512(co
   }
 }
 
+// 16 lanes of two rows (a: the even k, b: the odd) rounded to bfloat16 and interleaved into 16 pairs:
+// 16-bit lane i of the result takes lane kIdx[i] of [a (0-15) | b (16-31)].
+__attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline __m512i pair_rows(__m512 a, __m512 b) {
+  alignas(64) static const uint16_t kIdx[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  return _mm512_permutexvar_epi16(_mm512_load_si512(kIdx), (__m512i)_mm512_cvtne2ps_pbh(b, a));
+}
+
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_across_avx512(const float* src, int64_t ld,
                                                                                  int64_t K, int64_t N,
                                                                                  uint32_t* dst) {
   const int64_t K2 = (K + 1) / 2;
-  // 16-bit lane i of the result takes lane idx[i] of [row 2j (0-15) | row 2j+1 (16-31)]: interleaved.
-  alignas(64) static const uint16_t kIdx[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
-                                                8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m512i idx = _mm512_load_si512(kIdx);
   for (int64_t j = 0; j < K2; ++j) {
     const float* r0 = src + 2 * j * ld;
     const bool has1 = 2 * j + 1 < K;
@@ -129,8 +133,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_across_avx512(c
       const __mmask16 m = lane_mask(N - n);
       const __m512 a = _mm512_maskz_loadu_ps(m, r0 + n);
       const __m512 b = has1 ? _mm512_maskz_loadu_ps(m, r1 + n) : _mm512_setzero_ps();
-      const __m512i t = (__m512i)_mm512_cvtne2ps_pbh(b, a);
-      _mm512_mask_storeu_epi32(d + n, m, _mm512_permutexvar_epi16(idx, t));
+      _mm512_mask_storeu_epi32(d + n, m, pair_rows(a, b));
     }
   }
 }
@@ -339,9 +342,6 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_transposed_avx5
                                                                                      int64_t K, int64_t N,
                                                                                      uint32_t* dst) {
   const int64_t K2 = (K + 1) / 2;
-  alignas(64) static const uint16_t kIdx[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
-                                                8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m512i idx = _mm512_load_si512(kIdx);
   for (int64_t n0 = 0; n0 < N; n0 += 16) {
     const __mmask16 mn = lane_mask(N - n0);
     const int64_t nn = std::min<int64_t>(16, N - n0);
@@ -352,7 +352,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_transposed_avx5
         const int64_t k = 2 * (j0 + j);
         const __m512 a = k < K ? _mm512_maskz_loadu_ps(mn, src + k * ld + n0) : _mm512_setzero_ps();
         const __m512 b = k + 1 < K ? _mm512_maskz_loadu_ps(mn, src + (k + 1) * ld + n0) : _mm512_setzero_ps();
-        r[j] = _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+        r[j] = pair_rows(a, b);
       }
       transpose16_regs(r);
       const __mmask16 mj = lane_mask(jj);
