@@ -515,20 +515,29 @@ void gemm_bf16_packed_b(bool ta, int64_t M, int64_t N, int64_t K, const float* A
   gemm_bf16_pairs(M, N, K2, a, ta ? 1 : K2, ta ? M : 1, B_pairs, N, C, ldc, accumulate);
 }
 
-void gemm_bf16_rows_packed_b(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
-                             const uint32_t* B_pairs, float* C, int64_t ldc, bool accumulate) {
-  if (M <= 0 || N <= 0) return;
+const uint32_t* bf16_rows_as_pairs(const uint16_t* A, int64_t M, int64_t K, int64_t lda,
+                                   std::vector<uint32_t>& buf, int64_t& stride) {
+  if (K % 2 == 0 && lda % 2 == 0 && reinterpret_cast<uintptr_t>(A) % 4 == 0) {
+    stride = lda / 2;
+    return reinterpret_cast<const uint32_t*>(A);
+  }
   const int64_t K2 = (K + 1) / 2;
-  if (K % 2 == 0 && lda % 2 == 0 && reinterpret_cast<uintptr_t>(A) % 4 == 0)
-    return gemm_bf16_pairs(M, N, K2, reinterpret_cast<const uint32_t*>(A), lda / 2, 1, B_pairs, N, C, ldc,
-                           accumulate);
-  uint32_t* a = grow(scratch().a, M * K2);
+  uint32_t* a = grow(buf, M * K2);
   for (int64_t m = 0; m < M; ++m) {
     const uint16_t* s = A + m * lda;
     for (int64_t j = 0; j < K2; ++j)
       a[m * K2 + j] = static_cast<uint32_t>(s[2 * j]) | (2 * j + 1 < K ? static_cast<uint32_t>(s[2 * j + 1]) << 16 : 0u);
   }
-  gemm_bf16_pairs(M, N, K2, a, K2, 1, B_pairs, N, C, ldc, accumulate);
+  stride = K2;
+  return a;
+}
+
+void gemm_bf16_rows_packed_b(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
+                             const uint32_t* B_pairs, float* C, int64_t ldc, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  int64_t sa = 0;
+  const uint32_t* a = bf16_rows_as_pairs(A, M, K, lda, scratch().a, sa);
+  gemm_bf16_pairs(M, N, (K + 1) / 2, a, sa, 1, B_pairs, N, C, ldc, accumulate);
 }
 
 void gemm_bf16_packed_a(int64_t M, int64_t N, int64_t K, const uint32_t* A, int64_t sam, int64_t sak, const float* B,

@@ -10,6 +10,7 @@
 // sak = M) for a transposed A.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace brnnseg::cpu {
 
@@ -49,6 +50,12 @@ void gemm_bf16_packed_b(bool ta, int64_t M, int64_t N, int64_t K, const float* A
 // the weight gradients, whose A (the gate gradients, transposed) serves two products.
 void gemm_bf16_packed_a(int64_t M, int64_t N, int64_t K, const uint32_t* A, int64_t sam, int64_t sak, const float* B,
                         int64_t ldb, float* C, int64_t ldc, bool accumulate);
+
+// bfloat16 rows (M x K bit patterns, row stride lda) as rows of pairs: with K and lda even (and A 4-byte
+// aligned) the rows as they lie, else copied into `buf` with a zero pad. Returns them, their stride in
+// pairs in `stride`.
+const uint32_t* bf16_rows_as_pairs(const uint16_t* A, int64_t M, int64_t K, int64_t lda,
+                                   std::vector<uint32_t>& buf, int64_t& stride);
 
 // C = A . B_pairs [+ C] with A already bfloat16 (M x K bit patterns, row stride lda): with K and lda even
 // its rows are pairs as they lie (no packing); else they are copied into pairs with a zero pad.

@@ -118,29 +118,19 @@ template <typename T, typename X>
 using SavedSlot = std::conditional_t<std::is_same_v<T, X>, T, uint16_t>;
 
 // The x rows of a step as rows of bfloat16 pairs (gemm_bf16.h) for the summed products: bfloat16 rows
-// with an even C and stride are pairs as they lie; others are packed into `buf`. Returns the rows, their
-// stride in pairs in `stride`.
+// through bf16_rows_as_pairs (in place where they can be), float rows packed into `buf`. Returns the
+// rows, their stride in pairs in `stride`.
 template <typename X>
 inline const uint32_t* x_pairs(const X* x, int64_t L, int64_t C, int64_t lda, std::vector<uint32_t>& buf,
                                int64_t& stride) {
-  const int64_t C2 = pairs_of(C);
   if constexpr (sizeof(X) == 2) {
-    if (C % 2 == 0 && lda % 2 == 0 && reinterpret_cast<uintptr_t>(x) % 4 == 0) {
-      stride = lda / 2;
-      return reinterpret_cast<const uint32_t*>(x);
-    }
-    buf.resize(L * C2);
-    const uint16_t* b = reinterpret_cast<const uint16_t*>(x);
-    for (int64_t m = 0; m < L; ++m)
-      for (int64_t j = 0; j < C2; ++j)
-        buf[m * C2 + j] = static_cast<uint32_t>(b[m * lda + 2 * j]) |
-                          (2 * j + 1 < C ? static_cast<uint32_t>(b[m * lda + 2 * j + 1]) << 16 : 0u);
+    return bf16_rows_as_pairs(reinterpret_cast<const uint16_t*>(x), L, C, lda, buf, stride);
   } else {
-    buf.resize(L * C2);
+    buf.resize(L * pairs_of(C));
     pack_pairs_along_rows(x, lda, L, C, buf.data());
+    stride = pairs_of(C);
+    return buf.data();
   }
-  stride = C2;
-  return buf.data();
 }
 
 // Rows per block of the blocked forward step (summed bfloat16 products): the block's gate rows fill at
@@ -309,20 +299,21 @@ void backward_tile(const TileWeights<T>& w, int d, int64_t T_len, BackwardScratc
         gp = s.step_pairs.data();
       }
     }
+    // dst (Lt x N) [+]= A . B, A the gate gradients of this step: from their pairs where packed above.
+    auto product = [&](const T* A, int64_t N, const T* B, const uint32_t* B_pairs, T* dst, int64_t ld, bool acc) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (gp) return gemm_bf16_pairs(Lt, N, pairs_of(Gh), gp, pairs_of(Gh), 1, B_pairs, N, dst, ld, acc);
+      }
+      weight_product(Lt, N, Gh, A, Gh, B, B_pairs, dst, ld, acc);
+    };
     if (C > 0) {
       int64_t ld = 0;
       T* dst = io.dx_rows(t, Lt, ld);
-      if constexpr (std::is_same_v<T, float>) {
-        if (gp) gemm_bf16_pairs(Lt, C, pairs_of(Gh), gp, pairs_of(Gh), 1, pih_d, C, dst, ld, false);
-      }
-      if (!gp) weight_product(Lt, C, Gh, dgx_j, Gh, wih_d, pih_d, dst, ld, false);
+      product(dgx_j, C, wih_d, pih_d, dst, ld, false);
       io.dx_done(t, Lt, dst);
       io.copy_x(t, Lt, s.xs.data() + buffered * C);
     }
-    if constexpr (std::is_same_v<T, float>) {
-      if (gp) gemm_bf16_pairs(Lt, hid, pairs_of(Gh), gp, pairs_of(Gh), 1, phh_d, hid, s.dh.data(), hid, true);
-    }
-    if (!gp) weight_product(Lt, hid, Gh, dgh_j, Gh, whh_d, phh_d, s.dh.data(), hid, true);
+    product(dgh_j, hid, whh_d, phh_d, s.dh.data(), hid, true);
     buffered += Lt;
     if (++steps == kChunk) flush();
   }
