@@ -2,6 +2,7 @@
 // FMA latency on the pipes of current x86 cores -- so the loop runs at the issue rate, the ceiling
 // no GEMM can beat. The GEMM and the kernels' GFLOP/s are reported against it by the benchmarks.
 #include "cpu/gemm/fma_peak.h"
+#include "cpu/gemm/amx_config.h"
 #include "cpu/runtime/isa.h"
 
 #include <ATen/Parallel.h>
@@ -81,16 +82,7 @@ __attribute__((target("avx512f,avx512bf16"))) float chains_bf16(int64_t iters, f
 // product per instruction (8,192 multiply-adds), fed by two A and two B tiles loaded once: the tiles'
 // issue rate with no memory traffic, as the GEMM's 2 x 2 blocks use them (gemm_bf16.cpp).
 __attribute__((target("amx-tile,amx-bf16"))) float chains_amx(int64_t iters, float seed) {
-  struct alignas(64) {
-    uint8_t palette = 1, start_row = 0;
-    uint8_t reserved[14] = {};
-    uint16_t colsb[16] = {};
-    uint8_t rows[16] = {};
-  } cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = 16;
-  }
+  const AmxConfig cfg;
   alignas(64) static thread_local uint16_t ops[16 * 32];
   alignas(64) static thread_local float out[4][16 * 16];
   for (int i = 0; i < 16 * 32; ++i) ops[i] = 0x3f00;  // 0.5 in bfloat16

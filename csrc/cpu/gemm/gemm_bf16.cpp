@@ -22,6 +22,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu/gemm/amx_config.h"
 #include "cpu/runtime/isa.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -217,14 +218,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void float_from_bf16_avx512
 
 #define BRNNSEG_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512bf16")))
 
-// The tile configuration (palette 1): eight tiles of 16 rows x 64 bytes.
-struct alignas(64) AmxConfig {
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
 // One product of a 16-block region: A rows of pairs (A[m*sam + k2]), B [K2][ldb] pairs, K2 a multiple of 16.
 struct AmxOperands {
   int64_t K2;
@@ -281,11 +274,7 @@ BRNNSEG_AMX_TARGET void amx_block(const AmxOperands* ops, int n, int64_t m0, int
 // thread carries tile state between calls.
 BRNNSEG_AMX_TARGET void amx_blocks(int64_t M, int64_t N, const AmxOperands* ops, int n, float* C, int64_t ldc,
                                    bool accumulate) {
-  AmxConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = 16;
-  }
+  const AmxConfig cfg;
   _tile_loadconfig(&cfg);
   for (int64_t n0 = 0; n0 < N; n0 += 32) {
     const bool n2 = n0 + 32 <= N;
