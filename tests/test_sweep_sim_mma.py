@@ -261,11 +261,13 @@ def _errors_vs_float64(cell, x, w, axis, y, grads, g, ws):
 
 
 def _within_float32(ours, theirs, scales):
-    """Within 2x the float32 reference's error, plus 8 float32 ulps of the largest value: 3xTF32 drops the
+    """Within 2x the float32 reference's error, plus 16 float32 ulps of the largest value: 3xTF32 drops the
     low x low term (up to 2^-22 relative per product), and at small sizes the max error of two float32
     computations over a few dozen elements differs by more than 2x by chance (hidden 3: dW_hh's 72
-    elements; seen at 3.6x once in 54 runs). Plain TF32 misses the bound by ~1000x."""
-    return [o <= 2 * t + 8 * 2.0 ** -24 * s for o, t, s in zip(ours, theirs, scales)]
+    elements; seen at 3.6x once in 54 runs). With 8 ulps the margin was exceeded twice in ~250 runs on
+    2026-12-07 (once in CI, lstm at hidden 13); 168 more runs put the excess over 2x at up to 6.7 ulps.
+    Plain TF32 misses the bound by ~1000x, which the test checks on the same inputs."""
+    return [o <= 2 * t + 16 * 2.0 ** -24 * s for o, t, s in zip(ours, theirs, scales)]
 
 
 @pytest.mark.parametrize("hid", [13, 20, 40])
