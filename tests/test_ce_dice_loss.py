@@ -278,6 +278,36 @@ def test_opcheck():
                                reduction), test_utils=("test_schema", "test_faketensor"))
 
 
+FINISH_CASES = [(r, b, avg, log, bg) for r in ("mean", "sum", "none") for b in (False, True)
+                for avg, log, bg in (("present", False, True), ("all", True, False))]
+
+
+@pytest.mark.parametrize("reduction,batch,average,log_dice,include_background", FINISH_CASES)
+def test_cpu_op_matches_python_finish(reduction, batch, average, log_dice, include_background):
+    """The CPU op's finish and backward (C++, ce_finish) against their specification in Python
+    (finish_from_sums, the spec of the Triton finish kernel too) over the same sums: the loss, every factor,
+    and the gradient from the sums' backward op. A class is absent from sample 0, so "present" selects."""
+    n, c = 3, 4
+    x = torch.randn(n, c, 7, 6, dtype=torch.float64)
+    t = _labels(n, c, (7, 6), ignore=-100)
+    t[0][t[0] == 2] = 1
+    w, cw = torch.rand(n, 7, 6, dtype=torch.float64), torch.rand(c, dtype=torch.float64) + 0.5
+    sums_args = (w, cw, 1.5, 1, -100, 0.1, True)
+    fin = (0.6, 1.7, 1e-5, 2e-5, batch, log_dice, include_background, average, reduction)
+    loss, fac = torch.ops.brnnseg.ce_dice_loss(x, t, *sums_args, *fin)
+    dice_sums, ce_sums = torch.ops.brnnseg.ce_dice_sums(x, t, *sums_args)
+    e_loss, e_fac = cd.finish_from_sums(dice_sums, ce_sums, *fin)
+    torch.testing.assert_close(loss, e_loss, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(fac, e_fac, rtol=1e-12, atol=1e-14)
+    go = torch.randn_like(loss)
+    dx = torch.ops.brnnseg.ce_dice_loss_backward(go, fac, x, t, *sums_args, batch, reduction)
+    ds = torch.zeros(n, c, 3, dtype=torch.float64, requires_grad=True)
+    cs = torch.zeros(n, 2, dtype=torch.float64, requires_grad=True)
+    g_dice, g_ce = torch.autograd.grad(cd.finish_from_sums(dice_sums + ds, ce_sums + cs, *fin)[0], (ds, cs), go)
+    torch.testing.assert_close(dx, torch.ops.brnnseg.ce_dice_sums_backward(g_dice, g_ce, x, t, *sums_args),
+                               rtol=1e-12, atol=1e-14)
+
+
 def test_integer_target_dtypes_and_reduced_precision_logits():
     x = torch.randn(2, 4, 7, 9)
     t = _labels(2, 4, (7, 9))

@@ -155,8 +155,9 @@ def finish_from_sums(dice_sums: Tensor, ce_sums: Tensor, lambda_ce: float, lambd
     """The loss from the op's sums, and the factors of its derivative in them (2*N*C + N + 1): per (n, c)
     [f_inter, f_psum], per n f_ce, then the scale of every f_ce. The backward takes d loss / d inter[n, c]
     = go_dice * f_inter (likewise psum) and d loss / d ce_num[n] = go * scale * f_ce, go_dice summed over
-    the batch where batch Dice meets reduction "none". The CPU kernel of ce_dice_loss, and the
-    specification of the Triton finish kernel."""
+    the batch where batch Dice meets reduction "none". The specification of the Triton finish kernel and
+    of the CPU op's (``ce_finish`` in csrc/cpu/ce_dice_cpu.cpp, in double; tests/test_ce_dice_loss.py,
+    test_cpu_op_matches_python_finish, holds the two together)."""
     n, c = dice_sums.shape[:2]
     if batch:
         dice_sums = dice_sums.sum(0, keepdim=True)
@@ -230,41 +231,6 @@ def _loss_backward(ctx, grad, _grad_factors):
 
 
 torch.library.register_autograd("brnnseg::ce_dice_loss", _loss_backward, setup_context=_loss_setup_context)
-
-
-def _cpu_inputs(logits, target):
-    x = logits.float() if logits.dtype in _REDUCED else logits  # the C++ kernel computes in float32/float64
-    if target.is_floating_point() and target.dtype != x.dtype:
-        target = target.to(x.dtype)
-    return x, target
-
-
-@torch.library.register_kernel("brnnseg::ce_dice_loss", "cpu")
-def _ce_dice_loss_cpu(logits, target, weight, class_weights, boundary_weight, boundary_radius, ignore_index,
-                      label_smoothing, squared, lambda_ce, lambda_dice, smooth_nr, smooth_dr, batch, log_dice,
-                      include_background, average, reduction):
-    x, t = _cpu_inputs(logits, target)
-    dice_sums, ce_sums = torch.ops.brnnseg.ce_dice_sums(x, t, weight, class_weights, boundary_weight, boundary_radius,
-                                                        ignore_index, label_smoothing, squared)
-    loss, factors = finish_from_sums(dice_sums, ce_sums, lambda_ce, lambda_dice, smooth_nr, smooth_dr, batch,
-                                     log_dice, include_background, average, reduction)
-    return loss.to(logits.dtype), factors
-
-
-@torch.library.register_kernel("brnnseg::ce_dice_loss_backward", "cpu")
-def _ce_dice_loss_backward_cpu(grad, factors, logits, target, weight, class_weights, boundary_weight,
-                               boundary_radius, ignore_index, label_smoothing, squared, batch, reduction):
-    x, t = _cpu_inputs(logits, target)
-    n, c = x.shape[:2]
-    go = grad.to(factors.dtype)
-    f = factors[:2 * n * c].view(n, c, 2)
-    go_dice = (go.sum() if batch else go)[..., None] if reduction == "none" else go
-    grad_dice = torch.stack([go_dice * f[..., 0], go_dice * f[..., 1], torch.zeros_like(f[..., 0])], -1)
-    g_ce = go * factors[2 * n * c + n] * factors[2 * n * c:2 * n * c + n]
-    grad_ce = torch.stack([g_ce, torch.zeros_like(g_ce)], -1)
-    dx = torch.ops.brnnseg.ce_dice_sums_backward(grad_dice, grad_ce, x, t, weight, class_weights, boundary_weight,
-                                                 boundary_radius, ignore_index, label_smoothing, squared)
-    return dx.to(logits.dtype)
 
 
 def _register_loss_cuda_kernels() -> None:

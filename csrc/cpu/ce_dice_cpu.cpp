@@ -24,8 +24,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "brnnseg/cell/activations.h"
@@ -155,9 +157,9 @@ BRNNSEG_CE_INLINE void boundary_flags(const Y* y, const CeShape& s, const CeArgs
     const int32_t* __restrict lb = lab.data();
 #pragma omp simd
     for (int64_t i = 0; i < rows * W; ++i) {
-      const int32_t v = lb[i];
-      hp[i] = std::max(hp[i], v);
-      lp[i] = std::min(lp[i], v < 0 ? INT_MAX : v);
+      const int32_t v = lb[i], vl = v < 0 ? INT_MAX : v, h = hp[i], l = lp[i];  // (branch-free: it vectorises)
+      hp[i] = h > v ? h : v;
+      lp[i] = l < vl ? l : vl;
     }
   }
   // Along W, then along H for the output rows (loops along W: they vectorise).
@@ -176,9 +178,11 @@ BRNNSEG_CE_INLINE void boundary_flags(const Y* y, const CeShape& s, const CeArgs
       int32_t* __restrict l2 = lo2.data() + i * W;
       const int32_t* __restrict h1p = hi.data() + i * W + sh;
       const int32_t* __restrict l1p = lo.data() + i * W + sh;
+#pragma omp simd
       for (int64_t w = wlo; w < whi; ++w) {
-        h2[w] = std::max(h2[w], h1p[w]);
-        l2[w] = std::min(l2[w], l1p[w]);
+        const int32_t a = h2[w], b = h1p[w], c = l2[w], e = l1p[w];
+        h2[w] = a > b ? a : b;
+        l2[w] = c < e ? c : e;
       }
     }
   flags.assign((h1 - h0) * W, 0);
@@ -192,9 +196,11 @@ BRNNSEG_CE_INLINE void boundary_flags(const Y* y, const CeShape& s, const CeArgs
       const int32_t* __restrict l2 = lo2.data() + (hh - hlo) * W;
       int32_t* __restrict a = rhi.data();
       int32_t* __restrict b = rlo.data();
+#pragma omp simd
       for (int64_t w = 0; w < W; ++w) {
-        a[w] = std::max(a[w], h2[w]);
-        b[w] = std::min(b[w], l2[w]);
+        const int32_t p = a[w], q = h2[w], t = b[w], e = l2[w];
+        a[w] = p > q ? p : q;
+        b[w] = t < e ? t : e;
       }
     }
     uint8_t* f = flags.data() + (h - h0) * W;
@@ -216,12 +222,17 @@ struct CeUnit {
   int64_t* bad;          // (units,): the first label outside [0, C) a unit met (INT64_MIN: none)
 };
 
-// One work unit: rows [h0, h1) of depth slice d of sample n. Every loop runs along a row of W pixels
-// over plain arrays, so it vectorises (exp: the branch-free float polynomial of activations.h; double
-// keeps std::exp for gradcheck).
+// One work unit: rows [h0, h1) of depth slice d of sample n, in chunks of kCeLanes pixels of a row. A
+// chunk's loops have a fixed trip count, so each is a few vector instructions over registers (exp: the
+// branch-free float polynomial of activations.h; double keeps std::exp for gradcheck). The forward keeps
+// its sums per lane and per class over the whole unit and reduces them across lanes once, at its end.
+// The last chunk of a row, if short, runs on copies padded with pixels that count nowhere.
+constexpr int64_t kCeLanes = 16;
+
 template <typename T, typename Y, bool kBackward>
 BRNNSEG_CE_INLINE void ce_unit(const CeUnit<T, Y>& u, int64_t unit) {
   constexpr bool kSoft = std::is_floating_point_v<Y>;
+  constexpr int64_t V = kCeLanes;
   const CeArgs<T>& a = *u.a;
   const CeShape& s = a.s;
   const int64_t bps = s.blocks(), blk = unit % bps, nd = unit / bps, d = nd % s.D, n = nd / s.D;
@@ -231,24 +242,33 @@ BRNNSEG_CE_INLINE void ce_unit(const CeUnit<T, Y>& u, int64_t unit) {
   struct Scratch {
     std::vector<int32_t> lab, lo, hi, labels;
     std::vector<uint8_t> flags;
-    std::vector<T> E, mx, inv, lse, coef_sum, ap_sum, m, norm, vld;
+    std::vector<int32_t> lpad;
+    std::vector<uint8_t> fpad;
+    std::vector<T> E, acc, xpad, ypad, wpad;
   };
   thread_local Scratch tls;
   Scratch& sc = tls;
-  auto &lab = sc.lab, &lo = sc.lo, &hi = sc.hi, &labels = sc.labels;
   auto& flags = sc.flags;
-  auto &E = sc.E, &mx = sc.mx, &inv = sc.inv, &lse = sc.lse, &coef_sum = sc.coef_sum, &ap_sum = sc.ap_sum, &m = sc.m,
-       &norm = sc.norm, &vld = sc.vld;
+  auto& labels = sc.labels;
   const bool use_boundary = a.boundary_weight != T(0);
-  if (use_boundary) boundary_flags(u.y, s, a, n, d, h0, h1, lab, lo, hi, flags);
-  labels.assign(W, 0);
-  E.resize(C * W);
-  for (auto* v : {&mx, &inv, &lse, &coef_sum, &ap_sum, &m, &norm, &vld}) v->resize(W);
+  if (use_boundary) boundary_flags(u.y, s, a, n, d, h0, h1, sc.lab, sc.lo, sc.hi, flags);
+  labels.assign(W, kSoft ? 0 : -1);
+  sc.E.resize(C * V);
+  // Pads of a short last chunk: pixels that count nowhere (label -1, flag 0, weight 0, logits 0).
+  sc.xpad.assign(C * V, T(0));
+  if (kSoft) sc.ypad.assign(C * V, T(0));
+  sc.lpad.assign(V, -1);
+  sc.fpad.assign(V, 0);
+  sc.wpad.assign(V, T(1));
+
+  // Forward sums per (class, lane): [inter | psum | ysum] blocks of C*V, then ce and norm (V each).
+  if (!kBackward) sc.acc.assign((3 * C + 2) * V, T(0));
+  T* __restrict E = sc.E.data();
+  T* __restrict acc = sc.acc.data();
   const T eps = a.label_smoothing, eps_c = eps / T(C), keep = T(1) - eps;
   const T sq = a.squared ? T(1) : T(0);
-  T cw_total = 0;
-  for (int64_t c = 0; c < C; ++c) cw_total += a.class_weights[c];
-  std::vector<T> acc(kBackward ? 0 : 3 * C + 2, T(0));
+  const T bw = a.boundary_weight;
+  const T* cw = a.class_weights;
   const T g_ce = kBackward ? u.g_ce[n * 2] : T(0);
   int64_t bad = INT64_MIN;
   for (int64_t h = h0; h < h1; ++h) {
@@ -282,133 +302,158 @@ BRNNSEG_CE_INLINE void ce_unit(const CeUnit<T, Y>& u, int64_t unit) {
         }
     }
     const uint8_t* fr = use_boundary ? flags.data() + (h - h0) * W : nullptr;
-    for (int64_t w = 0; w < W; ++w) {
-      const T valid = kSoft ? T(1) : T(labels[w] >= 0);
-      T mm = valid * (T(1) + (fr ? a.boundary_weight * T(fr[w]) : T(0)));
-      if (u.weight) mm *= u.weight[n * plane + pix0 + w];
-      m[w] = mm;
-      vld[w] = valid;
-      norm[w] = kSoft ? T(1) : (labels[w] >= 0 ? a.class_weights[labels[w]] : T(0));
-    }
-    // Softmax over classes: max, exp (kept for the class passes), sum.
-    std::copy(xn, xn + W, mx.data());
-    for (int64_t c = 1; c < C; ++c) {
-      const T* __restrict xc = xn + c * plane;
-      T* __restrict mr = mx.data();
-#pragma omp simd
-      for (int64_t w = 0; w < W; ++w) mr[w] = std::max(mr[w], xc[w]);
-    }
-    std::fill(inv.begin(), inv.end(), T(0));
-    for (int64_t c = 0; c < C; ++c) {
-      const T* __restrict xc = xn + c * plane;
-      const T* __restrict mr = mx.data();
-      T* __restrict er = E.data() + c * W;
-      T* __restrict sr = inv.data();
-#pragma omp simd
-      for (int64_t w = 0; w < W; ++w) {
-        const T e = fast_exp(xc[w] - mr[w]);
-        er[w] = e;
-        sr[w] += e;
-      }
-    }
-    {
-      T* __restrict lr = lse.data();
-      T* __restrict ir = inv.data();
-      const T* __restrict mr = mx.data();
-#pragma omp simd
-      for (int64_t w = 0; w < W; ++w) {
-        lr[w] = mr[w] + log_ge1(ir[w]);
-        ir[w] = T(1) / ir[w];
-      }
-    }
-    if constexpr (!kBackward) {
-      T ce = 0, nsum = 0;
-      for (int64_t w = 0; w < W; ++w) nsum += vld[w] * norm[w];
-      for (int64_t c = 0; c < C; ++c) {
-        const T* __restrict xc = xn + c * plane;
-        const T* __restrict er = E.data() + c * W;
-        const T* __restrict yc = kSoft ? yn + c * plane : nullptr;
-        const int32_t* __restrict lr = labels.data();
-        const T* __restrict ir = inv.data();
-        const T* __restrict lr2 = lse.data();
-        const T* __restrict vr = vld.data();
-        const T* __restrict mr = m.data();
-        const T wc = a.class_weights[c];
-        T si = 0, sp = 0, sy = 0, sc = 0;
-#pragma omp simd reduction(+ : si, sp, sy, sc)
-        for (int64_t w = 0; w < W; ++w) {
-          const T p = er[w] * ir[w], nlogp = lr2[w] - xc[w];
-          T y;
-          if constexpr (kSoft) y = yc[w];
-          else y = T(lr[w] == c);
-          const T pv = vr[w] * p;
-          si += pv * y;
-          sp += pv * (sq * p + (T(1) - sq));
-          sy += y * (sq * y + (T(1) - sq));
-          const T coef = keep * y + eps_c;
-          sc += coef != T(0) ? mr[w] * coef * nlogp : T(0);  // a -inf logit of a class with no weight: 0, not NaN
+    const T* wr = u.weight ? u.weight + n * plane + pix0 : nullptr;
+    for (int64_t w0 = 0; w0 < W; w0 += V) {
+      const int64_t nv = std::min(V, W - w0);
+      // The chunk's logits (and soft targets): class c at xs[c * xstride + k]; its labels (soft targets: 0,
+      // -1 on padding), boundary flags and pixel weights. No flags: zeros; no weights: ones.
+      const T* xs = xn + w0;
+      const T* ys = kSoft ? yn + w0 : nullptr;
+      int64_t xstride = plane;
+      const int32_t* lb = labels.data() + w0;
+      const uint8_t* fb = fr ? fr + w0 : sc.fpad.data();
+      const T* wb = wr ? wr + w0 : sc.wpad.data();
+      if (nv < V) {  // the short last chunk of a row: padded copies (the pads were set once, above)
+        for (int64_t c = 0; c < C; ++c) {
+          std::copy(xn + c * plane + w0, xn + c * plane + W, sc.xpad.data() + c * V);
+          if (kSoft) std::copy(yn + c * plane + w0, yn + c * plane + W, sc.ypad.data() + c * V);
         }
-        acc[3 * c] += si;
-        acc[3 * c + 1] += sp;
-        acc[3 * c + 2] += sy;
-        ce += wc * sc;
+        std::copy(lb, lb + nv, sc.lpad.data());
+        if (fr) std::copy(fb, fb + nv, sc.fpad.data());
+        if (wr) std::copy(wb, wb + nv, sc.wpad.data());
+        xs = sc.xpad.data();
+        ys = kSoft ? sc.ypad.data() : nullptr;
+        xstride = V;
+        lb = sc.lpad.data();
+        fb = sc.fpad.data();
+        wb = sc.wpad.data();
       }
-      acc[3 * C] += ce;
-      acc[3 * C + 1] += nsum;
-    } else {
-      // sum_c coef_c (closed form for labels) and sum_c a_c p_c per pixel; then dx.
-      for (int64_t w = 0; w < W; ++w)
-        coef_sum[w] = kSoft ? T(0) : keep * (labels[w] >= 0 ? a.class_weights[labels[w]] : T(0)) + eps_c * cw_total;
-      std::fill(ap_sum.begin(), ap_sum.end(), T(0));
-      for (int64_t c = 0; c < C; ++c) {
-        const T* __restrict er = E.data() + c * W;
-        const T* __restrict yc = kSoft ? yn + c * plane : nullptr;
-        const int32_t* __restrict lr = labels.data();
-        const T* __restrict ir = inv.data();
-        T* __restrict cs = coef_sum.data();
-        T* __restrict as = ap_sum.data();
-        const T wc = a.class_weights[c];
-        const T gi = u.g_dice[(n * C + c) * 3], gp = u.g_dice[(n * C + c) * 3 + 1];
+      int32_t lab[V];
+      T vld[V], m[V], mx[V], ssum[V], lse[V], inv[V];
 #pragma omp simd
-        for (int64_t w = 0; w < W; ++w) {
-          const T p = er[w] * ir[w];
-          T y;
-          if constexpr (kSoft) {
-            y = yc[w];
-            cs[w] += wc * (keep * y + eps_c);
-          } else {
-            y = T(lr[w] == c);
+      for (int64_t k = 0; k < V; ++k) {
+        lab[k] = lb[k];
+        vld[k] = lab[k] >= 0 ? T(1) : T(0);
+        m[k] = vld[k] * (T(1) + bw * T(fb[k])) * wb[k];
+        mx[k] = xs[k];
+        ssum[k] = T(0);
+      }
+      // Softmax over classes: max, exp (kept for the class passes), sum.
+      for (int64_t c = 1; c < C; ++c) {
+        const T* __restrict xc = xs + c * xstride;
+#pragma omp simd
+        for (int64_t k = 0; k < V; ++k) mx[k] = std::max(mx[k], xc[k]);
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        const T* __restrict xc = xs + c * xstride;
+        T* __restrict er = E + c * V;
+#pragma omp simd
+        for (int64_t k = 0; k < V; ++k) {
+          const T e = fast_exp(xc[k] - mx[k]);
+          er[k] = e;
+          ssum[k] += e;
+        }
+      }
+#pragma omp simd
+      for (int64_t k = 0; k < V; ++k) {
+        lse[k] = mx[k] + log_ge1(ssum[k]);
+        inv[k] = T(1) / ssum[k];
+      }
+      if constexpr (!kBackward) {
+        T* __restrict ai = acc;
+        T* __restrict ap = acc + C * V;
+        T* __restrict ay = acc + 2 * C * V;
+        T ce[V], nrm[V];  // this chunk's, in registers (through memory, each class would wait on the last)
+#pragma omp simd
+        for (int64_t k = 0; k < V; ++k) ce[k] = nrm[k] = T(0);
+        for (int64_t c = 0; c < C; ++c) {
+          const T* __restrict xc = xs + c * xstride;
+          const T* __restrict er = E + c * V;
+          const T* __restrict yc = kSoft ? ys + c * xstride : nullptr;
+          const T wc = cw[c];
+          const int32_t ci = static_cast<int32_t>(c);
+#pragma omp simd
+          for (int64_t k = 0; k < V; ++k) {
+            const T p = er[k] * inv[k], nlogp = lse[k] - xc[k];
+            T y;
+            if constexpr (kSoft) y = yc[k];
+            else y = T(lab[k] == ci);
+            const T pv = vld[k] * p;
+            ai[c * V + k] += pv * y;
+            ap[c * V + k] += pv * (sq * p + (T(1) - sq));
+            ay[c * V + k] += y * (sq * y + (T(1) - sq));
+            const T coef = keep * y + eps_c;
+            // a -inf logit of a class with no weight: 0, not NaN
+            ce[k] += coef != T(0) ? wc * m[k] * coef * nlogp : T(0);
+            if constexpr (!kSoft) nrm[k] += wc * y;  // the label's class weight (0 where ignored)
           }
-          as[w] += (gi * y + gp * (sq * T(2) * p + (T(1) - sq))) * p;
         }
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        const T* __restrict er = E.data() + c * W;
-        const T* __restrict yc = kSoft ? yn + c * plane : nullptr;
-        const int32_t* __restrict lr = labels.data();
-        const T* __restrict ir = inv.data();
-        const T* __restrict cs = coef_sum.data();
-        const T* __restrict as = ap_sum.data();
-        const T* __restrict vr = vld.data();
-        const T* __restrict mr = m.data();
-        T* __restrict dc = u.out + n * C * plane + c * plane + pix0;
-        const T wc = a.class_weights[c];
-        const T gi = u.g_dice[(n * C + c) * 3], gp = u.g_dice[(n * C + c) * 3 + 1];
+        T* __restrict ace = acc + 3 * C * V;
 #pragma omp simd
-        for (int64_t w = 0; w < W; ++w) {
-          const T p = er[w] * ir[w];
-          T y;
-          if constexpr (kSoft) y = yc[w];
-          else y = T(lr[w] == c);
-          const T coef = wc * (keep * y + eps_c);
-          const T ac = gi * y + gp * (sq * T(2) * p + (T(1) - sq));
-          dc[w] = vr[w] * (g_ce * mr[w] * (p * cs[w] - coef) + p * (ac - as[w]));
+        for (int64_t k = 0; k < V; ++k) {
+          ace[k] += ce[k];
+          ace[V + k] += kSoft ? vld[k] : nrm[k];
+        }
+      } else {
+        // sum_c coef_c and sum_c a_c p_c per pixel; then dx.
+        T cs[V], as[V];
+#pragma omp simd
+        for (int64_t k = 0; k < V; ++k) cs[k] = as[k] = T(0);
+        for (int64_t c = 0; c < C; ++c) {
+          const T* __restrict er = E + c * V;
+          const T* __restrict yc = kSoft ? ys + c * xstride : nullptr;
+          const T wc = cw[c];
+          const int32_t ci = static_cast<int32_t>(c);
+          const T gi = u.g_dice[(n * C + c) * 3], gp = u.g_dice[(n * C + c) * 3 + 1];
+#pragma omp simd
+          for (int64_t k = 0; k < V; ++k) {
+            const T p = er[k] * inv[k];
+            T y;
+            if constexpr (kSoft) y = yc[k];
+            else y = T(lab[k] == ci);
+            cs[k] += wc * (keep * y + eps_c);
+            as[k] += (gi * y + gp * (sq * T(2) * p + (T(1) - sq))) * p;
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          const T* __restrict er = E + c * V;
+          const T* __restrict yc = kSoft ? ys + c * xstride : nullptr;
+          const T wc = cw[c];
+          const int32_t ci = static_cast<int32_t>(c);
+          const T gi = u.g_dice[(n * C + c) * 3], gp = u.g_dice[(n * C + c) * 3 + 1];
+          T dv[V];
+#pragma omp simd
+          for (int64_t k = 0; k < V; ++k) {
+            const T p = er[k] * inv[k];
+            T y;
+            if constexpr (kSoft) y = yc[k];
+            else y = T(lab[k] == ci);
+            const T coef = wc * (keep * y + eps_c);
+            const T ac = gi * y + gp * (sq * T(2) * p + (T(1) - sq));
+            dv[k] = vld[k] * (g_ce * m[k] * (p * cs[k] - coef) + p * (ac - as[k]));
+          }
+          T* dc = u.out + n * C * plane + c * plane + pix0 + w0;
+          if (nv == V) std::copy(dv, dv + V, dc);
+          else std::copy(dv, dv + nv, dc);
         }
       }
     }
   }
-  if constexpr (!kBackward)
-    for (int64_t k = 0; k < 3 * C + 2; ++k) u.out[unit * (3 * C + 2) + k] = acc[k];
+  if constexpr (!kBackward) {
+    // Across lanes, in a fixed order: [inter, psum, ysum] per class, then ce, norm.
+    T* o = u.out + unit * (3 * C + 2);
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t j = 0; j < 3; ++j) {
+        T v = 0;
+        for (int64_t k = 0; k < V; ++k) v += acc[(j * C + c) * V + k];
+        o[3 * c + j] = v;
+      }
+    for (int64_t j = 0; j < 2; ++j) {
+      T v = 0;
+      for (int64_t k = 0; k < V; ++k) v += acc[(3 * C + j) * V + k];
+      o[3 * C + j] = v;
+    }
+  }
   u.bad[unit] = bad;
 }
 
@@ -488,6 +533,53 @@ CeArgs<T> ce_args(const CeShape& s, const Tensor& cw, double boundary_weight, in
           ignore_index.value_or(0), ignore_index.has_value(), static_cast<T>(label_smoothing), squared};
 }
 
+struct CeParams {
+  double boundary_weight;
+  int64_t boundary_radius;
+  std::optional<int64_t> ignore_index;
+  double label_smoothing;
+  bool squared;
+};
+
+// Per-sample sums over counted pixels, in double: (N, 3C + 2) row-major, [inter, psum, ysum] per class, then
+// [ce_num, ce_den]. The units' partial sums are added in a fixed order (a sample's units are consecutive).
+std::vector<double> ce_sample_sums(const char* op, const CeShape& s, const CeInputs& in, const CeParams& p) {
+  const int64_t k = 3 * s.C + 2;
+  std::vector<double> per_n(s.N * k, 0.0);
+  dispatch_ce(op, in.x, in.y, [&](auto tv, auto yv) {
+    using T = decltype(tv);
+    using Y = decltype(yv);
+    const CeArgs<T> a = ce_args<T>(s, in.cw, p.boundary_weight, p.boundary_radius,
+                                   s.index ? p.ignore_index : std::nullopt, p.label_smoothing, p.squared);
+    const int64_t units = s.units();
+    std::vector<T> partial(std::max<int64_t>(units, 1) * k, T(0));
+    std::vector<int64_t> bad(std::max<int64_t>(units, 1), INT64_MIN);
+    CeUnit<T, Y> u{&a, in.x.data_ptr<T>(), in.y.data_ptr<Y>(), in.w ? in.w->data_ptr<T>() : nullptr, nullptr,
+                   nullptr, partial.data(), bad.data()};
+    run_ce_units<T, Y, false>(op, u);
+    const int64_t per_sample = s.N ? units / s.N : 0;
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t i = 0; i < per_sample; ++i)
+        for (int64_t j = 0; j < k; ++j) per_n[n * k + j] += static_cast<double>(partial[(n * per_sample + i) * k + j]);
+  });
+  return per_n;
+}
+
+// dx from the gradients of the sums: gd (N, C, 3) and gc (N, 2), in the dtype of in.x.
+void ce_sums_backward_into(const char* op, const CeShape& s, const CeInputs& in, const CeParams& p, const Tensor& gd,
+                           const Tensor& gc, Tensor& dx) {
+  dispatch_ce(op, in.x, in.y, [&](auto tv, auto yv) {
+    using T = decltype(tv);
+    using Y = decltype(yv);
+    const CeArgs<T> a = ce_args<T>(s, in.cw, p.boundary_weight, p.boundary_radius,
+                                   s.index ? p.ignore_index : std::nullopt, p.label_smoothing, p.squared);
+    std::vector<int64_t> bad(std::max<int64_t>(s.units(), 1), INT64_MIN);
+    CeUnit<T, Y> u{&a, in.x.data_ptr<T>(), in.y.data_ptr<Y>(), in.w ? in.w->data_ptr<T>() : nullptr,
+                   gd.data_ptr<T>(), gc.data_ptr<T>(), dx.data_ptr<T>(), bad.data()};
+    run_ce_units<T, Y, true>(op, u);
+  });
+}
+
 std::tuple<Tensor, Tensor> ce_dice_sums_cpu(const Tensor& logits, const Tensor& target,
                                             const std::optional<Tensor>& weight,
                                             const std::optional<Tensor>& class_weights, double boundary_weight,
@@ -496,24 +588,12 @@ std::tuple<Tensor, Tensor> ce_dice_sums_cpu(const Tensor& logits, const Tensor& 
   const char* op = "ce_dice_sums";
   const CeShape s = ce_shape(op, logits, target);
   const CeInputs in = prepare_ce(op, s, logits, target, weight, class_weights, boundary_radius, label_smoothing);
-  Tensor dice, ce;
-  dispatch_ce(op, in.x, in.y, [&](auto tv, auto yv) {
-    using T = decltype(tv);
-    using Y = decltype(yv);
-    const CeArgs<T> a = ce_args<T>(s, in.cw, boundary_weight, boundary_radius, s.index ? ignore_index : std::nullopt,
-                                   label_smoothing, squared);
-    const int64_t k = 3 * s.C + 2;
-    Tensor partial = at::zeros({std::max<int64_t>(s.units(), 1), k}, in.x.options());
-    std::vector<int64_t> bad(std::max<int64_t>(s.units(), 1), INT64_MIN);
-    CeUnit<T, Y> u{&a, in.x.data_ptr<T>(), in.y.data_ptr<Y>(), in.w ? in.w->data_ptr<T>() : nullptr, nullptr,
-                   nullptr, partial.data_ptr<T>(), bad.data()};
-    run_ce_units<T, Y, false>(op, u);
-    // Second stage in a fixed order (a sample's units are consecutive), in double.
-    const Tensor per_n = s.units() == 0 ? at::zeros({s.N, k}, in.x.options().dtype(at::kDouble))
-                                        : partial.narrow(0, 0, s.units()).to(at::kDouble).view({s.N, -1, k}).sum(1);
-    dice = per_n.narrow(1, 0, 3 * s.C).reshape({s.N, s.C, 3}).contiguous().to(in.x.scalar_type());
-    ce = per_n.narrow(1, 3 * s.C, 2).contiguous().to(in.x.scalar_type());
-  });
+  const std::vector<double> per_n =
+      ce_sample_sums(op, s, in, {boundary_weight, boundary_radius, ignore_index, label_smoothing, squared});
+  const int64_t k = 3 * s.C + 2;
+  const Tensor all = at::from_blob(const_cast<double*>(per_n.data()), {s.N, k}, at::kDouble);
+  Tensor dice = all.narrow(1, 0, 3 * s.C).reshape({s.N, s.C, 3}).to(in.x.scalar_type()).contiguous();
+  Tensor ce = all.narrow(1, 3 * s.C, 2).to(in.x.scalar_type()).contiguous();
   return {dice, ce};
 }
 
@@ -530,19 +610,170 @@ Tensor ce_dice_sums_backward_cpu(const Tensor& grad_dice, const Tensor& grad_ce,
               ": grad_ce must have shape (N, 2), got ", grad_ce.sizes());
   const CeInputs in = prepare_ce(op, s, logits, target, weight, class_weights, boundary_radius, label_smoothing);
   Tensor dx = at::empty_like(in.x);
-  dispatch_ce(op, in.x, in.y, [&](auto tv, auto yv) {
-    using T = decltype(tv);
-    using Y = decltype(yv);
-    const CeArgs<T> a = ce_args<T>(s, in.cw, boundary_weight, boundary_radius, s.index ? ignore_index : std::nullopt,
-                                   label_smoothing, squared);
-    const Tensor gd = grad_dice.to(in.x.scalar_type()).contiguous();
-    const Tensor gc = grad_ce.to(in.x.scalar_type()).contiguous();
-    std::vector<int64_t> bad(std::max<int64_t>(s.units(), 1), INT64_MIN);
-    CeUnit<T, Y> u{&a, in.x.data_ptr<T>(), in.y.data_ptr<Y>(), in.w ? in.w->data_ptr<T>() : nullptr,
-                   gd.data_ptr<T>(), gc.data_ptr<T>(), dx.data_ptr<T>(), bad.data()};
-    run_ce_units<T, Y, true>(op, u);
-  });
+  ce_sums_backward_into(op, s, in, {boundary_weight, boundary_radius, ignore_index, label_smoothing, squared},
+                        grad_dice.to(in.x.scalar_type()).contiguous(), grad_ce.to(in.x.scalar_type()).contiguous(),
+                        dx);
   return dx;
+}
+
+// The whole loss on the CPU: logits in float32 / float64 (half types are computed in float32, as the sums op
+// takes them), soft targets in the logits' compute dtype.
+std::pair<Tensor, Tensor> ce_compute_inputs(const Tensor& logits, const Tensor& target) {
+  const bool reduced = logits.scalar_type() == at::kHalf || logits.scalar_type() == at::kBFloat16;
+  Tensor x = reduced ? logits.to(at::kFloat) : logits;
+  Tensor t = target.is_floating_point() && target.scalar_type() != x.scalar_type() ? target.to(x.scalar_type())
+                                                                                   : target;
+  return {x, t};
+}
+
+// finish_from_sums of brnnseg_kernels/losses/ce_dice.py, written out over the (N, C) sums in double: the loss
+// and the factors of its derivative [f_inter, f_psum per (n, c); f_ce per n; the scale of every f_ce].
+struct CeFinish {
+  std::vector<double> loss;  // (N,) for reduction "none", else one value
+  std::vector<double> factors;
+};
+
+CeFinish ce_finish(const std::vector<double>& per_n, int64_t N, int64_t C, double lambda_ce, double lambda_dice,
+                   double smooth_nr, double smooth_dr, bool batch, bool log_dice, bool include_background,
+                   bool present, int reduction /* 0 mean, 1 sum, 2 none */) {
+  const int64_t k = 3 * C + 2, B = batch ? 1 : N;
+  // Per (b, c): the Dice sums (summed over the batch when batch), then score, dice, its derivative, selection.
+  std::vector<double> dice(B * C), dd(B * C), safe(B * C), num(B * C), sel(B * C);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c) {
+      double inter = 0, psum = 0, ysum = 0;
+      for (int64_t n = batch ? 0 : b; n < (batch ? N : b + 1); ++n) {
+        inter += per_n[n * k + 3 * c];
+        psum += per_n[n * k + 3 * c + 1];
+        ysum += per_n[n * k + 3 * c + 2];
+      }
+      const double den = psum + ysum + smooth_dr, z = den == 0 ? 1.0 : 0.0;  // 0/0 scores 1: finite
+      const int64_t i = b * C + c;
+      safe[i] = den + z;
+      num[i] = 2 * inter + smooth_nr + z;
+      const double score = num[i] / safe[i];
+      if (log_dice) {
+        const double clamped = std::max(score, 1e-7);
+        dice[i] = -std::log(clamped);
+        dd[i] = score >= 1e-7 ? -1 / clamped : 0.0;
+      } else {
+        dice[i] = 1 - score;
+        dd[i] = -1;
+      }
+      sel[i] = (!present || ysum > 0) && (include_background || C == 1 || c != 0) ? 1.0 : 0.0;
+    }
+  CeFinish f;
+  std::vector<double> w(B), f_ce(N);
+  double scale = 1;
+  if (reduction == 2) {
+    f.loss.assign(N, 0.0);
+    for (int64_t b = 0; b < B; ++b) {
+      double cnt = 0, d = 0;
+      for (int64_t c = 0; c < C; ++c) cnt += sel[b * C + c];
+      w[b] = lambda_dice / std::max(cnt, 1.0);
+      for (int64_t c = 0; c < C; ++c) d += w[b] * sel[b * C + c] * dice[b * C + c];
+      for (int64_t n = batch ? 0 : b; n < (batch ? N : b + 1); ++n) f.loss[n] += d;
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      f_ce[n] = lambda_ce / std::max(per_n[n * k + 3 * C + 1], 1e-12);
+      f.loss[n] += f_ce[n] * per_n[n * k + 3 * C];
+    }
+  } else {
+    double ce_num = 0, ce_den = 0, cnt = 0, d = 0;
+    for (int64_t n = 0; n < N; ++n) ce_num += per_n[n * k + 3 * C], ce_den += per_n[n * k + 3 * C + 1];
+    for (int64_t i = 0; i < B * C; ++i) cnt += sel[i], d += sel[i] * dice[i];
+    const double wv = reduction == 1 ? lambda_dice : lambda_dice / std::max(cnt, 1.0);
+    std::fill(w.begin(), w.end(), wv);
+    std::fill(f_ce.begin(), f_ce.end(), lambda_ce);
+    if (reduction == 0) scale = 1 / std::max(ce_den, 1e-12);
+    f.loss.assign(1, lambda_ce * ce_num * scale + wv * d);
+  }
+  f.factors.assign(2 * N * C + N + 1, 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t b = batch ? 0 : n, i = b * C + c;
+      f.factors[2 * (n * C + c)] = w[b] * sel[i] * dd[i] * 2 / safe[i];
+      f.factors[2 * (n * C + c) + 1] = -w[b] * sel[i] * dd[i] * num[i] / (safe[i] * safe[i]);
+    }
+  for (int64_t n = 0; n < N; ++n) f.factors[2 * N * C + n] = f_ce[n];
+  f.factors[2 * N * C + N] = scale;
+  return f;
+}
+
+int ce_reduction(const char* op, c10::string_view reduction) {
+  if (reduction == "mean") return 0;
+  if (reduction == "sum") return 1;
+  if (reduction == "none") return 2;
+  TORCH_CHECK_VALUE(false, op, ": reduction must be 'mean', 'sum' or 'none', got '", std::string(reduction), "'");
+}
+
+std::tuple<Tensor, Tensor> ce_dice_loss_cpu(const Tensor& logits, const Tensor& target,
+                                            const std::optional<Tensor>& weight,
+                                            const std::optional<Tensor>& class_weights, double boundary_weight,
+                                            int64_t boundary_radius, std::optional<int64_t> ignore_index,
+                                            double label_smoothing, bool squared, double lambda_ce, double lambda_dice,
+                                            double smooth_nr, double smooth_dr, bool batch, bool log_dice,
+                                            bool include_background, c10::string_view average,
+                                            c10::string_view reduction) {
+  const char* op = "ce_dice_loss";
+  const int red = ce_reduction(op, reduction);
+  TORCH_CHECK_VALUE(average == "present" || average == "all", op, ": average must be 'present' or 'all', got '",
+                    std::string(average), "'");
+  const auto [x, t] = ce_compute_inputs(logits, target);
+  const CeShape s = ce_shape(op, x, t);
+  const CeInputs in = prepare_ce(op, s, x, t, weight, class_weights, boundary_radius, label_smoothing);
+  const std::vector<double> per_n =
+      ce_sample_sums(op, s, in, {boundary_weight, boundary_radius, ignore_index, label_smoothing, squared});
+  const CeFinish f = ce_finish(per_n, s.N, s.C, lambda_ce, lambda_dice, smooth_nr, smooth_dr, batch, log_dice,
+                               include_background, average == "present", red);
+  const auto lt = at::TensorOptions().dtype(at::kDouble);
+  Tensor loss = at::from_blob(const_cast<double*>(f.loss.data()), {int64_t(f.loss.size())}, lt);
+  loss = (red == 2 ? loss : loss.reshape({})).to(logits.scalar_type()).clone();
+  Tensor factors = at::from_blob(const_cast<double*>(f.factors.data()), {int64_t(f.factors.size())}, lt)
+                       .to(x.scalar_type())
+                       .clone();
+  return {loss, factors};
+}
+
+Tensor ce_dice_loss_backward_cpu(const Tensor& grad, const Tensor& factors, const Tensor& logits, const Tensor& target,
+                                 const std::optional<Tensor>& weight, const std::optional<Tensor>& class_weights,
+                                 double boundary_weight, int64_t boundary_radius, std::optional<int64_t> ignore_index,
+                                 double label_smoothing, bool squared, bool batch, c10::string_view reduction) {
+  const char* op = "ce_dice_loss_backward";
+  const int red = ce_reduction(op, reduction);
+  const auto [x, t] = ce_compute_inputs(logits, target);
+  const CeShape s = ce_shape(op, x, t);
+  const int64_t N = s.N, C = s.C;
+  TORCH_CHECK(factors.dim() == 1 && factors.numel() == 2 * N * C + N + 1, op, ": factors must have shape (",
+              2 * N * C + N + 1, ",), got ", factors.sizes());
+  TORCH_CHECK(red == 2 ? grad.numel() == N : grad.numel() == 1, op, ": grad must have ", red == 2 ? N : 1,
+              " elements, got shape ", grad.sizes());
+  const CeInputs in = prepare_ce(op, s, x, t, weight, class_weights, boundary_radius, label_smoothing);
+  const Tensor g = grad.to(at::kDouble).contiguous().reshape({-1});
+  const Tensor fd = factors.to(at::kDouble).contiguous();
+  const double* go = g.data_ptr<double>();
+  const double* f = fd.data_ptr<double>();
+  double go_sum = 0;
+  for (int64_t n = 0; n < g.numel(); ++n) go_sum += go[n];
+  Tensor gd = at::empty({N, C, 3}, at::kDouble), gc = at::empty({N, 2}, at::kDouble);
+  double* gdp = gd.data_ptr<double>();
+  double* gcp = gc.data_ptr<double>();
+  for (int64_t n = 0; n < N; ++n) {
+    // d loss / d Dice sums: go (per sample for "none"; its batch sum where batch Dice meets "none").
+    const double go_n = red == 2 ? go[n] : go[0];
+    const double go_dice = red == 2 && batch ? go_sum : go_n;
+    for (int64_t c = 0; c < C; ++c) {
+      gdp[(n * C + c) * 3] = go_dice * f[2 * (n * C + c)];
+      gdp[(n * C + c) * 3 + 1] = go_dice * f[2 * (n * C + c) + 1];
+      gdp[(n * C + c) * 3 + 2] = 0;
+    }
+    gcp[2 * n] = go_n * f[2 * N * C + N] * f[2 * N * C + n];
+    gcp[2 * n + 1] = 0;
+  }
+  Tensor dx = at::empty_like(in.x);
+  ce_sums_backward_into(op, s, in, {boundary_weight, boundary_radius, ignore_index, label_smoothing, squared},
+                        gd.to(in.x.scalar_type()), gc.to(in.x.scalar_type()), dx);
+  return dx.scalar_type() == logits.scalar_type() ? dx : dx.to(logits.scalar_type());
 }
 
 }  // namespace
@@ -550,6 +781,8 @@ Tensor ce_dice_sums_backward_cpu(const Tensor& grad_dice, const Tensor& grad_ce,
 TORCH_LIBRARY_IMPL(brnnseg, CPU, m) {
   m.impl("ce_dice_sums", &ce_dice_sums_cpu);
   m.impl("ce_dice_sums_backward", &ce_dice_sums_backward_cpu);
+  m.impl("ce_dice_loss", &ce_dice_loss_cpu);
+  m.impl("ce_dice_loss_backward", &ce_dice_loss_backward_cpu);
 }
 
 }  // namespace brnnseg::cpu
