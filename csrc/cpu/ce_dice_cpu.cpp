@@ -16,6 +16,8 @@
 // the argmax of a soft one; -1 where ignored) are computed for a block plus its halo in per-thread
 // scratch; the test is separable (min and max label over depth, then W, then H).
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
@@ -591,7 +593,8 @@ std::tuple<Tensor, Tensor> ce_dice_sums_cpu(const Tensor& logits, const Tensor& 
   const std::vector<double> per_n =
       ce_sample_sums(op, s, in, {boundary_weight, boundary_radius, ignore_index, label_smoothing, squared});
   const int64_t k = 3 * s.C + 2;
-  const Tensor all = at::from_blob(const_cast<double*>(per_n.data()), {s.N, k}, at::kDouble);
+  // (from_blob views per_n, which dies with this frame: copy before anything can be a view of it)
+  const Tensor all = at::from_blob(const_cast<double*>(per_n.data()), {s.N, k}, at::kDouble).clone();
   Tensor dice = all.narrow(1, 0, 3 * s.C).reshape({s.N, s.C, 3}).to(in.x.scalar_type()).contiguous();
   Tensor ce = all.narrow(1, 3 * s.C, 2).to(in.x.scalar_type()).contiguous();
   return {dice, ce};
@@ -776,6 +779,78 @@ Tensor ce_dice_loss_backward_cpu(const Tensor& grad, const Tensor& factors, cons
   return dx.scalar_type() == logits.scalar_type() ? dx : dx.to(logits.scalar_type());
 }
 
+// Autograd of ce_dice_loss for CPU tensors, in C++. brnnseg_kernels/losses/ce_dice.py registers the same
+// formula for every device through torch.library (Python); a kernel registered directly to AutogradCPU
+// takes precedence over it there. Why a second one: at (4, 8, 128, 128) the Python autograd.Function
+// around the op cost 0.2-0.4 ms a step on the CPU, as much as either kernel. Both call the ops through the
+// dispatcher, so fake tensors and torch.compile see the same ops on either path.
+class CeDiceLossCpuFunction : public torch::autograd::Function<CeDiceLossCpuFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& logits,
+                                                const Tensor& target, const std::optional<Tensor>& weight,
+                                                const std::optional<Tensor>& class_weights,
+                                                double boundary_weight, int64_t boundary_radius,
+                                                std::optional<int64_t> ignore_index, double label_smoothing,
+                                                bool squared, double lambda_ce, double lambda_dice, double smooth_nr,
+                                                double smooth_dr, bool batch, bool log_dice, bool include_background,
+                                                std::string average, std::string reduction) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("brnnseg::ce_dice_loss", "")
+                               .typed<decltype(ce_dice_loss_cpu)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, factors] =
+        op.call(logits, target, weight, class_weights, boundary_weight, boundary_radius, ignore_index, label_smoothing, squared, lambda_ce, lambda_dice, smooth_nr, smooth_dr,
+                batch, log_dice, include_background, average, reduction);
+    ctx->mark_non_differentiable({factors});
+    ctx->set_materialize_grads(false);  // no zeros for the factors' gradient
+    ctx->save_for_backward({factors, logits, target, weight.value_or(Tensor()), class_weights.value_or(Tensor())});
+    ctx->saved_data["boundary_weight"] = boundary_weight;
+    ctx->saved_data["boundary_radius"] = boundary_radius;
+    ctx->saved_data["ignore_index"] = ignore_index.has_value() ? c10::IValue(*ignore_index) : c10::IValue();
+    ctx->saved_data["label_smoothing"] = label_smoothing;
+    ctx->saved_data["squared"] = squared;
+    ctx->saved_data["batch"] = batch;
+    ctx->saved_data["reduction"] = reduction;
+    return {loss, factors};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    // As ops.no_double_backward: the backward op has no derivative of its own.
+    TORCH_CHECK_NOT_IMPLEMENTED(!at::GradMode::is_enabled(),
+                                "brnnseg::ce_dice_loss: double backward (create_graph=True through this op) is not "
+                                "supported");
+    torch::autograd::variable_list out(18);
+    if (!grads[0].defined()) return out;
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("brnnseg::ce_dice_loss_backward", "")
+                               .typed<decltype(ce_dice_loss_backward_cpu)>();
+    const auto saved = ctx->get_saved_variables();
+    const auto opt = [](const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; };
+    const auto& sd = ctx->saved_data;
+    const c10::IValue& ign = sd.at("ignore_index");
+    out[0] = op.call(grads[0], saved[0], saved[1], saved[2], opt(saved[3]), opt(saved[4]),
+                     sd.at("boundary_weight").toDouble(), sd.at("boundary_radius").toInt(),
+                     ign.isNone() ? std::nullopt : std::optional<int64_t>(ign.toInt()),
+                     sd.at("label_smoothing").toDouble(), sd.at("squared").toBool(), sd.at("batch").toBool(),
+                     sd.at("reduction").toStringRef());
+    return out;
+  }
+};
+
+std::tuple<Tensor, Tensor> ce_dice_loss_autograd_cpu(
+    const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& class_weights, double boundary_weight, int64_t boundary_radius,
+    std::optional<int64_t> ignore_index, double label_smoothing, bool squared, double lambda_ce, double lambda_dice,
+    double smooth_nr, double smooth_dr, bool batch, bool log_dice, bool include_background, c10::string_view average,
+    c10::string_view reduction) {
+  auto out = CeDiceLossCpuFunction::apply(logits, target, weight, class_weights,
+                                          boundary_weight, boundary_radius, ignore_index, label_smoothing, squared,
+                                          lambda_ce, lambda_dice, smooth_nr, smooth_dr, batch, log_dice,
+                                          include_background, std::string(average), std::string(reduction));
+  return {out[0], out[1]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(brnnseg, CPU, m) {
@@ -784,5 +859,7 @@ TORCH_LIBRARY_IMPL(brnnseg, CPU, m) {
   m.impl("ce_dice_loss", &ce_dice_loss_cpu);
   m.impl("ce_dice_loss_backward", &ce_dice_loss_backward_cpu);
 }
+
+TORCH_LIBRARY_IMPL(brnnseg, AutogradCPU, m) { m.impl("ce_dice_loss", &ce_dice_loss_autograd_cpu); }
 
 }  // namespace brnnseg::cpu
