@@ -338,6 +338,74 @@ def test_loss_opcheck():
                                reduction), test_utils=("test_schema", "test_faketensor"))
 
 
+BCE_FINISH_CASES = [(r, b, log, mask) for r in ("mean", "sum", "none") for b in (False, True)
+                    for log, mask in ((False, None), (True, (0.0, 1.0, 2.0)))]
+
+
+@pytest.mark.parametrize("reduction,batch,log_dice,mask", BCE_FINISH_CASES)
+def test_cpu_op_matches_python_finish(reduction, batch, log_dice, mask):
+    """The CPU op's finish and backward (C++, bce_finish) against their specification in Python
+    (finish_from_sums, the Triton finish kernel's spec too) over the same sums: the loss, every factor,
+    and the gradient through the sums' backward op. Channel 2 of sample 0 is empty, and dice_from /
+    dice_mask leave channels out."""
+    x = torch.randn(3, 3, 7, 6, dtype=torch.float64)
+    y = (torch.rand(3, 3, 7, 6) > 0.6).double()
+    y[0, 2] = 0
+    w = torch.rand(3, 3, 7, 6, dtype=torch.float64)
+    pw = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    dice_mask = None if mask is None else torch.tensor(mask, dtype=torch.float64)
+    dice_from = 1 if mask is None else 0
+    fin = (0.6, 1.7, 1e-5, 2e-5, batch, log_dice, reduction)
+    loss, fac = torch.ops.brnnseg.bce_dice_loss(x, y, w, pw, 0.0, dice_mask, dice_from, 1.5, 1, None, True, *fin)
+    sums = torch.ops.brnnseg.seg_loss_sums(x, y, w, pw, 1.5, 1, None, True)
+    e_loss, e_fac = sl.finish_from_sums(sums, dice_mask, dice_from, *fin)
+    torch.testing.assert_close(loss, e_loss, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(fac, e_fac, rtol=1e-12, atol=1e-14)
+    go = torch.randn_like(loss)
+    dx = torch.ops.brnnseg.bce_dice_loss_backward(go, fac, x, y, w, pw, 0.0, 1.5, 1, None, True, batch, reduction)
+    ds = torch.zeros_like(sums, requires_grad=True)
+    (g_sums,) = torch.autograd.grad(sl.finish_from_sums(sums + ds, dice_mask, dice_from, *fin)[0], ds, go)
+    expect = torch.ops.brnnseg.seg_loss_sums_backward(g_sums, x, y, w, pw, 1.5, 1, None, True)
+    torch.testing.assert_close(dx, expect, rtol=1e-12, atol=1e-14)
+
+
+class _Ctx:
+    """What torch.library's autograd hands setup_context and backward, for calling them directly."""
+
+    def mark_non_differentiable(self, *ts):
+        pass
+
+    def set_materialize_grads(self, value):
+        pass
+
+    def save_for_backward(self, *ts):
+        self.saved_tensors = ts
+
+
+@pytest.mark.parametrize("reduction,batch", [("mean", False), ("none", True), ("sum", False)])
+def test_python_autograd_formula_matches_the_cpu_one(reduction, batch):
+    """CPU tensors take the op's autograd in C++ (AutogradCPU); every other device the Python formula
+    (_loss_setup_context / _loss_backward). The Python one, called directly on CPU tensors, gives the C++
+    one's gradient; and both refuse double backward."""
+    x = torch.randn(2, 3, 7, 5, dtype=torch.float64, requires_grad=True)
+    y = (torch.rand(2, 3, 7, 5) > 0.5).to(torch.uint8)
+    args = (x, y, torch.rand(2, 3, 7, 5, dtype=torch.float64), None if batch else torch.rand(3, dtype=torch.float64),
+            4.0, None, 0, 1.5, 1, None, True, 0.7, 1.3, 1e-5, 1e-5, batch, False, reduction)
+    loss, fac = torch.ops.brnnseg.bce_dice_loss(*args)
+    assert loss.grad_fn is not None and not fac.requires_grad
+    g = torch.randn_like(loss)
+    (gx,) = torch.autograd.grad(loss, x, g)
+    ctx = _Ctx()
+    sl._loss_setup_context(ctx, args, (loss.detach(), fac))
+    with torch.no_grad():
+        got = sl._loss_backward(ctx, g, None)
+    assert len(got) == 18 and all(v is None for v in got[1:])
+    torch.testing.assert_close(got[0], gx, rtol=1e-12, atol=1e-14)
+    loss = torch.ops.brnnseg.bce_dice_loss(*args)[0]
+    with pytest.raises(NotImplementedError, match="double backward"):
+        torch.autograd.grad(loss.sum(), x, create_graph=True)
+
+
 def test_loss_torch_compile_fullgraph():
     loss_fn = bk.losses.BCEDiceLoss(pos_weight=10.0, boundary_weight=2.0)
     x, y = _rand((2, 1, 16, 16))

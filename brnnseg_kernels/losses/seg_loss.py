@@ -115,6 +115,9 @@ def _loss_backward(ctx, grad, _grad_factors):
     return (dx,) + (None,) * 17
 
 
+# The op's autograd on every device. CPU tensors take the same formula written in C++ (AutogradCPU,
+# csrc/cpu/seg_loss_cpu.cpp), registered directly to that key, which takes precedence there.
+# tests/test_seg_loss.py holds the two formulas together.
 torch.library.register_autograd("brnnseg::bce_dice_loss", _loss_backward, setup_context=_loss_setup_context)
 
 
@@ -149,8 +152,9 @@ def finish_from_sums(sums: Tensor, dice_mask: Optional[Tensor], dice_from: int, 
     """The loss from the (N, C, 5) sums and the factors of its derivative in them, (N*C*3 + 1): per
     (n, c) [f_bce, f_inter, f_pred], then the scale of every f_bce. The backward takes
     d loss / d sums[n, c] = go * [scale * f_bce, 0, f_inter, f_pred, 0] (go summed over the batch for
-    f_inter and f_pred where batch Dice meets reduction "none"). The CPU kernel of bce_dice_loss, and
-    the specification of the Triton finish kernel."""
+    f_inter and f_pred where batch Dice meets reduction "none"). The specification of the Triton finish
+    kernel and of the CPU op's (``bce_finish`` in csrc/cpu/seg_loss_cpu.cpp, in double; held together
+    by tests/test_seg_loss.py)."""
     n, c = sums.shape[:2]
     s_bce, cnt, inter, pred, ysum = sums.unbind(-1)
     if batch:
@@ -173,39 +177,6 @@ def finish_from_sums(sums: Tensor, dice_mask: Optional[Tensor], dice_from: int, 
         loss = lambda_ce * s_bce.sum() * scale[0] + dice_scale * dice.sum()
     factors = torch.stack([f_bce, (dice_scale * f_inter).expand(n, c), (dice_scale * f_pred).expand(n, c)], -1)
     return loss, torch.cat([factors.reshape(-1), scale])
-
-
-def _pos_weight_tensor(pos_weight: Optional[Tensor], value: float, c: int, dtype, device) -> Tensor:
-    return pos_weight if pos_weight is not None else torch.full((c,), value, dtype=dtype, device=device)
-
-
-@torch.library.register_kernel("brnnseg::bce_dice_loss", "cpu")
-def _bce_dice_loss_cpu(logits, target, weight, pos_weight, pos_weight_value, dice_mask, dice_from, boundary_weight,
-                       boundary_radius, ignore_index, squared, lambda_ce, lambda_dice, smooth_nr, smooth_dr, batch,
-                       log_dice, reduction):
-    x = logits.float() if logits.dtype in _REDUCED else logits  # the C++ kernel computes in float32/float64
-    pw = _pos_weight_tensor(pos_weight, pos_weight_value, x.shape[1], torch.float32, x.device)
-    sums = torch.ops.brnnseg.seg_loss_sums(x, target, weight, pw, boundary_weight, boundary_radius, ignore_index,
-                                           squared)
-    loss, factors = finish_from_sums(sums, dice_mask, dice_from, lambda_ce, lambda_dice, smooth_nr, smooth_dr, batch,
-                                     log_dice, reduction)
-    return loss.to(logits.dtype), factors
-
-
-@torch.library.register_kernel("brnnseg::bce_dice_loss_backward", "cpu")
-def _bce_dice_loss_backward_cpu(grad, factors, logits, target, weight, pos_weight, pos_weight_value,
-                                boundary_weight, boundary_radius, ignore_index, squared, batch, reduction):
-    x = logits.float() if logits.dtype in _REDUCED else logits
-    n, c = x.shape[:2]
-    go = grad.to(factors.dtype)
-    f = factors[:-1].view(n, c, 3)
-    go_dice = go.sum(0, keepdim=True) if reduction == "none" and batch else go
-    zero = torch.zeros_like(f[..., 0])
-    grad_sums = torch.stack([go * factors[-1] * f[..., 0], zero, go_dice * f[..., 1], go_dice * f[..., 2], zero], -1)
-    pw = _pos_weight_tensor(pos_weight, pos_weight_value, c, torch.float32, x.device)
-    dx = torch.ops.brnnseg.seg_loss_sums_backward(grad_sums, x, target, weight, pw, boundary_weight, boundary_radius,
-                                                  ignore_index, squared)
-    return dx.to(logits.dtype)
 
 
 def _register_cuda_kernels() -> None:

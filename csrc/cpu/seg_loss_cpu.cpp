@@ -5,11 +5,16 @@
 // slice, row block) units whose partial sums are added in a fixed order, so results do not
 // depend on the thread count and are bit-identical from run to run.
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "brnnseg/loss/seg_loss_math.h"
@@ -350,11 +355,253 @@ Tensor seg_loss_sums_backward_cpu(const Tensor& grad_sums, const Tensor& logits,
   return out;
 }
 
+// ---- the whole loss (brnnseg::bce_dice_loss and its backward) on the CPU ----------------------------------
+// finish_from_sums of brnnseg_kernels/losses/seg_loss.py written out over the (N, C, 5) sums in double: the
+// loss and the factors of its derivative in the sums, per (n, c) [f_bce, f_inter, f_pred], then the scale of
+// every f_bce. That function stays the specification (and the Triton finish kernel's);
+// tests/test_seg_loss.py holds the two together.
+
+int bce_reduction(const char* op, c10::string_view reduction) {
+  if (reduction == "mean") return 0;
+  if (reduction == "sum") return 1;
+  if (reduction == "none") return 2;
+  TORCH_CHECK_VALUE(false, op, ": reduction must be 'mean', 'sum' or 'none', got '", std::string(reduction), "'");
+}
+
+// Logits the kernels compute in (half types: float32), and the per-channel pos_weight (given, or every
+// channel's pos_weight_value).
+std::pair<Tensor, Tensor> bce_compute_inputs(const Tensor& logits, const std::optional<Tensor>& pos_weight,
+                                             double pos_weight_value) {
+  const bool reduced = logits.scalar_type() == at::kHalf || logits.scalar_type() == at::kBFloat16;
+  Tensor x = reduced ? logits.to(at::kFloat) : logits;
+  TORCH_CHECK(x.dim() >= 2, "bce_dice_loss: logits must be (N, C, H, W) or (N, C, D, H, W), got shape ",
+              x.sizes());
+  Tensor pw = pos_weight.has_value() ? *pos_weight : at::full({x.size(1)}, pos_weight_value, x.options().dtype(at::kFloat));
+  return {x, pw};
+}
+
+struct BceFinish {
+  std::vector<double> loss;  // (N, C) for reduction "none", else one value
+  std::vector<double> factors;
+};
+
+BceFinish bce_finish(const Tensor& sums_t, const std::optional<Tensor>& dice_mask, int64_t dice_from, double lambda_ce,
+                     double lambda_dice, double smooth_nr, double smooth_dr, bool batch, bool log_dice, int reduction) {
+  const Tensor st = sums_t.to(at::kDouble).contiguous();
+  const double* sums = st.data_ptr<double>();
+  const int64_t N = st.size(0), C = st.size(1), B = batch ? 1 : N;
+  std::vector<double> sel(C);
+  Tensor mask;
+  if (dice_mask.has_value()) {
+    TORCH_CHECK(dice_mask->numel() == C, "bce_dice_loss: dice_mask must have C = ", C, " elements, got ",
+                dice_mask->numel());
+    mask = dice_mask->to(at::kDouble).contiguous();
+  }
+  for (int64_t c = 0; c < C; ++c)
+    sel[c] = (c >= dice_from ? 1.0 : 0.0) * (mask.defined() ? (mask.data_ptr<double>()[c] != 0 ? 1.0 : 0.0) : 1.0);
+  // Dice per (b, c) times sel, and its derivatives in sum p*y and sum p (p^2), times sel (_dice_terms).
+  std::vector<double> dice(B * C), f_inter(B * C), f_pred(B * C);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c) {
+      double inter = 0, pred = 0, ysum = 0;
+      for (int64_t n = batch ? 0 : b; n < (batch ? N : b + 1); ++n) {
+        const double* q = sums + (n * C + c) * kNumSums;
+        inter += q[kInter];
+        pred += q[kPredSum];
+        ysum += q[kTargetSum];
+      }
+      const double den = pred + ysum + smooth_dr;
+      const bool ok = den > 0;
+      const double safe = ok ? den : 1.0, num = 2 * inter + smooth_nr;
+      const double score = ok ? num / safe : 1.0, ds_di = ok ? 2 / safe : 0.0, ds_dp = ok ? -num / (safe * safe) : 0.0;
+      double d, dd;
+      if (log_dice) {
+        const double clamped = std::max(score, 1e-7);
+        d = -std::log(clamped);
+        dd = score >= 1e-7 ? -1 / clamped : 0.0;
+      } else {
+        d = 1 - score;
+        dd = -1;
+      }
+      const int64_t i = b * C + c;
+      dice[i] = sel[c] * d;
+      f_inter[i] = sel[c] * dd * ds_di;
+      f_pred[i] = sel[c] * dd * ds_dp;
+    }
+  BceFinish f;
+  double scale = 1, dice_scale = lambda_dice;
+  std::vector<double> f_bce(N * C, lambda_ce);
+  if (reduction == 2) {
+    f.loss.resize(N * C);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        const double* q = sums + (n * C + c) * kNumSums;
+        f_bce[n * C + c] = lambda_ce / std::max(q[kCount], 1.0);
+        f.loss[n * C + c] = f_bce[n * C + c] * q[kBceSum] + lambda_dice * dice[(batch ? 0 : n) * C + c];
+      }
+  } else {
+    double s_bce = 0, cnt = 0, dsum = 0, nsel = 0;
+    for (int64_t i = 0; i < N * C; ++i) s_bce += sums[i * kNumSums + kBceSum], cnt += sums[i * kNumSums + kCount];
+    for (int64_t i = 0; i < B * C; ++i) dsum += dice[i];
+    for (int64_t c = 0; c < C; ++c) nsel += sel[c];
+    if (reduction == 1) {
+      f.loss.assign(1, lambda_ce * s_bce + lambda_dice * dsum);
+    } else {
+      dice_scale = lambda_dice / std::max(nsel * double(batch ? 1 : N), 1.0);
+      scale = 1 / std::max(cnt, 1.0);
+      f.loss.assign(1, lambda_ce * s_bce * scale + dice_scale * dsum);
+    }
+  }
+  f.factors.resize(N * C * 3 + 1);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = n * C + c, b = (batch ? 0 : n) * C + c;
+      f.factors[3 * i] = f_bce[i];
+      f.factors[3 * i + 1] = dice_scale * f_inter[b];
+      f.factors[3 * i + 2] = dice_scale * f_pred[b];
+    }
+  f.factors[N * C * 3] = scale;
+  return f;
+}
+
+std::tuple<Tensor, Tensor> bce_dice_loss_cpu(const Tensor& logits, const Tensor& target,
+                                             const std::optional<Tensor>& weight,
+                                             const std::optional<Tensor>& pos_weight, double pos_weight_value,
+                                             const std::optional<Tensor>& dice_mask, int64_t dice_from,
+                                             double boundary_weight, int64_t boundary_radius,
+                                             std::optional<double> ignore_index, bool squared, double lambda_ce,
+                                             double lambda_dice, double smooth_nr, double smooth_dr, bool batch,
+                                             bool log_dice, c10::string_view reduction) {
+  const int red = bce_reduction("bce_dice_loss", reduction);
+  const auto [x, pw] = bce_compute_inputs(logits, pos_weight, pos_weight_value);
+  const Tensor sums =
+      seg_loss_sums_cpu(x, target, weight, pw, boundary_weight, boundary_radius, ignore_index, squared);
+  const BceFinish f =
+      bce_finish(sums, dice_mask, dice_from, lambda_ce, lambda_dice, smooth_nr, smooth_dr, batch, log_dice, red);
+  const auto dt = at::TensorOptions().dtype(at::kDouble);
+  Tensor loss = at::from_blob(const_cast<double*>(f.loss.data()), {int64_t(f.loss.size())}, dt);
+  loss = (red == 2 ? loss.view({x.size(0), x.size(1)}) : loss.reshape({})).to(logits.scalar_type()).clone();
+  Tensor factors =
+      at::from_blob(const_cast<double*>(f.factors.data()), {int64_t(f.factors.size())}, dt).to(sums.scalar_type()).clone();
+  return {loss, factors};
+}
+
+Tensor bce_dice_loss_backward_cpu(const Tensor& grad, const Tensor& factors, const Tensor& logits,
+                                  const Tensor& target, const std::optional<Tensor>& weight,
+                                  const std::optional<Tensor>& pos_weight, double pos_weight_value,
+                                  double boundary_weight, int64_t boundary_radius, std::optional<double> ignore_index,
+                                  bool squared, bool batch, c10::string_view reduction) {
+  const char* op = "bce_dice_loss_backward";
+  const int red = bce_reduction(op, reduction);
+  const auto [x, pw] = bce_compute_inputs(logits, pos_weight, pos_weight_value);
+  const int64_t N = x.size(0), C = x.size(1);
+  TORCH_CHECK(factors.dim() == 1 && factors.numel() == N * C * 3 + 1, op, ": factors must have shape (",
+              N * C * 3 + 1, ",), got ", factors.sizes());
+  TORCH_CHECK(red == 2 ? grad.numel() == N * C : grad.numel() == 1, op, ": grad must have ", red == 2 ? N * C : 1,
+              " elements, got shape ", grad.sizes());
+  const Tensor g = grad.to(at::kDouble).contiguous().reshape({-1});
+  const Tensor fd = factors.to(at::kDouble).contiguous();
+  const double* go = g.data_ptr<double>();
+  const double* f = fd.data_ptr<double>();
+  const double scale = f[N * C * 3];
+  std::vector<double> go_batch(C, 0.0);  // batch Dice with reduction "none": go summed over the batch
+  if (red == 2 && batch)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) go_batch[c] += go[n * C + c];
+  Tensor gs = at::zeros({N, C, kNumSums}, at::kDouble);
+  double* q = gs.data_ptr<double>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = n * C + c;
+      const double go_i = red == 2 ? go[i] : go[0];
+      const double go_dice = red == 2 && batch ? go_batch[c] : go_i;
+      q[i * kNumSums + kBceSum] = go_i * scale * f[3 * i];
+      q[i * kNumSums + kInter] = go_dice * f[3 * i + 1];
+      q[i * kNumSums + kPredSum] = go_dice * f[3 * i + 2];
+    }
+  Tensor dx = seg_loss_sums_backward_cpu(gs.to(x.scalar_type()), x, target, weight, pw, boundary_weight,
+                                         boundary_radius, ignore_index, squared);
+  return dx.scalar_type() == logits.scalar_type() ? dx : dx.to(logits.scalar_type());
+}
+
+// Autograd of bce_dice_loss for CPU tensors, in C++, registered directly to AutogradCPU, which takes
+// precedence over torch.library's Python autograd.Function (brnnseg_kernels/losses/seg_loss.py, the
+// formula for every other device; tests/test_seg_loss.py holds the two together). The Python one cost
+// ~0.1-0.3 ms a step on the CPU. Both call the ops through the dispatcher.
+class BceDiceLossCpuFunction : public torch::autograd::Function<BceDiceLossCpuFunction> {
+ public:
+  static torch::autograd::variable_list forward(
+      torch::autograd::AutogradContext* ctx, const Tensor& logits, const Tensor& target,
+      const std::optional<Tensor>& weight, const std::optional<Tensor>& pos_weight, double pos_weight_value,
+      const std::optional<Tensor>& dice_mask, int64_t dice_from, double boundary_weight, int64_t boundary_radius,
+      std::optional<double> ignore_index, bool squared, double lambda_ce, double lambda_dice, double smooth_nr,
+      double smooth_dr, bool batch, bool log_dice, std::string reduction) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("brnnseg::bce_dice_loss", "")
+                               .typed<decltype(bce_dice_loss_cpu)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, factors] = op.call(logits, target, weight, pos_weight, pos_weight_value, dice_mask, dice_from,
+                                   boundary_weight, boundary_radius, ignore_index, squared, lambda_ce, lambda_dice,
+                                   smooth_nr, smooth_dr, batch, log_dice, reduction);
+    ctx->mark_non_differentiable({factors});
+    ctx->set_materialize_grads(false);  // no zeros for the factors' gradient
+    ctx->save_for_backward({factors, logits, target, weight.value_or(Tensor()), pos_weight.value_or(Tensor())});
+    auto& sd = ctx->saved_data;
+    sd["pos_weight_value"] = pos_weight_value;
+    sd["boundary_weight"] = boundary_weight;
+    sd["boundary_radius"] = boundary_radius;
+    sd["ignore_index"] = ignore_index.has_value() ? c10::IValue(*ignore_index) : c10::IValue();
+    sd["squared"] = squared;
+    sd["batch"] = batch;
+    sd["reduction"] = reduction;
+    return {loss, factors};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    // As ops.no_double_backward: the backward op has no derivative of its own.
+    TORCH_CHECK_NOT_IMPLEMENTED(!at::GradMode::is_enabled(),
+                                "brnnseg::bce_dice_loss: double backward (create_graph=True through this op) is not "
+                                "supported");
+    torch::autograd::variable_list out(18);
+    if (!grads[0].defined()) return out;
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("brnnseg::bce_dice_loss_backward", "")
+                               .typed<decltype(bce_dice_loss_backward_cpu)>();
+    const auto saved = ctx->get_saved_variables();
+    const auto opt = [](const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; };
+    const auto& sd = ctx->saved_data;
+    const c10::IValue& ign = sd.at("ignore_index");
+    out[0] = op.call(grads[0], saved[0], saved[1], saved[2], opt(saved[3]), opt(saved[4]),
+                     sd.at("pos_weight_value").toDouble(), sd.at("boundary_weight").toDouble(),
+                     sd.at("boundary_radius").toInt(),
+                     ign.isNone() ? std::nullopt : std::optional<double>(ign.toDouble()), sd.at("squared").toBool(),
+                     sd.at("batch").toBool(), sd.at("reduction").toStringRef());
+    return out;
+  }
+};
+
+std::tuple<Tensor, Tensor> bce_dice_loss_autograd_cpu(
+    const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& pos_weight, double pos_weight_value, const std::optional<Tensor>& dice_mask,
+    int64_t dice_from, double boundary_weight, int64_t boundary_radius, std::optional<double> ignore_index,
+    bool squared, double lambda_ce, double lambda_dice, double smooth_nr, double smooth_dr, bool batch, bool log_dice,
+    c10::string_view reduction) {
+  auto out = BceDiceLossCpuFunction::apply(logits, target, weight, pos_weight, pos_weight_value, dice_mask, dice_from,
+                                           boundary_weight, boundary_radius, ignore_index, squared, lambda_ce,
+                                           lambda_dice, smooth_nr, smooth_dr, batch, log_dice, std::string(reduction));
+  return {out[0], out[1]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(brnnseg, CPU, m) {
   m.impl("seg_loss_sums", &seg_loss_sums_cpu);
   m.impl("seg_loss_sums_backward", &seg_loss_sums_backward_cpu);
+  m.impl("bce_dice_loss", &bce_dice_loss_cpu);
+  m.impl("bce_dice_loss_backward", &bce_dice_loss_backward_cpu);
 }
+
+TORCH_LIBRARY_IMPL(brnnseg, AutogradCPU, m) { m.impl("bce_dice_loss", &bce_dice_loss_autograd_cpu); }
 
 }  // namespace brnnseg::cpu
