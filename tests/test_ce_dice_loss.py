@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import brnnseg_kernels as bk
 from brnnseg_kernels import reference
 from brnnseg_kernels.losses import ce_dice as cd
+from tests.utils import check_python_autograd_matches_cpu
 
 triton_kernels = pytest.importorskip("brnnseg_kernels.losses.ce_dice_kernels")
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -261,19 +262,6 @@ def test_loss_step_does_not_synchronise_on_gpu():
         torch.cuda.set_sync_debug_mode("default")
 
 
-class _Ctx:
-    """What torch.library's autograd hands setup_context and backward, for calling them directly."""
-
-    def mark_non_differentiable(self, *ts):
-        pass
-
-    def set_materialize_grads(self, value):
-        pass
-
-    def save_for_backward(self, *ts):
-        self.saved_tensors = ts
-
-
 @pytest.mark.parametrize("reduction,batch", [("mean", False), ("none", True), ("sum", False)])
 def test_python_autograd_formula_matches_the_cpu_one(reduction, batch):
     """CPU tensors take the op's autograd in C++ (AutogradCPU); every other device the Python formula
@@ -283,19 +271,8 @@ def test_python_autograd_formula_matches_the_cpu_one(reduction, batch):
     t = _labels(2, 4, (7, 5), ignore=-100)
     args = (x, t, torch.rand(2, 7, 5, dtype=torch.float64), torch.rand(4, dtype=torch.float64) + 0.5, 1.5, 1, -100,
             0.1, True, 0.7, 1.3, 1e-5, 1e-5, batch, False, True, "all", reduction)
-    loss, fac = torch.ops.brnnseg.ce_dice_loss(*args)
-    assert loss.grad_fn is not None and not fac.requires_grad
-    g = torch.randn_like(loss)
-    (gx,) = torch.autograd.grad(loss, x, g)
-    ctx = _Ctx()
-    cd._loss_setup_context(ctx, args, (loss.detach(), fac))
-    with torch.no_grad():
-        got = cd._loss_backward(ctx, g, None)
-    assert len(got) == 18 and all(v is None for v in got[1:])
-    torch.testing.assert_close(got[0], gx, rtol=1e-12, atol=1e-14)
-    loss = torch.ops.brnnseg.ce_dice_loss(*args)[0]
-    with pytest.raises(NotImplementedError, match="double backward"):
-        torch.autograd.grad(loss.sum(), x, create_graph=True)
+    check_python_autograd_matches_cpu(torch.ops.brnnseg.ce_dice_loss, cd._loss_setup_context, cd._loss_backward,
+                                      args, x)
 
 
 def test_opcheck():

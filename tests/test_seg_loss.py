@@ -9,7 +9,7 @@ import torch
 import brnnseg_kernels as bk
 from brnnseg_kernels import reference
 from brnnseg_kernels.losses import seg_loss as sl
-from tests.utils import assert_verbose_allclose
+from tests.utils import assert_verbose_allclose, check_python_autograd_matches_cpu
 
 triton_kernels = pytest.importorskip("brnnseg_kernels.losses._kernels")
 
@@ -369,19 +369,6 @@ def test_cpu_op_matches_python_finish(reduction, batch, log_dice, mask):
     torch.testing.assert_close(dx, expect, rtol=1e-12, atol=1e-14)
 
 
-class _Ctx:
-    """What torch.library's autograd hands setup_context and backward, for calling them directly."""
-
-    def mark_non_differentiable(self, *ts):
-        pass
-
-    def set_materialize_grads(self, value):
-        pass
-
-    def save_for_backward(self, *ts):
-        self.saved_tensors = ts
-
-
 @pytest.mark.parametrize("reduction,batch", [("mean", False), ("none", True), ("sum", False)])
 def test_python_autograd_formula_matches_the_cpu_one(reduction, batch):
     """CPU tensors take the op's autograd in C++ (AutogradCPU); every other device the Python formula
@@ -391,19 +378,8 @@ def test_python_autograd_formula_matches_the_cpu_one(reduction, batch):
     y = (torch.rand(2, 3, 7, 5) > 0.5).to(torch.uint8)
     args = (x, y, torch.rand(2, 3, 7, 5, dtype=torch.float64), None if batch else torch.rand(3, dtype=torch.float64),
             4.0, None, 0, 1.5, 1, None, True, 0.7, 1.3, 1e-5, 1e-5, batch, False, reduction)
-    loss, fac = torch.ops.brnnseg.bce_dice_loss(*args)
-    assert loss.grad_fn is not None and not fac.requires_grad
-    g = torch.randn_like(loss)
-    (gx,) = torch.autograd.grad(loss, x, g)
-    ctx = _Ctx()
-    sl._loss_setup_context(ctx, args, (loss.detach(), fac))
-    with torch.no_grad():
-        got = sl._loss_backward(ctx, g, None)
-    assert len(got) == 18 and all(v is None for v in got[1:])
-    torch.testing.assert_close(got[0], gx, rtol=1e-12, atol=1e-14)
-    loss = torch.ops.brnnseg.bce_dice_loss(*args)[0]
-    with pytest.raises(NotImplementedError, match="double backward"):
-        torch.autograd.grad(loss.sum(), x, create_graph=True)
+    check_python_autograd_matches_cpu(torch.ops.brnnseg.bce_dice_loss, sl._loss_setup_context, sl._loss_backward,
+                                      args, x)
 
 
 def test_loss_torch_compile_fullgraph():

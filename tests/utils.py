@@ -93,3 +93,38 @@ def torch_sweep3d(x, weights_module, cell, axis):
     y, _ = rnn(v.reshape(-1, v.shape[-2], v.shape[-1]))
     y = y.reshape(*lead, y.shape[-2], y.shape[-1])
     return y.movedim(-2, time_dim - 1).movedim(-1, 1)
+
+
+class _LibraryAutogradCtx:
+    """What torch.library's autograd hands setup_context and backward, for calling them directly."""
+
+    def mark_non_differentiable(self, *ts):
+        pass
+
+    def set_materialize_grads(self, value):
+        pass
+
+    def save_for_backward(self, *ts):
+        self.saved_tensors = ts
+
+
+def check_python_autograd_matches_cpu(op, setup_context, backward, args, x):
+    """A loss op whose CPU autograd is C++ (AutogradCPU) and whose autograd on every other device is the
+    Python formula (setup_context / backward, registered through torch.library): the Python one, called
+    directly on CPU tensors, gives the C++ one's gradient with respect to x (args[0]), None for every
+    other input; both refuse double backward."""
+    import pytest
+
+    loss, fac = op(*args)
+    assert loss.grad_fn is not None and not fac.requires_grad
+    g = torch.randn_like(loss)
+    (gx,) = torch.autograd.grad(loss, x, g)
+    ctx = _LibraryAutogradCtx()
+    setup_context(ctx, args, (loss.detach(), fac))
+    with torch.no_grad():
+        got = backward(ctx, g, None)
+    assert len(got) == len(args) and all(v is None for v in got[1:])
+    torch.testing.assert_close(got[0], gx, rtol=1e-12, atol=1e-14)
+    loss = op(*args)[0]
+    with pytest.raises(NotImplementedError, match="double backward"):
+        torch.autograd.grad(loss.sum(), x, create_graph=True)

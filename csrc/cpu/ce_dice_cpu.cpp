@@ -16,8 +16,6 @@
 // the argmax of a soft one; -1 where ignored) are computed for a block plus its halo in per-thread
 // scratch; the test is separable (min and max label over depth, then W, then H).
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/autograd.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
@@ -35,6 +33,7 @@
 #include "brnnseg/cell/activations.h"
 #include "brnnseg/loss/seg_loss_math.h"
 #include "cpu/runtime/isa.h"
+#include "cpu/runtime/loss_autograd.h"
 #include "cpu/runtime/loss_dispatch.h"
 
 namespace brnnseg::cpu {
@@ -401,37 +400,39 @@ BRNNSEG_CE_INLINE void ce_unit(const CeUnit<T, Y>& u, int64_t unit) {
         T cs[V], as[V];
 #pragma omp simd
         for (int64_t k = 0; k < V; ++k) cs[k] = as[k] = T(0);
+        // Class c's p and y at lane k, and its gradient constants: the same in both class passes.
+        struct ClassRow {
+          const T* er;
+          const T* yc;
+          T wc, gi, gp;
+          int32_t ci;
+          T p(const T* iv, int64_t k) const { return er[k] * iv[k]; }
+          T y(const int32_t* lb, int64_t k) const {
+            if constexpr (kSoft) return yc[k];
+            else return T(lb[k] == ci);
+          }
+        };
+        const auto class_row = [&](int64_t c) {
+          return ClassRow{E + c * V, kSoft ? ys + c * xstride : nullptr, cw[c], u.g_dice[(n * C + c) * 3],
+                          u.g_dice[(n * C + c) * 3 + 1], static_cast<int32_t>(c)};
+        };
         for (int64_t c = 0; c < C; ++c) {
-          const T* __restrict er = E + c * V;
-          const T* __restrict yc = kSoft ? ys + c * xstride : nullptr;
-          const T wc = cw[c];
-          const int32_t ci = static_cast<int32_t>(c);
-          const T gi = u.g_dice[(n * C + c) * 3], gp = u.g_dice[(n * C + c) * 3 + 1];
+          const ClassRow r = class_row(c);
 #pragma omp simd
           for (int64_t k = 0; k < V; ++k) {
-            const T p = er[k] * inv[k];
-            T y;
-            if constexpr (kSoft) y = yc[k];
-            else y = T(lab[k] == ci);
-            cs[k] += wc * (keep * y + eps_c);
-            as[k] += (gi * y + gp * (sq * T(2) * p + (T(1) - sq))) * p;
+            const T p = r.p(inv, k), y = r.y(lab, k);
+            cs[k] += r.wc * (keep * y + eps_c);
+            as[k] += (r.gi * y + r.gp * (sq * T(2) * p + (T(1) - sq))) * p;
           }
         }
         for (int64_t c = 0; c < C; ++c) {
-          const T* __restrict er = E + c * V;
-          const T* __restrict yc = kSoft ? ys + c * xstride : nullptr;
-          const T wc = cw[c];
-          const int32_t ci = static_cast<int32_t>(c);
-          const T gi = u.g_dice[(n * C + c) * 3], gp = u.g_dice[(n * C + c) * 3 + 1];
+          const ClassRow r = class_row(c);
           T dv[V];
 #pragma omp simd
           for (int64_t k = 0; k < V; ++k) {
-            const T p = er[k] * inv[k];
-            T y;
-            if constexpr (kSoft) y = yc[k];
-            else y = T(lab[k] == ci);
-            const T coef = wc * (keep * y + eps_c);
-            const T ac = gi * y + gp * (sq * T(2) * p + (T(1) - sq));
+            const T p = r.p(inv, k), y = r.y(lab, k);
+            const T coef = r.wc * (keep * y + eps_c);
+            const T ac = r.gi * y + r.gp * (sq * T(2) * p + (T(1) - sq));
             dv[k] = vld[k] * (g_ce * m[k] * (p * cs[k] - coef) + p * (ac - as[k]));
           }
           T* dc = u.out + n * C * plane + c * plane + pix0 + w0;
@@ -794,13 +795,12 @@ class CeDiceLossCpuFunction : public torch::autograd::Function<CeDiceLossCpuFunc
                                                 bool squared, double lambda_ce, double lambda_dice, double smooth_nr,
                                                 double smooth_dr, bool batch, bool log_dice, bool include_background,
                                                 std::string average, std::string reduction) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("brnnseg::ce_dice_loss", "")
-                               .typed<decltype(ce_dice_loss_cpu)>();
+    static const auto op = loss_op<decltype(ce_dice_loss_cpu)>("brnnseg::ce_dice_loss");
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [loss, factors] =
-        op.call(logits, target, weight, class_weights, boundary_weight, boundary_radius, ignore_index, label_smoothing, squared, lambda_ce, lambda_dice, smooth_nr, smooth_dr,
-                batch, log_dice, include_background, average, reduction);
+        op.call(logits, target, weight, class_weights, boundary_weight, boundary_radius, ignore_index,
+                label_smoothing, squared, lambda_ce, lambda_dice, smooth_nr, smooth_dr, batch, log_dice,
+                include_background, average, reduction);
     ctx->mark_non_differentiable({factors});
     ctx->set_materialize_grads(false);  // no zeros for the factors' gradient
     ctx->save_for_backward({factors, logits, target, weight.value_or(Tensor()), class_weights.value_or(Tensor())});
@@ -816,20 +816,14 @@ class CeDiceLossCpuFunction : public torch::autograd::Function<CeDiceLossCpuFunc
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    // As ops.no_double_backward: the backward op has no derivative of its own.
-    TORCH_CHECK_NOT_IMPLEMENTED(!at::GradMode::is_enabled(),
-                                "brnnseg::ce_dice_loss: double backward (create_graph=True through this op) is not "
-                                "supported");
+    refuse_double_backward("brnnseg::ce_dice_loss");
     torch::autograd::variable_list out(18);
     if (!grads[0].defined()) return out;
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("brnnseg::ce_dice_loss_backward", "")
-                               .typed<decltype(ce_dice_loss_backward_cpu)>();
+    static const auto op = loss_op<decltype(ce_dice_loss_backward_cpu)>("brnnseg::ce_dice_loss_backward");
     const auto saved = ctx->get_saved_variables();
-    const auto opt = [](const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; };
     const auto& sd = ctx->saved_data;
     const c10::IValue& ign = sd.at("ignore_index");
-    out[0] = op.call(grads[0], saved[0], saved[1], saved[2], opt(saved[3]), opt(saved[4]),
+    out[0] = op.call(grads[0], saved[0], saved[1], saved[2], saved_optional(saved[3]), saved_optional(saved[4]),
                      sd.at("boundary_weight").toDouble(), sd.at("boundary_radius").toInt(),
                      ign.isNone() ? std::nullopt : std::optional<int64_t>(ign.toInt()),
                      sd.at("label_smoothing").toDouble(), sd.at("squared").toBool(), sd.at("batch").toBool(),

@@ -5,8 +5,6 @@
 // slice, row block) units whose partial sums are added in a fixed order, so results do not
 // depend on the thread count and are bit-identical from run to run.
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/autograd.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
@@ -19,6 +17,7 @@
 
 #include "brnnseg/loss/seg_loss_math.h"
 #include "cpu/runtime/isa.h"
+#include "cpu/runtime/loss_autograd.h"
 #include "cpu/runtime/loss_dispatch.h"
 
 namespace brnnseg::cpu {
@@ -376,7 +375,8 @@ std::pair<Tensor, Tensor> bce_compute_inputs(const Tensor& logits, const std::op
   Tensor x = reduced ? logits.to(at::kFloat) : logits;
   TORCH_CHECK(x.dim() >= 2, "bce_dice_loss: logits must be (N, C, H, W) or (N, C, D, H, W), got shape ",
               x.sizes());
-  Tensor pw = pos_weight.has_value() ? *pos_weight : at::full({x.size(1)}, pos_weight_value, x.options().dtype(at::kFloat));
+  Tensor pw = pos_weight.has_value() ? *pos_weight
+                                     : at::full({x.size(1)}, pos_weight_value, x.options().dtype(at::kFloat));
   return {x, pw};
 }
 
@@ -481,8 +481,9 @@ std::tuple<Tensor, Tensor> bce_dice_loss_cpu(const Tensor& logits, const Tensor&
   const auto dt = at::TensorOptions().dtype(at::kDouble);
   Tensor loss = at::from_blob(const_cast<double*>(f.loss.data()), {int64_t(f.loss.size())}, dt);
   loss = (red == 2 ? loss.view({x.size(0), x.size(1)}) : loss.reshape({})).to(logits.scalar_type()).clone();
-  Tensor factors =
-      at::from_blob(const_cast<double*>(f.factors.data()), {int64_t(f.factors.size())}, dt).to(sums.scalar_type()).clone();
+  Tensor factors = at::from_blob(const_cast<double*>(f.factors.data()), {int64_t(f.factors.size())}, dt)
+                       .to(sums.scalar_type())
+                       .clone();
   return {loss, factors};
 }
 
@@ -536,9 +537,7 @@ class BceDiceLossCpuFunction : public torch::autograd::Function<BceDiceLossCpuFu
       const std::optional<Tensor>& dice_mask, int64_t dice_from, double boundary_weight, int64_t boundary_radius,
       std::optional<double> ignore_index, bool squared, double lambda_ce, double lambda_dice, double smooth_nr,
       double smooth_dr, bool batch, bool log_dice, std::string reduction) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("brnnseg::bce_dice_loss", "")
-                               .typed<decltype(bce_dice_loss_cpu)>();
+    static const auto op = loss_op<decltype(bce_dice_loss_cpu)>("brnnseg::bce_dice_loss");
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [loss, factors] = op.call(logits, target, weight, pos_weight, pos_weight_value, dice_mask, dice_from,
                                    boundary_weight, boundary_radius, ignore_index, squared, lambda_ce, lambda_dice,
@@ -559,20 +558,14 @@ class BceDiceLossCpuFunction : public torch::autograd::Function<BceDiceLossCpuFu
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    // As ops.no_double_backward: the backward op has no derivative of its own.
-    TORCH_CHECK_NOT_IMPLEMENTED(!at::GradMode::is_enabled(),
-                                "brnnseg::bce_dice_loss: double backward (create_graph=True through this op) is not "
-                                "supported");
+    refuse_double_backward("brnnseg::bce_dice_loss");
     torch::autograd::variable_list out(18);
     if (!grads[0].defined()) return out;
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("brnnseg::bce_dice_loss_backward", "")
-                               .typed<decltype(bce_dice_loss_backward_cpu)>();
+    static const auto op = loss_op<decltype(bce_dice_loss_backward_cpu)>("brnnseg::bce_dice_loss_backward");
     const auto saved = ctx->get_saved_variables();
-    const auto opt = [](const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; };
     const auto& sd = ctx->saved_data;
     const c10::IValue& ign = sd.at("ignore_index");
-    out[0] = op.call(grads[0], saved[0], saved[1], saved[2], opt(saved[3]), opt(saved[4]),
+    out[0] = op.call(grads[0], saved[0], saved[1], saved[2], saved_optional(saved[3]), saved_optional(saved[4]),
                      sd.at("pos_weight_value").toDouble(), sd.at("boundary_weight").toDouble(),
                      sd.at("boundary_radius").toInt(),
                      ign.isNone() ? std::nullopt : std::optional<double>(ign.toDouble()), sd.at("squared").toBool(),
