@@ -111,6 +111,11 @@ CeShape ce_shape(const char* op, const Tensor& logits, const Tensor& target) {
   return s;
 }
 
+// max / min by value for the boundary passes: std::max / std::min return references, and over a
+// conditional they compiled to scalar loops with a branch; these vectorise.
+BRNNSEG_CE_INLINE int32_t max_i32(int32_t a, int32_t b) { return a > b ? a : b; }
+BRNNSEG_CE_INLINE int32_t min_i32(int32_t a, int32_t b) { return a < b ? a : b; }
+
 // Labels of rows [hlo, hhi) of depth slice dd: -1 where ignored; soft targets: argmax over classes.
 template <typename T, typename Y>
 BRNNSEG_CE_INLINE void label_rows(const Y* y, const CeShape& s, const CeArgs<T>& a, int64_t n, int64_t dd, int64_t hlo, int64_t hhi,
@@ -158,9 +163,9 @@ BRNNSEG_CE_INLINE void boundary_flags(const Y* y, const CeShape& s, const CeArgs
     const int32_t* __restrict lb = lab.data();
 #pragma omp simd
     for (int64_t i = 0; i < rows * W; ++i) {
-      const int32_t v = lb[i], vl = v < 0 ? INT_MAX : v, h = hp[i], l = lp[i];  // (branch-free: it vectorises)
-      hp[i] = h > v ? h : v;
-      lp[i] = l < vl ? l : vl;
+      const int32_t v = lb[i];
+      hp[i] = max_i32(hp[i], v);
+      lp[i] = min_i32(lp[i], v < 0 ? INT_MAX : v);
     }
   }
   // Along W, then along H for the output rows (loops along W: they vectorise).
@@ -181,9 +186,8 @@ BRNNSEG_CE_INLINE void boundary_flags(const Y* y, const CeShape& s, const CeArgs
       const int32_t* __restrict l1p = lo.data() + i * W + sh;
 #pragma omp simd
       for (int64_t w = wlo; w < whi; ++w) {
-        const int32_t a = h2[w], b = h1p[w], c = l2[w], e = l1p[w];
-        h2[w] = a > b ? a : b;
-        l2[w] = c < e ? c : e;
+        h2[w] = max_i32(h2[w], h1p[w]);
+        l2[w] = min_i32(l2[w], l1p[w]);
       }
     }
   flags.assign((h1 - h0) * W, 0);
@@ -199,9 +203,8 @@ BRNNSEG_CE_INLINE void boundary_flags(const Y* y, const CeShape& s, const CeArgs
       int32_t* __restrict b = rlo.data();
 #pragma omp simd
       for (int64_t w = 0; w < W; ++w) {
-        const int32_t p = a[w], q = h2[w], t = b[w], e = l2[w];
-        a[w] = p > q ? p : q;
-        b[w] = t < e ? t : e;
+        a[w] = max_i32(a[w], h2[w]);
+        b[w] = min_i32(b[w], l2[w]);
       }
     }
     uint8_t* f = flags.data() + (h - h0) * W;
