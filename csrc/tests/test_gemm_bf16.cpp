@@ -1,6 +1,7 @@
 // C++ test of the bfloat16 GEMM (cpu/gemm/gemm_bf16.cpp) against a double-precision loop over the same
 // operands rounded to bfloat16: row tails (M = 1..13 and beyond), column tails, odd K (a padded pair),
-// K = 0 and 1, A as given and transposed, overwrite and accumulate, strided operands, pre-packed B.
+// K = 0 and 1, A as given and transposed, overwrite and accumulate, strided operands, pre-packed B; and
+// transpose_f32.
 // Run three times by ctest: on the CPU's own rung (AMX-BF16 tiles for the 16-blocks where it has them,
 // AVX512-BF16 for the rest), with BRNNSEG_CPU_ISA=avx512_bf16 and with BRNNSEG_CPU_ISA=avx512 (the plain
 // loops). M, N and K reach 64, 100 and 601, so the tiles run 2 x 2, 2 x 1, 1 x 2 and 1 x 1 blocks with
@@ -134,6 +135,19 @@ int main() {
         if (std::fabs(C[i * ldc + j] - want) > 1e-6 * (4 + K) * (mag + 1e-30) && failures++ < 10)
           std::printf("FAIL transposed K=%d M=%d N=%d at (%d,%d): %.9g vs %.9g\n", K, M, N, i, j, C[i * ldc + j], want);
       }
+  }
+  // transpose_f32 (the sweeps' NCHW loads and stores): whole 16 x 16 register blocks and every edge, exact,
+  // nothing written outside the M columns of each destination row.
+  for (int M : {1, 5, 16, 17, 40}) for (int N : {1, 15, 16, 33}) {
+    const int ls = N + 3, ld = M + 2;
+    std::vector<float> src(M * ls), dst(N * ld, -7.f);
+    for (float& x : src) x = u(rng);
+    transpose_f32(src.data(), ls, M, N, dst.data(), ld);
+    ++cases;
+    int bad = 0;
+    for (int n = 0; n < N; ++n)
+      for (int m = 0; m < ld; ++m) bad += dst[n * ld + m] != (m < M ? src[m * ls + n] : -7.f);
+    if (bad && failures++ < 10) std::printf("FAIL transpose_f32 M=%d N=%d: %d values wrong\n", M, N, bad);
   }
   // Rounding: ties go to even, as the hardware's vcvtne2ps2bf16.
   {

@@ -324,6 +324,19 @@ __attribute__((target("avx512f"))) void transpose16(const uint32_t* src, int64_t
   for (int i = 0; i < 16; ++i) _mm512_storeu_si512(dst + i * ld, r[i]);
 }
 
+// transpose_f32 (gemm_bf16.h) on AVX-512: whole 16 x 16 blocks in registers, the edges scalar.
+__attribute__((target("avx512f"))) void transpose_f32_avx512(const float* src, int64_t ls, int64_t M, int64_t N,
+                                                             float* dst, int64_t ld) {
+  const uint32_t* s = reinterpret_cast<const uint32_t*>(src);
+  uint32_t* d = reinterpret_cast<uint32_t*>(dst);
+  const int64_t M16 = M & ~int64_t(15), N16 = N & ~int64_t(15);
+  for (int64_t m0 = 0; m0 < M16; m0 += 16)
+    for (int64_t n0 = 0; n0 < N16; n0 += 16) transpose16(s + m0 * ls + n0, ls, d + n0 * ld + m0, ld);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = m < M16 ? N16 : 0; n < N; ++n) d[n * ld + m] = s[m * ls + n];
+  }
+}
+
 // (K x N) float32 -> [N][K2] rows of pairs, dst[n*K2 + j] = (src[2j][n], src[2j+1][n]): the transposed A
 // of a weight gradient (K = the buffered rows) packed and transposed in one pass, 16 pairs x 16 columns
 // at a time: rounded and interleaved as pack_across_avx512 does, then transpose16.
@@ -431,6 +444,14 @@ void bf16_from_float(const float* src, uint16_t* dst, int64_t n) {
   if (bf16_gemm_supported()) return bf16_from_float_avx512(src, dst, n);
 #endif
   for (int64_t i = 0; i < n; ++i) dst[i] = to_bf16_bits(src[i]);
+}
+
+void transpose_f32(const float* src, int64_t ls, int64_t M, int64_t N, float* dst, int64_t ld) {
+#ifdef BRNNSEG_HAVE_X86
+  if (cpu_isa() == Isa::kAvx512) return transpose_f32_avx512(src, ls, M, N, dst, ld);
+#endif
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t m = 0; m < M; ++m) dst[n * ld + m] = src[m * ls + n];
 }
 
 void float_from_bf16(const uint16_t* src, float* dst, int64_t n, bool accumulate) {

@@ -67,4 +67,8 @@ void gemm_bf16_rows_packed_b(int64_t M, int64_t N, int64_t K, const uint16_t* A,
 void bf16_from_float(const float* src, uint16_t* dst, int64_t n);
 void float_from_bf16(const uint16_t* src, float* dst, int64_t n, bool accumulate);
 
+// dst[n*ld + m] = src[m*ls + n] for an M x N float32 block: 16 x 16 blocks transposed in registers on
+// AVX-512. The sweeps' NCHW loads and stores of a tile's rows (sweep_cpu.cpp), which were scalar.
+void transpose_f32(const float* src, int64_t ls, int64_t M, int64_t N, float* dst, int64_t ld);
+
 }  // namespace brnnseg::cpu
