@@ -179,6 +179,16 @@ void gather_rows(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t 
     const Y* in = src + m.offset(l0 + l, t) + c0 * m.sC;
     if (m.sC == 1 && l + kRowsAhead < L) prefetch_row(in + kRowsAhead * ls, hid);
     T* out = dst + l * hid;
+    if (m.sC == 1) {  // channels_last: a row as it lies (the loop below, with a run-time stride, was scalar)
+      if constexpr (std::is_same_v<T, Y> && !kAdd) {
+        std::memcpy(out, in, hid * sizeof(T));
+      } else {
+        for (int64_t u = 0; u < hid; ++u) {
+          if (kAdd) out[u] += static_cast<T>(in[u]); else out[u] = static_cast<T>(in[u]);
+        }
+      }
+      continue;
+    }
     for (int64_t u = 0; u < hid; ++u) {
       if (kAdd) out[u] += static_cast<T>(in[u * m.sC]); else out[u] = static_cast<T>(in[u * m.sC]);
     }
@@ -324,6 +334,8 @@ struct SweepBackwardIO {
       const Y* src = x + (p0 + l * ls) * C;
       if constexpr (std::is_same_v<T, Y>) {
         std::memcpy(dst + l * C, src, C * sizeof(T));
+      } else if constexpr (std::is_same_v<T, float> && std::is_same_v<Y, c10::BFloat16>) {
+        float_from_bf16(reinterpret_cast<const uint16_t*>(src), dst + l * C, C, false);
       } else {
         for (int64_t c = 0; c < C; ++c) dst[l * C + c] = static_cast<T>(src[c]);
       }
