@@ -87,9 +87,13 @@ void scatter_tile(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t
       thread_local std::vector<float> cols;
       cols.resize(hid * L);
       transpose_f32(src, hid, L, hid, cols.data(), L);
-      for (int64_t u = 0; u < hid; ++u)
-        bf16_from_float(cols.data() + u * L, reinterpret_cast<uint16_t*>(base + u * m.sC), L);
-      return;
+      return bf16_from_float_rows(cols.data(), L, reinterpret_cast<uint16_t*>(base), m.sC, hid, L);
+    }
+  }
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<Y, c10::BFloat16>) {
+    if (m.sC == 1) {  // channels_last: each row converted into place, in one call for the tile
+      const int64_t rs = m.geo.axis == 3 ? m.sH : m.sW;
+      return bf16_from_float_rows(src, hid, reinterpret_cast<uint16_t*>(dst + m.offset(l0, t) + c0), rs, L, hid);
     }
   }
   if constexpr (!std::is_same_v<T, Y> && std::is_same_v<Y, c10::BFloat16>) {
@@ -150,8 +154,13 @@ void gather_rows(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t 
         thread_local std::vector<float> cols;
         cols.resize(hid * L);
         const uint16_t* base = reinterpret_cast<const uint16_t*>(src + m.offset(l0, t) + c0 * m.sC);
-        for (int64_t u = 0; u < hid; ++u) float_from_bf16(base + u * m.sC, cols.data() + u * L, L, false);
+        float_from_bf16_rows(base, m.sC, cols.data(), L, hid, L, false);
         return columns_to_rows<kAdd>(cols.data(), L, hid, L, dst);
+      }
+      if (m.sC == 1) {  // channels_last: each row widened in place, in one call for the tile
+        const int64_t ls = L > 1 ? m.offset(l0 + 1, t) - m.offset(l0, t) : 0;
+        return float_from_bf16_rows(reinterpret_cast<const uint16_t*>(src + m.offset(l0, t) + c0), ls, dst, hid, L,
+                                    hid, kAdd);
       }
     }
     // bfloat16 input: the bits gathered like any copy, then widened at once (vectorised).

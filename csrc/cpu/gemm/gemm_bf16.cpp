@@ -197,22 +197,30 @@ void gemm_pairs_avx512(int64_t M, int64_t N, int64_t K2, const uint32_t* A, int6
   }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void bf16_from_float_avx512(const float* src, uint16_t* dst,
-                                                                                     int64_t n) {
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = lane_mask(n - i);
-    const __m256bh r = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i));
-    _mm256_mask_storeu_epi16(dst + i, m, (__m256i)r);
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void bf16_from_float_avx512(
+    const float* src, int64_t lds, uint16_t* dst, int64_t ldd, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r, src += lds, dst += ldd) {
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 m = lane_mask(n - i);
+      const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i));
+      _mm256_mask_storeu_epi16(dst + i, m, (__m256i)v);
+    }
   }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void float_from_bf16_avx512(const uint16_t* src, float* dst, int64_t n,
-                                                                        bool accumulate) {
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = lane_mask(n - i);
-    __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + i)), 16));
-    if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dst + i));
-    _mm512_mask_storeu_ps(dst + i, m, v);
+// Rows a stride apart (a sweep's lines): the source row 4 on is prefetched, as gather_rows did (sweep_cpu.cpp).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void float_from_bf16_avx512(const uint16_t* src, int64_t lds,
+                                                                               float* dst, int64_t ldd, int64_t rows,
+                                                                               int64_t n, bool accumulate) {
+  for (int64_t r = 0; r < rows; ++r, src += lds, dst += ldd) {
+    if (rows > 1 && r + 4 < rows)
+      for (int64_t o = 0; o < n * 2; o += 64) _mm_prefetch(reinterpret_cast<const char*>(src + 4 * lds) + o, _MM_HINT_T0);
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 m = lane_mask(n - i);
+      __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + i)), 16));
+      if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, dst + i));
+      _mm512_mask_storeu_ps(dst + i, m, v);
+    }
   }
 }
 
@@ -439,11 +447,17 @@ uint32_t* grow(std::vector<uint32_t>& v, int64_t n) {
 
 }  // namespace
 
-void bf16_from_float(const float* src, uint16_t* dst, int64_t n) {
+void bf16_from_float(const float* src, uint16_t* dst, int64_t n) { bf16_from_float_rows(src, n, dst, n, 1, n); }
+void float_from_bf16(const uint16_t* src, float* dst, int64_t n, bool accumulate) {
+  float_from_bf16_rows(src, n, dst, n, 1, n, accumulate);
+}
+
+void bf16_from_float_rows(const float* src, int64_t lds, uint16_t* dst, int64_t ldd, int64_t rows, int64_t n) {
 #ifdef BRNNSEG_HAVE_X86
-  if (bf16_gemm_supported()) return bf16_from_float_avx512(src, dst, n);
+  if (bf16_gemm_supported()) return bf16_from_float_avx512(src, lds, dst, ldd, rows, n);
 #endif
-  for (int64_t i = 0; i < n; ++i) dst[i] = to_bf16_bits(src[i]);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < n; ++i) dst[r * ldd + i] = to_bf16_bits(src[r * lds + i]);
 }
 
 void transpose_f32(const float* src, int64_t ls, int64_t M, int64_t N, float* dst, int64_t ld) {
@@ -454,15 +468,19 @@ void transpose_f32(const float* src, int64_t ls, int64_t M, int64_t N, float* ds
     for (int64_t m = 0; m < M; ++m) dst[n * ld + m] = src[m * ls + n];
 }
 
-void float_from_bf16(const uint16_t* src, float* dst, int64_t n, bool accumulate) {
+void float_from_bf16_rows(const uint16_t* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t n,
+                          bool accumulate) {
 #ifdef BRNNSEG_HAVE_X86
-  if (cpu_isa() == Isa::kAvx512) return float_from_bf16_avx512(src, dst, n, accumulate);
+  if (cpu_isa() == Isa::kAvx512) return float_from_bf16_avx512(src, lds, dst, ldd, rows, n, accumulate);
 #endif
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t u = static_cast<uint32_t>(src[i]) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    dst[i] = accumulate ? dst[i] + f : f;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t u = static_cast<uint32_t>(src[r * lds + i]) << 16;
+      float f;
+      std::memcpy(&f, &u, 4);
+      float& d = dst[r * ldd + i];
+      d = accumulate ? d + f : f;
+    }
   }
 }
 

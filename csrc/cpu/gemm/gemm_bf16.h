@@ -66,6 +66,11 @@ void gemm_bf16_rows_packed_b(int64_t M, int64_t N, int64_t K, const uint16_t* A,
 // on AVX512-BF16); dst = or += the widened values.
 void bf16_from_float(const float* src, uint16_t* dst, int64_t n);
 void float_from_bf16(const uint16_t* src, float* dst, int64_t n, bool accumulate);
+// The same over `rows` rows of n values, lds / ldd apart (a tile's rows of a channels_last map): one call
+// for a tile's step, where a call and a memcpy per row of 32-64 values spent more than the conversion.
+void bf16_from_float_rows(const float* src, int64_t lds, uint16_t* dst, int64_t ldd, int64_t rows, int64_t n);
+void float_from_bf16_rows(const uint16_t* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t n,
+                          bool accumulate);
 
 // dst[n*ld + m] = src[m*ls + n] for an M x N float32 block: 16 x 16 blocks transposed in registers on
 // AVX-512. The sweeps' NCHW loads and stores of a tile's rows (sweep_cpu.cpp), which were scalar.
