@@ -147,9 +147,10 @@ void columns_to_rows(const float* cols, int64_t ld, int64_t hid, int64_t L, floa
 template <typename T, bool kAdd, typename Y>
 void gather_rows(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t c0, int64_t hid, const Y* src,
                  T* dst) {
+  const int64_t ls = L > 1 ? m.offset(l0 + 1, t) - m.offset(l0, t) : 0;  // between the tile's lines
   if constexpr (!std::is_same_v<T, Y> && std::is_same_v<Y, c10::BFloat16>) {
     if constexpr (std::is_same_v<T, float>) {
-      if (L > 1 && m.offset(l0 + 1, t) - m.offset(l0, t) == 1 && m.sC != 1) {
+      if (ls == 1 && m.sC != 1) {
         // NCHW, lines adjacent: each unit's run widened, then the tile transposed in registers
         thread_local std::vector<float> cols;
         cols.resize(hid * L);
@@ -158,7 +159,6 @@ void gather_rows(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t 
         return columns_to_rows<kAdd>(cols.data(), L, hid, L, dst);
       }
       if (m.sC == 1) {  // channels_last: each row widened in place, in one call for the tile
-        const int64_t ls = L > 1 ? m.offset(l0 + 1, t) - m.offset(l0, t) : 0;
         return float_from_bf16_rows(reinterpret_cast<const uint16_t*>(src + m.offset(l0, t) + c0), ls, dst, hid, L,
                                     hid, kAdd);
       }
@@ -169,7 +169,6 @@ void gather_rows(const StridedMap& m, int64_t l0, int64_t L, int64_t t, int64_t 
     gather_rows<uint16_t, false>(m, l0, L, t, c0, hid, reinterpret_cast<const uint16_t*>(src), bits.data());
     return float_from_bf16(bits.data(), dst, L * hid, kAdd);
   }
-  const int64_t ls = L > 1 ? m.offset(l0 + 1, t) - m.offset(l0, t) : 0;
   if constexpr (std::is_same_v<T, float> && std::is_same_v<Y, float>) {
     if (ls == 1 && m.sC != 1)  // the mirror of scatter_tile's: 16 x 16 register blocks
       return columns_to_rows<kAdd>(src + m.offset(l0, t) + c0 * m.sC, m.sC, hid, L, dst);

@@ -45,7 +45,7 @@ __attribute__((noinline)) void transpose_tile(const S* __restrict src0, const S*
 #if defined(__x86_64__) && defined(__GNUC__)
 // transpose_tile for 2-byte elements (bfloat16 and float16 maps) on AVX-512, in 32 x 16 blocks: source rows
 // 2i and 2i+1 interleaved into 32-bit pairs (16 rows of 16 pairs), those transposed in registers as 32-bit
-// values (transpose16_regs, gemm_bf16.cpp's), each result row then holding one column's 32 values in order.
+// values (transpose16_regs, cpu/gemm/transpose16.h), each result row then holding one column's 32 values in order.
 // The scalar loop spent 1 store per element: 5 % of a cpu-hires bfloat16 GRU forward+backward (perf).
 __attribute__((target("avx512f,avx512bw"))) void transpose_u16_avx512(const uint16_t* __restrict src,
                                                                       uint16_t* __restrict dst, int64_t R, int64_t K,
@@ -85,26 +85,23 @@ void transpose_part(const E* src, E* dst, int64_t R, int64_t K, int64_t r0, int6
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-// sum_directions' kernels on AVX-512 (the bfloat16 results need AVX512-BF16's vcvtneps2bf16, which rounds to
-// nearest even as c10::BFloat16 does). kBf16: D is bfloat16 bits, else float.
-template <bool kBf16>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), always_inline)) inline void store16(void* dst, __m512 v) {
-  if constexpr (kBf16) _mm256_storeu_si256(static_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(v));
-  else _mm512_storeu_ps(static_cast<float*>(dst), v);
+// sum_directions' kernels for a bfloat16 dx on AVX512-BF16: float parts summed, rounded by vcvtneps2bf16
+// (to nearest even, as c10::BFloat16). The loops they replace (c10::BFloat16's rounding does not
+// vectorise) were 4.4 % of a cpu-hires bfloat16 GRU forward+backward (perf); float32 dx keeps the loops.
+#define BRNNSEG_SUM_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+BRNNSEG_SUM_TARGET inline void store_bf16x16(uint16_t* dst, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(v));
 }
-// dst[i] = a[i] + b[i], i < n (the channels_last case), in whole vectors; returns how many were done.
-template <bool kBf16, typename D>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) int64_t sum_avx512(const float* a, const float* b,
-                                                                                  D* dst, int64_t n) {
+// dst[i] = a[i] + b[i] over the whole vectors of n (the channels_last case); returns how many were done.
+BRNNSEG_SUM_TARGET int64_t sum_bf16_avx512(const float* a, const float* b, uint16_t* dst, int64_t n) {
   const int64_t n16 = n / 16 * 16;
-  for (int64_t i = 0; i < n16; i += 16) store16<kBf16>(dst + i, _mm512_add_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i)));
+  for (int64_t i = 0; i < n16; i += 16) store_bf16x16(dst + i, _mm512_add_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i)));
   return n16;
 }
-// dst[k*R + r] = a[r*K + k] + b[r*K + k] over whole 16 x 16 blocks of [r0, r1) x [0, K) (the NCHW case):
-// the sums transposed in registers (transpose16_regs). Returns the end of the rows done.
-template <bool kBf16, typename D>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) int64_t sum_transposed_avx512(
-    const float* a, const float* b, D* dst, int64_t R, int64_t K, int64_t r0, int64_t r1, int64_t k16) {
+// dst[k*R + r] = a[r*K + k] + b[r*K + k] over whole 16 x 16 blocks of [r0, r1) x [0, k16) (the NCHW case):
+// the sums transposed in registers. Returns the end of the rows done.
+BRNNSEG_SUM_TARGET int64_t sum_transposed_bf16_avx512(const float* a, const float* b, uint16_t* dst, int64_t R,
+                                                      int64_t K, int64_t r0, int64_t r1, int64_t k16) {
   const int64_t r16 = r0 + (r1 - r0) / 16 * 16;
   for (int64_t r = r0; r < r16; r += 16) {
     for (int64_t k = 0; k < k16; k += 16) {
@@ -112,24 +109,21 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) int64_t sum_tran
       for (int i = 0; i < 16; ++i)
         v[i] = _mm512_castps_si512(_mm512_add_ps(_mm512_loadu_ps(a + (r + i) * K + k), _mm512_loadu_ps(b + (r + i) * K + k)));
       transpose16_regs(v);
-      for (int j = 0; j < 16; ++j) store16<kBf16>(dst + (k + j) * R + r, _mm512_castsi512_ps(v[j]));
+      for (int j = 0; j < 16; ++j) store_bf16x16(dst + (k + j) * R + r, _mm512_castsi512_ps(v[j]));
     }
   }
   return r16;
 }
+#undef BRNNSEG_SUM_TARGET
 #endif
 
-// sum_directions' two cases for float parts: on AVX-512 (and AVX512-BF16 for a bfloat16 dx) in whole vectors
-// and 16 x 16 blocks, the rest by the loops. The loops alone (c10::BFloat16's rounding does not vectorise)
-// were 4.4 % of a cpu-hires bfloat16 GRU forward+backward (perf).
+// sum_directions' two cases: the kernels above where they apply, the loops for the rest.
 template <typename S, typename D>
 void sum_elementwise(const S* a, const S* b, D* out, int64_t n) {
   int64_t i = 0;
 #if defined(__x86_64__) && defined(__GNUC__)
-  if constexpr (std::is_same_v<S, float> && std::is_same_v<D, float>) {
-    if (cpu_isa() == Isa::kAvx512 && detected_avx512_bf16()) i = sum_avx512<false>(a, b, out, n);
-  } else if constexpr (std::is_same_v<S, float> && std::is_same_v<D, c10::BFloat16>) {
-    if (bf16_gemm_supported()) i = sum_avx512<true>(a, b, reinterpret_cast<uint16_t*>(out), n);
+  if constexpr (std::is_same_v<S, float> && std::is_same_v<D, c10::BFloat16>) {
+    if (bf16_gemm_supported()) i = sum_bf16_avx512(a, b, reinterpret_cast<uint16_t*>(out), n);
   }
 #endif
   for (; i < n; ++i) out[i] = static_cast<D>(a[i] + b[i]);
@@ -137,18 +131,13 @@ void sum_elementwise(const S* a, const S* b, D* out, int64_t n) {
 template <typename S, typename D>
 void sum_transposed(const S* a, const S* b, D* out, int64_t R, int64_t K, int64_t r0, int64_t r1) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  const int64_t k16 = K / 16 * 16;
-  int64_t r16 = r0;
-  if constexpr (std::is_same_v<S, float> && std::is_same_v<D, float>) {
-    if (cpu_isa() == Isa::kAvx512 && detected_avx512_bf16()) r16 = sum_transposed_avx512<false>(a, b, out, R, K, r0, r1, k16);
-  } else if constexpr (std::is_same_v<S, float> && std::is_same_v<D, c10::BFloat16>) {
-    if (bf16_gemm_supported())
-      r16 = sum_transposed_avx512<true>(a, b, reinterpret_cast<uint16_t*>(out), R, K, r0, r1, k16);
-  }
-  if (r16 > r0) {
-    if (k16 < K) transpose_tile<S, D, true>(a, b, out, R, K, r0, r16, k16, K);
-    if (r16 < r1) transpose_tile<S, D, true>(a, b, out, R, K, r16, r1, 0, K);
-    return;
+  if constexpr (std::is_same_v<S, float> && std::is_same_v<D, c10::BFloat16>) {
+    if (bf16_gemm_supported()) {
+      const int64_t k16 = K / 16 * 16;
+      const int64_t r16 = sum_transposed_bf16_avx512(a, b, reinterpret_cast<uint16_t*>(out), R, K, r0, r1, k16);
+      if (k16 < K) transpose_tile<S, D, true>(a, b, out, R, K, r0, r16, k16, K);
+      return transpose_tile<S, D, true>(a, b, out, R, K, r16, r1, 0, K);
+    }
   }
 #endif
   transpose_tile<S, D, true>(a, b, out, R, K, r0, r1, 0, K);
